@@ -1,0 +1,1 @@
+"""FLYP: finetune like you pretrain."""

@@ -1,0 +1,165 @@
+"""Reading params.yaml: coerce, fill defaults, validate against the schema, resolve presets.
+
+The workflow calls ``load_params`` once at parse time, so a bad parameter stops the run with one line
+naming the key before any job starts. DVC writes ``-S lr=1e-5`` as ``lr: 1e-05``, which YAML 1.1
+loaders read as a *string*: numeric strings are turned into numbers wherever the schema expects one.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import best_match
+
+from flyp.io import UserError
+
+# Finetuning keys a user may set at the top level of params.yaml (null: keep the preset's value).
+TOP_LEVEL_FINETUNE_KEYS = ["lr", "wd", "epochs", "batch_size", "warmup_steps"]
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return data or {}
+
+
+def _types(value) -> set[str]:
+    return {value} if isinstance(value, str) else set(value)
+
+
+def _set(obj, path, value) -> None:
+    for key in list(path)[:-1]:
+        obj = obj[key]
+    obj[list(path)[-1]] = value
+
+
+def coerce_numbers(config: dict, validator) -> dict:
+    """Turn numeric strings into numbers where the schema wants a number or integer."""
+    for _ in range(1000):
+        fixed = False
+        for error in validator.iter_errors(config):
+            for e in [error, *error.context]:
+                if (e.validator == "type" and isinstance(e.instance, str)
+                        and _types(e.validator_value) & {"number", "integer"}
+                        and _NUMBER.match(e.instance.strip())):
+                    number = float(e.instance)
+                    if "integer" in _types(e.validator_value) and number.is_integer():
+                        number = int(number)
+                    _set(config, e.absolute_path, number)
+                    fixed = True
+                    break
+            if fixed:
+                break
+        if not fixed:
+            return config
+    return config
+
+
+def fill_defaults(instance, schema: dict, root: dict) -> None:
+    """Insert the schema's ``default`` for every missing property (recursively, through $ref)."""
+    while "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        resolved = sub
+        while "$ref" in resolved:
+            resolved = root["$defs"][resolved["$ref"].split("/")[-1]]
+        if key not in instance and "default" in resolved:
+            instance[key] = copy.deepcopy(resolved["default"])
+        if key in instance:
+            fill_defaults(instance[key], resolved, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                fill_defaults(value, extra, root)
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate(config: dict, schema: dict, source: str = "params.yaml") -> dict:
+    """Coerced, default-filled copy of ``config``; raises UserError naming the first bad key."""
+    config = copy.deepcopy(config)
+    validator = jsonschema.Draft202012Validator(schema)
+    coerce_numbers(config, validator)
+    error = best_match(validator.iter_errors(config))
+    if error is not None:
+        raise UserError(f"{source}: {_where(error.absolute_path)}: {error.message}")
+    fill_defaults(config, schema, schema)
+    return config
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(params: dict, source: str = "params.yaml") -> dict:
+    """The settings of this run: preset of the benchmark, then the scale, then top-level keys."""
+    benchmark, scale = params["benchmark"], params["scale"]
+    if benchmark not in params["presets"]:
+        raise UserError(f"{source}: benchmark: no preset {benchmark!r} under presets; "
+                        f"expected one of {sorted(params['presets'])}")
+    if scale not in params["scales"]:
+        raise UserError(f"{source}: scale: unknown scale {scale!r}; "
+                        f"expected one of {sorted(params['scales'])}")
+    run = _merge(params["presets"][benchmark], params["scales"][scale])
+    run.setdefault("finetune", {})
+    for key in TOP_LEVEL_FINETUNE_KEYS:
+        if params.get(key) is not None:
+            run["finetune"][key] = params[key]
+    for stage in ("pretrain", "finetune"):
+        for key in ("epochs", "lr", "wd", "batch_size"):
+            if run.get(stage, {}).get(key) is None and (stage == "finetune" or
+                                                        not run["model"].get("pretrained")):
+                raise UserError(f"{source}: presets.{benchmark}.{stage}.{key}: no value set")
+    if not run.get("model", {}).get("name"):
+        raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
+    run.setdefault("method_options", {})
+    run.update(benchmark=benchmark, scale=scale, seed=params["seed"],
+               methods=list(params["methods"]), runtime=params["runtime"])
+    return run
+
+
+def check_names(run: dict, source: str = "params.yaml") -> None:
+    """Benchmark and method names must be registered."""
+    from flyp.datasets import benchmark_names
+    from flyp.methods import method_names
+
+    if run["benchmark"] not in benchmark_names():
+        raise UserError(f"{source}: benchmark: unknown benchmark {run['benchmark']!r}; "
+                        f"expected one of {benchmark_names()}")
+    for method in run["methods"]:
+        if method not in method_names():
+            raise UserError(f"{source}: methods: unknown method {method!r}; "
+                            f"expected one of {method_names()}")
+    for method in run["method_options"]:
+        if method not in method_names():
+            raise UserError(f"{source}: method_options: unknown method {method!r}")
+
+
+def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:
+    """Validate the raw params (as Snakemake loaded them) and return the resolved run settings."""
+    schema = read_yaml(schema_path)
+    params = validate(config, schema, source)
+    run = resolve(params, source)
+    check_names(run, source)
+    return run

@@ -1,0 +1,95 @@
+"""Registry of benchmarks.
+
+A benchmark names its classes, its caption templates and its evaluation sets (the ID test set first,
+then the OOD sets). Its ``prepare`` step writes Parquet tables into ``data/<benchmark>/``:
+``train.parquet``, ``val.parquet`` and one ``<eval set>.parquet`` per evaluation set, each with the
+columns ``image_id``, ``label`` and either ``image`` (encoded bytes) or ``path`` (a file relative to
+the table's folder). Everything downstream (captions, finetuning, evaluation) only reads those tables,
+so a new benchmark is a new module that registers itself here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flyp.io import UserError
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One test set: its name (the table's column), whether it is in or out of distribution, its
+    metric, and an optional map from the benchmark's logits to this set's classes."""
+
+    name: str
+    ood: bool
+    metric: str = "accuracy"
+    description: str = ""
+    # Turns logits over the benchmark's classes (B, C) into logits over this set's classes (B, C').
+    project_logits: Callable | None = None
+
+
+@dataclass
+class Benchmark:
+    name: str
+    classnames: list[str]
+    templates: list[str]  # format strings with one "{}" for the class name
+    eval_sets: list[EvalSet]
+    prepare: Callable  # prepare(out_dir: Path, **options) -> None
+    description: str = ""
+    extra_tables: list[str] = field(default_factory=list)  # e.g. the pretraining set
+
+    @property
+    def id_set(self) -> EvalSet:
+        return next(s for s in self.eval_sets if not s.ood)
+
+    @property
+    def ood_sets(self) -> list[EvalSet]:
+        return [s for s in self.eval_sets if s.ood]
+
+    def eval_set(self, name: str) -> EvalSet:
+        for s in self.eval_sets:
+            if s.name == name:
+                return s
+        raise UserError(f"benchmark {self.name!r} has no test set {name!r}; "
+                        f"expected one of {[s.name for s in self.eval_sets]}")
+
+    def tables(self) -> list[str]:
+        """Names of the Parquet tables ``prepare`` writes (without the .parquet suffix)."""
+        return ["train", "val", *[s.name for s in self.eval_sets], *self.extra_tables]
+
+
+BENCHMARKS: dict[str, Callable[[], Benchmark]] = {}
+# Modules that register benchmarks when imported; importing lazily keeps `flyp --help` fast.
+_MODULES = ["flyp.datasets.embedded"]
+
+
+def register_benchmark(name: str):
+    def wrap(factory: Callable[[], Benchmark]):
+        BENCHMARKS[name] = factory
+        return factory
+
+    return wrap
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(module)
+
+
+def benchmark_names() -> list[str]:
+    _load_all()
+    return sorted(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    _load_all()
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]()
+
+
+def table_path(data_dir: str | Path, table: str) -> Path:
+    return Path(data_dir) / f"{table}.parquet"

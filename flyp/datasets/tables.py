@@ -1,0 +1,80 @@
+"""Parquet tables of images, and the torch Dataset that reads them.
+
+A table has the columns ``image_id`` and ``label`` and either ``image`` (encoded PNG/JPEG bytes, used
+by the embedded benchmark) or ``path`` (an image file relative to the table's folder, used by the
+real benchmarks, whose images stay files on disk).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from flyp.io import UserError, atomic_path
+
+REQUIRED_COLUMNS = {"image_id", "label"}
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` to Parquet atomically (temp file + rename), without the pandas index."""
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: table not found (run the data step first)")
+    try:
+        df = pq.read_table(path, columns=columns).to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet table ({e})") from None
+    missing = REQUIRED_COLUMNS - set(df.columns) if columns is None else set()
+    if missing:
+        raise UserError(f"{path}: missing columns {sorted(missing)}")
+    return df
+
+
+class ImageTable(torch.utils.data.Dataset):
+    """Images and labels of one table; ``transform`` maps a PIL image to a tensor.
+
+    Embedded images are decoded once and kept (they are tiny); file-backed images are read lazily.
+    """
+
+    def __init__(self, path: str | Path, transform=None, df: pd.DataFrame | None = None):
+        self.path = Path(path)
+        self.df = read_table(self.path) if df is None else df
+        self.transform = transform
+        self.labels = torch.tensor(self.df["label"].to_numpy(), dtype=torch.long)
+        if "image" in self.df.columns:
+            self._images = [Image.open(io.BytesIO(b)).convert("RGB") for b in self.df["image"]]
+        elif "path" in self.df.columns:
+            self._images = None
+        else:
+            raise UserError(f"{self.path}: needs an 'image' (bytes) or 'path' column")
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def load_image(self, i: int) -> Image.Image:
+        if self._images is not None:
+            return self._images[i]
+        file = self.path.parent / self.df["path"].iat[i]
+        try:
+            with Image.open(file) as im:
+                return im.convert("RGB")
+        except OSError as e:
+            raise UserError(f"{file}: cannot read image ({e})") from None
+
+    def __getitem__(self, i: int):
+        image = self.load_image(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]

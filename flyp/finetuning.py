@@ -1,0 +1,55 @@
+"""Run one method: build its context, train (or not), write the selected classifier checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from flyp.datasets import get_benchmark
+from flyp.datasets.manifest import data_hash
+from flyp.io import write_text
+from flyp.methods import Context, get_method
+from flyp.models import get_tokenizer, image_transforms, load_checkpoint, save_checkpoint
+from flyp.training import LOG_FIELDS, TrainConfig, fit
+
+
+def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
+             method_name: str,
+             cfg: TrainConfig, *, options: dict, out: Path, log_csv: Path, device: torch.device,
+             log: Callable[[str], None] = print) -> dict:
+    bench = get_benchmark(benchmark_name)
+    method = get_method(method_name)
+    pretrained = load_checkpoint(pretrained_path)
+    torch.manual_seed(cfg.seed)  # any fresh parameters a method creates
+    tokenizer = get_tokenizer(pretrained.model_name)
+    probe = load_probe_model(pretrained)
+    train_tf, eval_tf = image_transforms(probe)
+    ctx = Context(benchmark=bench, pretrained=pretrained, data_dir=Path(data_dir),
+                  captions_dir=Path(captions_dir), device=device,
+                  tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
+                  seed=cfg.seed, options=options)
+    info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
+            "config": {**asdict(cfg), "options": options},
+            "pretrained": pretrained.info, "data_hash": data_hash(data_dir)}
+
+    if not method.trains:
+        classifier = method.classifier(ctx)
+        val = ctx.val_accuracy(classifier)
+        info.update(best_epoch=0, best_val_accuracy=val)
+        save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
+        write_text(log_csv, ",".join(LOG_FIELDS) + f"\n0,0,,,{val:.5f},0\n")
+        return {"best_epoch": 0, "best_val": val}
+
+    task = method.task(ctx)
+    result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log)
+    return {"best_epoch": result.best_epoch, "best_val": result.best_val}
+
+
+def load_probe_model(ckpt):
+    """The architecture only (for its preprocessing config); weights are loaded by each method."""
+    from flyp.models import create_clip
+
+    return create_clip(ckpt.model_name)

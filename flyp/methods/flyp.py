@@ -1,0 +1,77 @@
+"""FLYP (Goyal et al., CVPR 2023): finetune like you pretrain.
+
+Each labelled image becomes an (image, caption) pair, the caption a template drawn at random for
+every step from the benchmark's template set and filled with the class name; the whole CLIP (both
+towers and ``logit_scale``) is trained with the pretraining contrastive loss. The classifier is the
+zero-shot head rebuilt from the finetuned text encoder.
+
+The caption table (``captions.parquet``: image id, label, class name, template set) is read once;
+templates are sampled on the fly instead of expanding one row per (image, template) as the reference
+code does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flyp.contrastive import ContrastiveTask
+from flyp.datasets import table_path
+from flyp.datasets.tables import read_table
+from flyp.io import UserError
+from flyp.methods import Context, Method, register_method
+from flyp.models import ImageClassifier
+
+
+def load_caption_bank(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of the training images (N,) in table order and the tokenised captions of every
+    (class, template) pair (C, T, L), from the caption tables written by ``flyp captions``."""
+    captions = read_table(table_path(ctx.captions_dir, "captions"))
+    templates = read_table(table_path(ctx.captions_dir, "templates"),
+                           columns=["template_set", "template"])
+    train_ids = read_table(table_path(ctx.data_dir, "train"), columns=["image_id"])["image_id"]
+    captions = captions.set_index("image_id")
+    missing = set(train_ids) - set(captions.index)
+    if missing:
+        raise UserError(f"{table_path(ctx.captions_dir, 'captions')}: no caption row for "
+                        f"{len(missing)} training images; rerun the captions step")
+    captions = captions.loc[list(train_ids)]
+    sets = captions["template_set"].unique()
+    if len(sets) != 1:
+        raise UserError(f"captions table mixes template sets {list(sets)}; expected one")
+    texts = templates.loc[templates["template_set"] == sets[0], "template"].tolist()
+    classnames = captions.drop_duplicates("label").set_index("label")["classname"]
+    names = [classnames.get(c, ctx.benchmark.classnames[c])
+             for c in range(len(ctx.benchmark.classnames))]
+    tokens = ctx.tokenizer([t.format(c) for c in names for t in texts])  # (C*T, L)
+    tokens = tokens.view(len(names), len(texts), -1)
+    return torch.tensor(captions["label"].to_numpy()), tokens
+
+
+class FlypTask(ContrastiveTask):
+    def __init__(self, ctx: Context, clip):
+        super().__init__(clip, ctx.model_name, ctx.device)
+        self.ctx = ctx
+        self.train_data = ctx.train_table()
+        labels, self.caption_tokens = load_caption_bank(ctx)
+        if not torch.equal(labels, self.train_data.labels):
+            raise UserError("captions table labels disagree with train.parquet; rerun captions")
+
+    def captions(self, batch):
+        images, labels = batch  # (B, 3, H, W), (B,)
+        n_templates = self.caption_tokens.shape[1]
+        template = torch.randint(n_templates, labels.shape)  # one template per image per step
+        return images, self.caption_tokens[labels, template]  # (B, L)
+
+    def head(self):
+        return self.ctx.zero_shot_head(self.module)
+
+    def validate(self) -> float:
+        return self.ctx.val_accuracy(ImageClassifier(self.module, self.head()))
+
+
+@register_method("flyp")
+class Flyp(Method):
+    description = "whole CLIP, contrastive loss on (image, templated class caption) pairs"
+
+    def task(self, ctx: Context) -> FlypTask:
+        return FlypTask(ctx, ctx.fresh_clip())

@@ -1,0 +1,169 @@
+"""CLIP models (open_clip), classifier heads and checkpoints.
+
+Architectures are data: every JSON file in ``flyp/model_configs/`` is registered with open_clip, so
+the embedded benchmark's small CLIP and the paper's ViT-B/16 go through the same
+``open_clip.create_model``. Checkpoints are safetensors files: the CLIP weights under ``clip.`` and,
+for a classifier, a linear head under ``head.``; the model name and provenance travel in the
+file's metadata. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torch import nn
+
+from flyp.io import UserError, atomic_path
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+FORMAT = "flyp-checkpoint/1"
+
+
+def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
+    """An open_clip CLIP: random init, an open_clip pretrained tag, or a local weights file."""
+    if model_name not in open_clip.list_models():
+        raise UserError(f"unknown model {model_name!r}: not an open_clip architecture nor a config "
+                        f"in {MODEL_CONFIG_DIR}")
+    if pretrained:
+        check_quickgelu(model_name, pretrained)
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained or None)
+    except RuntimeError as e:  # open_clip raises RuntimeError for unknown tags / failed downloads
+        raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: {e}") from None
+    return model
+
+
+def check_quickgelu(model_name: str, pretrained: str) -> None:
+    """Refuse OpenAI-trained (QuickGELU) weights in a GELU architecture: open_clip only warns, and
+    the features are silently wrong (FLYP_REFERENCE section 4)."""
+    if os.path.isfile(pretrained):
+        tag_quick = "openai" in Path(pretrained).name.lower()
+    else:
+        tag_quick = open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False)
+        if not tag_quick and "quickgelu" not in model_name.lower():
+            # A tag registered only for the -quickgelu variant means QuickGELU weights.
+            base = f"{model_name}-quickgelu"
+            tag_quick = bool(open_clip.get_pretrained_cfg(base, pretrained).get("quick_gelu", False))
+    model_quick = bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
+    if tag_quick and not model_quick:
+        raise UserError(f"pretrained weights {pretrained!r} were trained with QuickGELU but model "
+                        f"{model_name!r} uses GELU; use {model_name}-quickgelu")
+
+
+def get_tokenizer(model_name: str):
+    return open_clip.get_tokenizer(model_name)
+
+
+def image_transforms(model: nn.Module):
+    """(train, eval) transforms from the model's preprocessing config. Train: RandomResizedCrop with
+    scale (0.9, 1.0), bicubic, no flip (as FLYP); eval: resize + centre crop; CLIP mean/std."""
+    cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+    return image_transform_v2(cfg, is_train=True), image_transform_v2(cfg, is_train=False)
+
+
+class ImageClassifier(nn.Module):
+    """Image encoder + linear head on L2-normalised features (as in WiSE-FT / FLYP). The zero-shot
+    head's weights are ``logit_scale.exp() * text_embeddings`` so logits match CLIP's."""
+
+    def __init__(self, clip: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.clip = clip
+        self.head = head
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)  # (B, D)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # (B, C)
+
+
+@torch.no_grad()
+def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str],
+                         templates: list[str]) -> nn.Linear:
+    """Head from averaged, normalised template embeddings (open_clip's zero-shot classifier),
+    scaled by the model's temperature, with zero bias."""
+    was_training = clip.training
+    clip.eval()
+    device = next(clip.parameters()).device
+    weights = open_clip.build_zero_shot_classifier(clip, tokenizer, classnames, templates,
+                                                   num_classes_per_batch=None, device=device)
+    clip.train(was_training)
+    weights = weights.T * clip.logit_scale.exp()  # (C, D)
+    head = nn.Linear(weights.shape[1], weights.shape[0])
+    head.weight.copy_(weights)
+    head.bias.zero_()
+    return head.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    clip: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
+                    head: nn.Module | dict | None = None, info: dict | None = None) -> None:
+    def state(x):
+        sd = x.state_dict() if isinstance(x, nn.Module) else x
+        # safetensors stores each tensor once: copy views/shared storage into contiguous CPU tensors
+        return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+    tensors = {f"clip.{k}": v for k, v in state(clip).items()}
+    if head is not None:
+        tensors.update({f"head.{k}": v for k, v in state(head).items()})
+    metadata = {"format": FORMAT, "model_name": model_name, "info": json.dumps(info or {})}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path}: not a flyp checkpoint (metadata format is "
+                        f"{metadata.get('format')!r}, expected {FORMAT!r})")
+    clip = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
+    head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")} or None
+    return Checkpoint(metadata["model_name"], clip, head, json.loads(metadata.get("info", "{}")))
+
+
+def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    model = create_clip(ckpt.model_name)
+    model.load_state_dict(ckpt.clip)
+    return model
+
+
+def head_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
+    out_features, in_features = state["weight"].shape
+    head = nn.Linear(in_features, out_features)
+    head.load_state_dict(state)
+    return head
+
+
+def classifier_from_checkpoint(ckpt: Checkpoint) -> ImageClassifier:
+    if ckpt.head is None:
+        raise UserError(f"checkpoint of {ckpt.model_name!r} has no classification head")
+    return ImageClassifier(clip_from_checkpoint(ckpt), head_from_state(ckpt.head))

@@ -1,0 +1,60 @@
+"""Contrastive pretraining of a small CLIP on the embedded benchmark's captioned images.
+
+This stands in for the web-scale pretraining of the real CLIP, so that every later stage starts from
+a model with real zero-shot skill. The last epoch is kept: the ID-val zero-shot accuracy is logged
+for monitoring only, never used to choose the pretrained model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flyp.contrastive import CaptionedImages, ContrastiveTask
+from flyp.datasets import Benchmark, table_path
+from flyp.datasets.tables import ImageTable
+from flyp.evaluation import CachedEvalSet, accuracy, predict
+from flyp.io import UserError
+from flyp.models import (
+    ImageClassifier,
+    build_zero_shot_head,
+    create_clip,
+    get_tokenizer,
+    image_transforms,
+)
+from flyp.training import TrainConfig, fit
+
+
+class PretrainTask(ContrastiveTask):
+    def __init__(self, clip, model_name, device, train_data, val_set, benchmark, tokenizer):
+        super().__init__(clip, model_name, device)
+        self.train_data, self.val_set = train_data, val_set
+        self.benchmark, self.tokenizer = benchmark, tokenizer
+
+    def captions(self, batch):
+        return batch  # (images, tokens)
+
+    def validate(self) -> float:
+        head = build_zero_shot_head(self.module, self.tokenizer, self.benchmark.classnames,
+                                    self.benchmark.templates)
+        return accuracy(*predict(ImageClassifier(self.module, head), self.val_set,
+                                 device=self.device))
+
+
+def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainConfig, *,
+             out: Path, log_csv: Path, device: torch.device) -> None:
+    torch.manual_seed(cfg.seed)  # model initialisation
+    clip = create_clip(model_name)
+    tokenizer = get_tokenizer(model_name)
+    train_tf, eval_tf = image_transforms(clip)
+    table = ImageTable(table_path(data_dir, "pretrain"), train_tf)
+    if "caption" not in table.df.columns:
+        raise UserError(f"{table.path}: a pretraining table needs a 'caption' column")
+    tokens = tokenizer(table.df["caption"].tolist())  # (N, L)
+    val = CachedEvalSet(ImageTable(table_path(data_dir, "val"), eval_tf))
+    task = PretrainTask(clip, model_name, device, CaptionedImages(table, tokens), val, benchmark,
+                        tokenizer)
+    info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
+            "seed": cfg.seed, "epochs": cfg.epochs}
+    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select=False)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny embedded benchmark and a tiny pretrained CLIP, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(seed=0, image_size=32, pretrain_size=300, train_size=96, val_size=48, test_size=48,
+            ood_size=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_tables(tmp_path_factory) -> Path:
+    """The embedded benchmark's tables at a tiny size (seconds to draw)."""
+    from flyp.datasets import get_benchmark
+    from flyp.datasets.manifest import write_manifest
+
+    out = tmp_path_factory.mktemp("tables")
+    bench = get_benchmark("embedded")
+    bench.prepare(out, **TINY)
+    write_manifest(out, bench, TINY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_captions(tiny_tables, tmp_path_factory) -> Path:
+    from flyp.captions import make_caption_tables
+    from flyp.datasets import get_benchmark, table_path
+
+    out = tmp_path_factory.mktemp("captions")
+    make_caption_tables(get_benchmark("embedded"), table_path(tiny_tables, "train"),
+                        table_path(out, "captions"), table_path(out, "templates"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A randomly initialised small CLIP saved as a pretrained checkpoint (no training)."""
+    from flyp.models import create_clip, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "pretrained.safetensors"
+    save_checkpoint(path, "flyp-tiny-rn18", create_clip("flyp-tiny-rn18"), info={"stage": "test"})
+    return path

@@ -1,0 +1,69 @@
+"""params.yaml: validation with one-line errors, number coercion, preset resolution."""
+
+import copy
+
+import pytest
+import yaml
+
+from flyp.config import load_params
+from flyp.io import UserError
+from tests.conftest import ROOT
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
+
+
+@pytest.fixture()
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_params_resolve_to_the_embedded_preset(params):
+    run = load_params(params, SCHEMA)
+    assert run["benchmark"] == "embedded"
+    assert run["finetune"]["lr"] == params["presets"]["embedded"]["finetune"]["lr"]
+    assert run["methods"] == ["zeroshot", "ft", "flyp"]
+
+
+def test_dvc_style_string_numbers_are_coerced(params):
+    # `dvc exp run -S lr=1e-5` writes `lr: 1e-05`, which YAML 1.1 reads as a string.
+    params["lr"] = yaml.safe_load("lr: 1e-05")["lr"]
+    assert isinstance(params["lr"], str)
+    params["epochs"] = "3"
+    run = load_params(params, SCHEMA)
+    assert run["finetune"]["lr"] == pytest.approx(1e-5)
+    assert run["finetune"]["epochs"] == 3 and isinstance(run["finetune"]["epochs"], int)
+
+
+def test_top_level_keys_override_preset_and_scale(params):
+    params["scale"] = "smoke"
+    params["epochs"] = 7
+    run = load_params(params, SCHEMA)
+    assert run["finetune"]["epochs"] == 7  # top level wins over the smoke scale
+    assert run["data"]["train_size"] == params["scales"]["smoke"]["data"]["train_size"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"lr": "fast"}, "lr"),
+    ({"lr": -1.0}, "lr"),
+    ({"epochs": -2}, "epochs"),
+    ({"methods": ["ft", "nonsense"]}, "unknown method 'nonsense'"),
+    ({"benchmark": "imagenet21k"}, "benchmark"),
+    ({"scale": "huge"}, "unknown scale 'huge'"),
+    ({"runtime": {"threads": "many"}}, "runtime.threads"),
+    ({"typo_key": 1}, "typo_key"),
+])
+def test_bad_params_give_one_line_error_naming_the_key(params, change, expected):
+    bad = copy.deepcopy(params)
+    bad.update(change)
+    with pytest.raises(UserError) as err:
+        load_params(bad, SCHEMA)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("params.yaml: ")
+    assert expected in message
+
+
+def test_nested_preset_value_of_wrong_type_is_named(params):
+    params["presets"]["embedded"]["finetune"]["batch_size"] = 0
+    with pytest.raises(UserError, match=r"presets\.embedded\.finetune\.batch_size"):
+        load_params(params, SCHEMA)

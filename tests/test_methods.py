@@ -1,0 +1,100 @@
+"""What distinguishes each method, on tiny inputs."""
+
+import pytest
+import torch
+
+from flyp.datasets import get_benchmark
+from flyp.io import UserError
+from flyp.methods import Context, get_method, method_names
+from flyp.models import get_tokenizer, image_transforms, load_checkpoint
+
+
+@pytest.fixture()
+def ctx(tiny_tables, tiny_captions, tiny_pretrained):
+    pretrained = load_checkpoint(tiny_pretrained)
+    from flyp.models import create_clip
+
+    train_tf, eval_tf = image_transforms(create_clip(pretrained.model_name))
+    return Context(benchmark=get_benchmark("embedded"), pretrained=pretrained,
+                   data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
+                   tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
+                   eval_transform=eval_tf, seed=0)
+
+
+def test_registry_has_the_methods_and_rejects_unknown_names():
+    assert {"zeroshot", "ft", "flyp"} <= set(method_names())
+    with pytest.raises(UserError, match="unknown method 'sgd'"):
+        get_method("sgd")
+
+
+def _step(task, batch, lr=1e-2):
+    opt = torch.optim.SGD([p for p in task.module.parameters() if p.requires_grad], lr=lr)
+    task.module.train()
+    loss = task.loss(batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    task.after_step()
+    return loss
+
+
+def _batch(task, n=8):
+    items = [task.train_data[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+def test_ft_trains_image_tower_and_head_but_never_the_text_tower(ctx):
+    task = get_method("ft").task(ctx)
+    clip = task.module.clip
+    before = {k: v.clone() for k, v in task.module.state_dict().items()}
+    _step(task, _batch(task))
+    after = task.module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("clip.visual.") for k in changed)
+    assert "head.weight" in changed
+    assert not any(k.startswith("clip.") and not k.startswith("clip.visual.") for k in changed)
+    assert not clip.logit_scale.requires_grad
+
+
+def test_ft_head_starts_as_the_zero_shot_head(ctx):
+    task = get_method("ft").task(ctx)
+    zs = get_method("zeroshot").classifier(ctx)
+    torch.testing.assert_close(task.module.head.weight, zs.head.weight)
+
+
+def test_flyp_trains_both_towers_and_temperature_with_contrastive_loss(ctx):
+    task = get_method("flyp").task(ctx)
+    before = {k: v.clone() for k, v in task.module.state_dict().items()}
+    _step(task, _batch(task))
+    after = task.module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("visual.") for k in changed)
+    assert any(k.startswith("transformer.") for k in changed)
+    assert "logit_scale" in changed
+
+
+def test_flyp_captions_name_each_image_class(ctx):
+    task = get_method("flyp").task(ctx)
+    images, labels = _batch(task, 16)
+    _, tokens = task.captions((images, labels))
+    tok = ctx.tokenizer
+    for label, row in zip(labels.tolist(), tokens):
+        # the sampled caption is one of the class's templated captions
+        options = tok([t.format(ctx.benchmark.classnames[label]) for t in ctx.benchmark.templates])
+        assert any(torch.equal(row, o) for o in options)
+
+
+def test_flyp_samples_different_templates_across_steps(ctx):
+    task = get_method("flyp").task(ctx)
+    images, labels = _batch(task, 16)
+    first = task.captions((images, labels))[1]
+    second = task.captions((images, labels))[1]
+    assert not torch.equal(first, second)
+
+
+def test_flyp_logit_scale_is_clamped_at_100(ctx):
+    task = get_method("flyp").task(ctx)
+    with torch.no_grad():
+        task.module.logit_scale.fill_(10.0)
+    task.after_step()
+    assert task.module.logit_scale.exp().item() == pytest.approx(100.0)

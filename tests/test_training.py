@@ -1,0 +1,114 @@
+"""The shared training loop: schedule, weight-decay groups, model selection, resume."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from flyp.training import Task, TrainConfig, cosine_with_warmup, fit, make_optimizer
+
+
+def test_warmup_then_cosine_per_step():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = cosine_with_warmup(opt, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[8] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert lrs[-1] < 0.05
+
+
+def test_no_weight_decay_on_biases_norms_and_logit_scale():
+    m = nn.Module()
+    m.proj = nn.Linear(4, 4)
+    m.ln = nn.LayerNorm(4)
+    m.logit_scale = nn.Parameter(torch.ones([]))
+    opt = make_optimizer(m, lr=1e-3, wd=0.1)
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    assert decayed == {id(m.proj.weight)}
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+class ToyTask(Task):
+    """Linear regression whose 'validation accuracy' is scripted per epoch."""
+
+    def __init__(self, val_scores, fail_at_epoch=None):
+        torch.manual_seed(0)
+        self.module = nn.Linear(3, 1)
+        x = torch.randn(64, 3)
+        self.train_data = torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5]))
+        self.val_scores, self.fail_at_epoch, self.epoch = list(val_scores), fail_at_epoch, 0
+        self.saved = []
+
+    def loss(self, batch):
+        x, y = batch
+        return ((self.module(x).squeeze(1) - y) ** 2).mean()
+
+    def validate(self):
+        self.epoch += 1
+        if self.epoch == self.fail_at_epoch:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.val_scores[self.epoch - 1]
+
+    def save(self, path, info):
+        torch.save({"w": self.module.weight.detach().clone(), "info": info}, path)
+
+
+CFG = TrainConfig(epochs=4, lr=0.05, wd=0.0, batch_size=16, warmup_steps=2, seed=1)
+
+
+def _load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_keeps_the_epoch_with_best_val_accuracy(tmp_path):
+    task = ToyTask([0.2, 0.9, 0.5, 0.8])
+    result = fit(task, CFG, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
+                 device=torch.device("cpu"), info={}, progress=lambda m: None)
+    assert result.best_epoch == 2
+    assert _load(tmp_path / "best.pt")["info"]["best_epoch"] == 2
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0] == "epoch,step,lr,train_loss,val_accuracy,seconds"
+    assert len(lines) == 5
+    assert not list(tmp_path.glob(".*.resume"))  # resume state removed after success
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    scores = [0.1, 0.2, 0.3, 0.4]
+    straight = tmp_path / "a"
+    fit(ToyTask(scores), CFG, out=straight / "best.pt", log_csv=straight / "log.csv",
+        device=torch.device("cpu"), info={}, progress=lambda m: None)
+
+    resumed = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(scores, fail_at_epoch=3), CFG, out=resumed / "best.pt",
+            log_csv=resumed / "log.csv", device=torch.device("cpu"), info={},
+            progress=lambda m: None)
+    assert not (resumed / "best.pt").exists()  # no half-finished output
+    messages = []
+    task = ToyTask(scores)
+    task.epoch = 2  # the scripted scores continue where the interrupted run stopped
+    fit(task, CFG, out=resumed / "best.pt", log_csv=resumed / "log.csv",
+        device=torch.device("cpu"), info={}, progress=messages.append)
+    assert any("resuming" in m and "after epoch 2" in m for m in messages)
+    torch.testing.assert_close(_load(resumed / "best.pt")["w"], _load(straight / "best.pt")["w"])
+    assert (resumed / "log.csv").read_text().count("\n") == 5
+
+
+def test_resume_state_of_other_settings_is_ignored(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask([0.1] * 4, fail_at_epoch=2), CFG, out=tmp_path / "best.pt",
+            log_csv=tmp_path / "log.csv", device=torch.device("cpu"), info={},
+            progress=lambda m: None)
+    messages = []
+    other = TrainConfig(**{**CFG.__dict__, "lr": 0.01})
+    fit(ToyTask([0.1] * 4), other, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"), info={}, progress=messages.append)
+    assert any("ignoring" in m for m in messages)
+    assert not any("resuming" in m for m in messages)

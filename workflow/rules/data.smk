@@ -1,0 +1,36 @@
+# The benchmark's tables (generated or downloaded) and the FLYP caption tables.
+
+
+rule prepare_data:
+    output:
+        tables=directory(TABLES),
+    params:
+        benchmark=BENCHMARK,
+        options=" ".join(f"-o {shlex.quote(f'{k}={v}')}" for k, v in RUN["data"].items()),
+    threads: workflow.cores
+    conda:
+        ENV
+    log:
+        f"logs/{BENCHMARK}/prepare_data.log",
+    shell:
+        "flyp prepare --benchmark {params.benchmark} --out {output.tables} {params.options} "
+        "--workers {threads} 2> {log}"
+
+
+rule captions:
+    input:
+        tables=TABLES,
+    output:
+        captions=f"{CAPTIONS}/captions.parquet",
+        templates=f"{CAPTIONS}/templates.parquet",
+    params:
+        benchmark=BENCHMARK,
+        templates=BENCH.templates,
+        out=lambda wildcards, output: os.path.dirname(output.captions),
+    conda:
+        ENV
+    log:
+        f"logs/{BENCHMARK}/captions.log",
+    shell:
+        "flyp captions --benchmark {params.benchmark} --data {input.tables} "
+        "--out {params.out} 2> {log}"

@@ -1,0 +1,39 @@
+# The zero-shot-capable CLIP every method starts from: pretrained here contrastively (the embedded
+# benchmark) or exported from released open_clip weights (model.pretrained set). Downstream rules
+# cannot tell which.
+
+if TRAINED_HERE:
+    PRETRAIN_CMD = (
+        "flyp pretrain --benchmark {params.benchmark} --data {input.tables} "
+        "--model {params.model} {params.train} --out {output.model} "
+        "--log-csv {output.log_csv} --threads {threads} --device {resources.device} "
+        "--workers {resources.workers} 2> {log}"
+    )
+else:
+    PRETRAIN_CMD = (
+        "flyp pretrained --model {params.model:q} --pretrained {params.pretrained:q} "
+        "--out {output.model} --log-csv {output.log_csv} 2> {log}"
+    )
+
+
+rule pretrain:
+    input:
+        tables=TABLES if TRAINED_HERE else [],
+    output:
+        model=f"{MODELS}/pretrained.safetensors",
+        log_csv=f"{MODELS}/pretrain_log.csv",
+    params:
+        benchmark=BENCHMARK,
+        model=RUN["model"]["name"],
+        pretrained=RUN["model"]["pretrained"] or "",
+        train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
+    threads: workflow.cores
+    resources:
+        device=DEVICE,
+        workers=WORKERS,
+    conda:
+        ENV
+    log:
+        f"logs/{BENCHMARK}/pretrain.log",
+    shell:
+        PRETRAIN_CMD
