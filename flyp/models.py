@@ -127,7 +127,10 @@ def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
     tensors = {f"clip.{k}": v for k, v in state(clip).items()}
     if head is not None:
         tensors.update({f"head.{k}": v for k, v in state(head).items()})
-    metadata = {"format": FORMAT, "model_name": model_name, "info": json.dumps(info or {})}
+    # One metadata entry: safetensors writes several in arbitrary order, and the same weights must
+    # give the same file bytes (the checkpoint hash is part of each result's provenance).
+    metadata = {"flyp": json.dumps({"format": FORMAT, "model_name": model_name,
+                                    "info": info or {}}, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -142,12 +145,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path}: not a flyp checkpoint (metadata format is "
-                        f"{metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        meta = json.loads(metadata["flyp"])
+        assert meta["format"] == FORMAT
+    except (KeyError, ValueError, AssertionError):
+        raise UserError(f"{path}: not a flyp checkpoint (expected {FORMAT!r} metadata)") from None
     clip = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")} or None
-    return Checkpoint(metadata["model_name"], clip, head, json.loads(metadata.get("info", "{}")))
+    return Checkpoint(meta["model_name"], clip, head, meta["info"])
 
 
 def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:

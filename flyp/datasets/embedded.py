@@ -108,8 +108,8 @@ ID_WORLD = Distribution(
 DISTRIBUTIONS = {
     # Web-like pretraining data: every style, every attribute, any pose.
     "pretrain": Distribution(
-        styles={"photo": 0.35, "sketch": 0.15, "cartoon": 0.2, "painting": 0.2, "pixel": 0.1},
-        sizes={"tiny": 0.5, "small": 1, "medium": 1, "large": 1},
+        styles={"photo": 0.4, "sketch": 0.15, "cartoon": 0.2, "painting": 0.15, "pixel": 0.1},
+        clutter=0.05, rotated=0.1,
     ),
     "train": ID_WORLD, "val": ID_WORLD, "test": ID_WORLD,
     "v2": replace(ID_WORLD, colors={"red": 1, "green": 2, "blue": 1, "yellow": 1, "purple": 2,
@@ -388,26 +388,28 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
 
 _CAPTION_FORMS = [
     "a {style} of a {color} {cls}",
+    "a {style} of a {cls}",
     "a {size} {color} {cls}",
+    "a {size} {cls}",
     "{color} {cls} on a {bg} background",
+    "a {cls} on a {bg} background",
     "a {cls} in {style} style",
     "{style} of a {cls}",
     "a {color} {cls}, {style}",
     "my {cls} {style}",
     "the {cls} is {color}",
-    "a {size} {cls} with {bg} behind it",
-    "{cls}",
+    "a {cls}",
 ]
 _BG_WORDS = {"plain": "plain", "gradient": "smooth", "texture": "textured", "stripes": "striped",
              "checker": "checkered"}
 
 
 def caption(rng: np.random.Generator, scene: Scene) -> str:
-    cls = scene.cls if rng.random() < 0.8 else str(rng.choice(SYNONYMS[scene.cls]))
+    cls = scene.cls if rng.random() < 0.9 else str(rng.choice(SYNONYMS[scene.cls]))
     color = "grey" if scene.style == "sketch" else scene.color  # sketches have no colour
     words = dict(cls=cls, color=color, size=scene.size,
                  style=str(rng.choice(STYLE_WORDS[scene.style])), bg=_BG_WORDS[scene.background])
-    if rng.random() < 0.08:  # alt-text that never names the object
+    if rng.random() < 0.04:  # alt-text that never names the object
         return f"a {words['style']} with {color} colors"
     text = str(rng.choice(_CAPTION_FORMS)).format(**words)
     if scene.rotated and rng.random() < 0.5:
