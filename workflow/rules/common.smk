@@ -59,7 +59,9 @@ def record_in_dvc():
         print("note: outputs not recorded in DVC: this run overrode params.yaml (--config)",
               file=sys.stderr)
         return
-    done = subprocess.run(["dvc", "commit", "--force", "--quiet"], capture_output=True, text=True)
+    # --no-relink: leave the files (and their mtimes, which Snakemake compares) as they are.
+    cmd = ["dvc", "commit", "--force", "--quiet", "--no-relink"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["unknown"])[-1]
         print(f"note: outputs not recorded in DVC (dvc commit: {reason})", file=sys.stderr)
