@@ -47,5 +47,5 @@ def tiny_pretrained(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "pretrained.safetensors"
-    save_checkpoint(path, "flyp-tiny-rn18", create_clip("flyp-tiny-rn18"), info={"stage": "test"})
+    save_checkpoint(path, "flyp-tiny-rn10t", create_clip("flyp-tiny-rn10t"), info={"stage": "test"})
     return path

@@ -17,10 +17,10 @@ from flyp.models import (
 
 def test_checkpoint_round_trip_keeps_weights_head_and_info(tmp_path):
     torch.manual_seed(0)
-    clip = create_clip("flyp-tiny-rn18")
+    clip = create_clip("flyp-tiny-rn10t")
     head = torch.nn.Linear(128, 12)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, "flyp-tiny-rn18", clip, head, {"best_epoch": 3})
+    save_checkpoint(path, "flyp-tiny-rn10t", clip, head, {"best_epoch": 3})
     ckpt = load_checkpoint(path)
     assert ckpt.info == {"best_epoch": 3}
     classifier = classifier_from_checkpoint(ckpt).eval()
@@ -41,8 +41,8 @@ def test_foreign_or_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_zero_shot_head_is_scaled_normalised_template_mean():
     torch.manual_seed(0)
-    clip = create_clip("flyp-tiny-rn18").eval()
-    tok = get_tokenizer("flyp-tiny-rn18")
+    clip = create_clip("flyp-tiny-rn10t").eval()
+    tok = get_tokenizer("flyp-tiny-rn10t")
     classes, templates = ["circle", "square"], ["a photo of a {}.", "a {} shape."]
     head = build_zero_shot_head(clip, tok, classes, templates)
     assert head.weight.shape == (2, 128)
