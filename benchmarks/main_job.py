@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="full")
     parser.add_argument("--cores", default="all")
+    parser.add_argument("--keep", type=Path, help="Copy the run's results/ and logs/ here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -68,6 +69,10 @@ def main() -> None:
             print(f"  {job:22s} {seconds:7.0f} s")
         print(f"  {'total wall time':22s} {total:7.0f} s ({total / 60:.1f} min)")
         print((root / "results/table.csv").read_text())
+        if args.keep:
+            for name in ["results", "logs", "models"]:
+                shutil.copytree(root / name, args.keep / name, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Command-line interface: one subcommand per pipeline step.
 
-Every step reads and writes explicit paths, so any of them can be run by hand; the Snakemake rules in
-``workflow/rules/`` only call these commands.
+Every step reads and writes explicit paths, so any of them can be run by hand; the Snakemake rules
+in ``workflow/rules/`` only call these commands.
 """
 
 from __future__ import annotations
@@ -42,9 +42,14 @@ def _parse_options(pairs: tuple[str, ...], defaults: dict | None = None) -> dict
             try:
                 value = kind(value)
             except ValueError:
-                raise UserError(f"option {key!r}: expected {kind.__name__}, got {value!r}") from None
+                raise UserError(
+                    f"option {key!r}: expected {kind.__name__}, got {value!r}") from None
         out[key] = value
     return out
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
 
 
 def _setup_torch(threads: int):
@@ -117,6 +122,29 @@ def list_cmd():
 
 @main.command()
 @benchmark_option
+@click.option("--name", help="Which archive of the benchmark (omit to list them).")
+@click.option("--source", help="Instead of the official URL: an http(s):// or file:// URL, a "
+              "local archive, or a folder it was already extracted to (linked, not copied).")
+@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
+              help="Fetch the archive to this file (resumes a partial download; verified).")
+@click.option("--extract", "extract_to", type=click.Path(file_okay=False, path_type=Path),
+              help="Unpack the archive (--archive, or a local --source) into this new folder.")
+def download(benchmark_name, name, source, archive, extract_to):
+    """Fetch and unpack one archive of a real benchmark (the download rules run this)."""
+    from flyp.datasets import get_benchmark
+    from flyp.datasets.download import obtain, source_key
+
+    bench = get_benchmark(benchmark_name)
+    if name is None:
+        for d in bench.downloads:
+            click.echo(f"{d.name}: {d.url or 'manual: ' + d.manual} "
+                       f"(source: {source_key(bench, d)})")
+        return
+    obtain(bench, name, source=source, archive=archive, extract_to=extract_to, log=_log)
+
+
+@main.command()
+@benchmark_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A benchmark-specific preparation setting (repeatable).")
@@ -179,7 +207,7 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 
     cfg = _train_config(**train)
     run(get_benchmark(benchmark_name), data_dir, model_name, cfg, out=out, log_csv=log_csv,
-        device=resolve_device(device))
+        device=resolve_device(device), log=_log)
 
 
 @main.command()
@@ -211,12 +239,16 @@ def pretrained(model_name, pretrained, out, log_csv):
 @_train_options
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A method-specific setting (repeatable).")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Few-shot protocol: train on k images per class, select on k per class.")
+@click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which few-shot draw (seeds the k-per-class sample).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @threads_option
 @device_option
-def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, out, log_csv,
-             threads, device, **train):
+def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
+             draw, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
     torch = _setup_torch(threads)
     from flyp.finetuning import finetune as run
@@ -225,7 +257,7 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     cfg = _train_config(**train)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
-                 device=resolve_device(device), log=_log)
+                 device=resolve_device(device), shots=shots, draw=draw, log=_log)
     _log(f"{method_name}: kept epoch {result['best_epoch']} "
          f"(ID-val accuracy {result['best_val']}) -> {out}")
     del torch
@@ -240,35 +272,89 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0)
+@click.option("--ensemble-with", "zeroshot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also weight-ensemble (WiSE-FT) the checkpoint with this zero-shot one.")
+@click.option("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+              show_default=True, help="Mixing weights of the ensemble, in [0, 1].")
+@click.option("--curve-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ensemble: metrics at every alpha (CSV).")
+@click.option("--wise-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ensemble: metrics at the alpha picked on ID-val (JSON).")
 @threads_option
 @device_option
 def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, batch_size,
-             workers, threads, device):
-    """Score a checkpoint on the benchmark's ID test set and every OOD set."""
+             workers, zeroshot, alphas, curve_out, wise_out, threads, device):
+    """Score a checkpoint on the benchmark's ID test set and every OOD set (and, with
+    --ensemble-with, its weight ensembles with the zero-shot checkpoint)."""
     _setup_torch(threads)
     from flyp.evaluation import evaluate_checkpoint
     from flyp.training import resolve_device
 
+    if zeroshot is not None and (curve_out is None or wise_out is None):
+        raise UserError("--ensemble-with needs --curve-out and --wise-out")
+    try:
+        grid = sorted(float(a) for a in _csv_list(alphas))
+    except ValueError:
+        raise UserError(f"--alphas: expected comma-separated numbers, got {alphas!r}") from None
+    if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
+        raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
+    device = resolve_device(device)
     evaluate_checkpoint(benchmark_name, data_dir, checkpoint, metrics_out=metrics_out,
                         provenance_out=provenance_out, batch_size=batch_size,
-                        num_workers=workers, device=resolve_device(device), log=_log)
+                        num_workers=workers, device=device, log=_log)
+    if zeroshot is not None:
+        from flyp.ensemble import run_ensemble
+
+        best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
+                            finetuned_metrics=metrics_out, curve_out=curve_out,
+                            metrics_out=wise_out, device=device, log=_log)
+        _log(f"weight ensembling: picked alpha={best['alpha']:g} "
+             f"(ID-val accuracy {best['val_accuracy']:.4f})")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@data_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@threads_option
+@device_option
+def features(checkpoint, data_dir, out, threads, device):
+    """Cache frozen image features of the train and val tables (for linear probes)."""
+    _setup_torch(threads)
+    from flyp.features import write_features
+    from flyp.training import resolve_device
+
+    write_features(checkpoint, data_dir, out, device=resolve_device(device))
+    _log(f"wrote {out}")
 
 
 @main.command()
 @benchmark_option
-@click.option("--method", "methods", multiple=True, required=True,
-              help="Method name, in table order (repeatable).")
 @click.option("--results", "results_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Folder with <method>/metrics.json and <method>/provenance.json.")
+              help="Folder with <method>/<run>/{metrics,provenance,wise_metrics}.json.")
+@click.option("--methods", required=True, help="Comma-separated methods, in table order.")
+@click.option("--runs", required=True, help="Comma-separated full runs (seed0,seed1,...).")
+@click.option("--wise-methods", default="", help="Methods with a weight-ensembling row.")
+@click.option("--fewshot-methods", default="")
+@click.option("--fewshot-runs", default="", help="Comma-separated k<shots>-draw<n> runs.")
 @click.option("--table", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def report(benchmark_name, methods, results_dir, table, metrics_out):
-    """Collect every method's metrics into the results table and the DVC metrics file."""
+@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plot-csv", type=click.Path(dir_okay=False, path_type=Path))
+def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
+           fewshot_runs, table, metrics_out, plot_out, plot_csv):
+    """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
-    df = write_report(benchmark_name, list(methods), results_dir, table, metrics_out)
-    click.echo(df.to_string(index=False))
+    df = write_report(benchmark_name, results_dir, methods=_csv_list(methods),
+                      runs=_csv_list(runs), wise_methods=_csv_list(wise_methods),
+                      fewshot_methods=_csv_list(fewshot_methods),
+                      fewshot_runs=_csv_list(fewshot_runs), table=table,
+                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
+        click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
+                                    "git_revision"]).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Reading params.yaml: coerce, fill defaults, validate against the schema, resolve presets.
 
-The workflow calls ``load_params`` once at parse time, so a bad parameter stops the run with one line
-naming the key before any job starts. DVC writes ``-S lr=1e-5`` as ``lr: 1e-05``, which YAML 1.1
-loaders read as a *string*: numeric strings are turned into numbers wherever the schema expects one.
+The workflow calls ``load_params`` once at parse time, so a bad parameter stops the run with one
+line naming the key before any job starts. DVC writes ``-S lr=1e-5`` as ``lr: 1e-05``, which
+YAML 1.1 loaders read as a *string*: numeric strings are turned into numbers wherever the schema
+expects one.
 """
 
 from __future__ import annotations
@@ -134,7 +135,13 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     run.setdefault("method_options", {})
-    run.update(benchmark=benchmark, scale=scale, seed=params["seed"],
+    fewshot = {"shots": [], "draws": [0], "methods": [], "finetune": {}}
+    fewshot = _merge(fewshot, params.get("fewshot", {}))
+    run["fewshot"] = fewshot
+    alphas = sorted(float(a) for a in params["alphas"])
+    if alphas[0] != 0.0 or alphas[-1] != 1.0:
+        raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
+    run.update(benchmark=benchmark, scale=scale, seeds=list(params["seeds"]), alphas=alphas,
                methods=list(params["methods"]), runtime=params["runtime"])
     return run
 
@@ -154,6 +161,10 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
     for method in run["method_options"]:
         if method not in method_names():
             raise UserError(f"{source}: method_options: unknown method {method!r}")
+    for method in run["fewshot"]["methods"]:
+        if method not in method_names():
+            raise UserError(f"{source}: fewshot.methods: unknown method {method!r}; "
+                            f"expected one of {method_names()}")
 
 
 def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:

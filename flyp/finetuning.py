@@ -19,6 +19,7 @@ from flyp.training import LOG_FIELDS, TrainConfig, fit
 def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
              method_name: str,
              cfg: TrainConfig, *, options: dict, out: Path, log_csv: Path, device: torch.device,
+             shots: int | None = None, draw: int = 0,
              log: Callable[[str], None] = print) -> dict:
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
@@ -30,20 +31,23 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     ctx = Context(benchmark=bench, pretrained=pretrained, data_dir=Path(data_dir),
                   captions_dir=Path(captions_dir), device=device,
                   tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
-                  seed=cfg.seed, options=options)
+                  seed=cfg.seed, options=options, shots=shots, draw=draw)
     info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
+            "shots": shots, "draw": draw if shots else None,
+            "head_from_text": method.head_from_text,
             "config": {**asdict(cfg), "options": options},
             "pretrained": pretrained.info, "data_hash": data_hash(data_dir)}
 
     if not method.trains:
         classifier = method.classifier(ctx)
         val = ctx.val_accuracy(classifier)
-        info.update(best_epoch=0, best_val_accuracy=val)
+        info.update(best_epoch=0, best_val_accuracy=val, **ctx.notes)
         save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
         write_text(log_csv, ",".join(LOG_FIELDS) + f"\n0,0,,,{val:.5f},0\n")
         return {"best_epoch": 0, "best_val": val}
 
     task = method.task(ctx)
+    info.update(ctx.notes)
     result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log)
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 

@@ -10,6 +10,7 @@ file's metadata. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from flyp.io import UserError, atomic_path
@@ -38,7 +39,16 @@ def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
     if pretrained:
         check_quickgelu(model_name, pretrained)
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained or None)
+        # open_clip warns "No pretrained weights loaded" for a random init, which is the intent
+        # here (weights come from our own checkpoints); keep its other messages.
+        quiet = logging.getLogger().level if not pretrained else None
+        if quiet is not None:
+            logging.getLogger().setLevel(logging.ERROR)
+        try:
+            model = open_clip.create_model(model_name, pretrained=pretrained or None)
+        finally:
+            if quiet is not None:
+                logging.getLogger().setLevel(quiet)
     except RuntimeError as e:  # open_clip raises RuntimeError for unknown tags / failed downloads
         raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: {e}") from None
     return model
@@ -54,7 +64,8 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
         if not tag_quick and "quickgelu" not in model_name.lower():
             # A tag registered only for the -quickgelu variant means QuickGELU weights.
             base = f"{model_name}-quickgelu"
-            tag_quick = bool(open_clip.get_pretrained_cfg(base, pretrained).get("quick_gelu", False))
+            tag_cfg = open_clip.get_pretrained_cfg(base, pretrained)
+            tag_quick = bool(tag_cfg.get("quick_gelu", False))
     model_quick = bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
     if tag_quick and not model_quick:
         raise UserError(f"pretrained weights {pretrained!r} were trained with QuickGELU but model "

@@ -14,7 +14,7 @@ import torch
 from flyp.contrastive import CaptionedImages, ContrastiveTask
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import CachedEvalSet, accuracy, predict
+from flyp.evaluation import accuracy, maybe_cached, predict
 from flyp.io import UserError
 from flyp.models import (
     ImageClassifier,
@@ -43,7 +43,7 @@ class PretrainTask(ContrastiveTask):
 
 
 def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainConfig, *,
-             out: Path, log_csv: Path, device: torch.device) -> None:
+             out: Path, log_csv: Path, device: torch.device, log=print) -> None:
     torch.manual_seed(cfg.seed)  # model initialisation
     clip = create_clip(model_name)
     tokenizer = get_tokenizer(model_name)
@@ -52,9 +52,9 @@ def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainCo
     if "caption" not in table.df.columns:
         raise UserError(f"{table.path}: a pretraining table needs a 'caption' column")
     tokens = tokenizer(table.df["caption"].tolist())  # (N, L)
-    val = CachedEvalSet(ImageTable(table_path(data_dir, "val"), eval_tf))
+    val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
     task = PretrainTask(clip, model_name, device, CaptionedImages(table, tokens), val, benchmark,
                         tokenizer)
     info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
             "seed": cfg.seed, "epochs": cfg.epochs}
-    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select=False)
+    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select=False, progress=log)

@@ -1,14 +1,27 @@
-"""The results table and the DVC metrics file, with each row's provenance."""
+"""The results table, the DVC metrics file and the ID-vs-OOD figure, with each row's provenance.
+
+Rows: every method (mean and standard deviation over seeds), every finetuned method with weight
+ensembling ("<method>+wise", alpha picked on ID-val per seed), and the few-shot runs
+("<method>@<k>shot", mean and standard deviation over draws).
+
+Effective robustness (Taori et al., NeurIPS 2020): a line is fit to the baselines' (ID, OOD)
+points in logit space, OOD = f(ID); a method's effective robustness is its OOD accuracy minus f of
+its ID accuracy, in points. The baselines are the standard finetuning recipes (LP, FT, LP-FT, L2-SP)
+with their weight-ensembling curves.
+"""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flyp.datasets import get_benchmark
 from flyp.io import atomic_path, read_json, write_json
+
+ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
 
 
 def git_revision(cwd: Path | None = None) -> str:
@@ -23,26 +36,171 @@ def git_revision(cwd: Path | None = None) -> str:
     return rev + ("-dirty" if dirty else "")
 
 
-def write_report(benchmark_name: str, methods: list[str], results_dir: Path, table: Path,
-                 metrics_out: Path) -> pd.DataFrame:
+def _logit(p):
+    p = np.clip(np.asarray(p, float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def fit_robustness_line(points: list[tuple[float, float]]):
+    """(slope, intercept) of logit(OOD) against logit(ID), or None with fewer than 2 ID values."""
+    if len({round(i, 6) for i, _ in points}) < 2:
+        return None
+    x, y = _logit([p[0] for p in points]), _logit([p[1] for p in points])
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def effective_robustness(line, id_acc: float, ood_acc: float) -> float:
+    slope, intercept = line
+    predicted = 1 / (1 + np.exp(-(slope * _logit(id_acc) + intercept)))
+    return float(ood_acc - predicted)
+
+
+class Results:
+    """Reads results/<benchmark>/<method>/<run>/*.json."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def metrics(self, method: str, run: str, wise: bool = False) -> dict:
+        return read_json(self.root / method / run / ("wise_metrics.json" if wise
+                                                      else "metrics.json"))
+
+    def provenance(self, method: str, run: str) -> dict:
+        return read_json(self.root / method / run / "provenance.json")
+
+    def curve(self, method: str, run: str) -> pd.DataFrame:
+        return pd.read_csv(self.root / method / run / "wise_curve.csv")
+
+
+def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, dict]:
+    """A table row (percent, mean and std over runs) and its nested-metrics entry (fractions)."""
+    row, nested = {"method": name, "runs": len(metrics)}, {}
+    for c in columns:
+        values = np.array([m[c] for m in metrics], float)
+        mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+        row[label[c]], row[f"{label[c]}_std"] = round(100 * mean, 2), round(100 * std, 2)
+        nested[label[c]], nested[f"{label[c]}_std"] = round(mean, 6), round(std, 6)
+    row.update(extra or {})
+    row.update({
+        "best_epoch": ";".join(str(p["best_epoch"]) for p in provs),
+        "seed": ";".join(str(p["seed"]) for p in provs),
+        "checkpoint_sha256": ";".join(p["checkpoint_sha256"][:12] for p in provs),
+        "data_hash": ";".join(sorted({p["data_hash"][:12] for p in provs})),
+        "params_hash": ";".join(p["params_hash"][:12] for p in provs),
+    })
+    return row, nested
+
+
+def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], runs: list[str],
+                 wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
+                 table: Path, metrics_out: Path, plot_out: Path | None = None,
+                 plot_csv: Path | None = None) -> pd.DataFrame:
     bench = get_benchmark(benchmark_name)
+    res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
-    # The ID test set is called "id" in the table and metrics, whatever its table is named.
-    label = {c: ("id" if c == bench.id_set.name else c) for c in columns}
-    rows, nested = [], {}
-    revision = git_revision()
-    for method in methods:
-        metrics = read_json(Path(results_dir) / method / "metrics.json")
-        prov = read_json(Path(results_dir) / method / "provenance.json")
-        nested[method] = {label[c]: round(metrics[c], 6) for c in columns}
-        rows.append({"method": method,
-                     **{label[c]: round(100 * metrics[c], 2) for c in columns},
-                     "best_epoch": prov["best_epoch"], "seed": prov["seed"],
-                     "checkpoint_sha256": prov["checkpoint_sha256"][:16],
-                     "data_hash": prov["data_hash"][:16], "params_hash": prov["params_hash"][:16],
-                     "git_revision": revision})
+    # The ID test set is called "id" in the table and metrics, whatever its table is named; a set
+    # scored with another metric than accuracy says which (e.g. "id_macro_f1").
+    label = {"avg_ood": "avg_ood"}
+    for s in bench.eval_sets:
+        name = "id" if s is bench.id_set else s.name
+        label[s.name] = name if s.metric == "accuracy" else f"{name}_{s.metric}"
+    if bench.ood_sets and len({s.metric for s in bench.ood_sets}) == 1 and \
+            bench.ood_sets[0].metric != "accuracy":
+        label["avg_ood"] = f"avg_ood_{bench.ood_sets[0].metric}"
+    id_key = bench.id_set.name
+
+    rows, nested, points = [], {}, []  # points: (method, alpha, id, ood) for the figure
+    for m in methods:
+        metrics = [res.metrics(m, r) for r in runs]
+        provs = [res.provenance(m, r) for r in runs]
+        row, nested[m] = _aggregate(m, metrics, provs, columns, label)
+        rows.append(row)
+    for m in wise_methods:
+        metrics = [res.metrics(m, r, wise=True) for r in runs]
+        provs = [res.provenance(m, r) for r in runs]
+        alphas = ";".join(f"{x['alpha']:g}" for x in metrics)
+        row, nested[f"{m}+wise"] = _aggregate(f"{m}+wise", metrics, provs, columns, label,
+                                              {"alpha": alphas})
+        rows.append(row)
+        curves = pd.concat([res.curve(m, r) for r in runs]).groupby("alpha").mean(
+            numeric_only=True)
+        for alpha, c in curves.iterrows():
+            points.append((m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan))))
+    for m in fewshot_methods:
+        for shots in sorted({r.split("-")[0] for r in fewshot_runs}, key=lambda s: int(s[1:])):
+            draws = [r for r in fewshot_runs if r.split("-")[0] == shots]
+            name = f"{m}@{shots[1:]}shot"
+            metrics = [res.metrics(m, r) for r in draws]
+            provs = [res.provenance(m, r) for r in draws]
+            row, nested[name] = _aggregate(name, metrics, provs, columns, label)
+            rows.append(row)
+
     df = pd.DataFrame(rows)
+    if bench.ood_sets:
+        baseline = [(i, o) for m, _, i, o in points if m in ROBUSTNESS_BASELINES]
+        baseline += [(res.metrics(m, r)[id_key], res.metrics(m, r)["avg_ood"])
+                     for m in methods if m in ROBUSTNESS_BASELINES for r in runs]
+        line = fit_robustness_line(baseline)
+        eff = []
+        for r in rows:
+            if line is None:
+                eff.append(np.nan)
+                continue
+            e = effective_robustness(line, r[label[id_key]] / 100, r[label["avg_ood"]] / 100)
+            eff.append(round(100 * e, 2))
+            nested[r["method"]]["eff_robustness"] = round(e, 6)
+        df.insert(df.columns.get_loc("best_epoch"), "eff_robustness", eff)
+        if plot_out is not None:
+            plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
+    df["git_revision"] = git_revision()
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)
     return df
+
+
+def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, title: str):
+    """OOD against ID accuracy: one point per method, each WiSE-FT curve through its alpha grid,
+    the zero-shot model starred, the baselines' fitted line dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    id_col, ood_col = label[next(k for k, v in label.items() if v.startswith("id"))], \
+        label["avg_ood"]
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    full = df[~df["method"].str.contains("@")]
+    colors = {}
+    for m, group in pd.DataFrame(points, columns=["method", "alpha", "id", "ood"]).groupby(
+            "method", sort=False):
+        (line_,) = ax.plot(100 * group["id"], 100 * group["ood"], "-", lw=1.2, alpha=0.7)
+        colors[m] = line_.get_color()
+    for _, r in full.iterrows():
+        base = r["method"].removesuffix("+wise")
+        marker = "*" if base == "zeroshot" else ("s" if r["method"].endswith("+wise") else "o")
+        ax.errorbar(r[id_col], r[ood_col], xerr=r[f"{id_col}_std"], yerr=r[f"{ood_col}_std"],
+                    fmt=marker, ms=14 if marker == "*" else 7, color=colors.get(base, "black"),
+                    capsize=2)
+        ax.annotate(r["method"], (r[id_col], r[ood_col]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    if line is not None:
+        xs = np.linspace(full[id_col].min() - 2, full[id_col].max() + 2, 50) / 100
+        slope, intercept = line
+        ys = 1 / (1 + np.exp(-(slope * _logit(xs) + intercept)))
+        ax.plot(100 * xs, 100 * ys, "k--", lw=0.8, label="baselines' fit (logit space)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("ID test accuracy (%)")
+    ax.set_ylabel("average OOD accuracy (%)")
+    ax.set_title(f"{title}: ID vs OOD (mean over seeds; lines: weight ensembling, alpha 0 to 1)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    plt.close(fig)
+    if csv_out is not None:
+        curve = pd.DataFrame(points, columns=["method", "alpha", "id", "avg_ood"])
+        curve[["id", "avg_ood"]] = (100 * curve[["id", "avg_ood"]]).round(2)
+        with atomic_path(csv_out) as tmp:
+            curve.to_csv(tmp, index=False)

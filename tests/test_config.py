@@ -21,7 +21,8 @@ def test_default_params_resolve_to_the_embedded_preset(params):
     run = load_params(params, SCHEMA)
     assert run["benchmark"] == "embedded"
     assert run["finetune"]["lr"] == params["presets"]["embedded"]["finetune"]["lr"]
-    assert run["methods"] == ["zeroshot", "ft", "flyp"]
+    assert {"zeroshot", "ft", "flyp", "lp", "lpft", "l2sp"} <= set(run["methods"])
+    assert run["seeds"] == params["seeds"]
 
 
 def test_dvc_style_string_numbers_are_coerced(params):

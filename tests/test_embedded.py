@@ -55,7 +55,8 @@ def test_sketches_are_grey_and_photos_are_coloured(tiny_tables):
 
 def test_pretraining_captions_name_the_class_most_of_the_time(tiny_tables):
     df = read_table(table_path(tiny_tables, "pretrain"))
-    named = [CLASSNAMES[label] in text for label, text in zip(df["label"], df["caption"])]
+    pairs = zip(df["label"], df["caption"], strict=True)
+    named = [CLASSNAMES[label] in text for label, text in pairs]
     assert 0.6 < np.mean(named) < 0.95  # synonyms and alt-text without the name exist too
     assert df["caption"].nunique() > len(df) // 3
 

@@ -78,7 +78,7 @@ def test_flyp_captions_name_each_image_class(ctx):
     images, labels = _batch(task, 16)
     _, tokens = task.captions((images, labels))
     tok = ctx.tokenizer
-    for label, row in zip(labels.tolist(), tokens):
+    for label, row in zip(labels.tolist(), tokens, strict=True):
         # the sampled caption is one of the class's templated captions
         options = tok([t.format(ctx.benchmark.classnames[label]) for t in ctx.benchmark.templates])
         assert any(torch.equal(row, o) for o in options)

@@ -1,5 +1,7 @@
-"""End to end, as a user runs it, on the `smoke` scale: Snakemake to the table, a no-op rerun,
-the same table from the same seed, `dvc exp run -S lr=...`, `dvc metrics diff`, `dvc exp show`.
+"""End to end, as a user runs it, on the `smoke` scale with a shortened method list (one per kind:
+no training, a linear probe, a method built on another's checkpoint, FLYP), one seed, a coarse
+weight-ensembling grid and one few-shot draw: Snakemake to the table, a no-op rerun, the same table
+from the same seed, `dvc exp run -S lr=...`, `dvc metrics diff`, `dvc exp show`.
 
 Everything runs in a temporary copy of the project (its own git repo, DVC cache and Snakemake
 state), so the working tree is never touched.
@@ -21,6 +23,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+SMOKE_METHODS = ["zeroshot", "lp", "lpft", "flyp"]
 # What a fresh clone holds (outputs of earlier runs are left behind).
 PROJECT_FILES = ["Snakefile", "params.yaml", "dvc.yaml", "pyproject.toml", ".gitignore",
                  ".dvcignore", "workflow", "flyp", ".dvc/config", ".dvc/.gitignore"]
@@ -44,7 +47,9 @@ def project(tmp_path_factory):
         else:
             shutil.copy2(src, dst)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["scale"] = "smoke"
+    params.update(scale="smoke", seeds=[0], methods=SMOKE_METHODS, alphas=[0.0, 0.5, 1.0],
+                  fewshot={**params["fewshot"], "shots": [2], "draws": [0], "methods": ["flyp"],
+                           "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0}})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "DVC_SITE_CACHE_DIR": str(root / ".dvc-site-cache"),
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.org",
@@ -68,19 +73,26 @@ def built(project):
 def test_snakemake_builds_the_table(built):
     root, _, _ = built
     table = pd.read_csv(root / "results/table.csv")
-    assert list(table["method"]) == ["zeroshot", "ft", "flyp"]
-    for column in ["id", "v2", "sketch", "r", "a", "objectnet", "avg_ood", "best_epoch", "seed",
-                   "checkpoint_sha256", "data_hash", "params_hash", "git_revision"]:
+    assert list(table["method"]) == [*SMOKE_METHODS, "lp+wise", "lpft+wise", "flyp+wise",
+                                     "flyp@2shot"]
+    for column in ["id", "id_std", "v2", "sketch", "r", "a", "objectnet", "avg_ood", "runs",
+                   "eff_robustness", "best_epoch", "seed", "alpha", "checkpoint_sha256",
+                   "data_hash", "params_hash", "git_revision"]:
         assert column in table.columns
     assert table[["id", "v2", "sketch", "r", "a", "objectnet"]].apply(
         lambda c: c.between(0, 100)).all().all()
     ood = table[["v2", "sketch", "r", "a", "objectnet"]].mean(axis=1)
     assert (ood - table["avg_ood"]).abs().max() < 0.02
-    assert table["checkpoint_sha256"].is_unique and table["params_hash"].is_unique
+    plain = table[~table["method"].str.contains(r"\+|@")]
+    assert plain["checkpoint_sha256"].is_unique and plain["params_hash"].is_unique
+    assert table.loc[table["method"] == "flyp+wise", "alpha"].iloc[0] in (0, 0.5, 1)
     metrics = json.loads((root / "results/metrics.json").read_text())
-    assert set(metrics) == {"zeroshot", "ft", "flyp"}
-    assert set(metrics["flyp"]) == {"id", "v2", "sketch", "r", "a", "objectnet", "avg_ood"}
-    log = pd.read_csv(root / "models/embedded/flyp/train_log.csv")
+    assert set(metrics) == set(table["method"])
+    assert {"id", "id_std", "v2", "avg_ood", "eff_robustness"} <= set(metrics["flyp"])
+    assert (root / "results/plots/id_vs_ood.png").stat().st_size > 10_000
+    curve = pd.read_csv(root / "results/plots/id_vs_ood.csv")
+    assert set(curve["method"]) == {"lp", "lpft", "flyp"} and set(curve["alpha"]) == {0, .5, 1}
+    log = pd.read_csv(root / "models/embedded/flyp/seed0/train_log.csv")
     assert list(log["epoch"]) == [1, 2]
     assert {"lr", "train_loss", "val_accuracy"} <= set(log.columns)
     assert (root / "dvc.lock").is_file()  # the run was recorded in DVC
@@ -112,7 +124,7 @@ def test_dvc_experiment_reruns_only_finetuning_and_evaluation(built):
     out = exp.stdout + exp.stderr
     for stage in ["prepare_data", "captions", "pretrain"]:
         assert f"'{stage}' didn't change, skipping" in out, out
-    for stage in ["finetune@ft", "finetune@flyp", "evaluate@ft", "report"]:
+    for stage in ["finetune@lpft-0", "finetune@flyp-0", "evaluate@flyp-0", "report"]:
         assert f"Running stage '{stage}'" in out, out
     assert (root / "models/embedded/pretrained.safetensors").read_bytes() == pretrained
     assert yaml.safe_load((root / "params.yaml").read_text())["lr"] in (3e-4, "3e-4", "0.0003")
@@ -120,8 +132,9 @@ def test_dvc_experiment_reruns_only_finetuning_and_evaluation(built):
     diff = run(["dvc", "metrics", "diff", "--json"], root, env)
     changes = json.loads(diff.stdout)["results/metrics.json"]
     assert any(key.startswith("flyp.") for key in changes)
-    assert any(key.startswith("ft.") for key in changes)
-    assert not any(key.startswith("zeroshot.") for key in changes)  # lr does not touch zero-shot
+    assert any(key.startswith("lpft.") for key in changes)
+    # lr touches neither zero-shot nor the linear probe (whose rows stay as they were)
+    assert not any(key.startswith(("zeroshot.id", "lp.id")) for key in changes)
 
     show = run(["dvc", "exp", "show", "--json"], root, env)
     assert "0.0003" in show.stdout or "3e-4" in show.stdout or "3e-04" in show.stdout

@@ -4,13 +4,14 @@ A benchmark names its classes, its caption templates and its evaluation sets (th
 then the OOD sets). Its ``prepare`` step writes Parquet tables into ``data/<benchmark>/``:
 ``train.parquet``, ``val.parquet`` and one ``<eval set>.parquet`` per evaluation set, each with the
 columns ``image_id``, ``label`` and either ``image`` (encoded bytes) or ``path`` (a file relative to
-the table's folder). Everything downstream (captions, finetuning, evaluation) only reads those tables,
-so a new benchmark is a new module that registers itself here.
+the table's folder). Everything downstream (captions, finetuning, evaluation) only reads those
+tables, so a new benchmark is a new module that registers itself here.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,26 @@ class EvalSet:
     ood: bool
     metric: str = "accuracy"
     description: str = ""
-    # Turns logits over the benchmark's classes (B, C) into logits over this set's classes (B, C').
+    # project_logits(logits, table): logits over the benchmark's classes (B, C) -> logits over
+    # this set's classes (B, C'); ``table`` is the set's table (it may name each label's classes).
     project_logits: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Download:
+    """One archive a benchmark needs, fetched into ``data/raw/<name>`` by the download rules.
+
+    ``url`` None means it cannot be downloaded (licence, password): the user places it and sets
+    the path in params; ``manual`` says where to get it. Size and checksums are verified when
+    given (FLYP_REFERENCE section 3)."""
+
+    name: str
+    url: str | None
+    size: int | None = None
+    md5: str | None = None
+    sha256: str | None = None
+    manual: str = ""
+    inner_tars: bool = False  # .tar members unpack into a folder each (ImageNet train)
 
 
 @dataclass
@@ -40,6 +59,7 @@ class Benchmark:
     prepare: Callable  # prepare(out_dir: Path, **options) -> None
     description: str = ""
     extra_tables: list[str] = field(default_factory=list)  # e.g. the pretraining set
+    downloads: list[Download] = field(default_factory=list)  # archives prepare reads
 
     @property
     def id_set(self) -> EvalSet:
@@ -62,8 +82,6 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Callable[[], Benchmark]] = {}
-# Modules that register benchmarks when imported; importing lazily keeps `flyp --help` fast.
-_MODULES = ["flyp.datasets.embedded"]
 
 
 def register_benchmark(name: str):
@@ -75,8 +93,10 @@ def register_benchmark(name: str):
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(module)
+    """Import every module of this package: a benchmark module registers itself on import (done
+    lazily, so that `flyp --help` stays fast)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def benchmark_names() -> list[str]:

@@ -1,9 +1,9 @@
 """The embedded benchmark: a procedurally drawn world of objects, made offline in seconds.
 
 It mirrors the structure of CLIP on ImageNet. A *pretraining set* of captioned images spans many
-visual styles (photo-like, sketch, cartoon, painting, pixel art) with noisy, varied captions, like web
-data. The *ID set* is one style (photo-like) with train/val/test splits, like ImageNet. Five *OOD
-sets* each imitate one ImageNet shift:
+visual styles (photo-like, sketch, cartoon, painting, pixel art) with noisy, varied captions, like
+web data. The *ID set* is one style (photo-like) with train/val/test splits, like ImageNet. Five
+*OOD sets* each imitate one ImageNet shift:
 
 ========== ================================================================================
 v2         same style as ID, re-drawn with shifted attribute frequencies (ImageNetV2)
@@ -124,7 +124,8 @@ DISTRIBUTIONS = {
 }
 EVAL_SETS = [
     EvalSet("test", ood=False, description="ID test: photo-like, same distribution as train"),
-    EvalSet("v2", ood=True, description="re-drawn ID with shifted attribute frequencies (ImageNetV2)"),
+    EvalSet("v2", ood=True,
+            description="re-drawn ID with shifted attribute frequencies (ImageNetV2)"),
     EvalSet("sketch", ood=True, description="pencil sketches (ImageNet-Sketch)"),
     EvalSet("r", ood=True, description="cartoon, painting and pixel-art renditions (ImageNet-R)"),
     EvalSet("a", ood=True, description="clutter, occlusion and tiny objects (ImageNet-A)"),
@@ -235,7 +236,8 @@ def _background(rng, kind: str, s: int) -> np.ndarray:
         img = a * (1 - t[..., None]) + b * t[..., None]
     elif kind == "texture":  # smooth random field: grass, fabric, wood...
         coarse = rng.normal(0, 1, (6, 6))
-        field_ = np.asarray(Image.fromarray(coarse.astype(np.float32)).resize((s, s), Image.BICUBIC))
+        field_ = np.asarray(
+            Image.fromarray(coarse.astype(np.float32)).resize((s, s), Image.BICUBIC))
         t = (field_ - field_.min()) / (np.ptp(field_) + 1e-6)
         img = a * (1 - t[..., None]) + b * t[..., None]
     elif kind == "stripes":

@@ -1,8 +1,8 @@
 """Parquet tables of images, and the torch Dataset that reads them.
 
-A table has the columns ``image_id`` and ``label`` and either ``image`` (encoded PNG/JPEG bytes, used
-by the embedded benchmark) or ``path`` (an image file relative to the table's folder, used by the
-real benchmarks, whose images stay files on disk).
+A table has the columns ``image_id`` and ``label`` and either ``image`` (encoded PNG/JPEG bytes,
+used by the embedded benchmark) or ``path`` (an image file relative to the table's folder, used by
+the real benchmarks, whose images stay files on disk).
 """
 
 from __future__ import annotations
@@ -69,9 +69,13 @@ class ImageTable(torch.utils.data.Dataset):
         file = self.path.parent / self.df["path"].iat[i]
         try:
             with Image.open(file) as im:
-                return im.convert("RGB")
+                image = im.convert("RGB")
         except OSError as e:
             raise UserError(f"{file}: cannot read image ({e})") from None
+        if "crop" in self.df.columns:  # a border to drop before any transform (ObjectNet: 2 px)
+            b = int(self.df["crop"].iat[i])
+            image = image.crop((b, b, image.width - b, image.height - b))
+        return image
 
     def __getitem__(self, i: int):
         image = self.load_image(i)

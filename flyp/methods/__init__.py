@@ -9,15 +9,17 @@ need to know which method made a checkpoint.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import CachedEvalSet, accuracy, predict
+from flyp.evaluation import CachedEvalSet, accuracy, maybe_cached, predict
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
 
@@ -36,6 +38,9 @@ class Context:
     eval_transform: object
     seed: int
     options: dict = field(default_factory=dict)  # method-specific settings
+    shots: int | None = None  # few-shot protocol: k training and k validation images per class
+    draw: int = 0  # which few-shot draw (seeds the sample)
+    notes: dict = field(default_factory=dict)  # facts a method records in its checkpoint
     _val: CachedEvalSet | None = None
 
     @property
@@ -46,14 +51,41 @@ class Context:
         """A new copy of the pretrained CLIP on the context's device."""
         return clip_from_checkpoint(self.pretrained).to(self.device)
 
+    def subset(self, labels, split: str = "train") -> np.ndarray | None:
+        """Row indices of the few-shot sample of ``split`` (k per class), or None for all rows.
+        The sample depends only on (draw, split, labels): every method sees the same images."""
+        if self.shots is None:
+            return None
+        labels = np.asarray(labels)
+        rng = np.random.default_rng([self.draw, {"train": 0, "val": 1}[split]])
+        picked = []
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            if len(rows) < self.shots:
+                raise UserError(f"{split}: class {c} has {len(rows)} images, fewer than "
+                                f"{self.shots} shots")
+            picked.append(rng.choice(rows, self.shots, replace=False))
+        return np.sort(np.concatenate(picked))
+
+    def _table(self, split: str, transform) -> ImageTable:
+        table = ImageTable(table_path(self.data_dir, split), transform)
+        rows = self.subset(table.labels.numpy(), split)
+        if rows is None:
+            return table
+        return ImageTable(table.path, transform, df=table.df.iloc[rows].reset_index(drop=True))
+
     def train_table(self) -> ImageTable:
-        return ImageTable(table_path(self.data_dir, "train"), self.train_transform)
+        return self._table("train", self.train_transform)
 
     def val_set(self) -> CachedEvalSet:
         if self._val is None:
-            self._val = CachedEvalSet(ImageTable(table_path(self.data_dir, "val"),
-                                                 self.eval_transform))
+            self._val = maybe_cached(self._table("val", self.eval_transform))
         return self._val
+
+    def subset_features(self, xy, split: str = "train"):
+        """The few-shot sample of cached (features, labels)."""
+        rows = self.subset(xy[1].numpy(), split)
+        return xy if rows is None else (xy[0][rows], xy[1][rows])
 
     def zero_shot_head(self, clip: nn.Module) -> nn.Linear:
         return build_zero_shot_head(clip, self.tokenizer, self.benchmark.classnames,
@@ -77,6 +109,13 @@ class Method:
     name: str = ""
     trains: bool = True
     description: str = ""
+    # Files the method reads, by option name: "features" (the pretrained model's cached image
+    # features) or "method:<name>" (that method's checkpoint of the same run). The workflow makes
+    # them inputs and passes each path as `-o <option>=<path>`.
+    inputs: dict[str, str] = {}
+    # Whether the classifier's head is the zero-shot head of the model's own text tower (so weight
+    # ensembling rebuilds it from the interpolated text tower instead of mixing heads).
+    head_from_text: bool = False
 
     def task(self, ctx: Context):
         """The training task (``flyp.training.Task``); only for methods that train."""
@@ -88,7 +127,6 @@ class Method:
 
 
 METHODS: dict[str, type[Method]] = {}
-_MODULES = ["flyp.methods.zeroshot", "flyp.methods.ft", "flyp.methods.flyp"]
 
 
 def register_method(name: str):
@@ -101,8 +139,9 @@ def register_method(name: str):
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(module)
+    """Import every module of this package; each method module registers itself."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def method_names() -> list[str]:

@@ -22,13 +22,12 @@ from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier
 
 
-def load_caption_bank(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels of the training images (N,) in table order and the tokenised captions of every
-    (class, template) pair (C, T, L), from the caption tables written by ``flyp captions``."""
+def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of the training images ``train_ids`` (N,) in order and the tokenised captions of
+    every (class, template) pair (C, T, L), from the caption tables written by ``flyp captions``."""
     captions = read_table(table_path(ctx.captions_dir, "captions"))
     templates = read_table(table_path(ctx.captions_dir, "templates"),
                            columns=["template_set", "template"])
-    train_ids = read_table(table_path(ctx.data_dir, "train"), columns=["image_id"])["image_id"]
     captions = captions.set_index("image_id")
     missing = set(train_ids) - set(captions.index)
     if missing:
@@ -52,7 +51,7 @@ class FlypTask(ContrastiveTask):
         super().__init__(clip, ctx.model_name, ctx.device)
         self.ctx = ctx
         self.train_data = ctx.train_table()
-        labels, self.caption_tokens = load_caption_bank(ctx)
+        labels, self.caption_tokens = load_caption_bank(ctx, self.train_data.df["image_id"])
         if not torch.equal(labels, self.train_data.labels):
             raise UserError("captions table labels disagree with train.parquet; rerun captions")
 
@@ -71,6 +70,7 @@ class FlypTask(ContrastiveTask):
 
 @register_method("flyp")
 class Flyp(Method):
+    head_from_text = True
     description = "whole CLIP, contrastive loss on (image, templated class caption) pairs"
 
     def task(self, ctx: Context) -> FlypTask:

@@ -21,9 +21,17 @@ MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
 
+# A run of a method is either a full run with one seed ("seed0") or one draw of the few-shot
+# protocol ("k4-draw0": 4 images per class, draw 0).
+FULL_RUNS = [f"seed{s}" for s in RUN["seeds"]]
+FEWSHOT = RUN["fewshot"]
+FEWSHOT_RUNS = [f"k{k}-draw{d}" for k in FEWSHOT["shots"] for d in FEWSHOT["draws"]]
+METHODS = sorted(set(RUN["methods"]) | set(FEWSHOT["methods"]))
+
 
 wildcard_constraints:
-    method="|".join(RUN["methods"]),
+    method="|".join(METHODS),
+    run=r"seed\d+|k\d+-draw\d+",
 
 
 def train_args(cfg):
@@ -35,14 +43,62 @@ def train_args(cfg):
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
 # that changing the machine or --cores reruns nothing.
 DEVICE = RUN["runtime"]["device"]
+# Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
+JOB_THREADS = max(1, workflow.cores // 2)
 WORKERS = RUN["runtime"]["workers"]
 ENV = "../envs/flyp.yaml"
 
 
-def finetune_config(method):
-    """Everything that decides a finetuning run (Snakemake's params trigger sees it all)."""
-    return {**RUN["finetune"], "seed": RUN["seed"],
-            "options": RUN["method_options"].get(method, {})}
+TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision"}
+
+
+def parse_run(run):
+    """(seed, shots, draw) of a run name; shots is None for a full run."""
+    if run.startswith("seed"):
+        return int(run[4:]), None, 0
+    shots, draw = run[1:].split("-draw")
+    return int(draw), int(shots), int(draw)
+
+
+def finetune_config(method, run):
+    """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
+    shared finetuning settings, the few-shot protocol's, then the method's own overrides."""
+    seed, shots, draw = parse_run(run)
+    options = dict(RUN["method_options"].get(method, {}))
+    cfg = {**RUN["finetune"], "seed": seed}
+    if shots is not None:
+        cfg.update(FEWSHOT["finetune"])
+        if cfg.get("batch_size") is None:  # the whole k-shot training set in one batch
+            cfg["batch_size"] = shots * len(BENCH.classnames)
+    cfg.update({k: options.pop(k) for k in list(options) if k in TRAIN_KEYS})
+    if "lr_scale" in options:  # relative to the shared lr, so `-S lr=...` moves it too
+        cfg["lr"] = cfg["lr"] * float(options.pop("lr_scale"))
+    return {**cfg, "shots": shots, "draw": draw, "options": options}
+
+
+def method_inputs(wildcards):
+    """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
+    from flyp.methods import get_method
+
+    files = {}
+    for option, kind in get_method(wildcards.method).inputs.items():
+        if kind == "features":
+            files[option] = f"{MODELS}/features.safetensors"
+        else:  # "method:<name>": that method's checkpoint of the same run
+            files[option] = f"{MODELS}/{kind.split(':', 1)[1]}/{wildcards.run}/best.safetensors"
+    return files
+
+
+def finetune_args(wildcards, input):
+    """`flyp finetune` options of one (method, run)."""
+    cfg = finetune_config(wildcards.method, wildcards.run)
+    args = [train_args(cfg)]
+    if cfg["shots"] is not None:
+        args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
+    options = dict(cfg["options"])
+    options.update({k: input[k] for k in method_inputs(wildcards)})
+    args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in options.items()]
+    return " ".join(args)
 
 
 def record_in_dvc():

@@ -2,11 +2,18 @@
 
 
 rule prepare_data:
+    input:
+        raw=[f"data/raw/{d.name}" for d in BENCH.downloads],  # unpacked by download.smk
     output:
         tables=directory(TABLES),
     params:
         benchmark=BENCHMARK,
-        options=" ".join(f"-o {shlex.quote(f'{k}={v}')}" for k, v in RUN["data"].items()),
+        # data options, less the archive sources (those are for the download rules)
+        options=" ".join(
+            f"-o {shlex.quote(f'{k}={v}')}"
+            for k, v in RUN["data"].items()
+            if k not in {d.name for d in BENCH.downloads}
+        ),
     threads: workflow.cores
     conda:
         ENV

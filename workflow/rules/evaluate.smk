@@ -1,24 +1,61 @@
-# Each checkpoint on the ID test set and every OOD set.
+# Each checkpoint on the ID test set and every OOD set. A full run's checkpoint is also weight-
+# ensembled (WiSE-FT) with the zero-shot checkpoint of the same run over the alpha grid, in the
+# same job (one model load and one process start fewer per checkpoint).
 
 
 rule evaluate:
     input:
-        model=f"{MODELS}/{{method}}/best.safetensors",
+        model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         tables=TABLES,
     output:
-        metrics=f"{RESULTS}/{{method}}/metrics.json",
-        provenance=f"{RESULTS}/{{method}}/provenance.json",
+        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
+        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
+    wildcard_constraints:
+        run=r"k\d+-draw\d+",
     params:
         benchmark=BENCHMARK,
-    threads: workflow.cores
+    threads: JOB_THREADS
     resources:
         device=DEVICE,
         workers=WORKERS,
     conda:
         ENV
     log:
-        f"logs/{BENCHMARK}/evaluate_{{method}}.log",
+        f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
     shell:
-        "flyp evaluate --benchmark {params.benchmark} --data {input.tables} --checkpoint {input.model} "
-        "--metrics-out {output.metrics} --provenance-out {output.provenance} "
-        "--threads {threads} --device {resources.device} --workers {resources.workers} 2> {log}"
+        "flyp evaluate --benchmark {params.benchmark} --data {input.tables} "
+        "--checkpoint {input.model} --metrics-out {output.metrics} "
+        "--provenance-out {output.provenance} --threads {threads} "
+        "--device {resources.device} --workers {resources.workers} 2> {log}"
+
+
+rule evaluate_ensemble:
+    input:
+        model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
+        zeroshot=f"{MODELS}/zeroshot/{{run}}/best.safetensors",
+        tables=TABLES,
+    output:
+        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
+        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
+        curve=f"{RESULTS}/{{method}}/{{run}}/wise_curve.csv",
+        wise=f"{RESULTS}/{{method}}/{{run}}/wise_metrics.json",
+    wildcard_constraints:
+        run=r"seed\d+",
+    params:
+        benchmark=BENCHMARK,
+        alphas=",".join(str(a) for a in RUN["alphas"]),
+    threads: JOB_THREADS
+    resources:
+        device=DEVICE,
+        workers=WORKERS,
+    conda:
+        ENV
+    log:
+        f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
+    shell:
+        "flyp evaluate --benchmark {params.benchmark} --data {input.tables} "
+        "--checkpoint {input.model} --metrics-out {output.metrics} "
+        "--provenance-out {output.provenance} --ensemble-with {input.zeroshot} "
+        "--alphas {params.alphas} --curve-out {output.curve} --wise-out {output.wise} "
+        "--threads {threads} --device {resources.device} --workers {resources.workers} "
+        "2> {log}"

@@ -1,21 +1,53 @@
-# The results table (one row per method, with provenance) and the DVC metrics file.
+# The results table (a row per method, its weight-ensembled variant and the few-shot runs, with
+# provenance), the DVC metrics file and the ID-vs-OOD figure.
+
+# Weight ensembling runs for every method (zero-shot with itself is free), so that DVC can
+# declare it over the same matrix; the table has a "+wise" row for every method but zero-shot.
+WISE_METHODS = list(RUN["methods"])
 
 
 rule report:
     input:
-        metrics=expand(f"{RESULTS}/{{method}}/metrics.json", method=RUN["methods"]),
-        provenance=expand(f"{RESULTS}/{{method}}/provenance.json", method=RUN["methods"]),
+        metrics=expand(
+            f"{RESULTS}/{{method}}/{{run}}/{{file}}.json",
+            method=RUN["methods"],
+            run=FULL_RUNS,
+            file=["metrics", "provenance"],
+        ),
+        wise=expand(
+            f"{RESULTS}/{{method}}/{{run}}/{{file}}",
+            method=WISE_METHODS,
+            run=FULL_RUNS,
+            file=["wise_metrics.json", "wise_curve.csv"],
+        ),
+        fewshot=expand(
+            f"{RESULTS}/{{method}}/{{run}}/{{file}}.json",
+            method=FEWSHOT["methods"],
+            run=FEWSHOT_RUNS,
+            file=["metrics", "provenance"],
+        ),
     output:
         table="results/table.csv",
         metrics="results/metrics.json",
+        plot="results/plots/id_vs_ood.png",
+        plot_csv="results/plots/id_vs_ood.csv",
     params:
         benchmark=BENCHMARK,
-        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.metrics[0])),
-        methods=" ".join(f"--method {m}" for m in RUN["methods"]),
+        results=lambda wildcards, input: os.path.dirname(
+            os.path.dirname(os.path.dirname(input.metrics[0]))
+        ),
+        methods=",".join(RUN["methods"]),
+        runs=",".join(FULL_RUNS),
+        wise=",".join(m for m in WISE_METHODS if m != "zeroshot"),
+        fewshot_methods=",".join(FEWSHOT["methods"]),
+        fewshot_runs=",".join(FEWSHOT_RUNS),
     conda:
         ENV
     log:
         f"logs/{BENCHMARK}/report.log",
     shell:
-        "flyp report --benchmark {params.benchmark} {params.methods} --results {params.results} "
-        "--table {output.table} --metrics-out {output.metrics} > {log} 2>&1"
+        "flyp report --benchmark {params.benchmark} --results {params.results} "
+        "--methods {params.methods} --runs {params.runs} --wise-methods {params.wise} "
+        "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
+        "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
+        "--plot-csv {output.plot_csv} > {log} 2>&1"

@@ -1,0 +1,125 @@
+"""Weight ensembling, WiSE-FT (Wortsman et al., CVPR 2022).
+
+``theta(a) = (1 - a) * theta_zeroshot + a * theta_finetuned`` over every weight (head included),
+for a grid of ``a``; a = 0 is the zero-shot model and a = 1 the finetuned one. For methods whose
+head is built from the text tower (FLYP and its ablations), the CLIP weights are interpolated and
+the head is rebuilt from the interpolated text tower, as FLYP evaluates any CLIP. ``a`` is
+picked on ID-val accuracy, never on test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import torch
+
+from flyp.models import (
+    Checkpoint,
+    ImageClassifier,
+    build_zero_shot_head,
+    create_clip,
+    get_tokenizer,
+    head_from_state,
+)
+
+
+def interpolate_state(zs: dict, ft: dict, a: float) -> dict:
+    """Floating-point tensors mixed; integer buffers (e.g. BatchNorm's step count) from ``ft``.
+    Written as (1 - a) * zs + a * ft so that a = 0 and a = 1 give exactly zs and ft."""
+    if zs.keys() != ft.keys():
+        raise ValueError("checkpoints have different weights; not the same architecture")
+    return {k: ((1 - a) * zs[k] + a * ft[k]) if ft[k].is_floating_point() else ft[k].clone()
+            for k in ft}
+
+
+def head_from_text(ckpt: Checkpoint) -> bool:
+    return bool(ckpt.info.get("head_from_text"))
+
+
+def interpolated_classifier(zs: Checkpoint, ft: Checkpoint, a: float, classnames, templates,
+                            device="cpu") -> ImageClassifier:
+    if zs.model_name != ft.model_name:
+        raise ValueError(f"cannot ensemble {zs.model_name} with {ft.model_name}")
+    clip = create_clip(ft.model_name)
+    clip.load_state_dict(interpolate_state(zs.clip, ft.clip, a))
+    clip = clip.to(device)
+    if head_from_text(ft):
+        head = build_zero_shot_head(clip, get_tokenizer(ft.model_name), classnames, templates)
+    else:
+        head = head_from_state(interpolate_state(zs.head, ft.head, a)).to(device)
+    return ImageClassifier(clip, head).eval()
+
+
+def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, val_set,
+                   known: dict | None = None, device="cpu", log=print) -> list[dict]:
+    """One row per alpha: {"alpha", "val_accuracy", <eval set>..., "avg_ood"}. ``known`` maps an
+    alpha to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results)."""
+    from flyp.evaluation import accuracy, evaluate_classifier, predict
+
+    rows = []
+    eval_cache: dict = {}  # the eval sets, decoded and transformed once for every alpha
+
+    def identical(a: dict | None, b: dict | None) -> bool:
+        return a is not None and b is not None and a.keys() == b.keys() and all(
+            torch.equal(a[k], b[k]) for k in a)
+
+    # The same weights and head on both ends (zero-shot with itself): nothing to mix.
+    same = identical(zs.clip, ft.clip) and identical(zs.head, ft.head) and 1.0 in (known or {})
+    for a in alphas:
+        if same:  # mixing a model with itself (zero-shot): every alpha is that model
+            rows.append({"alpha": a, **known[1.0]})
+            continue
+        if known and a in known:
+            rows.append({"alpha": a, **known[a]})
+            continue
+        classifier = interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, device)
+        val = accuracy(*predict(classifier, val_set, device=device))
+        metrics = evaluate_classifier(classifier, bench, data_dir, device=device,
+                                      log=lambda m: None, cache=eval_cache)
+        rows.append({"alpha": a, "val_accuracy": val, **metrics})
+        log(f"alpha={a:.2f}  val={val:.4f}  " + "  ".join(f"{k}={v:.4f}"
+                                                          for k, v in metrics.items()))
+    return rows
+
+
+def pick_alpha(rows: list[dict]) -> dict:
+    """The row with the best ID-val accuracy (the smallest alpha among ties)."""
+    return max(rows, key=lambda r: (r["val_accuracy"], -r["alpha"]))
+
+
+def curve_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+
+
+def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas, *,
+                 finetuned_metrics=None, curve_out, metrics_out, device="cpu",
+                 log=print) -> dict:
+    """Evaluate the alpha grid, write the curve (CSV) and the metrics at the alpha picked on
+    ID-val (JSON, with "alpha"); return the picked row."""
+    from flyp.datasets import get_benchmark, table_path
+    from flyp.datasets.tables import ImageTable
+    from flyp.evaluation import maybe_cached
+    from flyp.io import read_json, write_json, write_text
+    from flyp.models import image_transforms, load_checkpoint
+
+    bench = get_benchmark(benchmark_name)
+    zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)
+    known = {}  # alpha 1 is the finetuned model, already evaluated
+    if finetuned_metrics:
+        known[1.0] = {"val_accuracy": ft.info["best_val_accuracy"], **read_json(finetuned_metrics)}
+    _, eval_tf = image_transforms(create_clip(ft.model_name))
+    val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
+    rows = ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,
+                          device=device, log=log)
+    best = pick_alpha(rows)
+    write_text(curve_out, curve_csv(rows))
+    write_json(metrics_out, best)
+    return best

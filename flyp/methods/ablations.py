@@ -1,0 +1,89 @@
+"""The paper's three ablations (FLYP section 5): each changes one thing about FLYP, and the paper
+finds each worse ("using finetuning = pretraining is key").
+
+- ``ce_both_towers``: cross-entropy with both encoders trained; the head is the text embedding of
+  the class prompts, one random template per class per step.
+- ``flyp_image_only``: FLYP's contrastive loss, but only the image encoder is trained.
+- ``flyp_no_collisions``: FLYP's contrastive loss with class collisions removed: other images of
+  the same class are dropped from each softmax denominator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flyp.methods import Context, Method, register_method
+from flyp.methods.flyp import FlypTask
+
+
+class CrossEntropyBothTowersTask(FlypTask):
+    """Logits against every class's prompt (one template drawn per class per step), CE loss."""
+
+    def loss(self, batch):
+        images, labels = batch
+        n_classes, n_templates = self.caption_tokens.shape[:2]
+        template = torch.randint(n_templates, (n_classes,))
+        prompts = self.caption_tokens[torch.arange(n_classes), template]  # (C, L)
+        img = F.normalize(self.module.encode_image(images.to(self.device)), dim=-1)  # (B, D)
+        txt = F.normalize(self.module.encode_text(prompts.to(self.device)), dim=-1)  # (C, D)
+        logits = self.module.logit_scale.exp() * img @ txt.T  # (B, C)
+        return F.cross_entropy(logits, labels.to(self.device))
+
+
+class ImageOnlyTask(FlypTask):
+    """FLYP with the text tower and temperature frozen."""
+
+    def __init__(self, ctx: Context, clip):
+        super().__init__(ctx, clip)
+        for name, p in clip.named_parameters():
+            p.requires_grad_(name.startswith("visual."))
+
+
+def contrastive_loss_without_collisions(image_features, text_features, logit_scale, labels):
+    """CLIP's symmetric loss where, for each anchor, the other pairs of its class are removed from
+    the softmax denominator (their logits set to -inf). Features (B, D) normalised, labels (B,).
+    Equals the plain loss when every label in the batch differs."""
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    same = labels[:, None] == labels[None, :]
+    collision = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    logits = logits.masked_fill(collision, float("-inf"))
+    target = torch.arange(len(labels), device=labels.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class NoCollisionsTask(FlypTask):
+    def loss(self, batch):
+        images, tokens = self.captions(batch)
+        labels = batch[1].to(self.device)
+        image_features, text_features, logit_scale = self.module(
+            images.to(self.device), tokens.to(self.device))[:3]
+        return contrastive_loss_without_collisions(image_features, text_features, logit_scale,
+                                                   labels)
+
+
+@register_method("ce_both_towers")
+class CrossEntropyBothTowers(Method):
+    head_from_text = True
+    description = "ablation: cross-entropy, both encoders trained, class-prompt head"
+
+    def task(self, ctx: Context):
+        return CrossEntropyBothTowersTask(ctx, ctx.fresh_clip())
+
+
+@register_method("flyp_image_only")
+class FlypImageOnly(Method):
+    head_from_text = True
+    description = "ablation: contrastive loss, only the image encoder trained"
+
+    def task(self, ctx: Context):
+        return ImageOnlyTask(ctx, ctx.fresh_clip())
+
+
+@register_method("flyp_no_collisions")
+class FlypNoCollisions(Method):
+    head_from_text = True
+    description = "ablation: contrastive loss without same-class pairs in the denominators"
+
+    def task(self, ctx: Context):
+        return NoCollisionsTask(ctx, ctx.fresh_clip())

@@ -1,0 +1,20 @@
+"""LP-FT (Kumar et al., ICLR 2022): first a linear probe, then full finetuning (image encoder +
+head, cross-entropy) starting from the probe's head, usually with a smaller learning rate (set
+``method_options.lpft.lr`` in params). Option ``init_head``: the LP checkpoint."""
+
+from flyp.methods import Context, Method, register_method
+from flyp.methods.ft import CrossEntropyTask, freeze_text_tower
+from flyp.models import ImageClassifier, head_from_state, load_checkpoint
+
+
+@register_method("lpft")
+class LinearProbeThenFinetune(Method):
+    description = "linear probe, then full finetuning from its head"
+    inputs = {"init_head": "method:lp"}
+
+    def task(self, ctx: Context) -> CrossEntropyTask:
+        probe = load_checkpoint(ctx.option("init_head", type_=str))
+        clip = ctx.fresh_clip()
+        freeze_text_tower(clip)
+        head = head_from_state(probe.head).to(ctx.device)
+        return CrossEntropyTask(ctx, ImageClassifier(clip, head))

@@ -1,0 +1,191 @@
+"""iWildCam and FMoW: WILDS's splits, labels, class names and regions, read from tiny copies of the
+official layouts (metadata CSVs and 8x8 images)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from flyp.datasets import get_benchmark, table_path
+from flyp.datasets.rawdata import SPLITS_RECORD
+from flyp.datasets.tables import ImageTable, read_table
+from flyp.datasets.wilds import (
+    FMOW_CATEGORIES,
+    IWILDCAM_CATEGORIES,
+    fmow_regions,
+    fmow_tables,
+    prepare_fmow,
+    prepare_iwildcam,
+)
+from flyp.evaluation import score
+from flyp.io import UserError
+
+
+def write_image(path, value: int, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path, fmt)
+
+
+# ----------------------------------------------------------------------------------------------
+# iWildCam
+
+# (WILDS split, label y) of each image in the fixture
+IWILDCAM_ROWS = [("train", 0), ("train", 24), ("train", 181), ("id_val", 24), ("id_test", 1),
+                 ("id_test", 2), ("test", 146), ("test", 0), ("val", 5)]
+
+
+@pytest.fixture
+def iwildcam_raw(tmp_path):
+    """raw/iwildcam/ as the download step leaves it: the archive's iwildcam_v2.0/ folder."""
+    root = tmp_path / "raw" / "iwildcam" / "iwildcam_v2.0"
+    root.mkdir(parents=True)
+    cats = [{"y": y, "category_id": cid, "name": name.capitalize()}  # read lowercased
+            for y, (cid, name, _) in enumerate(IWILDCAM_CATEGORIES)]
+    cats.append({"y": 99999, "category_id": 243, "name": "didelphis sp"})  # absent from WILDS
+    pd.DataFrame(cats).to_csv(root / "categories.csv", index=False)
+    meta = pd.DataFrame([{"split": split, "filename": f"{i:03d}.jpg", "y": y,
+                          "image_id": f"img{i}", "location_remapped": i % 3,
+                          "datetime": "2013-06-01 12:00:00.000"}
+                         for i, (split, y) in enumerate(IWILDCAM_ROWS)])
+    meta.to_csv(root / "metadata.csv", index=False)
+    for i in range(len(IWILDCAM_ROWS)):
+        write_image(root / "train" / f"{i:03d}.jpg", 10 * i, "JPEG")
+    (root / "RELEASE_v2.0.txt").write_text("v2.0\n")
+    return tmp_path / "raw"
+
+
+def test_iwildcam_tables_follow_the_wilds_splits(iwildcam_raw, tmp_path):
+    out = tmp_path / "tables"
+    prepare_iwildcam(out, raw_dir=str(iwildcam_raw))
+    expected = {"train": "train", "val": "id_val", "id_test": "id_test", "ood_test": "test",
+                "ood_val": "val"}
+    for table, split in expected.items():
+        df = read_table(table_path(out, table))
+        rows = [(f"img{i}", y) for i, (s, y) in enumerate(IWILDCAM_ROWS) if s == split]
+        assert list(zip(df["image_id"], df["label"], strict=True)) == rows, table
+        image = ImageTable(table_path(out, table)).load_image(0)  # paths resolve from out/
+        assert image.size == (8, 8)
+    record = json.loads((out / SPLITS_RECORD).read_text())
+    assert record["sizes"] == {"train": 3, "val": 1, "id_test": 2, "ood_test": 2, "ood_val": 1}
+    assert get_benchmark("iwildcam").tables() == list(expected)
+
+
+def test_iwildcam_classes_are_the_182_of_categories_csv(iwildcam_raw, tmp_path):
+    bench = get_benchmark("iwildcam")
+    assert len(bench.classnames) == 182
+    # prompts use the English names (lowercased) of the categories.csv label y
+    assert bench.classnames[0] == "empty"
+    assert bench.classnames[24] == "cattle cow bull"  # y 24: bos taurus
+    assert bench.classnames[146] == "ocellated turkey"  # y 146: meleagris ocellata
+    # a categories.csv whose names do not match the labels is refused
+    path = iwildcam_raw / "iwildcam" / "iwildcam_v2.0" / "categories.csv"
+    cats = pd.read_csv(path)
+    cats.loc[cats["y"] == 24, "name"] = "ovis aries"
+    cats.to_csv(path, index=False)
+    with pytest.raises(UserError, match="label 24 is 'ovis aries'"):
+        prepare_iwildcam(tmp_path / "tables", raw_dir=str(iwildcam_raw))
+
+
+def test_iwildcam_reports_missing_images_and_missing_downloads(iwildcam_raw, tmp_path):
+    (iwildcam_raw / "iwildcam" / "iwildcam_v2.0" / "train" / "006.jpg").unlink()
+    with pytest.raises(UserError, match="1 image files missing"):
+        prepare_iwildcam(tmp_path / "tables", raw_dir=str(iwildcam_raw))
+    with pytest.raises(UserError, match="download"):
+        prepare_iwildcam(tmp_path / "tables", raw_dir=str(tmp_path / "nothing"))
+
+
+def test_iwildcam_is_scored_with_macro_f1():
+    bench = get_benchmark("iwildcam")
+    assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
+        ("id_test", False, "macro_f1"), ("ood_test", True, "macro_f1")]
+    assert bench.templates == ["a photo of {}.", "{} in the wild."]
+
+
+# ----------------------------------------------------------------------------------------------
+# FMoW
+
+# (split column, timestamp, country code, category, table expected); row i is rgb_img_<i>.png
+FMOW_ROWS = [
+    ("train", "2010-05-01T10:00:00Z", "USA", "airport", "train"),
+    ("train", "2014-05-01T10:00:00.123Z", "FRA", "zoo", None),  # OOD years: in no split
+    ("seq", "2011-01-01T00:00:00Z", "USA", "dam", None),  # sequestered
+    ("val", "2012-12-31T23:59:59Z", "KEN", "barn", "val"),  # WILDS id_val
+    ("val", "2013-01-01T00:00:00Z", "FRA", "park", "ood_val"),  # WILDS val (OOD)
+    ("val", "2016-06-01T00:00:00Z", "USA", "port", None),
+    ("test", "2005-03-03T03:03:03Z", "XXX", "tower", "id_test"),  # unknown country: Other
+    ("test", "2015-12-31T23:59:59Z", "CHN", "prison", None),
+    ("test", "2016-01-01T00:00:00Z", "CHN", "runway", "ood_test"),  # WILDS test: 2016 on
+    ("test", "2017-02-02T02:02:02.500Z", "AUS", "stadium", "ood_test"),
+    ("test", "2016-07-07T07:07:07Z", "ATA", "tower", "ood_test"),  # mapped, but no region
+]
+COUNTRY_REGIONS = {"USA": "Americas", "FRA": "Europe", "KEN": "Africa", "CHN": "Asia",
+                   "AUS": "Oceania", "ATA": None}
+
+
+def fmow_meta() -> pd.DataFrame:
+    return pd.DataFrame([{"split": s, "timestamp": t, "country_code": c, "category": cat}
+                         for s, t, c, cat, _ in FMOW_ROWS])
+
+
+@pytest.fixture
+def fmow_raw(tmp_path):
+    root = tmp_path / "raw" / "fmow" / "fmow_v1.1"
+    root.mkdir(parents=True)
+    fmow_meta().to_csv(root / "rgb_metadata.csv", index=False)
+    pd.DataFrame({"name": list(COUNTRY_REGIONS), "alpha-3": list(COUNTRY_REGIONS),
+                  "region": list(COUNTRY_REGIONS.values())}).to_csv(
+        root / "country_code_mapping.csv", index=False)
+    for i in range(len(FMOW_ROWS)):
+        write_image(root / "images" / f"rgb_img_{i}.png", 20 * i)
+    (root / "RELEASE_v1.1.txt").write_text("v1.1\n")
+    return tmp_path / "raw"
+
+
+def test_fmow_splits_by_year_as_wilds_defines_them():
+    tables = fmow_tables(fmow_meta())
+    assert tables.tolist() == [t for *_, t in FMOW_ROWS]
+
+
+def test_fmow_regions_from_country_codes():
+    mapping = pd.DataFrame({"alpha-3": list(COUNTRY_REGIONS),
+                            "region": list(COUNTRY_REGIONS.values())})
+    regions = fmow_regions(pd.Series(["USA", "XXX", "ATA", "KEN", None]), mapping)
+    assert regions.tolist() == ["Americas", "Other", "Other", "Africa", "Other"]
+
+
+def test_fmow_tables_carry_labels_regions_and_the_right_images(fmow_raw, tmp_path):
+    out = tmp_path / "tables"
+    prepare_fmow(out, raw_dir=str(fmow_raw))
+    for table in get_benchmark("fmow").tables():
+        df = read_table(table_path(out, table))
+        rows = [i for i, r in enumerate(FMOW_ROWS) if r[-1] == table]
+        assert df["image_id"].tolist() == [f"rgb_img_{i}" for i in rows], table
+        assert df["label"].tolist() == [FMOW_CATEGORIES.index(FMOW_ROWS[i][3]) for i in rows]
+        assert df["year"].tolist() == [int(FMOW_ROWS[i][1][:4]) for i in rows]
+        dataset = ImageTable(table_path(out, table))
+        for k, i in enumerate(rows):  # each image is the one of its metadata row
+            assert np.asarray(dataset.load_image(k))[0, 0, 0] == 20 * i
+    ood = read_table(table_path(out, "ood_test"))
+    assert ood["region"].tolist() == ["Asia", "Oceania", "Other"]
+    assert read_table(table_path(out, "id_test"))["region"].tolist() == ["Other"]
+    assert read_table(table_path(out, "val"))["region"].tolist() == ["Africa"]
+
+
+def test_fmow_test_sets_are_scored_on_their_worst_region(fmow_raw, tmp_path):
+    out = tmp_path / "tables"
+    prepare_fmow(out, raw_dir=str(fmow_raw))
+    bench = get_benchmark("fmow")
+    assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
+        ("id_test", False, "worst_region_accuracy"), ("ood_test", True, "worst_region_accuracy")]
+    assert len(bench.templates) == 16 and all(t.count("{}") == 1 for t in bench.templates)
+    df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, Other
+    labels = torch.tensor(df["label"].to_numpy())
+    logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
+    logits[1] = logits[1].roll(1)  # the Oceania image is wrong; the "Other" one does not count
+    logits[2] = logits[2].roll(1)
+    assert score(logits, labels, bench.eval_set("ood_test"), df) == 0.0
+    logits[1] = logits[1].roll(-1)
+    assert score(logits, labels, bench.eval_set("ood_test"), df) == 1.0
