@@ -4,6 +4,8 @@ Runs in a temporary copy of the project so the working tree's outputs are untouc
 
     python benchmarks/main_job.py                 # the default (full) embedded benchmark
     python benchmarks/main_job.py --scale smoke   # the tiny configuration the tests use
+    python benchmarks/main_job.py --set 'methods=[zeroshot, ft, flyp]' --set 'seeds=[0]' \
+        --set 'fewshot={shots: []}'               # a subset (YAML values, top-level keys)
 
 Prints each job's wall time (from Snakemake's log) and the total, and the resulting table.
 """
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--scale", default="full")
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", type=Path, help="Copy the run's results/ and logs/ here.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="Override a top-level key of params.yaml (repeatable).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -57,6 +61,9 @@ def main() -> None:
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["scale"] = args.scale
+        for item in args.set:
+            key, _, value = item.partition("=")
+            params[key] = yaml.safe_load(value)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         t0 = time.time()
         done = subprocess.run(["snakemake", "--cores", args.cores, "results/table.csv"],

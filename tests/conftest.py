@@ -49,3 +49,18 @@ def tiny_pretrained(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "pretrained.safetensors"
     save_checkpoint(path, "flyp-tiny-rn10t", create_clip("flyp-tiny-rn10t"), info={"stage": "test"})
     return path
+
+
+@pytest.fixture()
+def ctx(tiny_tables, tiny_captions, tiny_pretrained):
+    """A method context on the tiny benchmark and the untrained tiny CLIP."""
+    from flyp.datasets import get_benchmark
+    from flyp.methods import Context
+    from flyp.models import create_clip, get_tokenizer, image_transforms, load_checkpoint
+
+    pretrained = load_checkpoint(tiny_pretrained)
+    train_tf, eval_tf = image_transforms(create_clip(pretrained.model_name))
+    return Context(benchmark=get_benchmark("embedded"), pretrained=pretrained,
+                   data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
+                   tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
+                   eval_transform=eval_tf, seed=0)

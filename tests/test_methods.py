@@ -3,22 +3,8 @@
 import pytest
 import torch
 
-from flyp.datasets import get_benchmark
 from flyp.io import UserError
-from flyp.methods import Context, get_method, method_names
-from flyp.models import get_tokenizer, image_transforms, load_checkpoint
-
-
-@pytest.fixture()
-def ctx(tiny_tables, tiny_captions, tiny_pretrained):
-    pretrained = load_checkpoint(tiny_pretrained)
-    from flyp.models import create_clip
-
-    train_tf, eval_tf = image_transforms(create_clip(pretrained.model_name))
-    return Context(benchmark=get_benchmark("embedded"), pretrained=pretrained,
-                   data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
-                   tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
-                   eval_transform=eval_tf, seed=0)
+from flyp.methods import get_method, method_names
 
 
 def test_registry_has_the_methods_and_rejects_unknown_names():

@@ -6,31 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flyp.datasets import get_benchmark
 from flyp.ensemble import interpolate_state, interpolated_classifier
 from flyp.features import read_features, write_features
-from flyp.methods import Context, get_method
+from flyp.methods import get_method
 from flyp.methods.ablations import contrastive_loss_without_collisions
 from flyp.methods.lp import fit_linear_probe
 from flyp.models import (
     ImageClassifier,
-    get_tokenizer,
-    image_transforms,
     load_checkpoint,
     save_checkpoint,
 )
-
-
-@pytest.fixture()
-def ctx(tiny_tables, tiny_captions, tiny_pretrained):
-    pretrained = load_checkpoint(tiny_pretrained)
-    from flyp.models import create_clip
-
-    train_tf, eval_tf = image_transforms(create_clip(pretrained.model_name))
-    return Context(benchmark=get_benchmark("embedded"), pretrained=pretrained,
-                   data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
-                   tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
-                   eval_transform=eval_tf, seed=0)
 
 
 def _train_steps(task, steps=2, lr=1e-2):
