@@ -250,7 +250,7 @@ def pretrained(model_name, pretrained, out, log_csv):
 def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
              draw, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
-    torch = _setup_torch(threads)
+    _setup_torch(threads)
     from flyp.finetuning import finetune as run
     from flyp.training import resolve_device
 
@@ -260,7 +260,6 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
                  device=resolve_device(device), shots=shots, draw=draw, log=_log)
     _log(f"{method_name}: kept epoch {result['best_epoch']} "
          f"(ID-val accuracy {result['best_val']}) -> {out}")
-    del torch
 
 
 @main.command()

@@ -39,6 +39,10 @@ class ContrastiveTask(Task):
         images, tokens = self.captions(batch)
         image_features, text_features, logit_scale = self.module(
             images.to(self.device), tokens.to(self.device))[:3]
+        return self.objective(image_features, text_features, logit_scale, batch)
+
+    def objective(self, image_features, text_features, logit_scale, batch) -> torch.Tensor:
+        """The loss on normalised features (B, D); CLIP's symmetric contrastive loss."""
         return self.clip_loss(image_features, text_features, logit_scale)
 
     @torch.no_grad()

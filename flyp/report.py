@@ -111,8 +111,9 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     id_key = bench.id_set.name
 
     rows, nested, points = [], {}, []  # points: (method, alpha, id, ood) for the figure
+    full = {}  # method -> its runs' metrics, reused for the robustness fit
     for m in methods:
-        metrics = [res.metrics(m, r) for r in runs]
+        metrics = full[m] = [res.metrics(m, r) for r in runs]
         provs = [res.provenance(m, r) for r in runs]
         row, nested[m] = _aggregate(m, metrics, provs, columns, label)
         rows.append(row)
@@ -139,8 +140,8 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     df = pd.DataFrame(rows)
     if bench.ood_sets:
         baseline = [(i, o) for m, _, i, o in points if m in ROBUSTNESS_BASELINES]
-        baseline += [(res.metrics(m, r)[id_key], res.metrics(m, r)["avg_ood"])
-                     for m in methods if m in ROBUSTNESS_BASELINES for r in runs]
+        baseline += [(x[id_key], x["avg_ood"])
+                     for m in methods if m in ROBUSTNESS_BASELINES for x in full[m]]
         line = fit_robustness_line(baseline)
         eff = []
         for r in rows:

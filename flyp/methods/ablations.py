@@ -53,11 +53,8 @@ def contrastive_loss_without_collisions(image_features, text_features, logit_sca
 
 
 class NoCollisionsTask(FlypTask):
-    def loss(self, batch):
-        images, tokens = self.captions(batch)
+    def objective(self, image_features, text_features, logit_scale, batch):
         labels = batch[1].to(self.device)
-        image_features, text_features, logit_scale = self.module(
-            images.to(self.device), tokens.to(self.device))[:3]
         return contrastive_loss_without_collisions(image_features, text_features, logit_scale,
                                                    labels)
 
