@@ -7,7 +7,6 @@ import inspect
 import io
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import pandas as pd
@@ -20,8 +19,10 @@ from scipy.io import savemat
 from flyp.cli import main as cli
 from flyp.config import load_params
 from flyp.datasets import caltech101, cars, flowers102, get_benchmark, pcam, sst2, table_path
+from flyp.datasets.download import archive_filename, extract_archive
 from flyp.datasets.rawdata import SPLITS_RECORD
 from flyp.datasets.tables import ImageTable, read_table
+from flyp.fixtures import get_fixture, transfer
 from flyp.io import UserError
 from tests.conftest import ROOT
 
@@ -40,26 +41,26 @@ def record(out) -> dict:
     return json.loads((out / SPLITS_RECORD).read_text())
 
 
+def unpack_fixture(name: str, base):
+    """(fixture, raw folder): the benchmark's fixture written under ``base/fixture``, each archive
+    unpacked by the download step's ``extract_archive`` into ``base/raw/<download name>``."""
+    fixture = get_fixture(name)(base / "fixture", np.random.default_rng(0))
+    raw = base / "raw"
+    for download in get_benchmark(name).downloads:
+        extract_archive(fixture.sources[download.name], raw / download.name,
+                        inner_tars=download.inner_tars, progress=False, log=lambda _: None)
+    return fixture, raw
+
+
 # ----------------------------------------------------------------------------------------------
 # Caltech101: caltech-101.zip unpacks to caltech-101/101_ObjectCategories.tar.gz
 
-PER_CLASS = 5
+PER_CLASS = transfer.CALTECH_PER_CLASS
 
 
 @pytest.fixture(scope="module")
 def caltech_raw(tmp_path_factory):
-    base = tmp_path_factory.mktemp("caltech")
-    tree = base / "tree" / "101_ObjectCategories"
-    jpeg = image_bytes(128, "JPEG")
-    for folder in [*caltech101.FOLDERS, caltech101.EXCLUDED]:
-        (tree / folder).mkdir(parents=True)
-        for i in range(1, PER_CLASS + 1):
-            (tree / folder / f"image_{i:04d}.jpg").write_bytes(jpeg)
-    inner = base / "raw" / "caltech101" / "caltech-101"
-    inner.mkdir(parents=True)
-    with tarfile.open(inner / "101_ObjectCategories.tar.gz", "w:gz") as tar:
-        tar.add(tree, arcname="101_ObjectCategories")
-    return base / "raw"
+    return unpack_fixture("caltech101", tmp_path_factory.mktemp("caltech"))[1]
 
 
 def test_caltech101_reads_the_inner_archive_and_splits_every_class(caltech_raw, tmp_path):
@@ -75,7 +76,8 @@ def test_caltech101_reads_the_inner_archive_and_splits_every_class(caltech_raw, 
         assert (folders.map(caltech101.FOLDERS.index) == df["label"]).all()
     assert sorted(t["val"]["label"]) == list(range(101))  # one val image per class
     assert caltech101.CLASSNAMES[caltech101.FOLDERS.index("Faces")] == "off-center face"
-    assert ImageTable(table_path(out, "test")).load_image(0).size == (8, 8)
+    assert ImageTable(table_path(out, "test")).load_image(0).size == transfer.IMAGE_SIZE
+    assert (out / "images" / "101_ObjectCategories").is_dir()  # the zip's inner archive, unpacked
     assert record(out)["seed"] == 0 and record(out)["sizes"]["train"] == 303
 
 
@@ -339,3 +341,31 @@ def test_presets_carry_the_papers_hyperparameters():
         ft = presets[name]["finetune"]
         got = tuple(ft[k] for k in ("epochs", "lr", "wd", "batch_size", "warmup_steps"))
         assert got == pytest.approx(values), name
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: miniatures in the real download formats, through extraction and prepare
+
+FEWSHOT = {"sst2", "pcam"}  # the paper's few-shot benchmarks
+MAX_SHOTS = 32  # the paper's largest k (SST2): k train and k val images per class
+
+
+@pytest.mark.parametrize("name", ["caltech101", "cars", "flowers102", "sst2", "pcam"])
+def test_fixture_unpacks_and_prepares_every_class_in_every_split(name, tmp_path):
+    fixture, raw = unpack_fixture(name, tmp_path)
+    bench = get_benchmark(name)
+    assert set(fixture.sources) == {d.name for d in bench.downloads}
+    for download in bench.downloads:
+        if download.url:  # the same file name (hence format) as the real download
+            assert fixture.sources[download.name].name == archive_filename(download)
+    out = tmp_path / "out"
+    bench.prepare(out, raw_dir=str(raw), **fixture.data)
+    classes = set(range(len(bench.classnames)))
+    for table, df in tables(out, bench.tables()).items():
+        counts = df["label"].value_counts()
+        assert set(counts.index) == classes, table  # every class, no label out of range
+        if name in FEWSHOT and table in ("train", "val"):
+            assert counts.min() >= MAX_SHOTS, table
+        assert df["image_id"].is_unique
+        assert ImageTable(table_path(out, table)).load_image(len(df) - 1).mode == "RGB"
+
