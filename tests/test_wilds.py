@@ -2,6 +2,7 @@
 official layouts (metadata CSVs and 8x8 images)."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -174,13 +175,12 @@ def test_fmow_tables_carry_labels_regions_and_the_right_images(fmow_raw, tmp_pat
     assert read_table(table_path(out, "val"))["region"].tolist() == ["Africa"]
 
 
-def test_fmow_test_sets_are_scored_on_their_worst_region(fmow_raw, tmp_path):
+def test_fmow_ood_test_is_scored_on_its_worst_region(fmow_raw, tmp_path):
     out = tmp_path / "tables"
     prepare_fmow(out, raw_dir=str(fmow_raw))
     bench = get_benchmark("fmow")
     assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
-        ("id_test", False, "worst_region_accuracy"), ("ood_test", True, "worst_region_accuracy")]
-    assert len(bench.templates) == 16 and all(t.count("{}") == 1 for t in bench.templates)
+        ("id_test", False, "accuracy"), ("ood_test", True, "worst_region_accuracy")]
     df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, Other
     labels = torch.tensor(df["label"].to_numpy())
     logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
@@ -189,3 +189,81 @@ def test_fmow_test_sets_are_scored_on_their_worst_region(fmow_raw, tmp_path):
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 0.0
     logits[1] = logits[1].roll(-1)
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 1.0
+
+
+def test_fmow_id_test_is_scored_with_average_accuracy():
+    """WILDS and the reference report FMoW's ID column as average accuracy: with one region all
+    wrong and the others right, ID scores the mean, OOD the worst region."""
+    bench = get_benchmark("fmow")
+    table = pd.DataFrame({"region": ["Asia", "Asia", "Europe", "Africa"]})
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
+    logits[3] = logits[3].roll(1)  # the Africa image is wrong
+    assert score(logits, labels, bench.eval_set("id_test"), table) == 0.75
+    assert score(logits, labels, bench.eval_set("ood_test"), table) == 0.0
+
+
+# The reference's 16 FMoW templates (locuslab/FLYP src/templates/fmow_template.py); "{a}": the
+# name after its article, underscores as spaces; "{}": the name as it is (underscores kept).
+REFERENCE_FMOW_TEMPLATES = [
+    "satellite photo of a {}.", "aerial photo of a {}.",
+    "satellite photo of {a}.", "aerial photo of {a}.",
+    *[f"{kind} photo of a {{}} in {region}." for region in
+      ["asia", "africa", "the americas", "europe", "oceania"] for kind in ["satellite", "aerial"]],
+    "a photo of a {}.", "{}.",
+]
+
+
+def reference_fmow_prompt(template: str, name: str) -> str:
+    spaced = name.replace("_", " ")
+    article = "an" if spaced[0] in "aeiou" else "a"
+    return template.replace("{a}", f"{article} {spaced}").replace("{}", name)
+
+
+def test_fmow_templates_render_class_names_as_the_reference():
+    bench = get_benchmark("fmow")
+    assert len(bench.templates) == 16
+    for name in bench.classnames:
+        assert [t.format(name) for t in bench.templates] == [
+            reference_fmow_prompt(t, name) for t in REFERENCE_FMOW_TEMPLATES], name
+    hangar = [t.format("airport_hangar") for t in bench.templates]
+    assert hangar[:4] == [
+        "satellite photo of a airport_hangar.", "aerial photo of a airport_hangar.",
+        "satellite photo of an airport hangar.", "aerial photo of an airport hangar."]
+    assert bench.templates[3].format("multi-unit_residential") == \
+        "aerial photo of a multi-unit residential."
+
+
+def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
+    """The templates survive the captions tables (FLYP's captions) and open_clip's zero-shot
+    head, both of which fill them in with ``format``."""
+    import open_clip
+
+    from flyp.captions import make_caption_tables
+    from flyp.methods.flyp import load_caption_bank
+
+    bench = get_benchmark("fmow")
+    train = tmp_path / "train.parquet"
+    pd.DataFrame({"image_id": ["a", "b"], "label": [1, 61], "path": ["a.png", "b.png"]}
+                 ).to_parquet(train)
+    make_caption_tables(bench, train, tmp_path / "captions.parquet", tmp_path / "templates.parquet")
+    seen = []
+
+    def tokenizer(texts):
+        seen.extend(texts)
+        return torch.zeros(len(texts), 3, dtype=torch.long)
+
+    ctx = SimpleNamespace(benchmark=bench, captions_dir=tmp_path, tokenizer=tokenizer)
+    load_caption_bank(ctx, ["a", "b"])
+    assert "satellite photo of an airport hangar." in seen
+    assert "aerial photo of a zoo." in seen
+    assert not any("of airport_hangar" in t for t in seen)
+
+    class TextTower(torch.nn.Module):
+        def encode_text(self, tokens, normalize=False):
+            return torch.ones(len(tokens), 2)
+
+    seen.clear()
+    open_clip.build_zero_shot_classifier(TextTower(), tokenizer, ["airport_hangar"],
+                                         bench.templates, num_classes_per_batch=None)
+    assert seen == [reference_fmow_prompt(t, "airport_hangar") for t in REFERENCE_FMOW_TEMPLATES]
