@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from flyp.datasets import get_benchmark, table_path
+from flyp.datasets.download import archive_filename, extract_archive, get_download
 from flyp.datasets.rawdata import SPLITS_RECORD
 from flyp.datasets.tables import ImageTable, read_table
 from flyp.datasets.wilds import (
@@ -22,6 +23,7 @@ from flyp.datasets.wilds import (
     prepare_iwildcam,
 )
 from flyp.evaluation import score
+from flyp.fixtures import get_fixture
 from flyp.io import UserError
 
 
@@ -267,3 +269,47 @@ def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
     open_clip.build_zero_shot_classifier(TextTower(), tokenizer, ["airport_hangar"],
                                          bench.templates, num_classes_per_batch=None)
     assert seen == [reference_fmow_prompt(t, "airport_hangar") for t in REFERENCE_FMOW_TEMPLATES]
+
+
+# ----------------------------------------------------------------------------------------------
+# The fixtures: miniatures of the real downloads, through the real extraction and prepare code
+
+@pytest.mark.parametrize("name", ["iwildcam", "fmow"])
+def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
+    bench = get_benchmark(name)
+    download = get_download(bench, name)
+    fixture = get_fixture(name)(tmp_path / "fixture", np.random.default_rng(0))
+    archive = fixture.sources[name]
+    assert list(fixture.sources) == [d.name for d in bench.downloads]
+    # a gzip tar named as the codalab download is saved (its URL names no file)
+    assert archive.name == archive_filename(download) and archive.read_bytes()[:2] == b"\x1f\x8b"
+    extract_archive(archive, tmp_path / "raw" / name, inner_tars=download.inner_tars,
+                    progress=False, log=lambda _: None)
+    out = tmp_path / "tables"
+    bench.prepare(out, raw_dir=str(tmp_path / "raw"), **fixture.data)
+    n_classes = {"iwildcam": 182, "fmow": 62}[name]
+    assert len(bench.classnames) == n_classes
+    tables = {t: read_table(table_path(out, t)) for t in bench.tables()}
+    for table, df in tables.items():
+        assert len(df) > 0 and df["label"].between(0, n_classes - 1).all(), table
+        if table != "train":  # about half the classes in each evaluation split
+            assert df["label"].nunique() >= n_classes // 2, table
+    assert set(tables["train"]["label"]) == set(range(n_classes))
+    assert ImageTable(table_path(out, "ood_test")).load_image(0).size == (8, 8)
+    if name == "fmow":
+        for table in ["val", "id_test", "ood_val", "ood_test"]:
+            assert set(tables[table]["region"]) == {"Africa", "Americas", "Asia", "Europe",
+                                                    "Oceania", "Other"}, table
+        assert (tables["ood_test"]["year"] >= 2016).all()
+        assert (tables["id_test"]["year"] < 2013).all()
+    else:  # the OOD splits are at camera traps of their own
+        id_traps = set(tables["train"]["location"])
+        assert not id_traps & set(tables["ood_test"]["location"])
+        assert set(tables["id_test"]["location"]) <= id_traps
+
+
+def test_fixtures_are_the_same_for_the_same_seed(tmp_path):
+    for name in ["iwildcam", "fmow"]:
+        a, b = (get_fixture(name)(tmp_path / d, np.random.default_rng(1)).sources[name]
+                for d in "ab")
+        assert a.read_bytes() == b.read_bytes(), name
