@@ -2,6 +2,7 @@
 official layouts (metadata CSVs and 8x8 images)."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from flyp.datasets import get_benchmark, table_path
+from flyp.datasets.download import archive_filename, extract_archive, get_download
 from flyp.datasets.rawdata import SPLITS_RECORD
 from flyp.datasets.tables import ImageTable, read_table
 from flyp.datasets.wilds import (
@@ -21,6 +23,7 @@ from flyp.datasets.wilds import (
     prepare_iwildcam,
 )
 from flyp.evaluation import score
+from flyp.fixtures import get_fixture
 from flyp.io import UserError
 
 
@@ -174,13 +177,12 @@ def test_fmow_tables_carry_labels_regions_and_the_right_images(fmow_raw, tmp_pat
     assert read_table(table_path(out, "val"))["region"].tolist() == ["Africa"]
 
 
-def test_fmow_test_sets_are_scored_on_their_worst_region(fmow_raw, tmp_path):
+def test_fmow_ood_test_is_scored_on_its_worst_region(fmow_raw, tmp_path):
     out = tmp_path / "tables"
     prepare_fmow(out, raw_dir=str(fmow_raw))
     bench = get_benchmark("fmow")
     assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
-        ("id_test", False, "worst_region_accuracy"), ("ood_test", True, "worst_region_accuracy")]
-    assert len(bench.templates) == 16 and all(t.count("{}") == 1 for t in bench.templates)
+        ("id_test", False, "accuracy"), ("ood_test", True, "worst_region_accuracy")]
     df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, Other
     labels = torch.tensor(df["label"].to_numpy())
     logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
@@ -189,3 +191,125 @@ def test_fmow_test_sets_are_scored_on_their_worst_region(fmow_raw, tmp_path):
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 0.0
     logits[1] = logits[1].roll(-1)
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 1.0
+
+
+def test_fmow_id_test_is_scored_with_average_accuracy():
+    """WILDS and the reference report FMoW's ID column as average accuracy: with one region all
+    wrong and the others right, ID scores the mean, OOD the worst region."""
+    bench = get_benchmark("fmow")
+    table = pd.DataFrame({"region": ["Asia", "Asia", "Europe", "Africa"]})
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
+    logits[3] = logits[3].roll(1)  # the Africa image is wrong
+    assert score(logits, labels, bench.eval_set("id_test"), table) == 0.75
+    assert score(logits, labels, bench.eval_set("ood_test"), table) == 0.0
+
+
+# The reference's 16 FMoW templates (locuslab/FLYP src/templates/fmow_template.py); "{a}": the
+# name after its article, underscores as spaces; "{}": the name as it is (underscores kept).
+REFERENCE_FMOW_TEMPLATES = [
+    "satellite photo of a {}.", "aerial photo of a {}.",
+    "satellite photo of {a}.", "aerial photo of {a}.",
+    *[f"{kind} photo of a {{}} in {region}." for region in
+      ["asia", "africa", "the americas", "europe", "oceania"] for kind in ["satellite", "aerial"]],
+    "a photo of a {}.", "{}.",
+]
+
+
+def reference_fmow_prompt(template: str, name: str) -> str:
+    spaced = name.replace("_", " ")
+    article = "an" if spaced[0] in "aeiou" else "a"
+    return template.replace("{a}", f"{article} {spaced}").replace("{}", name)
+
+
+def test_fmow_templates_render_class_names_as_the_reference():
+    bench = get_benchmark("fmow")
+    assert len(bench.templates) == 16
+    for name in bench.classnames:
+        assert [t.format(name) for t in bench.templates] == [
+            reference_fmow_prompt(t, name) for t in REFERENCE_FMOW_TEMPLATES], name
+    hangar = [t.format("airport_hangar") for t in bench.templates]
+    assert hangar[:4] == [
+        "satellite photo of a airport_hangar.", "aerial photo of a airport_hangar.",
+        "satellite photo of an airport hangar.", "aerial photo of an airport hangar."]
+    assert bench.templates[3].format("multi-unit_residential") == \
+        "aerial photo of a multi-unit residential."
+
+
+def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
+    """The templates survive the captions tables (FLYP's captions) and open_clip's zero-shot
+    head, both of which fill them in with ``format``."""
+    import open_clip
+
+    from flyp.captions import make_caption_tables
+    from flyp.methods.flyp import load_caption_bank
+
+    bench = get_benchmark("fmow")
+    train = tmp_path / "train.parquet"
+    pd.DataFrame({"image_id": ["a", "b"], "label": [1, 61], "path": ["a.png", "b.png"]}
+                 ).to_parquet(train)
+    make_caption_tables(bench, train, tmp_path / "captions.parquet", tmp_path / "templates.parquet")
+    seen = []
+
+    def tokenizer(texts):
+        seen.extend(texts)
+        return torch.zeros(len(texts), 3, dtype=torch.long)
+
+    ctx = SimpleNamespace(benchmark=bench, captions_dir=tmp_path, tokenizer=tokenizer)
+    load_caption_bank(ctx, ["a", "b"])
+    assert "satellite photo of an airport hangar." in seen
+    assert "aerial photo of a zoo." in seen
+    assert not any("of airport_hangar" in t for t in seen)
+
+    class TextTower(torch.nn.Module):
+        def encode_text(self, tokens, normalize=False):
+            return torch.ones(len(tokens), 2)
+
+    seen.clear()
+    open_clip.build_zero_shot_classifier(TextTower(), tokenizer, ["airport_hangar"],
+                                         bench.templates, num_classes_per_batch=None)
+    assert seen == [reference_fmow_prompt(t, "airport_hangar") for t in REFERENCE_FMOW_TEMPLATES]
+
+
+# ----------------------------------------------------------------------------------------------
+# The fixtures: miniatures of the real downloads, through the real extraction and prepare code
+
+@pytest.mark.parametrize("name", ["iwildcam", "fmow"])
+def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
+    bench = get_benchmark(name)
+    download = get_download(bench, name)
+    fixture = get_fixture(name)(tmp_path / "fixture", np.random.default_rng(0))
+    archive = fixture.sources[name]
+    assert list(fixture.sources) == [d.name for d in bench.downloads]
+    # a gzip tar named as the codalab download is saved (its URL names no file)
+    assert archive.name == archive_filename(download) and archive.read_bytes()[:2] == b"\x1f\x8b"
+    extract_archive(archive, tmp_path / "raw" / name, inner_tars=download.inner_tars,
+                    progress=False, log=lambda _: None)
+    out = tmp_path / "tables"
+    bench.prepare(out, raw_dir=str(tmp_path / "raw"), **fixture.data)
+    n_classes = {"iwildcam": 182, "fmow": 62}[name]
+    assert len(bench.classnames) == n_classes
+    tables = {t: read_table(table_path(out, t)) for t in bench.tables()}
+    for table, df in tables.items():
+        assert len(df) > 0 and df["label"].between(0, n_classes - 1).all(), table
+        if table != "train":  # about half the classes in each evaluation split
+            assert df["label"].nunique() >= n_classes // 2, table
+    assert set(tables["train"]["label"]) == set(range(n_classes))
+    assert ImageTable(table_path(out, "ood_test")).load_image(0).size == (8, 8)
+    if name == "fmow":
+        for table in ["val", "id_test", "ood_val", "ood_test"]:
+            assert set(tables[table]["region"]) == {"Africa", "Americas", "Asia", "Europe",
+                                                    "Oceania", "Other"}, table
+        assert (tables["ood_test"]["year"] >= 2016).all()
+        assert (tables["id_test"]["year"] < 2013).all()
+    else:  # the OOD splits are at camera traps of their own
+        id_traps = set(tables["train"]["location"])
+        assert not id_traps & set(tables["ood_test"]["location"])
+        assert set(tables["id_test"]["location"]) <= id_traps
+
+
+def test_fixtures_are_the_same_for_the_same_seed(tmp_path):
+    for name in ["iwildcam", "fmow"]:
+        a, b = (get_fixture(name)(tmp_path / d, np.random.default_rng(1)).sources[name]
+                for d in "ab")
+        assert a.read_bytes() == b.read_bytes(), name

@@ -38,6 +38,10 @@ def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tens
     if len(sets) != 1:
         raise UserError(f"captions table mixes template sets {list(sets)}; expected one")
     texts = templates.loc[templates["template_set"] == sets[0], "template"].tolist()
+    # The table stores template texts; the benchmark's own template objects fill in the class name
+    # their way (FMoW's article templates), so theirs render the captions.
+    own = {str(t): t for t in ctx.benchmark.templates}
+    texts = [own.get(t, t) for t in texts]
     classnames = captions.drop_duplicates("label").set_index("label")["classname"]
     names = [classnames.get(c, ctx.benchmark.classnames[c])
              for c in range(len(ctx.benchmark.classnames))]
