@@ -1,45 +1,73 @@
-"""LP: a linear probe, multinomial logistic regression (lbfgs) on frozen, L2-normalised image
-features of the pretrained model (Radford et al. 2021). The inverse regularisation C is chosen on
-ID-val from a log grid, never on test. Features come from the cached file (option ``features``),
-computed once per model and dataset by ``flyp features``."""
+"""LP: a linear probe, multinomial logistic regression on frozen, L2-normalised image features of
+the pretrained model (Radford et al. 2021). The inverse regularisation C is chosen on ID-val from a
+log grid, never on test, by the benchmark's own ID metric (macro-F1 for iWildCam). Features come
+from the cached file (option ``features``), computed once per model and dataset by
+``flyp features``. The solver (``flyp.linear_probe``) is sklearn's objective in float32 on the
+context's device, so it runs at ImageNet size."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+import torch.nn.functional as F
 
+from flyp.datasets import table_path
+from flyp.datasets.tables import read_table
+from flyp.evaluation import METRICS
 from flyp.features import read_features
+from flyp.io import UserError
+from flyp.linear_probe import CHUNK_ROWS, regularisation_path
 from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier
 
 C_GRID = [10.0 ** k for k in range(-2, 6)]
 
 
-def fit_linear_probe(train, val, c_grid=C_GRID, seed: int = 0):
-    """(head nn.Linear, chosen C, val accuracy) from (features, labels) pairs."""
-    (xt, yt), (xv, yv) = train, val
-    best = None
-    for c in c_grid:
-        model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-        model.fit(xt.numpy(), yt.numpy())
-        acc = float((model.predict(xv.numpy()) == yv.numpy()).mean())
-        if best is None or acc > best[2]:
-            best = (model, c, acc)
-    model, c, acc = best
-    classes = model.classes_
-    n_classes = int(max(yt.max(), yv.max())) + 1
-    head = torch.nn.Linear(xt.shape[1], n_classes)
+def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
+    """nn.Linear over all n_classes from a fit over the classes seen in training (``classes``,
+    sorted); classes never seen in training can never win."""
+    weight, bias = fit.coef, fit.intercept  # (K', D), (K',)
+    if len(classes) == 2:  # sklearn's binary layout, one row z: logits (0, z)
+        weight, bias = F.pad(weight, (0, 0, 1, 0)), F.pad(bias, (1, 0))
+    head = torch.nn.Linear(fit.coef.shape[1], n_classes, device=fit.coef.device)
     with torch.no_grad():
         head.weight.zero_()
-        head.bias.fill_(-1e4)  # classes never seen in training can never win
-        coef, intercept = model.coef_, model.intercept_
-        if len(classes) == 2:  # sklearn keeps one row z for two classes: logits (0, z)
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.array([0.0, intercept[0]])
-        head.weight[classes] = torch.as_tensor(coef, dtype=torch.float32)
-        head.bias[classes] = torch.as_tensor(intercept, dtype=torch.float32)
-    return head, c, acc
+        head.bias.fill_(-1e4)
+        head.weight[classes] = weight
+        head.bias[classes] = bias
+    return head
+
+
+def fit_linear_probe(train, val, c_grid=C_GRID, *, metric: str = "accuracy", val_table=None,
+                     device=None, chunk_rows: int = CHUNK_ROWS, **solver):
+    """(head nn.Linear, chosen C, its val score) from (features, labels) pairs: the C of ``c_grid``
+    whose head scores best on val by ``metric`` (a name in flyp.evaluation.METRICS, given
+    ``val_table`` when it reads one); ties go to the stronger regularisation."""
+    (xt, yt), (xv, yv) = train, val
+    device = device or xt.device
+    classes, y_idx = torch.unique(yt, return_inverse=True)
+    if len(classes) < 2:
+        raise UserError(f"linear probe: the training features have {len(classes)} class; "
+                        "expected at least 2")
+    n_classes = int(max(yt.max(), yv.max())) + 1
+    xt, xv = xt.to(device, torch.float32), xv.to(device, torch.float32)
+    best = None
+    for c, fit in regularisation_path(xt, y_idx.to(device), len(classes), c_grid,
+                                      chunk_rows=chunk_rows, **solver):
+        head = probe_head(fit, classes.to(device), n_classes)
+        with torch.no_grad():
+            logits = torch.cat([head(x).cpu() for x in xv.split(chunk_rows)])  # (N_val, C)
+        value = METRICS[metric](logits, yv, val_table)
+        if best is None or value > best[2]:
+            best = (head, c, value)
+    return best
+
+
+def val_table(ctx: Context):
+    """ID-val's table without image bytes, rows as in the features (a metric may read a column,
+    e.g. FMoW's region)."""
+    df = read_table(table_path(ctx.data_dir, "val")).drop(columns="image", errors="ignore")
+    rows = ctx.subset(df["label"].to_numpy(), "val")
+    return df if rows is None else df.iloc[rows].reset_index(drop=True)
 
 
 @register_method("lp")
@@ -52,6 +80,12 @@ class LinearProbe(Method):
         features = read_features(ctx.option("features", type_=str))
         train, val = ctx.subset_features(features["train"]), ctx.subset_features(
             features["val"], split="val")
-        head, c, acc = fit_linear_probe(train, val, seed=ctx.seed)
-        ctx.notes.update(lp_C=c, lp_val_accuracy=acc)
+        table = val_table(ctx)
+        if len(table) != len(val[1]):
+            raise UserError(f"{ctx.option('features', type_=str)}: {len(val[1])} val features "
+                            f"for {len(table)} val rows (features of other tables?)")
+        metric = ctx.benchmark.id_set.metric
+        head, c, value = fit_linear_probe(train, val, metric=metric, val_table=table,
+                                          device=ctx.device)
+        ctx.notes.update(lp_C=c, lp_val_metric=metric, lp_val_score=value)
         return ImageClassifier(ctx.fresh_clip(), head.to(ctx.device))
