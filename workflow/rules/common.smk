@@ -36,8 +36,17 @@ wildcard_constraints:
 
 def train_args(cfg):
     """Command-line options of `flyp pretrain` / `flyp finetune` for one training config."""
-    keys = ["epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "seed", "precision"]
-    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(cfg[k]))}" for k in keys)
+    keys = ["epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "seed", "precision",
+            "decay", "clamp_logit_scale"]
+    return " ".join(cli_option(k, cfg[k]) for k in keys)
+
+
+def cli_option(key, value):
+    """`--key value`, or for a switch `--key` / `--no-key`."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {shlex.quote(str(value))}"
 
 
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
@@ -49,7 +58,8 @@ WORKERS = RUN["runtime"]["workers"]
 ENV = "../envs/flyp.yaml"
 
 
-TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision"}
+TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision",
+              "decay", "clamp_logit_scale"}
 
 
 def parse_run(run):
