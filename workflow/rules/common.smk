@@ -62,12 +62,12 @@ def gpu_count():
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = []
+        count = 0
         for gpu in visible.split(","):
             if not gpu.strip() or gpu.strip().startswith("-"):
                 break
-            ids.append(gpu)
-        return len(ids)
+            count += 1
+        return count
     try:
         listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -88,6 +88,7 @@ if USES_GPU and GPUS > 0 and workflow.nodes is None and "gpu" not in workflow.gl
     workflow.global_resources["gpu"] = GPUS
     print(f"note: GPU jobs: at most {GPUS} at once, one GPU each (--resources gpu=N to change)",
           file=sys.stderr)
+
 # Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
 JOB_THREADS = max(1, workflow.cores // 2)
 WORKERS = RUN["runtime"]["workers"]
