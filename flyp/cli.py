@@ -88,6 +88,12 @@ def _train_options(f):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
                      show_default=True),
+        click.option("--decay", type=click.Choice(["all", "matrices"]), default="all",
+                     show_default=True, help="Weight decay on every parameter (the FLYP "
+                     "reference) or on weight matrices only (not biases, norms, logit_scale)."),
+        click.option("--clamp-logit-scale/--no-clamp-logit-scale", default=False,
+                     show_default=True, help="Clamp CLIP's logit_scale to ln 100 after each step "
+                     "(open_clip's trainer; the FLYP reference does not)."),
         click.option("--workers", type=click.IntRange(min=0), default=0,
                      help="DataLoader worker processes."),
     ]
@@ -96,12 +102,14 @@ def _train_options(f):
     return f
 
 
-def _train_config(epochs, lr, wd, batch_size, warmup_steps, grad_clip, seed, precision, workers):
+def _train_config(epochs, lr, wd, batch_size, warmup_steps, grad_clip, seed, precision, decay,
+                  clamp_logit_scale, workers):
     from flyp.training import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, wd=wd, batch_size=batch_size,
                        warmup_steps=warmup_steps, seed=seed, grad_clip=grad_clip or None,
-                       precision=precision, num_workers=workers)
+                       precision=precision, decay=decay, clamp_logit_scale=clamp_logit_scale,
+                       num_workers=workers)
 
 
 @click.group(cls=_Group)

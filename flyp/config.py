@@ -99,7 +99,10 @@ def validate(config: dict, schema: dict, source: str = "params.yaml") -> dict:
     error = best_match(validator.iter_errors(config))
     if error is not None:
         raise UserError(f"{source}: {_where(error.absolute_path)}: {error.message}")
+    overlays = copy.deepcopy(config.get("scales"))
     fill_defaults(config, schema, schema)
+    if overlays is not None:  # a scale overrides only what it sets, never with a default
+        config["scales"] = overlays
     return config
 
 

@@ -7,7 +7,6 @@ Loss (Radford et al. 2021; FLYP section 3): on L2-normalised features I (B, D) a
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import open_clip
@@ -16,8 +15,6 @@ from torch import nn
 
 from flyp.models import save_checkpoint
 from flyp.training import Task
-
-MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp; the FLYP reference code never clamped
 
 
 class ContrastiveTask(Task):
@@ -44,10 +41,6 @@ class ContrastiveTask(Task):
     def objective(self, image_features, text_features, logit_scale, batch) -> torch.Tensor:
         """The loss on normalised features (B, D); CLIP's symmetric contrastive loss."""
         return self.clip_loss(image_features, text_features, logit_scale)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
     def head(self) -> nn.Linear | None:
         return None

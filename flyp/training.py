@@ -1,7 +1,9 @@
 """The one training loop every method shares (pretraining included).
 
-AdamW with linear warmup then cosine decay, stepped per batch; weight decay only on weight matrices
-(not on biases, norms or ``logit_scale``, as open_clip's trainer); optional gradient clipping. After
+AdamW with linear warmup then cosine decay, stepped per batch over every example (the last partial
+batch included, as in the FLYP reference). Switches in params.yaml choose the reference's settings
+or those of open_clip's trainer: weight decay on every parameter or on weight matrices only,
+``logit_scale`` clamped to ln 100 after each step or not, gradient clipping, bf16 autocast. After
 each epoch the task reports its ID-val accuracy; the best epoch's weights are kept for evaluation
 (model selection on ID validation, never on test). Every epoch also writes a resume state, so an
 interrupted run continues from its last finished epoch with the same result.
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,13 +39,43 @@ class TrainConfig:
     seed: int
     grad_clip: float | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    decay: str = "all"  # all: every parameter (FLYP reference) | matrices: 2-D weights only
+    clamp_logit_scale: bool = False  # clamp logit_scale to [0, ln 100] after each step
     num_workers: int = 0
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto``: cuda when there is a GPU, else cpu. On a machine with several GPUs, ``auto`` and
+    ``cuda`` take one that no other flyp process holds, so the workflow's concurrent GPU jobs
+    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own."""
+    if device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        gpus = [str(torch.cuda.get_device_properties(i).uuid)
+                for i in range(torch.cuda.device_count())]
+        return torch.device("cuda", claim_gpu(gpus))
+    return torch.device("cuda" if device == "auto" else device)
+
+
+_CLAIMED_GPUS = []  # open lock files: a claim lasts as long as this process
+
+
+def claim_gpu(gpus: list[str], lock_dir: Path | None = None) -> int:
+    """Index of the first of ``gpus`` (unique ids) whose lock file no other process holds; its
+    lock is kept until this process exits (the OS releases it, even after a crash). When every GPU
+    is taken (more GPU jobs than GPUs, e.g. `--resources gpu=N` above the count) GPU 0 is shared."""
+    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"flyp-gpu-locks-{os.getuid()}")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index, gpu in enumerate(gpus):
+        handle = open(lock_dir / f"{gpu}.lock", "w")  # held open: the lock lasts as long
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _CLAIMED_GPUS.append(handle)
+        return index
+    return 0
 
 
 def seed_everything(seed: int) -> None:
@@ -59,16 +94,47 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(module: nn.Module, lr: float, wd: float) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+def drops_single_example_batch(n_examples: int, batch_size: int) -> bool:
+    """Whether each epoch drops its last batch: only when that batch would hold one example.
+
+    Every other partial batch is trained on, as in the FLYP reference (``drop_last=False``), so no
+    example is left out. A batch of one is no use: its contrastive loss is identically 0 (a softmax
+    over a single pair), so its step would be AdamW momentum and weight decay alone, and a BatchNorm
+    layer with a 1x1 feature map cannot normalise it. At most one example an epoch is skipped, a
+    random one each epoch."""
+    return batch_size > 1 and n_examples % batch_size == 1
+
+
+DECAY_MODES = ("all", "matrices")
+MAX_LOGIT_SCALE = math.log(100)  # open_clip's trainer keeps exp(logit_scale) <= 100
+
+
+def make_optimizer(module: nn.Module, lr: float, wd: float,
+                   decay: str = "all") -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. ``decay="all"``: weight decay on every one of them, as
+    the FLYP and WiSE-FT reference code (``AdamW(params, weight_decay=wd)``); ``"matrices"``: none
+    on biases, norms and ``logit_scale`` (open_clip's trainer)."""
+    if decay not in DECAY_MODES:
+        raise ValueError(f"decay {decay!r}: expected one of {DECAY_MODES}")
+    decayed, exempt = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        exclude = p.ndim < 2 or "logit_scale" in name or "bn" in name or "ln" in name
-        (no_decay if exclude else decay).append(p)
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+        exclude = decay == "matrices" and (p.ndim < 2 or "logit_scale" in name or "bn" in name
+                                           or "ln" in name)
+        (exempt if exclude else decayed).append(p)
+    groups = [{"params": decayed, "weight_decay": wd}, {"params": exempt, "weight_decay": 0.0}]
+    fused = all(p.device.type in ("cpu", "cuda") for p in decayed + exempt)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
+@torch.no_grad()
+def clamp_logit_scale(module: nn.Module) -> None:
+    """Keep a trained CLIP temperature in [0, ln 100], as open_clip's trainer does after each step
+    (the FLYP reference never clamps). Modules without a trainable ``logit_scale`` are untouched."""
+    scale = getattr(module, "logit_scale", None)
+    if isinstance(scale, nn.Parameter) and scale.requires_grad:
+        scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 class Task:
@@ -80,9 +146,6 @@ class Task:
 
     def loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
-
-    def after_step(self) -> None:
-        """Called after each optimiser step (e.g. to clamp logit_scale)."""
 
     def validate(self) -> float | None:
         """ID-val accuracy of the current weights, or None when the task does no selection."""
@@ -127,16 +190,17 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     run_hash = sha256_json({"cfg": asdict(cfg), "info": info, "select": select})
 
     module = task.module.to(device)
-    optimizer = make_optimizer(module, cfg.lr, cfg.wd)
+    optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
     loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(
-        task.train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+        task.train_data, batch_size=cfg.batch_size, shuffle=True,
+        drop_last=drops_single_example_batch(len(task.train_data), cfg.batch_size),
         generator=loader_gen, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set "
-                         f"({len(task.train_data)} examples)")
+        raise ValueError(f"{len(task.train_data)} training examples: too few for a batch "
+                         f"(batch_size {cfg.batch_size})")
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
     start_epoch, best_epoch, best_val, history, elapsed = 1, 0, None, [], 0.0
@@ -172,7 +236,8 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
                 nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            task.after_step()
+            if cfg.clamp_logit_scale:
+                clamp_logit_scale(module)
             total += loss.item()
             count += 1
         module.eval()

@@ -68,3 +68,42 @@ def test_nested_preset_value_of_wrong_type_is_named(params):
     params["presets"]["embedded"]["finetune"]["batch_size"] = 0
     with pytest.raises(UserError, match=r"presets\.embedded\.finetune\.batch_size"):
         load_params(params, SCHEMA)
+
+
+REAL_PRESETS = ["imagenet", "iwildcam", "fmow", "caltech101", "cars", "flowers102", "sst2", "pcam"]
+# locuslab/FLYP (src/models/flyp_loss.py): torch.optim.AdamW(all params, weight_decay=wd), no
+# logit_scale clamp, no gradient clipping, fp32 (the OpenAI weights are cast to float).
+REFERENCE = {"decay": "all", "clamp_logit_scale": False, "grad_clip": 0, "precision": "fp32"}
+OPEN_CLIP_STYLE = {"decay": "matrices", "clamp_logit_scale": True, "grad_clip": 1.0,
+                   "precision": "fp32"}
+
+
+@pytest.mark.parametrize("scale", ["full", "smoke"])
+@pytest.mark.parametrize("preset", REAL_PRESETS)
+def test_real_presets_optimise_as_the_reference(params, preset, scale):
+    run = load_params({**params, "benchmark": preset, "scale": scale}, SCHEMA)
+    assert {k: run["finetune"][k] for k in REFERENCE} == REFERENCE
+    for method in ("ft", "lpft", "l2sp"):  # WiSE-FT's finetune.py clips gradients at norm 1.0
+        assert run["method_options"][method]["grad_clip"] == 1.0
+
+
+@pytest.mark.parametrize("scale", ["full", "smoke"])
+def test_embedded_preset_keeps_open_clip_style_optimisation(params, scale):
+    run = load_params({**params, "scale": scale}, SCHEMA)  # a scale never resets a switch
+    assert {k: run["finetune"][k] for k in OPEN_CLIP_STYLE} == OPEN_CLIP_STYLE
+    assert run["pretrain"]["decay"] == "matrices" and run["pretrain"]["clamp_logit_scale"]
+
+
+@pytest.mark.parametrize("where, value", [
+    (("finetune", "decay"), "biases"),
+    (("finetune", "clamp_logit_scale"), "sometimes"),
+    (("method_options", "ft", "decay"), "none"),
+    (("method_options", "ft", "grad_clip"), -1),
+])
+def test_bad_optimisation_switch_is_named(params, where, value):
+    node = params["presets"]["embedded"]
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = value
+    with pytest.raises(UserError, match=r"presets\.embedded\." + r"\.".join(where)):
+        load_params(params, SCHEMA)

@@ -1,5 +1,7 @@
 """What distinguishes each method, on tiny inputs."""
 
+import math
+
 import pytest
 import torch
 
@@ -20,7 +22,6 @@ def _step(task, batch, lr=1e-2):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    task.after_step()
     return loss
 
 
@@ -78,9 +79,16 @@ def test_flyp_samples_different_templates_across_steps(ctx):
     assert not torch.equal(first, second)
 
 
-def test_flyp_logit_scale_is_clamped_at_100(ctx):
+@pytest.mark.parametrize("clamp", [True, False])
+def test_flyp_clamps_logit_scale_at_100_only_when_asked(ctx, tmp_path, clamp):
+    from flyp.training import TrainConfig, fit
+
     task = get_method("flyp").task(ctx)
     with torch.no_grad():
-        task.module.logit_scale.fill_(10.0)
-    task.after_step()
-    assert task.module.logit_scale.exp().item() == pytest.approx(100.0)
+        task.module.logit_scale.fill_(math.log(200))  # above open_clip's ceiling of 100
+    cfg = TrainConfig(epochs=1, lr=1e-9, wd=0.0, batch_size=len(task.train_data), warmup_steps=0,
+                      seed=0, clamp_logit_scale=clamp)
+    fit(task, cfg, out=tmp_path / "m.safetensors", log_csv=tmp_path / "log.csv",
+        device=ctx.device, info={}, progress=lambda m: None)
+    expected = 100.0 if clamp else 200.0  # the FLYP reference never clamps
+    assert task.module.logit_scale.exp().item() == pytest.approx(expected, rel=1e-3)

@@ -28,7 +28,6 @@ def _train_steps(task, steps=2, lr=1e-2):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        task.after_step()
 
 
 def _changed(before, after):

@@ -24,15 +24,107 @@ def test_warmup_then_cosine_per_step():
     assert lrs[-1] < 0.05
 
 
-def test_no_weight_decay_on_biases_norms_and_logit_scale():
+def _clip_like_module():
     m = nn.Module()
     m.proj = nn.Linear(4, 4)
     m.ln = nn.LayerNorm(4)
     m.logit_scale = nn.Parameter(torch.ones([]))
-    opt = make_optimizer(m, lr=1e-3, wd=0.1)
+    return m
+
+
+def test_matrices_decay_spares_biases_norms_and_logit_scale():
+    m = _clip_like_module()
+    opt = make_optimizer(m, lr=1e-3, wd=0.1, decay="matrices")
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
     assert decayed == {id(m.proj.weight)}
     assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_decay_all_shrinks_every_parameter_as_the_reference_adamw():
+    m = _clip_like_module()
+    opt = make_optimizer(m, lr=0.1, wd=0.5, decay="all")
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decoupled decay moves a weight
+    opt.step()
+    for name, p in m.named_parameters():  # biases, norms and logit_scale included
+        torch.testing.assert_close(p.detach(), before[name] * (1 - 0.1 * 0.5), msg=name)
+
+
+class ScaleTask(Task):
+    """A bare ``logit_scale`` pushed up by the loss, to see whether fit clamps it."""
+
+    def __init__(self, start):
+        self.module = nn.Module()
+        self.module.logit_scale = nn.Parameter(torch.tensor(start))
+        self.train_data = torch.utils.data.TensorDataset(torch.zeros(8, 1))
+
+    def loss(self, batch):
+        return -self.module.logit_scale
+
+    def save(self, path, info):
+        torch.save({}, path)
+
+
+@pytest.mark.parametrize("clamp", [True, False])
+def test_logit_scale_exceeds_ln_100_only_without_the_clamp(tmp_path, clamp):
+    task = ScaleTask(math.log(100) - 0.01)
+    cfg = TrainConfig(epochs=1, lr=0.1, wd=0.0, batch_size=8, warmup_steps=0, seed=0,
+                      clamp_logit_scale=clamp)
+    fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"), info={}, select=False, progress=lambda m: None)
+    scale = task.module.logit_scale.item()
+    if clamp:
+        assert scale == pytest.approx(math.log(100))
+    else:
+        assert scale > math.log(100) + 0.05  # Adam's first step moves it by about lr
+
+
+class CountingTask(Task):
+    """Records the size of every batch it trains on."""
+
+    def __init__(self, n):
+        self.module = nn.Linear(1, 1)
+        x = torch.arange(n, dtype=torch.float)[:, None]  # (n, 1)
+        self.train_data = torch.utils.data.TensorDataset(x)
+        self.sizes = []
+
+    def loss(self, batch):
+        (x,) = batch
+        self.sizes.append(len(x))
+        return self.module(x).pow(2).mean()
+
+    def save(self, path, info):
+        torch.save({}, path)
+
+
+def _fit_counting(tmp_path, n, batch_size, epochs=2, warmup_steps=1):
+    task = CountingTask(n)
+    cfg = TrainConfig(epochs=epochs, lr=0.1, wd=0.0, batch_size=batch_size,
+                      warmup_steps=warmup_steps, seed=0)
+    result = fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
+                 device=torch.device("cpu"), info={}, select=False, progress=lambda m: None)
+    return task.sizes, result.history
+
+
+def test_the_last_partial_batch_is_trained_on_and_scheduled(tmp_path):
+    # Flowers102-like: 1,020 images at batch 256 are 3 full batches and one of 252 an epoch.
+    sizes, history = _fit_counting(tmp_path, n=70, batch_size=16, epochs=4, warmup_steps=2)
+    assert sizes == [16, 16, 16, 16, 6] * 4  # every example, every epoch
+    assert [row["step"] for row in history] == [5, 10, 15, 20]
+    # the cosine spans all 20 steps: after epoch 2 it is at step 10, after the last at 0
+    progress = (10 - 2) / (20 - 2)
+    assert float(history[1]["lr"]) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * progress)),
+                                                    rel=1e-2)
+    assert float(history[-1]["lr"]) == 0.0
+
+
+def test_a_last_batch_of_one_example_is_dropped(tmp_path):
+    sizes, history = _fit_counting(tmp_path, n=33, batch_size=16)
+    assert sizes == [16, 16] * 2  # a contrastive batch of one pair carries no signal
+    assert [row["step"] for row in history] == [2, 4]
+    sizes, _ = _fit_counting(tmp_path / "one", n=5, batch_size=1)
+    assert sizes == [1] * 10  # batch_size 1 is the user's choice: nothing dropped
 
 
 class ToyTask(Task):

@@ -36,20 +36,67 @@ wildcard_constraints:
 
 def train_args(cfg):
     """Command-line options of `flyp pretrain` / `flyp finetune` for one training config."""
-    keys = ["epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "seed", "precision"]
-    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(cfg[k]))}" for k in keys)
+    keys = ["epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "seed", "precision",
+            "decay", "clamp_logit_scale"]
+    return " ".join(cli_option(k, cfg[k]) for k in keys)
+
+
+def cli_option(key, value):
+    """`--key value`, or for a switch `--key` / `--no-key`."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {shlex.quote(str(value))}"
 
 
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
 # that changing the machine or --cores reruns nothing.
 DEVICE = RUN["runtime"]["device"]
+
+
+def gpu_count():
+    """GPUs this machine offers, found without importing torch (parsing stays light): the ids in
+    CUDA_VISIBLE_DEVICES when it is set (up to the first invalid one, as CUDA reads it), else the
+    GPUs `nvidia-smi -L` lists; 0 when neither finds any."""
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for gpu in visible.split(","):
+            if not gpu.strip() or gpu.strip().startswith("-"):
+                break
+            count += 1
+        return count
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if listed.returncode != 0:
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+# A job on a GPU (device cuda or cuda:N, or auto where a GPU is found) declares `gpu=1`, the
+# resource Snakemake's SLURM executor turns into --gpus. A local run then runs at most as many of
+# them at once as the machine has GPUs (each job claims a free one: flyp.training.resolve_device),
+# unless `--resources gpu=N` says otherwise. On a cluster (--jobs) the scheduler hands out GPUs.
+GPUS = gpu_count()
+USES_GPU = DEVICE.startswith("cuda") or (DEVICE == "auto" and GPUS > 0)
+GPU = {"gpu": 1} if USES_GPU else {}
+if USES_GPU and GPUS > 0 and workflow.nodes is None and "gpu" not in workflow.global_resources:
+    workflow.global_resources["gpu"] = GPUS
+    print(f"note: GPU jobs: at most {GPUS} at once, one GPU each (--resources gpu=N to change)",
+          file=sys.stderr)
+
 # Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
 JOB_THREADS = max(1, workflow.cores // 2)
 WORKERS = RUN["runtime"]["workers"]
 ENV = "../envs/flyp.yaml"
 
 
-TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision"}
+TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision",
+              "decay", "clamp_logit_scale"}
 
 
 def parse_run(run):

@@ -16,6 +16,7 @@ rule evaluate:
         benchmark=BENCHMARK,
     threads: JOB_THREADS
     resources:
+        **GPU,
         device=DEVICE,
         workers=WORKERS,
     conda:
@@ -46,6 +47,7 @@ rule evaluate_ensemble:
         alphas=",".join(str(a) for a in RUN["alphas"]),
     threads: JOB_THREADS
     resources:
+        **GPU,
         device=DEVICE,
         workers=WORKERS,
     conda:

@@ -10,6 +10,7 @@ rule features:
         f"{MODELS}/features.safetensors",
     threads: JOB_THREADS
     resources:
+        **GPU,
         device=DEVICE,
     conda:
         ENV
@@ -39,6 +40,7 @@ rule finetune:
         args=finetune_args,
     threads: JOB_THREADS
     resources:
+        **GPU,
         device=DEVICE,
         workers=WORKERS,
     conda:

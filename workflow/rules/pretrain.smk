@@ -29,6 +29,7 @@ rule pretrain:
         train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
     threads: workflow.cores
     resources:
+        **(GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
         device=DEVICE,
         workers=WORKERS,
     conda:
