@@ -129,7 +129,11 @@ def list_cmd():
               help="Fetch the archive to this file (resumes a partial download; verified).")
 @click.option("--extract", "extract_to", type=click.Path(file_okay=False, path_type=Path),
               help="Unpack the archive (--archive, or a local --source) into this new folder.")
-def download(benchmark_name, name, source, archive, extract_to):
+@click.option("--size", type=click.IntRange(min=0), help="With --md5/--sha256: the size of "
+              "--source, which then need not be the real archive (its pinned sums are replaced).")
+@click.option("--md5", help="The md5 of --source, replacing the real archive's pinned sums.")
+@click.option("--sha256", help="The sha256 of --source, replacing the real archive's pinned sums.")
+def download(benchmark_name, name, source, archive, extract_to, size, md5, sha256):
     """Fetch and unpack one archive of a real benchmark (the download rules run this)."""
     from flyp.datasets import get_benchmark
     from flyp.datasets.download import obtain, source_key
@@ -140,6 +144,9 @@ def download(benchmark_name, name, source, archive, extract_to):
             click.echo(f"{d.name}: {d.url or 'manual: ' + d.manual} "
                        f"(source: {source_key(bench, d)})")
         return
+    stated = {k: v for k, v in dict(size=size, md5=md5, sha256=sha256).items() if v is not None}
+    if stated:  # the mapping form of params.yaml (flyp.datasets.download.resolve_source)
+        source = {"source": source, **stated}
     obtain(bench, name, source=source, archive=archive, extract_to=extract_to, log=_log)
 
 
