@@ -152,6 +152,33 @@ def download(benchmark_name, name, source, archive, extract_to, size, md5, sha25
 
 @main.command()
 @benchmark_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the miniature; the printed command also runs the DAG there.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def fixture(benchmark_name, out_dir, seed):
+    """Write a miniature of a real benchmark in its download formats, with a tiny model, and
+    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv."""
+    from flyp.fixtures import make_fixture, run_commands
+
+    project = _project_root()
+    overlay = make_fixture(benchmark_name, out_dir, seed)
+    _log(f"wrote the {benchmark_name} fixture and its config overlay {overlay}")
+    for command in run_commands(overlay, project):
+        click.echo(command)
+
+
+def _project_root() -> Path:
+    """The project (Snakefile, params.yaml): the current folder if it is one, else the checkout
+    this package was installed from."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (folder / "Snakefile").is_file() and (folder / "params.yaml").is_file():
+            return folder.absolute()
+    raise UserError("run `flyp fixture` in the project's folder (where Snakefile and params.yaml "
+                    "are)")
+
+
+@main.command()
+@benchmark_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A benchmark-specific preparation setting (repeatable).")
