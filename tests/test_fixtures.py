@@ -92,3 +92,16 @@ def test_the_imagenet_archives_are_the_same_bytes_for_the_same_seed(tmp_path):
     a = build_archives(tmp_path / "a", small)
     b = build_archives(tmp_path / "b", small)
     assert all(a[k].read_bytes() == b[k].read_bytes() for k in a)
+
+
+def test_a_fixture_that_leaves_out_an_archive_is_refused(tmp_path, monkeypatch):
+    from flyp.fixtures import FIXTURES, Fixture, make_fixture
+
+    def partial(out, rng):
+        (out / "x.tar").write_bytes(b"x")
+        return Fixture(sources={"imagenet_val": out / "x.tar"})
+
+    fixture_names()
+    monkeypatch.setitem(FIXTURES, "imagenet", partial)
+    with pytest.raises(UserError, match="expected one source for each archive"):
+        make_fixture("imagenet", tmp_path)
