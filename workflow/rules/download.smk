@@ -32,11 +32,11 @@ ARCHIVES = {
     for name, d in DOWNLOADS.items()
 }
 FETCHED = {os.path.basename(ARCHIVES[n]): n for n in DOWNLOADS if LOCAL[n] is None}
-
-
-def stated_sums(name):
-    """`flyp download` options for the sums a mapping source states ("" for the pinned ones)."""
-    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in STATED[name].items())
+# `flyp download` options for the sums a mapping source states ("": the pinned ones).
+STATED_SUMS = {
+    name: " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in sums.items())
+    for name, sums in STATED.items()
+}
 
 
 rule download:
@@ -52,7 +52,7 @@ rule download:
             if SOURCES[FETCHED[wildcards.archive]]
             else ""
         ),
-        sums=lambda wildcards: stated_sums(FETCHED[wildcards.archive]),
+        sums=lambda wildcards: STATED_SUMS[FETCHED[wildcards.archive]],
     conda:
         ENV
     log:
@@ -71,7 +71,7 @@ rule extract:
         name="|".join(map(re.escape, DOWNLOADS)) or "(?!)",
     params:
         benchmark=BENCHMARK,
-        sums=lambda wildcards: stated_sums(wildcards.name),
+        sums=lambda wildcards: STATED_SUMS[wildcards.name],
     conda:
         ENV
     log:
