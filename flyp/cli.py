@@ -137,7 +137,11 @@ def list_cmd():
               help="Fetch the archive to this file (resumes a partial download; verified).")
 @click.option("--extract", "extract_to", type=click.Path(file_okay=False, path_type=Path),
               help="Unpack the archive (--archive, or a local --source) into this new folder.")
-def download(benchmark_name, name, source, archive, extract_to):
+@click.option("--size", type=click.IntRange(min=0), help="With --md5/--sha256: the size of "
+              "--source, which then need not be the real archive (its pinned sums are replaced).")
+@click.option("--md5", help="The md5 of --source, replacing the real archive's pinned sums.")
+@click.option("--sha256", help="The sha256 of --source, replacing the real archive's pinned sums.")
+def download(benchmark_name, name, source, archive, extract_to, size, md5, sha256):
     """Fetch and unpack one archive of a real benchmark (the download rules run this)."""
     from flyp.datasets import get_benchmark
     from flyp.datasets.download import obtain, source_key
@@ -148,7 +152,37 @@ def download(benchmark_name, name, source, archive, extract_to):
             click.echo(f"{d.name}: {d.url or 'manual: ' + d.manual} "
                        f"(source: {source_key(bench, d)})")
         return
+    stated = {k: v for k, v in dict(size=size, md5=md5, sha256=sha256).items() if v is not None}
+    if stated:  # the mapping form of params.yaml (flyp.datasets.download.resolve_source)
+        source = {"source": source, **stated}
     obtain(bench, name, source=source, archive=archive, extract_to=extract_to, log=_log)
+
+
+@main.command()
+@benchmark_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the miniature; the printed command also runs the DAG there.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def fixture(benchmark_name, out_dir, seed):
+    """Write a miniature of a real benchmark in its download formats, with a tiny model, and
+    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv."""
+    from flyp.fixtures import make_fixture, run_commands
+
+    project = _project_root()
+    overlay = make_fixture(benchmark_name, out_dir, seed)
+    _log(f"wrote the {benchmark_name} fixture and its config overlay {overlay}")
+    for command in run_commands(overlay, project):
+        click.echo(command)
+
+
+def _project_root() -> Path:
+    """The project (Snakefile, params.yaml): the current folder if it is one, else the checkout
+    this package was installed from."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (folder / "Snakefile").is_file() and (folder / "params.yaml").is_file():
+            return folder.absolute()
+    raise UserError("run `flyp fixture` in the project's folder (where Snakefile and params.yaml "
+                    "are)")
 
 
 @main.command()

@@ -394,3 +394,89 @@ def test_a_mirror_url_replaces_the_official_one(toy_benchmark, http, tmp_path):
            log=quiet)
     assert [r["path"] for r in http.requests] == ["/mirror/toy.tar.gz"]
     assert (tmp_path / "toy" / "toy" / "a" / "1.JPEG").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A source that states its own size and checksums (a fixture; the mapping form of params.yaml)
+
+def fixture_archive(tmp_path: Path) -> tuple[Path, bytes]:
+    (tmp_path / "fixture").mkdir()
+    path = make_tar(tmp_path / "fixture" / "toy.tar.gz", {"toy/c/3.JPEG": b"333"})
+    return path, path.read_bytes()
+
+
+def test_a_source_with_stated_sums_is_fetched_and_unpacked(toy_benchmark, tmp_path):
+    bench, real = toy_benchmark
+    path, data = fixture_archive(tmp_path)
+    assert data != real  # the pinned sums would refuse it
+    raw = tmp_path / "raw"
+    obtain(bench, "toy", source={"source": path.as_uri(), "size": len(data),
+                                 "sha256": sha256(data)},
+           archive=raw / "downloads" / "toy.tar.gz", extract_to=raw / "toy", progress=False,
+           log=quiet)
+    assert (raw / "downloads" / "toy.tar.gz").read_bytes() == data
+    assert (raw / "toy" / "toy" / "c" / "3.JPEG").read_bytes() == b"333"
+
+    # the same through the CLI (what the download and extract rules run), an md5 alone will do
+    done = CliRunner().invoke(main, ["download", "--benchmark", "toy", "--name", "licensed",
+                                     "--source", str(path), "--md5", md5(data),
+                                     "--extract", str(raw / "licensed")])
+    assert done.exit_code == 0, done.output
+    assert (raw / "licensed" / "toy" / "c" / "3.JPEG").read_bytes() == b"333"
+
+
+@pytest.mark.parametrize("wrong", ["sha256", "md5", "size"])
+def test_a_wrong_stated_sum_is_refused_and_leaves_nothing_behind(toy_benchmark, tmp_path, wrong):
+    bench, _ = toy_benchmark
+    path, data = fixture_archive(tmp_path)
+    stated = {"source": path.as_uri(), "size": len(data), "md5": md5(data),
+              "sha256": sha256(data)}
+    stated[wrong] = len(data) + 1 if wrong == "size" else "0" * len(stated[wrong])
+    raw = tmp_path / "raw"
+    with pytest.raises(UserError, match=f"toy.tar.gz .*: {wrong}"):
+        obtain(bench, "toy", source=stated, archive=raw / "downloads" / "toy.tar.gz",
+               extract_to=raw / "toy", progress=False, log=quiet)
+    with pytest.raises(UserError, match=f"toy.tar.gz: {wrong}"):
+        obtain(bench, "toy", source={**stated, "source": str(path)}, extract_to=raw / "toy",
+               progress=False, log=quiet)
+    assert not [p for p in raw.rglob("*") if not p.is_dir()]  # no archive, .part or member
+    assert not (raw / "toy").exists()
+
+
+@pytest.mark.parametrize("stated, message", [
+    ({"source": "x.tar.gz", "size": 3}, "must state md5 or sha256"),
+    ({"source": "x.tar.gz"}, "must state md5 or sha256"),
+    ({"size": 3, "md5": "0" * 32}, "presets.toy.data.toy.source: expected the path"),
+    ({"source": "x.tar.gz", "md5": "abc"}, "md5: expected 32 hexadecimal digits"),
+    ({"source": "x.tar.gz", "sha1": "0" * 40}, "unknown keys"),
+])
+def test_a_stated_source_without_a_valid_checksum_is_refused(toy_benchmark, tmp_path, stated,
+                                                             message):
+    bench, _ = toy_benchmark
+    with pytest.raises(UserError, match=message) as error:
+        obtain(bench, "toy", source=stated, archive=tmp_path / "got.tar.gz", progress=False,
+               log=quiet)
+    assert "presets.toy.data.toy" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "got.tar.gz").exists()
+
+
+def test_a_stated_folder_is_refused_as_it_has_no_checksum(toy_benchmark, tmp_path):
+    bench, _ = toy_benchmark
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="a folder has no checksum"):
+        obtain(bench, "toy", source={"source": str(tmp_path / "folder"), "md5": "0" * 32},
+               extract_to=tmp_path / "raw" / "toy", progress=False, log=quiet)
+
+
+def test_params_schema_refuses_a_stated_source_without_a_checksum():
+    from flyp.config import read_yaml, validate
+    from tests.conftest import ROOT
+
+    schema = read_yaml(ROOT / "workflow/schemas/params.schema.yaml")
+    params = read_yaml(ROOT / "params.yaml")
+    data = params["presets"]["imagenet"]["data"]
+    data["imagenet_val"] = {"source": "/a/ILSVRC2012_img_val.tar", "size": 3, "sha256": "0" * 64}
+    validate(params, schema)
+    data["imagenet_val"] = {"source": "/a/ILSVRC2012_img_val.tar", "size": 3}
+    with pytest.raises(UserError, match="presets.imagenet.data.imagenet_val"):
+        validate(params, schema)

@@ -1,20 +1,17 @@
 """The ImageNet benchmark on tiny fixtures in the archives' exact on-disk formats, its place in the
 workflow, and loading released weights from a local file.
 
-The fixtures use the real wnids (timm ships the sorted list of the 1000) so that labels can be
-checked against open_clip's class names, and a devkit whose ILSVRC2012_IDs are *not* in sorted-wnid
-order, as in the real one.
+The archives come from the fixture generator (flyp/fixtures/imagenet.py) with a small layout of
+their own: the real wnids (so that labels can be checked against open_clip's class names) and a
+devkit whose ILSVRC2012_IDs are *not* in sorted-wnid order, as in the real one.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +19,19 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from flyp.cli import main
 from flyp.datasets import get_benchmark, table_path
 from flyp.datasets.download import extract_archive, link_folder, obtain
 from flyp.datasets.tables import ImageTable, read_table
 from flyp.evaluation import score
+from flyp.fixtures.imagenet import Layout, devkit_ids, wnids
+from flyp.fixtures.imagenet import build_archives as make_archives
+from flyp.fixtures.imagenet import objectnet_folder as make_objectnet
 from flyp.io import UserError
 from tests.conftest import ROOT
 
-
-def imagenet_wnids() -> list[str]:
-    import timm
-
-    path = Path(timm.__file__).parent / "data" / "_info" / "imagenet_synsets.txt"
-    return path.read_text().split()
-
-
-WNIDS = imagenet_wnids()
+WNIDS = wnids()
 INDEX = {w: i for i, w in enumerate(WNIDS)}
 TENCH, KIT_FOX, WOK = "n01440764", "n02119789", "n04596742"
 ANALOG_CLOCK, DIGITAL_CLOCK, BANANA = "n02708093", "n03196217", "n07753592"
@@ -48,130 +39,25 @@ R_WNIDS = ["n01443537", "n01833805", "n02007558"]  # goldfish, hummingbird, flam
 A_WNIDS = ["n01498041", "n01531178"]  # stingray, goldfinch
 VAL_WNIDS = [KIT_FOX, TENCH, WOK, KIT_FOX, WOK]  # val image i+1 shows VAL_WNIDS[i]
 V2_FOLDERS = ["0", "1", "2", "10", "11", "100"]  # a string sort puts "10" before "2"
+# The archives of these tests (the generator of flyp/fixtures/imagenet.py, a smaller layout):
+# "bench" maps to no ImageNet class and must be dropped; the clock class maps to two.
+LAYOUT = Layout(
+    train={TENCH: 3, KIT_FOX: 3, WOK: 3}, val=VAL_WNIDS, v2=dict.fromkeys(V2_FOLDERS, 1),
+    r=dict.fromkeys(R_WNIDS, 2), a=dict.fromkeys(A_WNIDS, 2), sketch={TENCH: 1, WOK: 1},
+    objectnet={"alarm_clock": ("Alarm clock", ["analog clock", "digital clock"], 2),
+               "banana": ("Banana", ["banana"], 1), "bench": ("Bench", [], 2)})
 
 
 def quiet(msg):
     pass
 
 
-# ----------------------------------------------------------------------------------------------
-# Fixture archives
-
-def image_bytes(seed: int, fmt: str = "JPEG", size: int = 8, border: int = 0) -> bytes:
-    """A tiny image; with ``border``, a red frame around a blue inside (ObjectNet-like)."""
-    rng = np.random.default_rng(seed)
-    arr = np.zeros((size, size, 3), np.uint8)
-    arr[...] = rng.integers(0, 255, 3)
-    if border:
-        arr[...] = (255, 0, 0)
-        arr[border:-border, border:-border] = (0, 0, 255)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tar:
-        for name, data in members.items():
-            add(tar, name, data)
-    return path
-
-
-def devkit_ids() -> dict[str, int]:
-    """ILSVRC2012_ID of each wnid: a fixed shuffle, as the real IDs are not in sorted order."""
-    order = np.random.default_rng(2012).permutation(1000)
-    return {w: int(order[i]) + 1 for i, w in enumerate(WNIDS)}
-
-
-def meta_mat() -> bytes:
-    """data/meta.mat: a (N, 1) struct array ``synsets`` with the devkit's fields; the 1000 leaf
-    classes plus two inner synsets (num_children > 0), which are not classes."""
-    from scipy.io import savemat
-
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
-              "wordnet_height", "num_train_images"]
-    ids = devkit_ids()
-    rows = [(ids[w], w, 0) for w in WNIDS] + [(1001, "n00001740", 2), (1002, "n00002684", 3)]
-    synsets = np.zeros((len(rows), 1), dtype=[(f, "O") for f in fields])
-    for k, (i, wnid, children) in enumerate(rows):
-        kids = np.arange(1, children + 1, dtype=float).reshape(1, -1) if children else \
-            np.zeros((0, 0))
-        synsets[k, 0] = (np.array([[i]], float), wnid, f"words {wnid}", "gloss",
-                         np.array([[children]], float), kids, np.array([[0.0]]),
-                         np.array([[1300.0 if not children else 0.0]]))
-    buf = io.BytesIO()
-    savemat(buf, {"synsets": synsets})
-    return buf.getvalue()
+def build_archives(folder: Path) -> dict[str, Path]:
+    return make_archives(folder, LAYOUT)
 
 
 def objectnet_folder(root: Path) -> Path:
-    """objectnet-1.0/ as unzipped: images/<folder>/*.png (with the 1-px frame the 2-px crop
-    removes) and mappings/. "bench" has no ImageNet class and must be dropped."""
-    base = root / "objectnet-1.0"
-    for folder, n in (("alarm_clock", 2), ("banana", 1), ("bench", 2)):
-        (base / "images" / folder).mkdir(parents=True)
-        for i in range(n):
-            (base / "images" / folder / f"{i:04x}.png").write_bytes(
-                image_bytes(i, "PNG", size=12, border=2))
-    m = base / "mappings"
-    m.mkdir()
-    (m / "folder_to_objectnet_label.json").write_text(json.dumps(
-        {"alarm_clock": "Alarm clock", "banana": "Banana", "bench": "Bench"}))
-    (m / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
-        {"Alarm clock": "analog clock; digital clock", "Banana": "banana"}))
-    # imagenet_to_label_2012_v2: line i names the class whose ImageNet-2012 id is i (here the
-    # devkit order, not sorted order); pytorch_to_imagenet_2012_id maps sorted index -> that id.
-    ids = devkit_ids()
-    names = {ANALOG_CLOCK: "analog clock", DIGITAL_CLOCK: "digital clock", BANANA: "banana"}
-    lines = [""] * 1000
-    for w in WNIDS:
-        lines[ids[w] - 1] = names.get(w, f"class {w}")
-    (m / "imagenet_to_label_2012_v2").write_text("\n".join(lines) + "\n")
-    (m / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps(
-        {str(INDEX[w]): ids[w] - 1 for w in WNIDS}))
-    return base
-
-
-def build_archives(folder: Path) -> dict[str, Path]:
-    """Every archive of the benchmark, tiny, in its real layout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ids = devkit_ids()
-    truth = "".join(f"{ids[w]}\n" for w in VAL_WNIDS)
-    out = {
-        "imagenet_devkit": write_tar(folder / "ILSVRC2012_devkit_t12.tar.gz", {
-            "ILSVRC2012_devkit_t12/data/meta.mat": meta_mat(),
-            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": truth.encode(),
-        }, "w:gz"),
-        "imagenet_val": write_tar(folder / "ILSVRC2012_img_val.tar", {
-            f"ILSVRC2012_val_{i + 1:08d}.JPEG": image_bytes(i) for i in range(len(VAL_WNIDS))}),
-    }
-    inner = {}
-    for k, wnid in enumerate([TENCH, KIT_FOX, WOK]):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for i in range(3):
-                add(tar, f"{wnid}_{i + 1}.JPEG", image_bytes(10 * k + i))
-        inner[f"{wnid}.tar"] = buf.getvalue()
-    out["imagenet_train"] = write_tar(folder / "ILSVRC2012_img_train.tar", inner)
-    out["imagenetv2"] = write_tar(folder / "imagenetv2-matched-frequency.tar.gz", {
-        f"imagenetv2-matched-frequency-format-val/{f}/{k:040x}.jpeg": image_bytes(k)
-        for k, f in enumerate(V2_FOLDERS)}, "w:gz")
-    for name, top, wnids in (("imagenet_r", "imagenet-r", R_WNIDS),
-                             ("imagenet_a", "imagenet-a", A_WNIDS)):
-        members = {f"{top}/README.txt": b"readme"}
-        members.update({f"{top}/{w}/{i}.jpg": image_bytes(i) for w in wnids for i in range(2)})
-        out[name] = write_tar(folder / f"{top}.tar", members)
-    with zipfile.ZipFile(folder / "ImageNet-Sketch.zip", "w") as zf:
-        for w in (TENCH, WOK):
-            zf.writestr(f"sketch/{w}/sketch_{w}_1.JPEG", image_bytes(7))
-    out["imagenet_sketch"] = folder / "ImageNet-Sketch.zip"
-    return out
+    return make_objectnet(root, LAYOUT)
 
 
 @pytest.fixture(scope="module")

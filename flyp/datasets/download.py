@@ -13,9 +13,14 @@ rules (``workflow/rules/download.smk``) run ``flyp download`` once per archive:
   no archive can write outside its folder.
 
 Where each archive comes from is ``presets.<benchmark>.data.<name>`` in params.yaml
-(``source_key``): null takes the official URL; otherwise a local archive, a folder it was already
-extracted to (linked, not copied) or a mirror URL. Archives without a URL (the ImageNet archives
-need an image-net.org account, ObjectNet a password) must be set there.
+(``source_key``): null takes the official URL; otherwise a local archive (read where it is), a
+folder it was already extracted to (linked, not copied) or a mirror URL (``https://``, or
+``file://`` for a file on this machine; fetched like the official one). Archives without a URL
+(the ImageNet archives need an image-net.org account, ObjectNet a password) must be set there.
+Any of these is checked against the size and checksums pinned for the real archive. A mapping
+``{source: ..., size: ..., md5: ..., sha256: ...}`` states the sums of another file instead (a
+fixture, a repacked copy): they replace the pinned ones, and at least one checksum must be stated,
+so that no file is ever taken unchecked.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -79,6 +84,52 @@ def local_source(source: str | None) -> Path | None:
     if parts.scheme and len(parts.scheme) > 1:  # (one letter: a Windows drive)
         raise UserError(f"{source}: unsupported URL scheme {parts.scheme!r} (http, https, file)")
     return Path(source)
+
+
+HEX_DIGITS = {"md5": 32, "sha256": 64}
+
+
+def resolve_source(download: Download, value: str | Mapping | None,
+                   what: str = "source") -> tuple[str | None, dict]:
+    """(where the archive comes from, the size and checksums it must match) for ``value``, what
+    params.yaml says about it (``what`` names the key in errors): null (the official URL), a
+    string (a path or URL) or a mapping ``{source, size, md5, sha256}``. A string is checked
+    against the real archive's pinned sums; a mapping's stated sums replace them (a sum it leaves
+    out is not checked), and it must state a checksum: a size alone cannot tell two files apart."""
+    pinned = dict(size=download.size, md5=download.md5, sha256=download.sha256)
+    if value is None or isinstance(value, str):
+        return value or None, pinned
+    if not isinstance(value, Mapping):
+        raise UserError(f"{what}: expected a path, a URL or a mapping {{source, size, md5, "
+                        f"sha256}}; got {value!r}")
+    unknown = sorted(set(value) - {"source", *pinned})
+    if unknown:
+        raise UserError(f"{what}: unknown keys {unknown}; expected source, size, md5, sha256")
+    location = value.get("source")
+    if not isinstance(location, str) or not location:
+        raise UserError(f"{what}.source: expected the path or URL of the archive")
+    if not (value.get("md5") or value.get("sha256")):
+        raise UserError(f"{what}: a source with its own sums must state md5 or sha256 "
+                        f"(the pinned checksums of {download.name} do not apply to it)")
+    for kind, digits in HEX_DIGITS.items():
+        digest = value.get(kind)
+        if digest is not None and not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", str(digest)):
+            raise UserError(f"{what}.{kind}: expected {digits} hexadecimal digits; got {digest!r}")
+    size = value.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise UserError(f"{what}.size: expected a number of bytes; got {size!r}")
+    return location, {k: value.get(k) for k in pinned}
+
+
+def read_in_place(source: str | None) -> Path | None:
+    """The local archive or folder a source names, when it is read where it is (a plain path, or
+    a folder given as a file:// URL); None when it is fetched (an http(s):// URL, or a file://
+    URL to a file, which is a mirror like any other)."""
+    local = local_source(source)
+    if local is None or (urllib.parse.urlsplit(str(source)).scheme == "file"
+                         and not local.is_dir()):
+        return None
+    return local
 
 
 def archive_filename(download: Download, source: str | None = None) -> str:
@@ -410,19 +461,21 @@ def link_folder(source: str | Path, target: str | Path,
 # ----------------------------------------------------------------------------------------------
 # One archive of a benchmark (what `flyp download` runs)
 
-def obtain(bench: Benchmark, name: str, *, source: str | None = None,
+def obtain(bench: Benchmark, name: str, *, source: str | Mapping | None = None,
            archive: str | Path | None = None, extract_to: str | Path | None = None,
            progress: bool = True, log: Callable[[str], None] = print) -> None:
     """Fetch archive ``name`` of ``bench`` into ``archive`` and/or unpack it into ``extract_to``.
 
-    ``source`` overrides the official URL (see the module docstring). Unpacking reads ``archive``
-    when given, else a local ``source``; a folder source is linked, not copied. Size and checksums
-    are checked before anything is unpacked.
+    ``source`` overrides the official URL: a path or URL, or a mapping that also states the sums
+    (see the module docstring and ``resolve_source``). Unpacking reads ``archive`` when given,
+    else a local ``source``; a folder source is linked, not copied. Size and checksums are checked
+    before anything is unpacked.
     """
     download = get_download(bench, name)
     if archive is None and extract_to is None:
         raise UserError("nothing to do: give --archive (fetch) and/or --extract (unpack)")
-    sums = dict(size=download.size, md5=download.md5, sha256=download.sha256)
+    stated = isinstance(source, Mapping)
+    source, sums = resolve_source(download, source, source_key(bench, download))
     origin = source or download.url
     if archive is not None:
         if origin is None:
@@ -441,6 +494,9 @@ def obtain(bench: Benchmark, name: str, *, source: str | None = None,
         if local is None:
             raise UserError(f"{origin}: a remote source must be fetched first (--archive)")
         if local.is_dir():
+            if stated:  # (its sums could never be checked)
+                raise UserError(f"{local}: a folder has no checksum; give it as a plain path, "
+                                f"not with stated sums ({source_key(bench, download)})")
             link_folder(local, extract_to, log=log)
             return
         if not local.is_file():

@@ -1,19 +1,30 @@
 # The raw archives of the selected benchmark (BENCH.downloads): fetched into data/raw/downloads/
 # and unpacked into data/raw/<name>/, which prepare_data indexes. presets.<benchmark>.data.<name>
-# may name a local archive, an already extracted folder or a mirror URL instead of the official
-# URL; archives that cannot be downloaded (ImageNet, ObjectNet) must be set there, else their job
-# stops with a message saying where to get them. Raw data is not versioned by DVC (hundreds of GB):
-# DVC versions the prepared tables, which index it.
+# may name a local archive or an already extracted folder (read in place) or a mirror URL
+# (https:// or file://, fetched) instead of the official URL, or be a mapping {source, size, md5,
+# sha256} whose stated sums replace the real archive's (a fixture: `flyp fixture`). Archives that
+# cannot be downloaded (ImageNet, ObjectNet) must be set there, else their job stops with a
+# message saying where to get them. Raw data is not versioned by DVC (hundreds of GB): DVC versions
+# the prepared tables, which index it.
 import re
 
-from flyp.datasets.download import archive_filename, local_source
+from flyp.datasets.download import archive_filename, read_in_place, resolve_source, source_key
 
 RAW = "data/raw"
 DOWNLOADS = {d.name: d for d in BENCH.downloads}
-# What params.yaml says about each archive: None (official URL), a local path or a URL.
-SOURCES = {name: RUN["data"].get(name) for name in DOWNLOADS}
+# What params.yaml says about each archive: where it comes from (None: the official URL) and, for
+# the mapping form, the sums it states, which both jobs check instead of the pinned ones.
+try:
+    SOURCES, STATED = {}, {}
+    for _name, _d in DOWNLOADS.items():
+        _value = RUN["data"].get(_name)
+        SOURCES[_name] = resolve_source(_d, _value, source_key(BENCH, _d))[0]
+        STATED[_name] = {k: _value[k] for k in ("size", "md5", "sha256") if k in _value} \
+            if isinstance(_value, dict) else {}
+except UserError as e:
+    sys.exit(f"error: params.yaml: {e}")
 # The archive each extract job reads: a local file or folder named in params, else the fetched one.
-LOCAL = {name: local_source(source) for name, source in SOURCES.items()}
+LOCAL = {name: read_in_place(source) for name, source in SOURCES.items()}
 ARCHIVES = {
     name: str(LOCAL[name])
     if LOCAL[name]
@@ -21,6 +32,11 @@ ARCHIVES = {
     for name, d in DOWNLOADS.items()
 }
 FETCHED = {os.path.basename(ARCHIVES[n]): n for n in DOWNLOADS if LOCAL[n] is None}
+# `flyp download` options for the sums a mapping source states ("": the pinned ones).
+STATED_SUMS = {
+    name: " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in sums.items())
+    for name, sums in STATED.items()
+}
 
 
 rule download:
@@ -36,13 +52,14 @@ rule download:
             if SOURCES[FETCHED[wildcards.archive]]
             else ""
         ),
+        sums=lambda wildcards: STATED_SUMS[FETCHED[wildcards.archive]],
     conda:
         ENV
     log:
         "logs/raw/download_{archive}.log",
     shell:
         "flyp download --benchmark {params.benchmark} --name {params.name} "
-        "{params.source} --archive {output.archive} 2> {log}"
+        "{params.source} {params.sums} --archive {output.archive} 2> {log}"
 
 
 rule extract:
@@ -54,10 +71,11 @@ rule extract:
         name="|".join(map(re.escape, DOWNLOADS)) or "(?!)",
     params:
         benchmark=BENCHMARK,
+        sums=lambda wildcards: STATED_SUMS[wildcards.name],
     conda:
         ENV
     log:
         "logs/raw/extract_{name}.log",
     shell:
         "flyp download --benchmark {params.benchmark} --name {wildcards.name} "
-        "--source {input.archive:q} --extract {output.folder} 2> {log}"
+        "--source {input.archive:q} {params.sums} --extract {output.folder} 2> {log}"

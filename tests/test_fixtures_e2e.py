@@ -1,0 +1,97 @@
+"""Every preset with a fixture runs end to end, offline, as a user would run it: `flyp fixture`
+writes the miniature, then the command it prints takes it from the archives (fetched from file://
+URLs and checked against their stated sums, then unpacked by the same rules as the real archives)
+to results/table.csv with the benchmark's columns.
+
+Runs in a temporary copy of the project; the method list is shortened (one method per kind: no
+training, a linear probe, end-to-end finetuning, FLYP) to keep each preset within minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from flyp.datasets import get_benchmark
+from flyp.datasets.download import archive_filename, get_download
+from flyp.fixtures import fixture_names
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["zeroshot", "lp", "ft", "flyp"]
+PROJECT_FILES = ["Snakefile", "params.yaml", "pyproject.toml", "workflow", "flyp"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n"
+                    f"{done.stderr[-5000:]}")
+    return done
+
+
+def copy_project(root: Path) -> None:
+    root.mkdir()
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, root / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+
+
+def table_columns(benchmark: str) -> list[str]:
+    """The table's metric columns, as report names them: "id" for the ID test set, each OOD set
+    by name, with the metric appended when it is not accuracy."""
+    bench = get_benchmark(benchmark)
+    return [("id" if s is bench.id_set else s.name)
+            + ("" if s.metric == "accuracy" else f"_{s.metric}") for s in bench.eval_sets]
+
+
+# (not `benchmark`: pytest-benchmark owns that fixture name)
+@pytest.mark.parametrize("preset", fixture_names())
+def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
+    project = tmp_path / "project"
+    copy_project(project)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}  # any network access would fail
+    env.pop("DVC_STAGE", None)
+    out = tmp_path / "fixture"
+    printed = run(["flyp", "fixture", "--benchmark", preset, "--out", str(out)], project, env)
+    commands = printed.stdout.strip().splitlines()
+    assert len(commands) == 1 and commands[0].startswith("snakemake ")
+    cmd = shlex.split(commands[0])
+    cmd[cmd.index("--cores") + 1] = "2"
+    end = cmd.index("--")  # (before the targets) the test's shorter method list
+    cmd[end:end] = ["--config", f"methods=[{','.join(METHODS)}]"]
+    run(cmd, project, env)
+
+    assert not (project / "results").exists()  # the project's own results are never touched
+    table = pd.read_csv(out / "results" / "table.csv")
+    assert list(table["method"]) == [*METHODS, *(f"{m}+wise" for m in METHODS[1:])]
+    columns = table_columns(preset)
+    assert set(columns) <= set(table.columns)
+    assert table[columns].notna().all().all()
+    assert table[columns].apply(lambda c: c.between(0, 100)).all().all()  # percent
+
+    # The archives went through the download and extract rules, checked against stated sums.
+    bench = get_benchmark(preset)
+    overlay = yaml.safe_load((out / "fixture.yaml").read_text())
+    sources = overlay["presets"][preset]["data"]
+    for d in bench.downloads:
+        assert (out / "data" / "raw" / d.name).is_dir(), d.name
+        if isinstance(sources[d.name], dict):
+            source = sources[d.name]["source"]
+            assert source.startswith("file://") and "sha256" in sources[d.name]
+            fetched = out / "data/raw/downloads" / archive_filename(get_download(bench, d.name),
+                                                                    source)
+            assert fetched.stat().st_size == sources[d.name]["size"]
+            assert (out / "logs/raw" / f"download_{fetched.name}.log").is_file()
