@@ -1,8 +1,10 @@
 """open_clip models, the zero-shot head and safetensors checkpoints."""
 
+import open_clip
 import pytest
 import torch
 
+import flyp.models
 from flyp.io import UserError
 from flyp.models import (
     build_zero_shot_head,
@@ -53,6 +55,38 @@ def test_zero_shot_head_is_scaled_normalised_template_mean():
         emb = torch.nn.functional.normalize(
             clip.encode_text(tok([t.format("circle") for t in templates])), dim=-1).mean(0)
     torch.testing.assert_close(head.weight[0] / scale, emb / emb.norm())
+
+
+def test_zero_shot_head_in_prompt_batches_equals_the_single_forward():
+    torch.manual_seed(0)
+    clip = create_clip("flyp-tiny-rn10t").eval()
+    tok = get_tokenizer("flyp-tiny-rn10t")
+    classes = ["circle", "square", "triangle", "star", "cross"]
+    templates = ["a photo of a {}.", "a {} shape.", "a drawing of a {}."]
+    # 7 prompts a forward: a class's templates straddle two forwards.
+    head = build_zero_shot_head(clip, tok, classes, templates, prompts_per_forward=7)
+    whole = open_clip.build_zero_shot_classifier(clip, tok, classes, templates,
+                                                 num_classes_per_batch=None)  # (D, C)
+    torch.testing.assert_close(head.weight, whole.T * clip.logit_scale.exp())
+    assert torch.all(head.bias == 0)
+
+
+def test_zero_shot_head_never_sends_more_than_the_prompt_budget_through_the_text_tower():
+    torch.manual_seed(0)
+    clip = create_clip("flyp-tiny-rn10t").eval()
+    encode_text, sizes = clip.encode_text, []
+
+    def spy(tokens, *args, **kwargs):
+        sizes.append(len(tokens))
+        return encode_text(tokens, *args, **kwargs)
+
+    clip.encode_text = spy
+    budget = flyp.models.PROMPTS_PER_FORWARD
+    classes = [f"class {i}" for i in range(budget // 2)]  # 4 templates: twice the budget
+    head = build_zero_shot_head(clip, get_tokenizer("flyp-tiny-rn10t"), classes,
+                                ["a {}.", "the {}.", "one {}.", "my {}."])
+    assert head.weight.shape == (len(classes), 128)
+    assert max(sizes) <= budget and sum(sizes) == 4 * len(classes)
 
 
 def test_quickgelu_weights_in_a_gelu_model_are_refused():
