@@ -3,8 +3,8 @@
 Architectures are data: every JSON file in ``flyp/model_configs/`` is registered with open_clip, so
 the embedded benchmark's small CLIP and the paper's ViT-B/16 go through the same
 ``open_clip.create_model``. Checkpoints are safetensors files: the CLIP weights under ``clip.`` and,
-for a classifier, a linear head under ``head.``; the model name and provenance travel in the
-file's metadata. Nothing is pickled.
+for a classifier, a linear head under ``head.``; the model name, provenance, and the preprocessing
+and activation the weights expect travel in the file's metadata. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def quickgelu_weights_file(path: str) -> bool:
     parts = {part.lower() for p in paths for part in p.parts}
     if any("openai" in part or "quickgelu" in part for part in parts):
         return True
+    digest = None
     for model, tag in open_clip.list_pretrained():
         cfg = open_clip.get_pretrained_cfg(model, tag)
         if not cfg.get("quick_gelu"):
@@ -97,7 +98,8 @@ def quickgelu_weights_file(path: str) -> bool:
         if url and url.rpartition("/")[2] == Path(path).name:
             if "openaipublic" not in url:  # distinctive release names (rn50-quickgelu-cc12m-...)
                 return True
-            if sha256_file(path).startswith(url.split("/")[-2]):  # RN50.pt, ViT-B-16.pt, ...
+            digest = digest or sha256_file(path)  # RN50.pt, ViT-B-16.pt, ...: the hash decides
+            if digest.startswith(url.split("/")[-2]):
                 return True
     return False
 

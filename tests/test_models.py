@@ -128,6 +128,15 @@ def test_weights_of_a_gelu_tag_or_only_named_like_an_openai_download_pass(tmp_pa
     check_quickgelu("ViT-B-16", str(tmp_path / "ViT-B-16.pt"))
 
 
+def test_open_clips_download_of_the_openai_weights_needs_a_quickgelu_model(tmp_path, monkeypatch):
+    # ~/.cache/clip/ViT-B-16.pt: the name is generic, the SHA-256 in OpenAI's URL is not.
+    digest = open_clip.get_pretrained_url("ViT-B-16", "openai").split("/")[-2]
+    monkeypatch.setattr(flyp.models, "sha256_file", lambda path: digest)  # 335 MB not needed
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"weights")
+    with pytest.raises(UserError, match="QuickGELU"):
+        check_quickgelu("ViT-B-16", str(tmp_path / "ViT-B-16.pt"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Preprocessing recorded with the weights
 
