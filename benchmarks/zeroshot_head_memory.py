@@ -15,15 +15,17 @@ How memory is measured (--device):
   ``build_zero_shot_classifier(num_classes_per_batch=None)``: all prompts in one forward.
 - ``cpu``: a real run. Prints the same tensor count and the increase of the process's peak
   resident set during the call (Linux's VmHWM, reset just before the call by writing 5 to
-  /proc/self/clear_refs, so nothing between two samples is missed). The ViT-B/16 text tower takes
-  about 0.1 s a prompt on 2 CPU cores: 400 x 80 prompts would take about an hour, so scale a CPU run
-  down with --templates and --prompts-per-forward (keep the smallest C x templates above the
-  budget, or the smallest run uses a smaller forward than the others).
+  /proc/self/clear_refs, so nothing between two samples is missed). Run it with
+  MALLOC_MMAP_THRESHOLD_=65536 so that glibc hands freed tensors back at once and the resident
+  set follows the live tensors (its adaptive threshold keeps freed blocks resident). The ViT-B/16
+  text tower takes 0.1-0.2 s a prompt on 2 CPU cores: 400 x 80 prompts would take over an hour,
+  so scale a CPU run down with --templates and --prompts-per-forward (keep the smallest C x
+  templates above the budget, or the smallest run uses a smaller forward than the others).
 - ``cuda``: a real run; ``torch.cuda.max_memory_allocated`` above what was allocated before.
 
     python benchmarks/zeroshot_head_memory.py --device meta --old
-    python benchmarks/zeroshot_head_memory.py --device cpu --classes 50,400 --templates 2 \\
-        --prompts-per-forward 25
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/zeroshot_head_memory.py --device cpu \\
+        --classes 50,400 --templates 1 --prompts-per-forward 25
 """
 
 from __future__ import annotations
