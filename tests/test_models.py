@@ -185,12 +185,14 @@ def own_preprocess_pretrained(tmp_path):
     return path
 
 
-def test_finetune_evaluate_and_ensemble_use_the_recorded_preprocessing(
+def test_finetune_evaluate_ensemble_and_features_use_the_recorded_preprocessing(
         tmp_path, monkeypatch, tiny_tables, tiny_captions, own_preprocess_pretrained):
     import flyp.datasets.tables
+    import flyp.features
     import flyp.finetuning
     from flyp.ensemble import run_ensemble
     from flyp.evaluation import evaluate_checkpoint
+    from flyp.features import write_features
     from flyp.finetuning import finetune
     from flyp.training import TrainConfig
 
@@ -206,6 +208,7 @@ def test_finetune_evaluate_and_ensemble_use_the_recorded_preprocessing(
         return context(**kwargs)
 
     monkeypatch.setattr(flyp.datasets.tables, "ImageTable", spy_table)
+    monkeypatch.setattr(flyp.features, "ImageTable", spy_table)
     monkeypatch.setattr(flyp.finetuning, "Context", spy_context)
     zs = tmp_path / "zeroshot.safetensors"
     finetune("embedded", tiny_tables, tiny_captions, own_preprocess_pretrained, "zeroshot",
@@ -217,6 +220,7 @@ def test_finetune_evaluate_and_ensemble_use_the_recorded_preprocessing(
                         provenance_out=tmp_path / "p.json", log=lambda m: None)
     run_ensemble("embedded", tiny_tables, zs, zs, [0.5], curve_out=tmp_path / "c.csv",
                  metrics_out=tmp_path / "w.json", log=lambda m: None)
+    write_features(zs, tiny_tables, tmp_path / "features.safetensors")
     assert {what for what, _ in seen} == {"train", "eval", "table"}
     for what, transform in seen:
         assert _normalize(transform).mean == (0.5, 0.5, 0.5), what
