@@ -262,11 +262,13 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 def pretrained(model_name, pretrained, out, log_csv):
     """Export released open_clip weights as the pipeline's pretrained checkpoint."""
     from flyp.io import write_text
-    from flyp.models import create_clip, save_checkpoint
+    from flyp.models import create_clip, save_checkpoint, weights_info
     from flyp.training import LOG_FIELDS
 
     clip = create_clip(model_name, pretrained)
-    save_checkpoint(out, model_name, clip, info={"stage": "pretrained", "pretrained": pretrained})
+    # The weights' own preprocessing and activation travel with every checkpoint made from them.
+    save_checkpoint(out, model_name, clip, info={"stage": "pretrained", "pretrained": pretrained,
+                                                 **weights_info(model_name, clip)})
     write_text(log_csv, ",".join(LOG_FIELDS) + "\n")
     _log(f"wrote {out}")
 

@@ -18,7 +18,7 @@ from flyp.models import (
     Checkpoint,
     ImageClassifier,
     build_zero_shot_head,
-    create_clip,
+    clip_from_checkpoint,
     get_tokenizer,
     head_from_state,
 )
@@ -41,7 +41,7 @@ def interpolated_classifier(zs: Checkpoint, ft: Checkpoint, a: float, classnames
                             device="cpu") -> ImageClassifier:
     if zs.model_name != ft.model_name:
         raise ValueError(f"cannot ensemble {zs.model_name} with {ft.model_name}")
-    clip = create_clip(ft.model_name)
+    clip = clip_from_checkpoint(ft)  # the architecture and its preprocessing config
     clip.load_state_dict(interpolate_state(zs.clip, ft.clip, a))
     clip = clip.to(device)
     if head_from_text(ft):
@@ -108,14 +108,14 @@ def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas
     from flyp.datasets.tables import ImageTable
     from flyp.evaluation import maybe_cached
     from flyp.io import read_json, write_json, write_text
-    from flyp.models import image_transforms, load_checkpoint
+    from flyp.models import checkpoint_transforms, load_checkpoint
 
     bench = get_benchmark(benchmark_name)
     zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)
     known = {}  # alpha 1 is the finetuned model, already evaluated
     if finetuned_metrics:
         known[1.0] = {"val_accuracy": ft.info["best_val_accuracy"], **read_json(finetuned_metrics)}
-    _, eval_tf = image_transforms(create_clip(ft.model_name))
+    _, eval_tf = checkpoint_transforms(ft)
     val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
     rows = ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,
                           device=device, log=log)

@@ -12,7 +12,13 @@ from flyp.datasets import get_benchmark
 from flyp.datasets.manifest import data_hash
 from flyp.io import write_text
 from flyp.methods import Context, get_method
-from flyp.models import get_tokenizer, image_transforms, load_checkpoint, save_checkpoint
+from flyp.models import (
+    carried_info,
+    checkpoint_transforms,
+    get_tokenizer,
+    load_checkpoint,
+    save_checkpoint,
+)
 from flyp.training import LOG_FIELDS, TrainConfig, fit
 
 
@@ -26,8 +32,7 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     pretrained = load_checkpoint(pretrained_path)
     torch.manual_seed(cfg.seed)  # any fresh parameters a method creates
     tokenizer = get_tokenizer(pretrained.model_name)
-    probe = load_probe_model(pretrained)
-    train_tf, eval_tf = image_transforms(probe)
+    train_tf, eval_tf = checkpoint_transforms(pretrained)  # the pretrained weights' preprocessing
     ctx = Context(benchmark=bench, pretrained=pretrained, data_dir=Path(data_dir),
                   captions_dir=Path(captions_dir), device=device,
                   tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
@@ -36,7 +41,8 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
             "shots": shots, "draw": draw if shots else None,
             "head_from_text": method.head_from_text,
             "config": {**asdict(cfg), "options": options},
-            "pretrained": pretrained.info, "data_hash": data_hash(data_dir)}
+            "pretrained": pretrained.info, "data_hash": data_hash(data_dir),
+            **carried_info(pretrained)}
 
     if not method.trains:
         classifier = method.classifier(ctx)
@@ -50,10 +56,3 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     info.update(ctx.notes)
     result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log)
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
-
-
-def load_probe_model(ckpt):
-    """The architecture only (for its preprocessing config); weights are loaded by each method."""
-    from flyp.models import create_clip
-
-    return create_clip(ckpt.model_name)

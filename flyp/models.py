@@ -3,8 +3,8 @@
 Architectures are data: every JSON file in ``flyp/model_configs/`` is registered with open_clip, so
 the embedded benchmark's small CLIP and the paper's ViT-B/16 go through the same
 ``open_clip.create_model``. Checkpoints are safetensors files: the CLIP weights under ``clip.`` and,
-for a classifier, a linear head under ``head.``; the model name and provenance travel in the
-file's metadata. Nothing is pickled.
+for a classifier, a linear head under ``head.``; the model name, provenance, and the preprocessing
+and activation the weights expect travel in the file's metadata. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from flyp.io import UserError, atomic_path
+from flyp.io import UserError, atomic_path, sha256_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -58,7 +58,7 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
     """Refuse OpenAI-trained (QuickGELU) weights in a GELU architecture: open_clip only warns, and
     the features are silently wrong (FLYP_REFERENCE section 4)."""
     if os.path.isfile(pretrained):
-        tag_quick = "openai" in Path(pretrained).name.lower()
+        tag_quick = quickgelu_weights_file(pretrained)
     else:
         tag_quick = open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False)
         if not tag_quick and "quickgelu" not in model_name.lower():
@@ -66,10 +66,42 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
             base = f"{model_name}-quickgelu"
             tag_cfg = open_clip.get_pretrained_cfg(base, pretrained)
             tag_quick = bool(tag_cfg.get("quick_gelu", False))
-    model_quick = bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
-    if tag_quick and not model_quick:
+    if tag_quick and not uses_quickgelu(model_name):
         raise UserError(f"pretrained weights {pretrained!r} were trained with QuickGELU but model "
                         f"{model_name!r} uses GELU; use {model_name}-quickgelu")
+
+
+def uses_quickgelu(model_name: str) -> bool:
+    return bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
+
+
+def quickgelu_weights_file(path: str) -> bool:
+    """Whether a local weights file holds QuickGELU weights, judged by where it comes from (the
+    file has no activation in it): "openai" or "quickgelu" anywhere in its path (symlinks
+    followed); a folder named after the Hugging Face repository of a QuickGELU tag (the hub cache
+    keeps timm/vit_base_patch16_clip_224.openai as models--timm--vit_base_patch16_clip_224.openai/
+    snapshots/<hash>/open_clip_pytorch_model.bin); or open_clip's own download of a QuickGELU tag
+    (~/.cache/clip/ViT-B-16.pt, recognised by the SHA-256 that OpenAI's URL carries)."""
+    paths = (Path(path).absolute(), Path(path).resolve())
+    parts = {part.lower() for p in paths for part in p.parts}
+    if any("openai" in part or "quickgelu" in part for part in parts):
+        return True
+    digest = None
+    for model, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(model, tag)
+        if not cfg.get("quick_gelu"):
+            continue
+        repo = cfg.get("hf_hub", "").strip("/").rpartition("/")[2].lower()  # timm/<repo>/
+        if repo and any(part.endswith(repo) for part in parts):
+            return True
+        url = cfg.get("url", "")
+        if url and url.rpartition("/")[2] == Path(path).name:
+            if "openaipublic" not in url:  # distinctive release names (rn50-quickgelu-cc12m-...)
+                return True
+            digest = digest or sha256_file(path)  # RN50.pt, ViT-B-16.pt, ...: the hash decides
+            if digest.startswith(url.split("/")[-2]):
+                return True
+    return False
 
 
 def get_tokenizer(model_name: str):
@@ -77,9 +109,21 @@ def get_tokenizer(model_name: str):
 
 
 def image_transforms(model: nn.Module):
-    """(train, eval) transforms from the model's preprocessing config. Train: RandomResizedCrop with
-    scale (0.9, 1.0), bicubic, no flip (as FLYP); eval: resize + centre crop; CLIP mean/std."""
-    cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+    """(train, eval) transforms from the model's preprocessing config (preprocess_transforms)."""
+    return preprocess_transforms(open_clip.get_model_preprocess_cfg(model))
+
+
+def checkpoint_transforms(ckpt: Checkpoint):
+    """(train, eval) transforms for the images a checkpoint's weights expect (preprocess_cfg)."""
+    return preprocess_transforms(preprocess_cfg(ckpt))
+
+
+def preprocess_transforms(cfg: dict):
+    """(train, eval) transforms from an open_clip preprocessing config. Train: RandomResizedCrop
+    with scale (0.9, 1.0), no flip (as FLYP); eval: resize + centre crop; both with the config's
+    size, mean/std, interpolation and resize mode."""
+    # A config read back from JSON has lists where open_clip's transforms expect tuples.
+    cfg = PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     return image_transform_v2(cfg, is_train=True), image_transform_v2(cfg, is_train=False)
 
 
@@ -99,22 +143,42 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(images))  # (B, C)
 
 
+# Prompts per text-tower forward when building a zero-shot head. Bounds its peak memory whatever
+# the class count: the ViT-B/16 text tower holds about 2.4 MB of activations a prompt (77 tokens x
+# 2048 MLP units x 4 B for each of QuickGELU's intermediates), so ImageNet's 1000 classes x 80
+# templates in one forward would need about 190 GB, and 256 prompts need 0.65 GB
+# (benchmarks/zeroshot_head_memory.py).
+PROMPTS_PER_FORWARD = 256
+
+
 @torch.no_grad()
-def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str],
-                         templates: list[str]) -> nn.Linear:
+def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str], templates: list[str],
+                         *, prompts_per_forward: int = PROMPTS_PER_FORWARD) -> nn.Linear:
     """Head from averaged, normalised template embeddings (open_clip's zero-shot classifier),
-    scaled by the model's temperature, with zero bias."""
+    scaled by the model's temperature, with zero bias.
+
+    The class x template prompts go through the text tower ``prompts_per_forward`` at a time and
+    are summed into one (C, D) accumulator, so memory does not grow with the number of classes
+    (the sum, L2-normalised, is the normalised mean)."""
     was_training = clip.training
     clip.eval()
     device = next(clip.parameters()).device
-    weights = open_clip.build_zero_shot_classifier(clip, tokenizer, classnames, templates,
-                                                   num_classes_per_batch=None, device=device)
+    n_templates, n_prompts = len(templates), len(classnames) * len(templates)
+    sums = None  # (C, D) sum over each class's templates of the normalised prompt embeddings
+    for start in range(0, n_prompts, prompts_per_forward):
+        stop = min(start + prompts_per_forward, n_prompts)  # prompts are in class-major order
+        prompts = [templates[i % n_templates].format(classnames[i // n_templates])
+                   for i in range(start, stop)]
+        emb = F.normalize(clip.encode_text(tokenizer(prompts).to(device)), dim=-1).float()  # (P, D)
+        if sums is None:
+            sums = emb.new_zeros(len(classnames), emb.shape[1])
+        sums.index_add_(0, torch.arange(start, stop, device=device) // n_templates, emb)
     clip.train(was_training)
-    weights = weights.T * clip.logit_scale.exp()  # (C, D)
-    head = nn.Linear(weights.shape[1], weights.shape[0])
+    weights = F.normalize(sums, dim=-1) * clip.logit_scale.exp()  # (C, D)
+    head = nn.Linear(weights.shape[1], weights.shape[0]).to(device)
     head.weight.copy_(weights)
     head.bias.zero_()
-    return head.to(device)
+    return head
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,8 +230,42 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta["model_name"], clip, head, meta["info"])
 
 
+# What a checkpoint records about how its weights are used: the preprocessing config open_clip
+# resolved for the released weights and their activation (QuickGELU or not). `flyp pretrained`
+# records them; every checkpoint derived from it carries them (carried_info).
+CARRIED_INFO = ("preprocess", "quick_gelu")
+
+
+def weights_info(model_name: str, clip: nn.Module) -> dict:
+    """The CARRIED_INFO of a freshly loaded open_clip model: its preprocessing config (size, mean,
+    std, interpolation, resize_mode, fill_color; a tag's own, e.g. SigLIP's mean/std and squash
+    resize) and whether the architecture uses QuickGELU."""
+    return {"preprocess": dict(open_clip.get_model_preprocess_cfg(clip)),
+            "quick_gelu": uses_quickgelu(model_name)}
+
+
+def carried_info(ckpt: Checkpoint) -> dict:
+    """The CARRIED_INFO entries ``ckpt`` has, for the info of a checkpoint derived from it."""
+    return {k: ckpt.info[k] for k in CARRIED_INFO if k in ckpt.info}
+
+
+def preprocess_cfg(ckpt: Checkpoint) -> dict:
+    """The preprocessing ``ckpt``'s weights were trained with: the recorded one, or for a checkpoint
+    without (weights pretrained here, older checkpoints) the architecture's default."""
+    recorded = ckpt.info.get("preprocess")
+    return recorded or open_clip.get_model_preprocess_cfg(create_clip(ckpt.model_name))
+
+
 def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """The checkpoint's CLIP, carrying its recorded preprocessing config (so image_transforms of it,
+    as for an open_clip pretrained model, gives the transforms its weights expect)."""
+    recorded = ckpt.info.get("quick_gelu")
+    if recorded is not None and recorded != uses_quickgelu(ckpt.model_name):
+        raise UserError(f"checkpoint weights were trained with quick_gelu={recorded} but "
+                        f"{ckpt.model_name!r} has quick_gelu={not recorded}")
     model = create_clip(ckpt.model_name)
+    if ckpt.info.get("preprocess"):
+        open_clip.set_model_preprocess_cfg(model, ckpt.info["preprocess"])
     model.load_state_dict(ckpt.clip)
     return model
 
