@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from flyp.datasets import Benchmark
-from flyp.datasets.tables import read_table, write_table
+from flyp.datasets.parquet import read_table, write_table
 
 
 def make_caption_tables(benchmark: Benchmark, train_table: Path, captions_out: Path,

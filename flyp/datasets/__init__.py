@@ -92,11 +92,17 @@ def register_benchmark(name: str):
     return wrap
 
 
+# Modules of this package that are tools, not benchmarks (``tables`` imports torch: the download
+# and prepare jobs and the Snakefile must not pay for it).
+_NOT_BENCHMARKS = {"download", "manifest", "parquet", "rawdata", "tables"}
+
+
 def _load_all() -> None:
-    """Import every module of this package: a benchmark module registers itself on import (done
-    lazily, so that `flyp --help` stays fast)."""
+    """Import every benchmark module of this package: a benchmark module registers itself on
+    import (done lazily, so that `flyp --help` stays fast)."""
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        if info.name not in _NOT_BENCHMARKS:
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def benchmark_names() -> list[str]:

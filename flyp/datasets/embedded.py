@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from flyp.datasets import Benchmark, EvalSet, register_benchmark
-from flyp.datasets.tables import write_table
+from flyp.datasets.parquet import write_table
 
 CLASSNAMES = [
     "circle", "square", "triangle", "star", "cross", "heart",

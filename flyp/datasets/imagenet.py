@@ -24,6 +24,7 @@ table's folder.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from flyp.datasets import Benchmark, Download, EvalSet, register_benchmark
-from flyp.datasets.tables import write_table
+from flyp.datasets.parquet import write_table
 from flyp.io import UserError
 
 _IMAGENET_SITE = "https://image-net.org/download-images.php (free account)"
@@ -65,18 +66,28 @@ WNID = re.compile(r"^n\d{8}$")
 OBJECTNET_BORDER = 2  # pixels cropped from each side (ObjectNet images have a 1-px red frame)
 
 
+def _zero_shot_metadata():
+    """open_clip's ``zero_shot_metadata`` module (class names and templates), loaded from its file
+    without importing the open_clip package, which imports torch: the download and prepare jobs and
+    the Snakefile need the names, not the models, and start seconds faster without it."""
+    package = importlib.util.find_spec("open_clip")
+    if package is None or not package.submodule_search_locations:
+        raise UserError("open_clip is not installed (pip install open_clip_torch)")
+    path = Path(package.submodule_search_locations[0]) / "zero_shot_metadata.py"
+    spec = importlib.util.spec_from_file_location("flyp_open_clip_zero_shot_metadata", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def classnames() -> list[str]:
     """The 1000 class names in sorted-wnid order (OpenAI's cleaned names, via open_clip)."""
-    import open_clip
-
-    return list(open_clip.IMAGENET_CLASSNAMES)
+    return list(_zero_shot_metadata().IMAGENET_CLASSNAMES)
 
 
 def templates() -> list[str]:
     """OpenAI's 80 ImageNet templates as format strings (open_clip stores them as lambdas)."""
-    import open_clip
-
-    return [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    return [t("{}") for t in _zero_shot_metadata().OPENAI_IMAGENET_TEMPLATES]
 
 
 # ----------------------------------------------------------------------------------------------

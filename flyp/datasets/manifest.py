@@ -15,7 +15,7 @@ MANIFEST = "manifest.json"
 
 
 def write_manifest(data_dir: Path, bench: Benchmark, settings: dict) -> None:
-    from flyp.datasets.tables import read_table
+    from flyp.datasets.parquet import read_table
     from flyp.io import sha256_file
 
     tables = {}

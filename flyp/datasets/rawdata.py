@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flyp.datasets.tables import write_table
+from flyp.datasets.parquet import write_table
 from flyp.io import UserError, write_json
 
 SPLITS_RECORD = "splits.json"

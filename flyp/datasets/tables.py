@@ -11,35 +11,11 @@ import io
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from flyp.io import UserError, atomic_path
-
-REQUIRED_COLUMNS = {"image_id", "label"}
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write ``df`` to Parquet atomically (temp file + rename), without the pandas index."""
-    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
-def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: table not found (run the data step first)")
-    try:
-        df = pq.read_table(path, columns=columns).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet table ({e})") from None
-    missing = REQUIRED_COLUMNS - set(df.columns) if columns is None else set()
-    if missing:
-        raise UserError(f"{path}: missing columns {sorted(missing)}")
-    return df
+from flyp.datasets.parquet import REQUIRED_COLUMNS, read_table, write_table  # noqa: F401
+from flyp.io import UserError
 
 
 class ImageTable(torch.utils.data.Dataset):

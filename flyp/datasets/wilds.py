@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from flyp.datasets import Benchmark, Download, EvalSet, register_benchmark
+from flyp.datasets.parquet import write_table
 from flyp.datasets.rawdata import check_exist, image_path, locate, write_split_record
-from flyp.datasets.tables import write_table
 from flyp.io import UserError
 
 # ----------------------------------------------------------------------------------------------
