@@ -94,7 +94,7 @@ def test_snakemake_builds_the_table(built):
     assert set(curve["method"]) == {"lp", "lpft", "flyp"} and set(curve["alpha"]) == {0, .5, 1}
     log = pd.read_csv(root / "models/embedded/flyp/seed0/train_log.csv")
     assert list(log["epoch"]) == [1, 2]
-    assert {"lr", "train_loss", "val_accuracy"} <= set(log.columns)
+    assert {"lr", "train_loss", "val_metric", "val_score", "val_loss"} <= set(log.columns)
     assert (root / "dvc.lock").is_file()  # the run was recorded in DVC
 
 
