@@ -62,8 +62,10 @@ class Context:
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
             if len(rows) < self.shots:
-                raise UserError(f"{split}: class {c} has {len(rows)} images, fewer than "
-                                f"{self.shots} shots")
+                name = self.benchmark.name
+                raise UserError(f"presets.{name}.fewshot.shots: k={self.shots}, but class {c} "
+                                f"({self.benchmark.classnames[c]!r}) has only {len(rows)} "
+                                f"{split} images in {name}; use a smaller k")
             picked.append(rng.choice(rows, self.shots, replace=False))
         return np.sort(np.concatenate(picked))
 
