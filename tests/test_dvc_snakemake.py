@@ -13,9 +13,9 @@ from tests.conftest import ROOT
 RAW_RULES = {"download", "extract"}
 
 
-# Few-shot draws (run "k<shots>-draw<n>"): temp() checkpoints and results, deleted once the report
-# has summarised them (SST2 runs 450 of them); DVC's report stage runs these rules and versions the
-# table.
+# Few-shot draws (run "k<shots>-draw<n>"; SST2 runs 450): DVC cannot declare them (no matrix can
+# read presets.<benchmark>.fewshot, and draws is a count), so its report stage runs these rules and
+# versions the table; their checkpoints are temp() files.
 FEWSHOT_RULES = {"finetune_fewshot", "evaluate"}
 FEWSHOT_DRAW = re.compile(r"^(models|results)/[^/]+/[^/]+/k\d+-draw\d+/")
 
@@ -78,7 +78,7 @@ def check_versioned(smk: dict[str, str], stages: dict[str, dict]) -> None:
     draws = {path for path, rule in smk.items() if is_fewshot_draw(path, rule)}
     assert set(smk) - raw - draws == declared
     assert not raw & declared, "raw downloads must not be DVC outputs"
-    assert not draws & declared, "few-shot draws are temp files, not DVC outputs"
+    assert not draws & declared, "few-shot draws are made by the report stage"
     if draws:
         report = next(s for s in stages.values() if "results/table.csv" in s["outs"])
         allowed = re.search(r"--allowed-rules (.*?) --", report["cmd"]).group(1).split()

@@ -7,9 +7,9 @@ rule evaluate:
     input:
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         tables=TABLES,
-    output:  # a few-shot draw's: intermediate, read by the report (see finetune_fewshot)
-        metrics=temp(f"{RESULTS}/{{method}}/{{run}}/metrics.json"),
-        provenance=temp(f"{RESULTS}/{{method}}/{{run}}/provenance.json"),
+    output:
+        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
+        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
     wildcard_constraints:
         run=r"k\d+-draw\d+",
     params:
