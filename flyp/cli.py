@@ -302,8 +302,9 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
                  device=resolve_device(device), shots=shots, draw=draw, log=_log)
-    _log(f"{method_name}: kept epoch {result['best_epoch']} "
-         f"(ID-val accuracy {result['best_val']}) -> {out}")
+    val = result["best_val"] or {}
+    _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
+         f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")
 
 
 @main.command()
@@ -352,7 +353,7 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
                             finetuned_metrics=metrics_out, curve_out=curve_out,
                             metrics_out=wise_out, device=device, log=_log)
         _log(f"weight ensembling: picked alpha={best['alpha']:g} "
-             f"(ID-val accuracy {best['val_accuracy']:.4f})")
+             f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
 
 
 @main.command()

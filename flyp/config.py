@@ -138,9 +138,9 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     run.setdefault("method_options", {})
-    fewshot = {"shots": [], "draws": [0], "methods": [], "finetune": {}}
-    fewshot = _merge(fewshot, params.get("fewshot", {}))
-    run["fewshot"] = fewshot
+    # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
+    run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},
+                            run.get("fewshot") or {})
     alphas = sorted(float(a) for a in params["alphas"])
     if alphas[0] != 0.0 or alphas[-1] != 1.0:
         raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
@@ -166,7 +166,8 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
             raise UserError(f"{source}: method_options: unknown method {method!r}")
     for method in run["fewshot"]["methods"]:
         if method not in method_names():
-            raise UserError(f"{source}: fewshot.methods: unknown method {method!r}; "
+            raise UserError(f"{source}: presets.{run['benchmark']}.fewshot.methods: unknown "
+                            f"method {method!r}; "
                             f"expected one of {method_names()}")
 
 

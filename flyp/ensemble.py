@@ -4,7 +4,7 @@
 for a grid of ``a``; a = 0 is the zero-shot model and a = 1 the finetuned one. For methods whose
 head is built from the text tower (FLYP and its ablations), the CLIP weights are interpolated and
 the head is rebuilt from the interpolated text tower, as FLYP evaluates any CLIP. ``a`` is
-picked on ID-val accuracy, never on test.
+picked on ID-val with the benchmark's own ID metric (macro-F1 for iWildCam), never on test.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def interpolated_classifier(zs: Checkpoint, ft: Checkpoint, a: float, classnames
 
 def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, val_set,
                    known: dict | None = None, device="cpu", log=print) -> list[dict]:
-    """One row per alpha: {"alpha", "val_accuracy", <eval set>..., "avg_ood"}. ``known`` maps an
-    alpha to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results)."""
-    from flyp.evaluation import accuracy, evaluate_classifier, predict
+    """One row per alpha: {"alpha", "val_metric", "val_score", "val_loss", <eval set>...,
+    "avg_ood"}; the val score is the benchmark's ID metric on ``val_set``. ``known`` maps an alpha
+    to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results)."""
+    from flyp.evaluation import evaluate_classifier, predict, validation_scores
 
     rows = []
     eval_cache: dict = {}  # the eval sets, decoded and transformed once for every alpha
@@ -74,18 +75,19 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
             rows.append({"alpha": a, **known[a]})
             continue
         classifier = interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, device)
-        val = accuracy(*predict(classifier, val_set, device=device))
+        logits, labels = predict(classifier, val_set, device=device)
+        val = validation_scores(logits, labels, bench.id_set, getattr(val_set, "df", None))
         metrics = evaluate_classifier(classifier, bench, data_dir, device=device,
                                       log=lambda m: None, cache=eval_cache)
-        rows.append({"alpha": a, "val_accuracy": val, **metrics})
-        log(f"alpha={a:.2f}  val={val:.4f}  " + "  ".join(f"{k}={v:.4f}"
-                                                          for k, v in metrics.items()))
+        rows.append({"alpha": a, **val, **metrics})
+        log(f"alpha={a:.2f}  val {val['val_metric']}={val['val_score']:.4f}  "
+            + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return rows
 
 
 def pick_alpha(rows: list[dict]) -> dict:
-    """The row with the best ID-val accuracy (the smallest alpha among ties)."""
-    return max(rows, key=lambda r: (r["val_accuracy"], -r["alpha"]))
+    """The row with the best ID-val score (the smallest alpha among ties)."""
+    return max(rows, key=lambda r: (r["val_score"], -r["alpha"]))
 
 
 def curve_csv(rows: list[dict]) -> str:
@@ -114,7 +116,8 @@ def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas
     zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)
     known = {}  # alpha 1 is the finetuned model, already evaluated
     if finetuned_metrics:
-        known[1.0] = {"val_accuracy": ft.info["best_val_accuracy"], **read_json(finetuned_metrics)}
+        known[1.0] = {"val_metric": ft.info["val_metric"], "val_score": ft.info["best_val_score"],
+                      "val_loss": ft.info["best_val_loss"], **read_json(finetuned_metrics)}
     _, eval_tf = checkpoint_transforms(ft)
     val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
     rows = ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, object], float]] = {}
@@ -114,6 +115,14 @@ def score(logits: torch.Tensor, labels: torch.Tensor, eval_set, table=None) -> f
     return METRICS[eval_set.metric](logits, labels, table)
 
 
+def validation_scores(logits: torch.Tensor, labels: torch.Tensor, id_set, table=None) -> dict:
+    """What model selection reads on ID-val: the score with the benchmark's own ID metric (so
+    iWildCam selects on macro-F1, not accuracy) and the cross-entropy of the logits (the few-shot
+    protocol keeps the epoch with the lowest)."""
+    return {"val_metric": id_set.metric, "val_score": score(logits, labels, id_set, table),
+            "val_loss": F.cross_entropy(logits, labels.long()).item()}
+
+
 def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_out, provenance_out,
                         batch_size: int = 256, num_workers: int = 0,
                         device: torch.device | None = None, log=print) -> dict:
@@ -168,7 +177,8 @@ def evaluate_classifier(classifier, bench, data_dir, *, batch_size: int = 256,
 
 
 def provenance(ckpt, checkpoint_path, data_dir) -> dict:
-    """Where a result comes from: checkpoint, data and parameter hashes, seed, selected epoch."""
+    """Where a result comes from: checkpoint, data and parameter hashes, seed, selected epoch (and
+    the ID-val score it was selected on, with the metric's name)."""
     from pathlib import Path
 
     from flyp.datasets.manifest import data_hash
@@ -178,7 +188,9 @@ def provenance(ckpt, checkpoint_path, data_dir) -> dict:
     return {
         "method": info.get("method"),
         "best_epoch": info.get("best_epoch"),
-        "best_val_accuracy": info.get("best_val_accuracy"),
+        "select": info.get("select"),  # what picked the epoch: "metric" (val_metric) or "val_loss"
+        "val_metric": info.get("val_metric"),
+        "best_val_score": info.get("best_val_score"),
         "seed": info.get("seed"),
         "shots": info.get("shots"),
         "draw": info.get("draw"),

@@ -19,7 +19,7 @@ from flyp.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from flyp.training import LOG_FIELDS, TrainConfig, fit
+from flyp.training import TrainConfig, fit, log_csv_text, selection_info, val_columns
 
 
 def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
@@ -46,13 +46,25 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
 
     if not method.trains:
         classifier = method.classifier(ctx)
-        val = ctx.val_accuracy(classifier)
-        info.update(best_epoch=0, best_val_accuracy=val, **ctx.notes)
+        val = ctx.validate(classifier)
+        info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)
         save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
-        write_text(log_csv, ",".join(LOG_FIELDS) + f"\n0,0,,,{val:.5f},0\n")
+        write_text(log_csv, log_csv_text([{"epoch": 0, "step": 0, **val_columns(val),
+                                       "seconds": "0"}]))
         return {"best_epoch": 0, "best_val": val}
 
     task = method.task(ctx)
-    info.update(ctx.notes)
-    result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log)
+    info.update(ctx.notes, **selection(shots))
+    result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info,
+                 progress=log, **selection(shots))
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
+
+
+def selection(shots: int | None) -> dict:
+    """How ``fit`` picks the epoch. Full runs: the best ID-val score with the benchmark's own ID
+    metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the starting model)
+    the lowest cross-entropy on the k-per-class val sample (FLYP_REFERENCE section 1)."""
+    if shots is None:
+        return {"select": "metric", "include_start": False}
+    return {"select": "val_loss", "include_start": True}
+

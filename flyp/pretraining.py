@@ -1,7 +1,7 @@
 """Contrastive pretraining of a small CLIP on the embedded benchmark's captioned images.
 
 This stands in for the web-scale pretraining of the real CLIP, so that every later stage starts from
-a model with real zero-shot skill. The last epoch is kept: the ID-val zero-shot accuracy is logged
+a model with real zero-shot skill. The last epoch is kept: the ID-val zero-shot score is logged
 for monitoring only, never used to choose the pretrained model.
 """
 
@@ -14,7 +14,7 @@ import torch
 from flyp.contrastive import CaptionedImages, ContrastiveTask
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import accuracy, maybe_cached, predict
+from flyp.evaluation import maybe_cached, predict, validation_scores
 from flyp.io import UserError
 from flyp.models import (
     ImageClassifier,
@@ -35,11 +35,13 @@ class PretrainTask(ContrastiveTask):
     def captions(self, batch):
         return batch  # (images, tokens)
 
-    def validate(self) -> float:
+    def validate(self) -> dict:
         head = build_zero_shot_head(self.module, self.tokenizer, self.benchmark.classnames,
                                     self.benchmark.templates)
-        return accuracy(*predict(ImageClassifier(self.module, head), self.val_set,
-                                 device=self.device))
+        logits, labels = predict(ImageClassifier(self.module, head), self.val_set,
+                                 device=self.device)
+        return validation_scores(logits, labels, self.benchmark.id_set,
+                                 getattr(self.val_set, "df", None))
 
 
 def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainConfig, *,
@@ -57,4 +59,5 @@ def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainCo
                         tokenizer)
     info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
             "seed": cfg.seed, "epochs": cfg.epochs}
-    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select=False, progress=log)
+    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last",
+        progress=log)

@@ -73,6 +73,13 @@ class Results:
         return pd.read_csv(self.root / method / run / "wise_curve.csv")
 
 
+def selected_on(prov: dict) -> str:
+    """What picked a run's epoch (and alpha): "val_<ID metric>" or "val_loss" (few-shot)."""
+    if prov.get("select") == "val_loss":
+        return "val_loss"
+    return f"val_{prov.get('val_metric')}"
+
+
 def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, dict]:
     """A table row (percent, mean and std over runs) and its nested-metrics entry (fractions)."""
     row, nested = {"method": name, "runs": len(metrics)}, {}
@@ -83,6 +90,7 @@ def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, 
         nested[label[c]], nested[f"{label[c]}_std"] = round(mean, 6), round(std, 6)
     row.update(extra or {})
     row.update({
+        "selected_on": ";".join(sorted({selected_on(p) for p in provs})),
         "best_epoch": ";".join(str(p["best_epoch"]) for p in provs),
         "seed": ";".join(str(p["seed"]) for p in provs),
         "checkpoint_sha256": ";".join(p["checkpoint_sha256"][:12] for p in provs),
@@ -151,7 +159,7 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             e = effective_robustness(line, r[label[id_key]] / 100, r[label["avg_ood"]] / 100)
             eff.append(round(100 * e, 2))
             nested[r["method"]]["eff_robustness"] = round(e, 6)
-        df.insert(df.columns.get_loc("best_epoch"), "eff_robustness", eff)
+        df.insert(df.columns.get_loc("selected_on"), "eff_robustness", eff)
         if plot_out is not None:
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
     df["git_revision"] = git_revision()

@@ -4,9 +4,10 @@ AdamW with linear warmup then cosine decay, stepped per batch over every example
 batch included, as in the FLYP reference). Switches in params.yaml choose the reference's settings
 or those of open_clip's trainer: weight decay on every parameter or on weight matrices only,
 ``logit_scale`` clamped to ln 100 after each step or not, gradient clipping, bf16 autocast. After
-each epoch the task reports its ID-val accuracy; the best epoch's weights are kept for evaluation
-(model selection on ID validation, never on test). Every epoch also writes a resume state, so an
-interrupted run continues from its last finished epoch with the same result.
+each epoch the task reports its ID-val score (the benchmark's own ID metric) and loss; the selected
+epoch's weights are kept for evaluation (model selection on ID validation, never on test). Every
+epoch also writes a resume state, so an interrupted run continues from its last finished epoch with
+the same result.
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ class Task:
     def loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def validate(self) -> float | None:
-        """ID-val accuracy of the current weights, or None when the task does no selection."""
+    def validate(self) -> dict | None:
+        """ID-val results of the current weights ({"val_metric": name, "val_score": the
+        benchmark's ID metric, "val_loss": cross-entropy}; see
+        ``flyp.evaluation.validation_scores``), or None when the task does no selection."""
         return None
 
     def save(self, path: Path, info: dict) -> None:
@@ -159,15 +162,47 @@ class Task:
 @dataclass
 class FitResult:
     best_epoch: int
-    best_val: float | None
+    best_val: dict | None  # the selected epoch's validate() result
     history: list[dict]
     seconds: float
 
 
-LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_accuracy", "seconds"]
+LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_metric", "val_score", "val_loss", "seconds"]
+
+# Which epoch fit() keeps: the best ID-val score (the benchmark's ID metric), the lowest ID-val
+# cross-entropy (the few-shot protocol of the FLYP reference), or the last one.
+SELECT_MODES = ("metric", "val_loss", "last")
 
 
-def _log_csv(history: list[dict]) -> str:
+def is_better(select: str, val: dict | None, best: dict | None) -> bool:
+    """Whether an epoch with validation ``val`` replaces the kept one (``best``; None: none kept
+    yet). Ties keep the earlier epoch."""
+    if select == "last":
+        return True
+    if val is None:
+        return False
+    if best is None:
+        return True
+    if select == "metric":
+        return val["val_score"] > best["val_score"]
+    return val["val_loss"] < best["val_loss"]
+
+
+def val_columns(val: dict | None) -> dict:
+    if val is None:
+        return {"val_metric": "", "val_score": "", "val_loss": ""}
+    return {"val_metric": val["val_metric"], "val_score": f"{val['val_score']:.5f}",
+            "val_loss": f"{val['val_loss']:.5f}"}
+
+
+def selection_info(epoch: int, val: dict | None) -> dict:
+    """What a checkpoint records about its selection."""
+    val = val or {}
+    return {"best_epoch": epoch, "val_metric": val.get("val_metric"),
+            "best_val_score": val.get("val_score"), "best_val_loss": val.get("val_loss")}
+
+
+def log_csv_text(history: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -177,17 +212,23 @@ def _log_csv(history: list[dict]) -> str:
 
 
 def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch.device,
-        info: dict, select: bool = True, progress: Callable[[str], None] = print) -> FitResult:
+        info: dict, select: str = "metric", include_start: bool = False,
+        progress: Callable[[str], None] = print) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` and write the selected checkpoint to ``out``.
 
-    ``select``: keep the epoch with the best ID-val accuracy (else the last epoch). The resume state
-    lives in a hidden folder beside ``out`` and is removed once ``out`` is written.
+    ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
+    lowest ID-val loss, or the last one. ``include_start``: the starting weights are a candidate
+    too, as epoch 0 (validated before the first step). The resume state lives in a hidden folder
+    beside ``out`` and is removed once ``out`` is written.
     """
+    if select not in SELECT_MODES:
+        raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
     out, log_csv = Path(out), Path(log_csv)
     work = out.with_name(f".{out.name}.resume")
     work.mkdir(parents=True, exist_ok=True)
     state_file, best_file = work / "state.pt", work / "best.safetensors"
-    run_hash = sha256_json({"cfg": asdict(cfg), "info": info, "select": select})
+    run_hash = sha256_json({"cfg": asdict(cfg), "info": info, "select": select,
+                            "include_start": include_start})
 
     module = task.module.to(device)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
@@ -217,6 +258,17 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         else:
             progress(f"ignoring {state_file}: it belongs to a run with other settings")
 
+    if include_start and not history:  # epoch 0: the starting weights, before any step
+        module.eval()
+        val = task.validate()
+        row = {"epoch": 0, "step": 0, "lr": "", "train_loss": "", **val_columns(val),
+               "seconds": f"{elapsed:.1f}"}
+        history.append(row)
+        progress("  ".join(f"{k}={v}" for k, v in row.items()))
+        if is_better(select, val, best_val):
+            best_epoch, best_val = 0, val
+            task.save(best_file, {**info, **selection_info(0, val)})
+
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -245,23 +297,21 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         elapsed += time.time() - t0
         row = {"epoch": epoch, "step": epoch * steps_per_epoch,
                "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "train_loss": f"{total / count:.5f}",
-               "val_accuracy": "" if val is None else f"{val:.5f}",
-               "seconds": f"{elapsed:.1f}"}
+               **val_columns(val), "seconds": f"{elapsed:.1f}"}
         history.append(row)
         progress("  ".join(f"{k}={v}" for k, v in row.items()))
-        is_best = (not select) or (val is not None and (best_val is None or val > best_val))
-        if is_best:
+        if is_better(select, val, best_val):
             best_epoch, best_val = epoch, val
-            task.save(best_file, {**info, "best_epoch": epoch, "best_val_accuracy": val})
+            task.save(best_file, {**info, **selection_info(epoch, val)})
         with atomic_path(state_file) as tmp:
             torch.save({"run_hash": run_hash, "epoch": epoch, "module": module.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "best_epoch": best_epoch, "best_val": best_val, "history": history,
                         "seconds": elapsed}, tmp)
 
-    if cfg.epochs == 0:  # nothing to train: keep the starting weights
-        task.save(best_file, {**info, "best_epoch": 0, "best_val_accuracy": None})
-    write_text(log_csv, _log_csv(history))
+    if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
+        task.save(best_file, {**info, **selection_info(0, None)})
+    write_text(log_csv, log_csv_text(history))
     best_file.replace(out)
     state_file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):

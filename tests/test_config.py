@@ -107,3 +107,33 @@ def test_bad_optimisation_switch_is_named(params, where, value):
     node[where[-1]] = value
     with pytest.raises(UserError, match=r"presets\.embedded\." + r"\.".join(where)):
         load_params(params, SCHEMA)
+
+
+def test_few_shot_protocol_is_per_preset(params):
+    run = load_params(params, SCHEMA)
+    assert run["fewshot"]["shots"] == [4, 16] and run["fewshot"]["draws"] == 3  # the main job
+    sst2 = load_params({**params, "benchmark": "sst2"}, SCHEMA)["fewshot"]
+    assert sst2["shots"] == [4, 16, 32] and sst2["draws"] == 50  # the paper's protocol
+    assert sst2["finetune"]["lr"] == pytest.approx(1e-5) and sst2["finetune"]["wd"] == 0.2
+    pcam = load_params({**params, "benchmark": "pcam"}, SCHEMA)["fewshot"]
+    assert pcam["finetune"]["lr"] == pytest.approx(1e-6) and pcam["draws"] == 50
+    for name in ["imagenet", "iwildcam", "fmow", "caltech101", "cars", "flowers102"]:
+        assert "fewshot" not in params["presets"][name]
+        none = load_params({**params, "benchmark": name}, SCHEMA)["fewshot"]
+        assert none["shots"] == [] and none["draws"] == 0 and none["methods"] == []
+
+
+def test_few_shot_settings_are_not_top_level(params):
+    with pytest.raises(UserError, match="fewshot"):
+        load_params({**params, "fewshot": {"shots": [4], "draws": 2}}, SCHEMA)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"draws": [0, 1, 2]}, r"presets\.embedded\.fewshot\.draws"),  # a count, not a list
+    ({"draws": -1}, r"presets\.embedded\.fewshot\.draws"),
+    ({"methods": ["nonsense"]}, r"presets\.embedded\.fewshot\.methods: unknown method"),
+])
+def test_bad_few_shot_settings_name_the_preset(params, change, expected):
+    params["presets"]["embedded"]["fewshot"].update(change)
+    with pytest.raises(UserError, match=expected):
+        load_params(params, SCHEMA)

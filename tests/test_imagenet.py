@@ -290,7 +290,7 @@ def test_dry_run_lists_the_whole_imagenet_dag_without_network(tmp_path):
     for rule in ("prepare_data", "captions", "pretrain", "report"):
         assert counts[rule] == 1, rule
     methods = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
-    assert counts["finetune"] >= len(methods) and counts["evaluate"] >= len(methods)
+    assert counts["finetune"] >= len(methods) and counts["evaluate_ensemble"] >= len(methods)
     for method in methods:
         assert f"models/imagenet/{method}/" in out, method
     for d in bench.downloads:

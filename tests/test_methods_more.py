@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from flyp.ensemble import interpolate_state, interpolated_classifier
 from flyp.features import read_features, write_features
+from flyp.io import UserError
 from flyp.methods import get_method
 from flyp.methods.ablations import contrastive_loss_without_collisions
 from flyp.methods.lp import fit_linear_probe
@@ -191,5 +192,7 @@ def test_few_shot_sample_is_k_per_class_and_fixed_by_the_draw(ctx):
     ctx.draw = 0
     assert len(ctx.train_table()) == 2 * len(set(labels))
     ctx.shots = 1000
-    with pytest.raises(Exception, match="fewer than 1000 shots"):
+    with pytest.raises(UserError, match=r"^presets\.embedded\.fewshot\.shots: k=1000, but "
+                       r"class \d+ \('.+'\) has only \d+ train images in embedded") as err:
         ctx.subset(labels)
+    assert "\n" not in str(err.value)

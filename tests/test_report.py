@@ -19,12 +19,13 @@ def _write(root, method, run, metrics, wise=None, alpha=0.5):
     (d / "metrics.json").write_text(json.dumps(full))
     (d / "provenance.json").write_text(json.dumps({
         "method": method, "best_epoch": 3, "seed": int(run[-1]), "checkpoint_sha256": "c" * 64,
-        "data_hash": "d" * 64, "params_hash": "p" * 64}))
+        "data_hash": "d" * 64, "params_hash": "p" * 64, "val_metric": "accuracy",
+        "select": "val_loss" if run.startswith("k") else "metric"}))
     if wise is not None:
         w = {**wise, "avg_ood": float(np.mean([wise[s] for s in SETS[1:]]))}
-        (d / "wise_metrics.json").write_text(json.dumps({"alpha": alpha, "val_accuracy": 0.5,
+        (d / "wise_metrics.json").write_text(json.dumps({"alpha": alpha, "val_score": 0.5,
                                                          **w}))
-        rows = [{"alpha": a, "val_accuracy": 0.5, **{s: (1 - a) * 0.5 + a * full[s]
+        rows = [{"alpha": a, "val_score": 0.5, **{s: (1 - a) * 0.5 + a * full[s]
                                                       for s in [*SETS, "avg_ood"]}}
                 for a in (0.0, 0.5, 1.0)]
         pd.DataFrame(rows).to_csv(d / "wise_curve.csv", index=False)
@@ -51,6 +52,10 @@ def test_report_aggregates_seeds_wise_and_fewshot(tmp_path):
     assert ft["seed"] == "0;1" and ft["runs"] == 2
     assert df.set_index("method").loc["ft+wise", "alpha"] == "0.5;0.5"
     assert df.set_index("method").loc["ft@4shot", "id"] == pytest.approx(40.0)
+    # what picked each row's epoch: the ID metric on ID-val, or the few-shot val loss
+    assert df.set_index("method")["selected_on"].to_dict() == {
+        **dict.fromkeys(["zeroshot", "ft", "lp", "ft+wise", "lp+wise"], "val_accuracy"),
+        "ft@4shot": "val_loss"}
     nested = json.loads((tmp_path / "metrics.json").read_text())
     assert nested["ft"]["id"] == pytest.approx(0.7)
     assert "eff_robustness" in nested["ft+wise"]

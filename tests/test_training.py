@@ -146,7 +146,8 @@ class ToyTask(Task):
         self.epoch += 1
         if self.epoch == self.fail_at_epoch:
             raise KeyboardInterrupt("simulated interruption")
-        return self.val_scores[self.epoch - 1]
+        score = self.val_scores[self.epoch - 1]
+        return {"val_metric": "accuracy", "val_score": score, "val_loss": 1 - score}
 
     def save(self, path, info):
         torch.save({"w": self.module.weight.detach().clone(), "info": info}, path)
@@ -159,14 +160,14 @@ def _load(path):
     return torch.load(path, weights_only=True)
 
 
-def test_keeps_the_epoch_with_best_val_accuracy(tmp_path):
+def test_keeps_the_epoch_with_best_val_score(tmp_path):
     task = ToyTask([0.2, 0.9, 0.5, 0.8])
     result = fit(task, CFG, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
                  device=torch.device("cpu"), info={}, progress=lambda m: None)
     assert result.best_epoch == 2
     assert _load(tmp_path / "best.pt")["info"]["best_epoch"] == 2
     lines = (tmp_path / "log.csv").read_text().splitlines()
-    assert lines[0] == "epoch,step,lr,train_loss,val_accuracy,seconds"
+    assert lines[0] == "epoch,step,lr,train_loss,val_metric,val_score,val_loss,seconds"
     assert len(lines) == 5
     assert not list(tmp_path.glob(".*.resume"))  # resume state removed after success
 

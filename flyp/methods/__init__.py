@@ -19,7 +19,7 @@ from torch import nn
 
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import CachedEvalSet, accuracy, maybe_cached, predict
+from flyp.evaluation import CachedEvalSet, maybe_cached, predict, validation_scores
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
 
@@ -62,8 +62,10 @@ class Context:
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
             if len(rows) < self.shots:
-                raise UserError(f"{split}: class {c} has {len(rows)} images, fewer than "
-                                f"{self.shots} shots")
+                name = self.benchmark.name
+                raise UserError(f"presets.{name}.fewshot.shots: k={self.shots}, but class {c} "
+                                f"({self.benchmark.classnames[c]!r}) has only {len(rows)} "
+                                f"{split} images in {name}; use a smaller k")
             picked.append(rng.choice(rows, self.shots, replace=False))
         return np.sort(np.concatenate(picked))
 
@@ -91,8 +93,12 @@ class Context:
         return build_zero_shot_head(clip, self.tokenizer, self.benchmark.classnames,
                                     self.benchmark.templates)
 
-    def val_accuracy(self, classifier: nn.Module) -> float:
-        return accuracy(*predict(classifier, self.val_set(), device=self.device))
+    def validate(self, classifier: nn.Module) -> dict:
+        """ID-val score (the benchmark's ID metric) and cross-entropy of ``classifier``; what
+        model selection reads (``flyp.evaluation.validation_scores``)."""
+        val = self.val_set()
+        logits, labels = predict(classifier, val, device=self.device)
+        return validation_scores(logits, labels, self.benchmark.id_set, getattr(val, "df", None))
 
     def option(self, key: str, default=None, type_=float):
         value = self.options.get(key, default)

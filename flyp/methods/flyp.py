@@ -68,8 +68,8 @@ class FlypTask(ContrastiveTask):
     def head(self):
         return self.ctx.zero_shot_head(self.module)
 
-    def validate(self) -> float:
-        return self.ctx.val_accuracy(ImageClassifier(self.module, self.head()))
+    def validate(self) -> dict:
+        return self.ctx.validate(ImageClassifier(self.module, self.head()))
 
 
 @register_method("flyp")

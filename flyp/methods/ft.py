@@ -21,8 +21,8 @@ class CrossEntropyTask(Task):
         images, labels = batch
         return F.cross_entropy(self.module(images.to(self.ctx.device)), labels.to(self.ctx.device))
 
-    def validate(self) -> float:
-        return self.ctx.val_accuracy(self.module)
+    def validate(self) -> dict:
+        return self.ctx.validate(self.module)
 
     def save(self, path: Path, info: dict) -> None:
         save_checkpoint(path, self.ctx.model_name, self.module.clip, self.module.head, info)

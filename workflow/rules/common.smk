@@ -22,10 +22,10 @@ RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
 
 # A run of a method is either a full run with one seed ("seed0") or one draw of the few-shot
-# protocol ("k4-draw0": 4 images per class, draw 0).
+# protocol ("k4-draw0": 4 images per class, draw 0); only presets with a `fewshot` have draws.
 FULL_RUNS = [f"seed{s}" for s in RUN["seeds"]]
 FEWSHOT = RUN["fewshot"]
-FEWSHOT_RUNS = [f"k{k}-draw{d}" for k in FEWSHOT["shots"] for d in FEWSHOT["draws"]]
+FEWSHOT_RUNS = [f"k{k}-draw{d}" for k in FEWSHOT["shots"] for d in range(FEWSHOT["draws"])]
 METHODS = sorted(set(RUN["methods"]) | set(FEWSHOT["methods"]))
 
 

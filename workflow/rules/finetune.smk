@@ -31,6 +31,8 @@ rule finetune:
     output:
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
+    wildcard_constraints:
+        run=r"seed\d+",
     params:
         benchmark=BENCHMARK,
         captions=lambda wildcards, input: os.path.dirname(input.captions),
@@ -53,3 +55,14 @@ rule finetune:
         "--method {wildcards.method} {params.args} "
         "--out {output.model} --log-csv {output.log_csv} --threads {threads} "
         "--device {resources.device} --workers {resources.workers} 2> {log}"
+
+
+# A few-shot draw: the same job, but its checkpoint is intermediate (temp): deleted once
+# evaluated, since a preset runs hundreds of draws (SST2: 3 k x 50 draws x 3 methods of ViT-B/16);
+# its log, metrics and provenance stay. DVC's report stage runs the draws.
+use rule finetune as finetune_fewshot with:
+    output:
+        model=temp(f"{MODELS}/{{method}}/{{run}}/best.safetensors"),
+        log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
+    wildcard_constraints:
+        run=r"k\d+-draw\d+",

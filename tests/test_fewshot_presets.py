@@ -1,0 +1,43 @@
+"""The few-shot protocol belongs to the presets that use it: ImageNet's DAG has no few-shot job,
+SST2's has the paper's k = 4, 16, 32 x 50 draws (snakemake -n in an empty copy of the workflow)."""
+
+import re
+
+from tests.test_imagenet import job_counts, workflow_copy
+
+
+def dry_run(work, benchmark: str, *args: str) -> str:
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}
+    done = subprocess.run(["snakemake", "-n", "--cores", "all", "--config",
+                           f"benchmark={benchmark}", *args, "--", "results/table.csv"], cwd=work,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def draws(out: str, benchmark: str) -> set[tuple[str, int, int]]:
+    """(method, k, draw) of every few-shot checkpoint the dry run would train."""
+    pattern = rf"models/{benchmark}/(\w+)/k(\d+)-draw(\d+)/best\.safetensors"
+    return {(m, int(k), int(d)) for m, k, d in re.findall(pattern, out)}
+
+
+def test_imagenet_dry_run_has_no_few_shot_jobs(tmp_path):
+    out = dry_run(workflow_copy(tmp_path), "imagenet")
+    counts = job_counts(out)
+    assert "finetune_fewshot" not in counts and counts["report"] == 1
+    assert not re.search(r"k\d+-draw\d+", out)
+
+
+def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):
+    out = dry_run(workflow_copy(tmp_path), "sst2", "--printshellcmds")
+    counts = job_counts(out)
+    expected = {(m, k, d) for m in ("lp", "ft", "flyp") for k in (4, 16, 32) for d in range(50)}
+    assert draws(out, "sst2") == expected
+    assert counts["finetune_fewshot"] == len(expected) == 450
+    # the whole k-shot training set in one batch: k x 2 classes
+    k32 = next(line for line in out.splitlines() if "--shots 32 --draw 49" in line)
+    assert "--batch-size 64 " in k32 and "--lr 1e-05 " in k32 and "--wd 0.2 " in k32
