@@ -72,7 +72,7 @@ def test_logit_scale_exceeds_ln_100_only_without_the_clamp(tmp_path, clamp):
     cfg = TrainConfig(epochs=1, lr=0.1, wd=0.0, batch_size=8, warmup_steps=0, seed=0,
                       clamp_logit_scale=clamp)
     fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
-        device=torch.device("cpu"), info={}, select=False, progress=lambda m: None)
+        device=torch.device("cpu"), info={}, select="last", progress=lambda m: None)
     scale = task.module.logit_scale.item()
     if clamp:
         assert scale == pytest.approx(math.log(100))
@@ -103,7 +103,7 @@ def _fit_counting(tmp_path, n, batch_size, epochs=2, warmup_steps=1):
     cfg = TrainConfig(epochs=epochs, lr=0.1, wd=0.0, batch_size=batch_size,
                       warmup_steps=warmup_steps, seed=0)
     result = fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, select=False, progress=lambda m: None)
+                 device=torch.device("cpu"), info={}, select="last", progress=lambda m: None)
     return task.sizes, result.history
 
 
