@@ -162,11 +162,39 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
         df.insert(df.columns.get_loc("selected_on"), "eff_robustness", eff)
         if plot_out is not None:
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
+    elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
+        plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
     df["git_revision"] = git_revision()
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)
     return df
+
+
+def plot_id_vs_alpha(points, id_label: str, out: Path, csv_out: Path | None, title: str):
+    """For a benchmark without OOD sets: the ID score along each method's weight-ensembling curve
+    (alpha 0 = zero-shot, 1 = the finetuned model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = pd.DataFrame([p[:3] for p in points], columns=["method", "alpha", "id"])
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for m, group in curve.groupby("method", sort=False):
+        ax.plot(group["alpha"], 100 * group["id"], "o-", ms=4, label=m)
+    ax.set_xlabel("weight-ensembling alpha (0: zero-shot, 1: finetuned)")
+    ax.set_ylabel(f"ID test {id_label} (%)")
+    ax.set_title(f"{title}: ID score along weight ensembling (mean over seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    plt.close(fig)
+    if csv_out is not None:
+        curve["id"] = (100 * curve["id"]).round(2)
+        with atomic_path(csv_out) as tmp:
+            curve.to_csv(tmp, index=False)
 
 
 def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, title: str):
