@@ -56,6 +56,17 @@ def table_columns(benchmark: str) -> list[str]:
             + ("" if s.metric == "accuracy" else f"_{s.metric}") for s in bench.eval_sets]
 
 
+def fewshot_rows(preset: str, project: Path, out: Path) -> list[str]:
+    """The table's few-shot rows: the preset's few-shot methods (params.yaml) at the k the fixture
+    cuts its protocol to (fixture.yaml); none for a preset without few-shot runs."""
+    overlay = yaml.safe_load((out / "fixture.yaml").read_text())["presets"][preset]
+    params = yaml.safe_load((project / "params.yaml").read_text())["presets"][preset]
+    if "fewshot" not in params:
+        return []
+    shots = overlay.get("fewshot", params["fewshot"])["shots"]
+    return [f"{m}@{k}shot" for m in params["fewshot"]["methods"] for k in sorted(shots)]
+
+
 # (not `benchmark`: pytest-benchmark owns that fixture name)
 @pytest.mark.parametrize("preset", fixture_names())
 def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
@@ -76,7 +87,8 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
 
     assert not (project / "results").exists()  # the project's own results are never touched
     table = pd.read_csv(out / "results" / "table.csv")
-    assert list(table["method"]) == [*METHODS, *(f"{m}+wise" for m in METHODS[1:])]
+    assert list(table["method"]) == [*METHODS, *(f"{m}+wise" for m in METHODS[1:]),
+                                     *fewshot_rows(preset, project, out)]
     columns = table_columns(preset)
     assert set(columns) <= set(table.columns)
     assert table[columns].notna().all().all()
