@@ -1,11 +1,17 @@
 """Faults and misuse: each case ends in one clear line, never in a silent wrong result."""
 
+import json
 import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
 
-from flyp.io import atomic_path, write_text
+from flyp.io import UserError, atomic_path, write_text
+from flyp.models import FORMAT, load_checkpoint, save_checkpoint
+from flyp.training import Task, TrainConfig, fit, is_better
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -19,3 +25,106 @@ def test_outputs_get_the_mode_of_the_users_umask(tmp_path, umask):
         os.umask(old)
     for name in ("metrics.json", "table.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+# -- a diverged run never becomes a number ----------------------------------------------------
+
+
+class DivergingTask(Task):
+    """A linear regression whose loss (or weights) turn non-finite at a given training step."""
+
+    def __init__(self, bad_step, what="loss"):
+        torch.manual_seed(0)
+        self.module = nn.Linear(2, 1)
+        self.train_data = torch.utils.data.TensorDataset(torch.randn(32, 2))
+        self.bad_step, self.what, self.steps = bad_step, what, 0
+
+    def loss(self, batch):
+        (x,) = batch
+        self.steps += 1
+        loss = self.module(x).pow(2).mean()
+        if self.steps == self.bad_step and self.what == "loss":
+            return loss * float("nan")
+        if self.steps == self.bad_step:  # weights blow up, the loss (bias only) stays finite
+            with torch.no_grad():
+                self.module.weight.fill_(float("inf"))
+        if self.steps >= self.bad_step:
+            return self.module.bias.pow(2).sum()
+        return loss
+
+    def validate(self):
+        return {"val_metric": "accuracy", "val_score": 0.5, "val_loss": 1.0}
+
+    def save(self, path, info):
+        torch.save({}, path)
+
+
+INFO = {"method": "flyp", "benchmark": "toy", "seed": 3, "shots": None}
+
+
+@pytest.mark.parametrize(("what", "expected"),
+                         [("loss", r"training loss nan at epoch 2, step 6"),
+                          ("weights", r"non-finite weights at epoch 2, step 8")])
+def test_diverged_training_stops_with_one_line_and_no_checkpoint(tmp_path, what, expected):
+    cfg = TrainConfig(epochs=3, lr=0.01, wd=0.0, batch_size=8, warmup_steps=0, seed=0)
+    out = tmp_path / "best.safetensors"
+    with pytest.raises(UserError, match=expected) as err:
+        fit(DivergingTask(bad_step=6, what=what), cfg, out=out, log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"), info=INFO, progress=lambda _: None)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "method flyp, benchmark toy, seed 3" in message
+    assert "learning rate (lr 0.01)" in message and "precision fp32" in message
+    assert not out.exists() and not (tmp_path / "log.csv").exists()
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("select", ["metric", "val_loss", "last"])
+def test_a_non_finite_validation_score_is_never_best(select):
+    kept = {"val_metric": "accuracy", "val_score": 0.1, "val_loss": 2.0}
+    for val in ({"val_metric": "accuracy", "val_score": NAN, "val_loss": 1.0},
+                {"val_metric": "accuracy", "val_score": float("inf"), "val_loss": 1.0}):
+        assert not is_better(select, val, None)
+        assert not is_better(select, val, kept)
+    nan_loss = {"val_metric": "accuracy", "val_score": 0.9, "val_loss": NAN}
+    assert is_better(select, nan_loss, kept) == (select != "val_loss")
+
+
+class NanValidationTask(DivergingTask):
+    def validate(self):
+        return {"val_metric": "accuracy", "val_score": NAN, "val_loss": NAN}
+
+
+def test_a_run_without_a_finite_validation_score_writes_no_checkpoint(tmp_path):
+    cfg = TrainConfig(epochs=2, lr=0.01, wd=0.0, batch_size=8, warmup_steps=0, seed=0)
+    out = tmp_path / "best.safetensors"
+    with pytest.raises(UserError, match="no epoch of the run .* has a finite validation score"):
+        fit(NanValidationTask(bad_step=10**6), cfg, out=out, log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"), info=INFO, progress=lambda _: None)
+    assert not out.exists()
+
+
+def test_checkpoint_content_hash_is_verified(tmp_path):
+    torch.manual_seed(0)
+    clip, head = {"w": torch.randn(64, 8), "s": torch.tensor(1.0)}, nn.Linear(8, 3)
+    path, again = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_checkpoint(path, "toy", clip, head, {"seed": 0})
+    save_checkpoint(again, "toy", clip, head, {"seed": 0})
+    assert path.read_bytes() == again.read_bytes()  # the same weights give the same file
+    assert torch.equal(load_checkpoint(path).clip["w"], clip["w"])
+
+    data = bytearray(path.read_bytes())
+    data[-100:-60] = bytes(range(40))  # random bytes in the tensor data, header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"a\.safetensors: the tensors do not match") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_without_a_content_hash_still_loads(tmp_path):
+    path = tmp_path / "old.safetensors"
+    meta = {"format": FORMAT, "model_name": "toy", "info": {}}
+    save_file({"clip.w": torch.ones(2, 2)}, str(path), metadata={"flyp": json.dumps(meta)})
+    assert torch.equal(load_checkpoint(path).clip["w"], torch.ones(2, 2))
