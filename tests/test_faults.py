@@ -6,12 +6,21 @@ import stat
 
 import pytest
 import torch
+import yaml
+from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
+from flyp.cli import main
+from flyp.config import load_params
 from flyp.io import UserError, atomic_path, write_text
+from flyp.methods import get_method
+from flyp.methods.l2sp import L2SP
 from flyp.models import FORMAT, load_checkpoint, save_checkpoint
 from flyp.training import Task, TrainConfig, fit, is_better
+from tests.conftest import ROOT
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -128,3 +137,66 @@ def test_checkpoint_without_a_content_hash_still_loads(tmp_path):
     meta = {"format": FORMAT, "model_name": "toy", "info": {}}
     save_file({"clip.w": torch.ones(2, 2)}, str(path), metadata={"flyp": json.dumps(meta)})
     assert torch.equal(load_checkpoint(path).clip["w"], torch.ones(2, 2))
+
+
+# -- every method declares its options ---------------------------------------------------------
+
+
+def _finetune(tmp_path, method, *options):
+    args = ["finetune", "--benchmark", "embedded", "--data", tmp_path, "--captions", tmp_path,
+            "--pretrained", tmp_path / "missing.safetensors", "--method", method,
+            "--epochs", 1, "--lr", 1e-3, "--wd", 0, "--batch-size", 4,
+            "--out", tmp_path / "best.safetensors", "--log-csv", tmp_path / "log.csv"]
+    for option in options:
+        args += ["-o", option]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize(("method", "option", "needles"), [
+    ("l2sp", "lamda=0.5", ["method l2sp: unknown option 'lamda'",
+                           "valid options: lambda (float >= 0, default 0.1)"]),
+    ("l2sp", "lambda=lots", ["option 'lambda': expected float >= 0, got 'lots'"]),
+    ("l2sp", "lambda=-1", ["option 'lambda': expected float >= 0, got '-1'"]),
+    ("ft", "lambda=0.5", ["method ft: unknown option 'lambda'", "valid options: none"]),
+    ("lp", "feature=x", ["valid options: features (str, required)"]),
+    ("lpft", "lr_scale=0.1", ["valid options: init_head (str, required)"]),
+])
+def test_unknown_or_ill_typed_method_options_are_refused_on_the_command_line(
+        tmp_path, method, option, needles):
+    result = _finetune(tmp_path, method, option)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0]
+    assert not (tmp_path / "best.safetensors").exists()
+
+
+@pytest.fixture()
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"l2sp": {"lamda": 0.5}}, r"params.yaml: presets.embedded.method_options.l2sp.lamda: "
+                               r"unknown option of method l2sp; valid options: lambda \(float"),
+    ({"l2sp": {"lambda": "strong"}}, r"method_options.l2sp.lambda: option 'lambda': expected "
+                                     r"float >= 0, got 'strong'"),
+    ({"lp": {"features": "x.safetensors"}}, r"method_options.lp.features: unknown option"),
+    ({"ft": {"lr": "fast"}}, r"method_options.ft.lr: 'fast' is not of type 'number'"),
+    ({"lpft": {"lr_scale": 0}}, r"method_options.lpft.lr_scale: 0 is less than or equal"),
+])
+def test_unknown_or_ill_typed_method_options_are_refused_in_params(params, options, expected):
+    params["presets"]["embedded"]["method_options"] = options
+    with pytest.raises(UserError, match=expected) as err:
+        load_params(params, SCHEMA)
+    assert "\n" not in str(err.value)
+
+
+def test_declared_and_training_method_options_are_accepted(params):
+    options = {"l2sp": {"lambda": 0.5, "lr": 1e-4, "grad_clip": 1.0}, "lpft": {"lr_scale": 0.1},
+               "ft": {"epochs": 3, "precision": "bf16", "decay": "all"}}
+    params["presets"]["embedded"]["method_options"] = options
+    assert load_params(params, SCHEMA)["method_options"] == options
+    L2SP.check_options({"lambda": "0.5"})
+    get_method("lp").check_options({"features": "features.safetensors"})
