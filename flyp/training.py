@@ -18,6 +18,7 @@ import fcntl
 import io
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,10 +46,25 @@ class TrainConfig:
     num_workers: int = 0
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # as runtime.device in the params schema
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: cuda when there is a GPU, else cpu. On a machine with several GPUs, ``auto`` and
     ``cuda`` take one that no other flyp process holds, so the workflow's concurrent GPU jobs
-    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own."""
+    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own. A device
+    this machine does not have is a one-line UserError here, before any work (not a CUDA
+    traceback at the first tensor moved)."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise UserError(f"--device {device}: this machine has no CUDA GPU (torch sees none); "
+                            f"use --device cpu or auto")
+        if index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{count - 1}")
     if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if device in ("auto", "cuda") and torch.cuda.device_count() > 1:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -17,7 +18,7 @@ from flyp.io import UserError, atomic_path, write_text
 from flyp.methods import get_method
 from flyp.methods.l2sp import L2SP
 from flyp.models import FORMAT, load_checkpoint, save_checkpoint
-from flyp.training import Task, TrainConfig, fit, is_better
+from flyp.training import Task, TrainConfig, fit, is_better, resolve_device
 from tests.conftest import ROOT
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -142,11 +143,12 @@ def test_checkpoint_without_a_content_hash_still_loads(tmp_path):
 # -- every method declares its options ---------------------------------------------------------
 
 
-def _finetune(tmp_path, method, *options):
+def _finetune(tmp_path, method, *options, device="auto"):
     args = ["finetune", "--benchmark", "embedded", "--data", tmp_path, "--captions", tmp_path,
             "--pretrained", tmp_path / "missing.safetensors", "--method", method,
             "--epochs", 1, "--lr", 1e-3, "--wd", 0, "--batch-size", 4,
-            "--out", tmp_path / "best.safetensors", "--log-csv", tmp_path / "log.csv"]
+            "--out", tmp_path / "best.safetensors", "--log-csv", tmp_path / "log.csv",
+            "--device", device]
     for option in options:
         args += ["-o", option]
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -200,3 +202,57 @@ def test_declared_and_training_method_options_are_accepted(params):
     assert load_params(params, SCHEMA)["method_options"] == options
     L2SP.check_options({"lambda": "0.5"})
     get_method("lp").check_options({"features": "features.safetensors"})
+
+
+# -- parameters reaching the shell are validated and quoted -------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu; touch pwned; true", "gpu", "cuda:x", "CUDA"])
+def test_runtime_device_is_validated_by_the_schema(params, device):
+    params["runtime"] = {"device": device}
+    with pytest.raises(UserError, match=r"params.yaml: runtime.device: .* does not match"):
+        load_params(params, SCHEMA)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
+def test_runtime_device_accepts_auto_cpu_cuda_and_cuda_n(params, device):
+    params["runtime"] = {"device": device}
+    assert load_params(params, SCHEMA)["runtime"]["device"] == device
+
+
+@pytest.mark.parametrize(("gpus", "device", "expected"), [
+    (0, "cuda", r"--device cuda: this machine has no CUDA GPU"),
+    (0, "cuda:0", r"--device cuda:0: this machine has no CUDA GPU"),
+    (1, "cuda:1", r"--device cuda:1: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"),
+    (0, "gpu", r"--device 'gpu': expected auto, cpu, cuda or cuda:N"),
+    (0, "cpu; touch pwned", r"expected auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_the_machine_lacks_is_one_line(monkeypatch, gpus, device, expected):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(UserError, match=expected):
+        resolve_device(device)
+
+
+def test_device_cuda_without_a_gpu_stops_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    result = _finetune(tmp_path, "ft", device="cuda")  # the pretrained file is missing too
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "--device cuda: this machine has no CUDA GPU" in errors[0]
+
+
+# Shell values built from several arguments, each quoted where it is built (workflow/rules/*.smk)
+PREQUOTED = {"params.args", "params.train", "params.options", "params.source", "params.sums"}
+
+
+def test_every_parameter_in_a_shell_command_is_quoted():
+    unquoted = []
+    for path in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        # shell commands are plain string literals on lines of their own (f-strings are Python)
+        commands = [line for line in path.read_text().splitlines()
+                    if line.strip().startswith('"')]
+        for field, quoted in re.findall(r"\{((?:params|resources|wildcards)\.\w+)(:q)?\}",
+                                        "\n".join(commands)):
+            if not quoted and field not in PREQUOTED:
+                unquoted.append(f"{path.name}: {field}")
+    assert not unquoted
