@@ -20,6 +20,12 @@ from flyp.io import UserError
 
 # Finetuning keys a user may set at the top level of params.yaml (null: keep the preset's value).
 TOP_LEVEL_FINETUNE_KEYS = ["lr", "wd", "epochs", "batch_size", "warmup_steps"]
+# Training settings a preset may override for one method under ``method_options.<method>`` (typed
+# by the schema); the workflow moves them out of the method's own options. ``lr_scale`` multiplies
+# the shared lr instead of replacing it.
+METHOD_TRAIN_KEYS = ("epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision",
+                     "decay", "clamp_logit_scale")
+METHOD_LR_SCALE = "lr_scale"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -171,10 +177,34 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
                             f"expected one of {method_names()}")
 
 
+def check_method_options(run: dict, source: str = "params.yaml") -> None:
+    """Each method's options must be a training key or one the method declares (not an input:
+    the workflow passes those), of the declared type and range; one line naming the key."""
+    from flyp.methods import describe_options, get_method
+
+    shared = (*METHOD_TRAIN_KEYS, METHOD_LR_SCALE)
+    for name, options in run["method_options"].items():
+        method = get_method(name)
+        specs = method.option_specs(with_inputs=False)
+        for key, value in options.items():
+            where = f"{source}: presets.{run['benchmark']}.method_options.{name}.{key}"
+            if key in shared:
+                continue
+            if key not in specs:
+                raise UserError(f"{where}: unknown option of method {name}; valid options: "
+                                f"{describe_options(specs.values())}, or a training key "
+                                f"({', '.join(shared)})")
+            try:
+                specs[key].parse(value)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+
+
 def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:
     """Validate the raw params (as Snakemake loaded them) and return the resolved run settings."""
     schema = read_yaml(schema_path)
     params = validate(config, schema, source)
     run = resolve(params, source)
     check_names(run, source)
+    check_method_options(run, source)
     return run

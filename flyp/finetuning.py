@@ -29,6 +29,7 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
              log: Callable[[str], None] = print) -> dict:
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
+    method.check_options(options)
     pretrained = load_checkpoint(pretrained_path)
     torch.manual_seed(cfg.seed)  # any fresh parameters a method creates
     tokenizer = get_tokenizer(pretrained.model_name)

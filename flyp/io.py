@@ -1,7 +1,9 @@
 """Small file helpers: atomic writes and content hashes.
 
 Every output is written to a temporary file beside its destination and renamed into place, so an
-interrupted step never leaves a half-written file that a later step (or Snakemake) would trust.
+interrupted step never leaves a half-written file that a later step (or Snakemake) would trust. The
+renamed file gets the mode any new file gets under the user's umask (not the temporary file's 0600),
+so others on a shared machine can read the results the umask lets them read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ class UserError(Exception):
     """An error caused by the user's input; the CLI prints it as one line, without a traceback."""
 
 
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask (which can
+    only be read by setting it, so it is set back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; renamed onto ``path`` if the block succeeds."""
@@ -29,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ and activation the weights expect travel in the file's metadata. Nothing is pick
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -192,6 +193,18 @@ class Checkpoint:
     info: dict = field(default_factory=dict)
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of named CPU tensors (names, dtypes, shapes and bytes, in name order): what a
+    checkpoint records so that loading notices weights changed or damaged after they were written
+    (the safetensors header alone does not: random bytes in the tensor data still load)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, not copied
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
                     head: nn.Module | dict | None = None, info: dict | None = None) -> None:
     def state(x):
@@ -205,7 +218,8 @@ def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
     # One metadata entry: safetensors writes several in arbitrary order, and the same weights must
     # give the same file bytes (the checkpoint hash is part of each result's provenance).
     metadata = {"flyp": json.dumps({"format": FORMAT, "model_name": model_name,
-                                    "info": info or {}}, sort_keys=True)}
+                                    "info": info or {}, "tensors_sha256": tensors_sha256(tensors)},
+                                   sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -225,6 +239,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         assert meta["format"] == FORMAT
     except (KeyError, ValueError, AssertionError):
         raise UserError(f"{path}: not a flyp checkpoint (expected {FORMAT!r} metadata)") from None
+    recorded = meta.get("tensors_sha256")  # absent in checkpoints written before it was recorded
+    if recorded is not None and recorded != tensors_sha256(tensors):
+        raise UserError(f"{path}: the tensors do not match the content hash the checkpoint "
+                        f"records (damaged or changed after it was written); rebuild it")
     clip = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")} or None
     return Checkpoint(meta["model_name"], clip, head, meta["info"])

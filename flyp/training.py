@@ -18,6 +18,7 @@ import fcntl
 import io
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flyp.io import atomic_path, sha256_json, write_text
+from flyp.io import UserError, atomic_path, sha256_json, write_text
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,25 @@ class TrainConfig:
     num_workers: int = 0
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # as runtime.device in the params schema
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: cuda when there is a GPU, else cpu. On a machine with several GPUs, ``auto`` and
     ``cuda`` take one that no other flyp process holds, so the workflow's concurrent GPU jobs
-    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own."""
+    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own. A device
+    this machine does not have is a one-line UserError here, before any work (not a CUDA
+    traceback at the first tensor moved)."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise UserError(f"--device {device}: this machine has no CUDA GPU (torch sees none); "
+                            f"use --device cpu or auto")
+        if index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{count - 1}")
     if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if device in ("auto", "cuda") and torch.cuda.device_count() > 1:
@@ -176,10 +192,13 @@ SELECT_MODES = ("metric", "val_loss", "last")
 
 def is_better(select: str, val: dict | None, best: dict | None) -> bool:
     """Whether an epoch with validation ``val`` replaces the kept one (``best``; None: none kept
-    yet). Ties keep the earlier epoch."""
+    yet). Ties keep the earlier epoch. An epoch whose score (or, selecting on it, loss) is not a
+    finite number is never kept: NaN compares false both ways, so it could otherwise stay "best"."""
+    if val is not None and not math.isfinite(val["val_score"]):
+        return False
     if select == "last":
         return True
-    if val is None:
+    if val is None or (select == "val_loss" and not math.isfinite(val["val_loss"])):
         return False
     if best is None:
         return True
@@ -202,6 +221,27 @@ def selection_info(epoch: int, val: dict | None) -> dict:
             "best_val_score": val.get("val_score"), "best_val_loss": val.get("val_loss")}
 
 
+def run_label(info: dict) -> str:
+    """Which run a message is about, from the checkpoint info ``fit`` gets."""
+    keys = ("stage", "method", "benchmark", "seed", "shots", "draw")
+    return ", ".join(f"{k} {info[k]}" for k in keys if info.get(k) is not None)
+
+
+def diverged(info: dict, cfg: TrainConfig, epoch: int, step: int, what: str) -> UserError:
+    """The one-line error of a run whose loss or weights stopped being finite numbers."""
+    return UserError(f"training diverged ({run_label(info)}): {what} at epoch {epoch}, "
+                     f"step {step}; no checkpoint written. Try a lower learning rate "
+                     f"(lr {cfg.lr:g}), fp32 precision (precision {cfg.precision}) "
+                     f"or gradient clipping (grad_clip {cfg.grad_clip or 0:g})")
+
+
+@torch.no_grad()
+def weights_finite(module: nn.Module) -> bool:
+    """Whether every parameter is finite; one host sync for the whole module."""
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return not flags or bool(torch.stack(flags).all())
+
+
 def log_csv_text(history: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
@@ -219,7 +259,9 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
     lowest ID-val loss, or the last one. ``include_start``: the starting weights are a candidate
     too, as epoch 0 (validated before the first step). The resume state lives in a hidden folder
-    beside ``out`` and is removed once ``out`` is written.
+    beside ``out`` and is removed once ``out`` is written. A non-finite training loss (checked each
+    step) or non-finite weights (checked each epoch) stop the run with a UserError, and ``out`` is
+    not written.
     """
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
@@ -290,8 +332,14 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             scheduler.step()
             if cfg.clamp_logit_scale:
                 clamp_logit_scale(module)
-            total += loss.item()
+            value = loss.item()  # the one host sync a step already had
             count += 1
+            if not math.isfinite(value):
+                step = (epoch - 1) * steps_per_epoch + count
+                raise diverged(info, cfg, epoch, step, f"training loss {value}")
+            total += value
+        if not weights_finite(module):
+            raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
         module.eval()
         val = task.validate()
         elapsed += time.time() - t0
@@ -311,6 +359,9 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
 
     if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
         task.save(best_file, {**info, **selection_info(0, None)})
+    if not best_file.is_file():  # every epoch's validation score was NaN or infinite
+        raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation score; "
+                        f"no checkpoint written")
     write_text(log_csv, log_csv_text(history))
     best_file.replace(out)
     state_file.unlink(missing_ok=True)

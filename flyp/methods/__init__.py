@@ -9,6 +9,7 @@ need to know which method made a checkpoint.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,15 +101,45 @@ class Context:
         logits, labels = predict(classifier, val, device=self.device)
         return validation_scores(logits, labels, self.benchmark.id_set, getattr(val, "df", None))
 
-    def option(self, key: str, default=None, type_=float):
-        value = self.options.get(key, default)
-        if value is None:
-            raise UserError(f"method option {key!r} is required")
+
+@dataclass(frozen=True)
+class Option:
+    """A method's own setting (``-o name=value``, or ``method_options.<method>.<name>`` in
+    params.yaml): its type, range and default (None: required)."""
+
+    name: str
+    type: type = float  # float | int | str
+    default: object = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, value):
+        """``value`` (a command-line string or a YAML value) as this option's type, in range."""
+        expected = f"{self.type.__name__}{self.range()}"
         try:
-            return type_(value)
+            if isinstance(value, bool):  # YAML's yes/true is no number
+                raise ValueError
+            parsed = self.type(value)
+            if self.type is int and parsed != float(value):  # 2.5 is no int
+                raise ValueError
+            if self.type is float and not math.isfinite(parsed):
+                raise ValueError
         except (TypeError, ValueError):
-            raise UserError(f"method option {key!r}: expected {type_.__name__}, "
-                            f"got {value!r}") from None
+            raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}") from None
+        if ((self.minimum is not None and parsed < self.minimum)
+                or (self.maximum is not None and parsed > self.maximum)):
+            raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}")
+        return parsed
+
+    def range(self) -> str:
+        bounds = [f">= {self.minimum:g}" if self.minimum is not None else "",
+                  f"<= {self.maximum:g}" if self.maximum is not None else ""]
+        return "".join(f" {b}" for b in bounds if b)
+
+    def describe(self) -> str:
+        """``lambda (float >= 0, default 0.1)``: what an error message lists."""
+        default = "required" if self.default is None else f"default {self.default}"
+        return f"{self.name} ({self.type.__name__}{self.range()}, {default})"
 
 
 class Method:
@@ -122,6 +153,38 @@ class Method:
     # Whether the classifier's head is the zero-shot head of the model's own text tower (so weight
     # ensembling rebuilds it from the interpolated text tower instead of mixing heads).
     head_from_text: bool = False
+    # The method's own settings (besides the training keys every method shares, and ``inputs``,
+    # which are path options the workflow fills in).
+    options: tuple[Option, ...] = ()
+
+    @classmethod
+    def option_specs(cls, *, with_inputs: bool = True) -> dict[str, Option]:
+        """Every option the method reads, by name: its declared ``options`` and (``with_inputs``)
+        one required path option per input file."""
+        specs = {name: Option(name, str) for name in cls.inputs} if with_inputs else {}
+        return {**specs, **{o.name: o for o in cls.options}}
+
+    @classmethod
+    def check_options(cls, options: dict, where: str = "") -> None:
+        """Refuse an unknown or ill-typed option with one line listing the valid ones."""
+        where = where or f"method {cls.name}"
+        specs = cls.option_specs()
+        for key, value in options.items():
+            if key not in specs:
+                raise UserError(f"{where}: unknown option {key!r}; valid options: "
+                                f"{describe_options(specs.values())}")
+            try:
+                specs[key].parse(value)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+
+    def option(self, ctx: Context, name: str):
+        """The value of option ``name`` for this run: the context's, else the declared default."""
+        spec = self.option_specs()[name]
+        value = ctx.options.get(name, spec.default)
+        if value is None:
+            raise UserError(f"method {self.name}: option {name!r} is required")
+        return spec.parse(value)
 
     def task(self, ctx: Context):
         """The training task (``flyp.training.Task``); only for methods that train."""
@@ -130,6 +193,10 @@ class Method:
     def classifier(self, ctx: Context) -> ImageClassifier:
         """The classifier of a method that does not train."""
         raise NotImplementedError
+
+
+def describe_options(specs) -> str:
+    return ", ".join(spec.describe() for spec in specs) or "none"
 
 
 METHODS: dict[str, type[Method]] = {}

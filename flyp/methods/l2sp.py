@@ -1,7 +1,7 @@
 """L2-SP (Li et al., ICML 2018): FT plus ``lambda * ||theta - theta_0||^2`` on the image encoder,
 pulling the finetuned weights towards the pretrained ones (theta_0). Option ``lambda``."""
 
-from flyp.methods import Context, Method, register_method
+from flyp.methods import Context, Method, Option, register_method
 from flyp.methods.ft import CrossEntropyTask, FullFinetune
 
 
@@ -21,9 +21,10 @@ class L2SPTask(CrossEntropyTask):
 @register_method("l2sp")
 class L2SP(Method):
     description = "FT + lambda * ||theta - theta_pretrained||^2 on the image encoder"
+    options = (Option("lambda", float, default=0.1, minimum=0),)
 
     def task(self, ctx: Context) -> L2SPTask:
         ft = FullFinetune().task(ctx)
-        return L2SPTask(ctx, ft.module, ctx.option("lambda", 0.1))
+        return L2SPTask(ctx, ft.module, self.option(ctx, "lambda"))
 
 

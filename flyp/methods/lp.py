@@ -77,12 +77,12 @@ class LinearProbe(Method):
     inputs = {"features": "features"}
 
     def classifier(self, ctx: Context) -> ImageClassifier:
-        features = read_features(ctx.option("features", type_=str))
+        features = read_features(self.option(ctx, "features"))
         train, val = ctx.subset_features(features["train"]), ctx.subset_features(
             features["val"], split="val")
         table = val_table(ctx)
         if len(table) != len(val[1]):
-            raise UserError(f"{ctx.option('features', type_=str)}: {len(val[1])} val features "
+            raise UserError(f"{self.option(ctx, 'features')}: {len(val[1])} val features "
                             f"for {len(table)} val rows (features of other tables?)")
         metric = ctx.benchmark.id_set.metric
         head, c, value = fit_linear_probe(train, val, metric=metric, val_table=table,

@@ -13,7 +13,7 @@ class LinearProbeThenFinetune(Method):
     inputs = {"init_head": "method:lp"}
 
     def task(self, ctx: Context) -> CrossEntropyTask:
-        probe = load_checkpoint(ctx.option("init_head", type_=str))
+        probe = load_checkpoint(self.option(ctx, "init_head"))
         clip = ctx.fresh_clip()
         freeze_text_tower(clip)
         head = head_from_state(probe.head).to(ctx.device)

@@ -4,7 +4,7 @@ import os
 import shlex
 import sys
 
-from flyp.config import load_params, read_yaml
+from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.io import UserError
 
@@ -95,8 +95,7 @@ WORKERS = RUN["runtime"]["workers"]
 ENV = "../envs/flyp.yaml"
 
 
-TRAIN_KEYS = {"epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision",
-              "decay", "clamp_logit_scale"}
+TRAIN_KEYS = set(METHOD_TRAIN_KEYS)
 
 
 def parse_run(run):
@@ -118,8 +117,8 @@ def finetune_config(method, run):
         if cfg.get("batch_size") is None:  # the whole k-shot training set in one batch
             cfg["batch_size"] = shots * len(BENCH.classnames)
     cfg.update({k: options.pop(k) for k in list(options) if k in TRAIN_KEYS})
-    if "lr_scale" in options:  # relative to the shared lr, so `-S lr=...` moves it too
-        cfg["lr"] = cfg["lr"] * float(options.pop("lr_scale"))
+    if METHOD_LR_SCALE in options:  # relative to the shared lr, so `-S lr=...` moves it too
+        cfg["lr"] = cfg["lr"] * float(options.pop(METHOD_LR_SCALE))
     return {**cfg, "shots": shots, "draw": draw, "options": options}
 
 

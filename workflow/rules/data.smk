@@ -20,7 +20,7 @@ rule prepare_data:
     log:
         f"logs/{BENCHMARK}/prepare_data.log",
     shell:
-        "flyp prepare --benchmark {params.benchmark} --out {output.tables} {params.options} "
+        "flyp prepare --benchmark {params.benchmark:q} --out {output.tables} {params.options} "
         "--workers {threads} 2> {log}"
 
 
@@ -39,5 +39,5 @@ rule captions:
     log:
         f"logs/{BENCHMARK}/captions.log",
     shell:
-        "flyp captions --benchmark {params.benchmark} --data {input.tables} "
-        "--out {params.out} 2> {log}"
+        "flyp captions --benchmark {params.benchmark:q} --data {input.tables} "
+        "--out {params.out:q} 2> {log}"

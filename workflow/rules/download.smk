@@ -58,7 +58,7 @@ rule download:
     log:
         "logs/raw/download_{archive}.log",
     shell:
-        "flyp download --benchmark {params.benchmark} --name {params.name} "
+        "flyp download --benchmark {params.benchmark:q} --name {params.name:q} "
         "{params.source} {params.sums} --archive {output.archive} 2> {log}"
 
 
@@ -77,5 +77,5 @@ rule extract:
     log:
         "logs/raw/extract_{name}.log",
     shell:
-        "flyp download --benchmark {params.benchmark} --name {wildcards.name} "
+        "flyp download --benchmark {params.benchmark:q} --name {wildcards.name:q} "
         "--source {input.archive:q} {params.sums} --extract {output.folder} 2> {log}"

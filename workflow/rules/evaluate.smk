@@ -24,10 +24,10 @@ rule evaluate:
     log:
         f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
     shell:
-        "flyp evaluate --benchmark {params.benchmark} --data {input.tables} "
+        "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
         "--checkpoint {input.model} --metrics-out {output.metrics} "
         "--provenance-out {output.provenance} --threads {threads} "
-        "--device {resources.device} --workers {resources.workers} 2> {log}"
+        "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 
 rule evaluate_ensemble:
@@ -55,9 +55,9 @@ rule evaluate_ensemble:
     log:
         f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
     shell:
-        "flyp evaluate --benchmark {params.benchmark} --data {input.tables} "
+        "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
         "--checkpoint {input.model} --metrics-out {output.metrics} "
         "--provenance-out {output.provenance} --ensemble-with {input.zeroshot} "
-        "--alphas {params.alphas} --curve-out {output.curve} --wise-out {output.wise} "
-        "--threads {threads} --device {resources.device} --workers {resources.workers} "
+        "--alphas {params.alphas:q} --curve-out {output.curve} --wise-out {output.wise} "
+        "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} "
         "2> {log}"

@@ -18,7 +18,7 @@ rule features:
         f"logs/{BENCHMARK}/features.log",
     shell:
         "flyp features --checkpoint {input.pretrained} --data {input.tables} --out {output} "
-        "--threads {threads} --device {resources.device} 2> {log}"
+        "--threads {threads} --device {resources.device:q} 2> {log}"
 
 
 rule finetune:
@@ -50,11 +50,11 @@ rule finetune:
     log:
         f"logs/{BENCHMARK}/finetune_{{method}}_{{run}}.log",
     shell:
-        "flyp finetune --benchmark {params.benchmark} --data {input.tables} "
-        "--captions {params.captions} --pretrained {input.pretrained} "
-        "--method {wildcards.method} {params.args} "
+        "flyp finetune --benchmark {params.benchmark:q} --data {input.tables} "
+        "--captions {params.captions:q} --pretrained {input.pretrained} "
+        "--method {wildcards.method:q} {params.args} "
         "--out {output.model} --log-csv {output.log_csv} --threads {threads} "
-        "--device {resources.device} --workers {resources.workers} 2> {log}"
+        "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 
 # A few-shot draw: the same job, but its checkpoint is intermediate (temp): deleted once

@@ -4,10 +4,10 @@
 
 if TRAINED_HERE:
     PRETRAIN_CMD = (
-        "flyp pretrain --benchmark {params.benchmark} --data {input.tables} "
-        "--model {params.model} {params.train} --out {output.model} "
-        "--log-csv {output.log_csv} --threads {threads} --device {resources.device} "
-        "--workers {resources.workers} 2> {log}"
+        "flyp pretrain --benchmark {params.benchmark:q} --data {input.tables} "
+        "--model {params.model:q} {params.train} --out {output.model} "
+        "--log-csv {output.log_csv} --threads {threads} --device {resources.device:q} "
+        "--workers {resources.workers:q} 2> {log}"
     )
 else:
     PRETRAIN_CMD = (

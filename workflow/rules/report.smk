@@ -46,8 +46,8 @@ rule report:
     log:
         f"logs/{BENCHMARK}/report.log",
     shell:
-        "flyp report --benchmark {params.benchmark} --results {params.results} "
-        "--methods {params.methods} --runs {params.runs} --wise-methods {params.wise} "
+        "flyp report --benchmark {params.benchmark:q} --results {params.results:q} "
+        "--methods {params.methods:q} --runs {params.runs:q} --wise-methods {params.wise:q} "
         "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} > {log} 2>&1"
