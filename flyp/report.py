@@ -24,13 +24,20 @@ from flyp.io import atomic_path, read_json, write_json
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
 
 
+# What makes the numbers: the code and the parameters. Outputs tracked in git (training logs,
+# the table itself, which Snakemake deletes before the report job runs) do not make a run "dirty".
+CODE_PATHS = ["flyp", "workflow", "Snakefile", "params.yaml", "pyproject.toml", "dvc.yaml"]
+
+
 def git_revision(cwd: Path | None = None) -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    """HEAD's commit, with "-dirty" when tracked code or parameters (``CODE_PATHS``) differ from
+    it; "unknown" outside git."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], cwd=cwd, capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("-dirty" if dirty else "")
