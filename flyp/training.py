@@ -300,16 +300,20 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         else:
             progress(f"ignoring {state_file}: it belongs to a run with other settings")
 
-    if include_start and not history:  # epoch 0: the starting weights, before any step
-        module.eval()
-        val = task.validate()
-        row = {"epoch": 0, "step": 0, "lr": "", "train_loss": "", **val_columns(val),
-               "seconds": f"{elapsed:.1f}"}
+    def record(row: dict, val: dict | None) -> None:
+        """Log an epoch's row; keep its weights when they are the best so far."""
+        nonlocal best_epoch, best_val
         history.append(row)
         progress("  ".join(f"{k}={v}" for k, v in row.items()))
         if is_better(select, val, best_val):
-            best_epoch, best_val = 0, val
-            task.save(best_file, {**info, **selection_info(0, val)})
+            best_epoch, best_val = row["epoch"], val
+            task.save(best_file, {**info, **selection_info(row["epoch"], val)})
+
+    if include_start and not history:  # epoch 0: the starting weights, before any step
+        module.eval()
+        val = task.validate()
+        record({"epoch": 0, "step": 0, "lr": "", "train_loss": "", **val_columns(val),
+                "seconds": f"{elapsed:.1f}"}, val)
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
@@ -343,14 +347,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         module.eval()
         val = task.validate()
         elapsed += time.time() - t0
-        row = {"epoch": epoch, "step": epoch * steps_per_epoch,
-               "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "train_loss": f"{total / count:.5f}",
-               **val_columns(val), "seconds": f"{elapsed:.1f}"}
-        history.append(row)
-        progress("  ".join(f"{k}={v}" for k, v in row.items()))
-        if is_better(select, val, best_val):
-            best_epoch, best_val = epoch, val
-            task.save(best_file, {**info, **selection_info(epoch, val)})
+        record({"epoch": epoch, "step": epoch * steps_per_epoch,
+                "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
+                "train_loss": f"{total / count:.5f}", **val_columns(val),
+                "seconds": f"{elapsed:.1f}"}, val)
         with atomic_path(state_file) as tmp:
             torch.save({"run_hash": run_hash, "epoch": epoch, "module": module.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
