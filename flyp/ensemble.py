@@ -56,7 +56,8 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
     """One row per alpha: {"alpha", "val_metric", "val_score", "val_loss", <eval set>...,
     "avg_ood"}; the val score is the benchmark's ID metric on ``val_set``. ``known`` maps an alpha
     to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results)."""
-    from flyp.evaluation import evaluate_classifier, predict, validation_scores
+    from flyp.evaluation import evaluate_classifier
+    from flyp.scoring import predict, validation_scores
 
     rows = []
     eval_cache: dict = {}  # the eval sets, decoded and transformed once for every alpha
@@ -108,9 +109,9 @@ def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas
     ID-val (JSON, with "alpha"); return the picked row."""
     from flyp.datasets import get_benchmark, table_path
     from flyp.datasets.tables import ImageTable
-    from flyp.evaluation import maybe_cached
     from flyp.io import read_json, write_json, write_text
     from flyp.models import checkpoint_transforms, load_checkpoint
+    from flyp.scoring import maybe_cached
 
     bench = get_benchmark(benchmark_name)
     zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)

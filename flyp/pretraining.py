@@ -14,7 +14,6 @@ import torch
 from flyp.contrastive import CaptionedImages, ContrastiveTask
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import maybe_cached, predict, validation_scores
 from flyp.io import UserError
 from flyp.models import (
     ImageClassifier,
@@ -23,6 +22,7 @@ from flyp.models import (
     get_tokenizer,
     image_transforms,
 )
+from flyp.scoring import maybe_cached, predict, validation_scores
 from flyp.training import TrainConfig, fit
 
 

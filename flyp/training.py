@@ -167,7 +167,7 @@ class Task:
     def validate(self) -> dict | None:
         """ID-val results of the current weights ({"val_metric": name, "val_score": the
         benchmark's ID metric, "val_loss": cross-entropy}; see
-        ``flyp.evaluation.validation_scores``), or None when the task does no selection."""
+        ``flyp.scoring.validation_scores``), or None when the task does no selection."""
         return None
 
     def save(self, path: Path, info: dict) -> None:

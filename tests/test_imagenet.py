@@ -24,11 +24,11 @@ from flyp.cli import main
 from flyp.datasets import get_benchmark, table_path
 from flyp.datasets.download import extract_archive, link_folder, obtain
 from flyp.datasets.tables import ImageTable, read_table
-from flyp.evaluation import score
 from flyp.fixtures.imagenet import Layout, devkit_ids, wnids
 from flyp.fixtures.imagenet import build_archives as make_archives
 from flyp.fixtures.imagenet import objectnet_folder as make_objectnet
 from flyp.io import UserError
+from flyp.scoring import score
 from tests.conftest import ROOT
 
 WNIDS = wnids()

@@ -9,11 +9,11 @@ from sklearn.linear_model import LogisticRegression
 
 import flyp.linear_probe
 import flyp.methods.lp
-from flyp.evaluation import METRICS
 from flyp.features import write_features
 from flyp.linear_probe import regularisation_path
 from flyp.methods import get_method
 from flyp.methods.lp import fit_linear_probe
+from flyp.scoring import METRICS
 
 
 def _blobs(n, n_classes, dim=16, seed=0, spread=1.5):

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from flyp.datasets import EvalSet
-from flyp.evaluation import METRICS, macro_f1, score, worst_region_accuracy
+from flyp.scoring import METRICS, macro_f1, score, worst_region_accuracy
 
 
 def one_hot_logits(preds, n_classes):

@@ -13,9 +13,9 @@ import flyp.ensemble
 import flyp.evaluation
 from flyp.datasets import EvalSet, get_benchmark
 from flyp.ensemble import ensemble_curve, pick_alpha
-from flyp.evaluation import accuracy, macro_f1
 from flyp.finetuning import finetune, selection
 from flyp.methods import Context
+from flyp.scoring import accuracy, macro_f1
 from flyp.training import Task, TrainConfig, fit
 
 # An imbalanced ID-val set (8 images of class 0, one each of classes 1 and 2) and two sets of

@@ -22,9 +22,9 @@ from flyp.datasets.wilds import (
     prepare_fmow,
     prepare_iwildcam,
 )
-from flyp.evaluation import score
 from flyp.fixtures import get_fixture
 from flyp.io import UserError
+from flyp.scoring import score
 
 
 def write_image(path, value: int, fmt=None):

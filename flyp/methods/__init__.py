@@ -20,9 +20,9 @@ from torch import nn
 
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
-from flyp.evaluation import CachedEvalSet, maybe_cached, predict, validation_scores
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
+from flyp.scoring import CachedEvalSet, maybe_cached, predict, validation_scores
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Context:
 
     def validate(self, classifier: nn.Module) -> dict:
         """ID-val score (the benchmark's ID metric) and cross-entropy of ``classifier``; what
-        model selection reads (``flyp.evaluation.validation_scores``)."""
+        model selection reads (``flyp.scoring.validation_scores``)."""
         val = self.val_set()
         logits, labels = predict(classifier, val, device=self.device)
         return validation_scores(logits, labels, self.benchmark.id_set, getattr(val, "df", None))

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from flyp.datasets import table_path
 from flyp.datasets.tables import read_table
-from flyp.evaluation import METRICS
 from flyp.features import read_features
 from flyp.io import UserError
 from flyp.linear_probe import CHUNK_ROWS, regularisation_path
 from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier
+from flyp.scoring import METRICS
 
 C_GRID = [10.0 ** k for k in range(-2, 6)]
 
@@ -40,7 +40,7 @@ def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
 def fit_linear_probe(train, val, c_grid=C_GRID, *, metric: str = "accuracy", val_table=None,
                      device=None, chunk_rows: int = CHUNK_ROWS, **solver):
     """(head nn.Linear, chosen C, its val score) from (features, labels) pairs: the C of ``c_grid``
-    whose head scores best on val by ``metric`` (a name in flyp.evaluation.METRICS, given
+    whose head scores best on val by ``metric`` (a name in flyp.scoring.METRICS, given
     ``val_table`` when it reads one); ties go to the stronger regularisation."""
     (xt, yt), (xv, yv) = train, val
     device = device or xt.device

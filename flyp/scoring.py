@@ -1,0 +1,125 @@
+"""Scoring: a classifier's logits on an eval set and the metrics computed from them. Shared by
+model selection during training (ID-val) and by test-set evaluation (``flyp.evaluation``), so that
+a change to how test results are reported does not rerun training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, object], float]] = {}
+
+
+def register_metric(name: str):
+    def wrap(fn):
+        METRICS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_metric("accuracy")
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
+    """Top-1 accuracy. logits (N, C), labels (N,)."""
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+@register_metric("macro_f1")
+def macro_f1(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
+    """Mean F1 over the classes present in ``labels`` (iWildCam; WILDS's F1(average="macro"),
+    i.e. sklearn's f1_score with labels=unique(y_true)). A class that is only predicted adds no
+    F1 of its own; its predictions still cost the true classes their recall."""
+    preds, labels = logits.argmax(dim=1), labels.long()
+    n = int(max(preds.max(), labels.max())) + 1
+    tp = torch.bincount(labels[preds == labels], minlength=n).float()  # (n,)
+    n_true = torch.bincount(labels, minlength=n).float()
+    n_pred = torch.bincount(preds, minlength=n).float()
+    present = n_true > 0
+    f1 = 2 * tp[present] / (n_true[present] + n_pred[present])  # 2TP / (2TP + FP + FN)
+    return f1.mean().item()
+
+
+@register_metric("worst_region_accuracy")
+def worst_region_accuracy(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
+    """Lowest accuracy over the regions of ``table["region"]`` that have images, region "Other"
+    excluded (FMoW, as WILDS scores it)."""
+    if table is None or "region" not in table:
+        raise ValueError("worst_region_accuracy needs the test table's 'region' column")
+    regions = list(table["region"])
+    if len(regions) != len(labels):
+        raise ValueError(f"{len(regions)} regions for {len(labels)} predictions")
+    names = sorted(set(regions))
+    code = {name: i for i, name in enumerate(names)}
+    group = torch.tensor([code[r] for r in regions])  # (N,) region index of each image
+    correct = (logits.argmax(dim=1) == labels).float()
+    hits = torch.zeros(len(names)).scatter_reduce(0, group, correct, reduce="sum")
+    counts = torch.bincount(group, minlength=len(names)).float()
+    scored = [i for i, name in enumerate(names) if name != "Other" and counts[i] > 0]
+    if not scored:
+        raise ValueError("no region other than 'Other' to score")
+    return min((hits[i] / counts[i]).item() for i in scored)
+
+
+CACHE_BYTES = 1 << 30  # keep transformed eval images in memory up to this size (1 GiB)
+
+
+def maybe_cached(dataset):
+    """``dataset`` as a CachedEvalSet when its transformed images fit in CACHE_BYTES (the
+    embedded benchmark's do; ImageNet's 10,000 ID-val images at 224 px would take 6 GB)."""
+    if len(dataset) == 0:
+        return dataset
+    one = dataset[0][0]
+    if one.numel() * one.element_size() * len(dataset) > CACHE_BYTES:
+        return dataset
+    return CachedEvalSet(dataset)
+
+
+class CachedEvalSet(torch.utils.data.Dataset):
+    """A test set whose (deterministic) eval transform is applied once and kept in memory; used
+    for the ID-val set, which is scored after every epoch."""
+
+    def __init__(self, dataset):
+        self.images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (N, 3, H, W)
+        self.labels = dataset.labels
+        self.df = getattr(dataset, "df", None)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+@torch.no_grad()
+def predict(classifier: nn.Module, dataset, *, batch_size: int = 256, num_workers: int = 0,
+            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C), labels (N,)) of ``classifier`` on ``dataset``."""
+    device = device or next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    logits, labels = [], []
+    for images, y in loader:
+        logits.append(classifier(images.to(device)).float().cpu())
+        labels.append(y)
+    classifier.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, eval_set, table=None) -> float:
+    """The eval set's metric, after mapping logits to its classes if it needs that."""
+    if eval_set.project_logits is not None:  # the table says which classes the set has
+        logits = eval_set.project_logits(logits, table)
+    return METRICS[eval_set.metric](logits, labels, table)
+
+
+def validation_scores(logits: torch.Tensor, labels: torch.Tensor, id_set, table=None) -> dict:
+    """What model selection reads on ID-val: the score with the benchmark's own ID metric (so
+    iWildCam selects on macro-F1, not accuracy) and the cross-entropy of the logits (the few-shot
+    protocol keeps the epoch with the lowest)."""
+    return {"val_metric": id_set.metric, "val_score": score(logits, labels, id_set, table),
+            "val_loss": F.cross_entropy(logits, labels.long()).item()}
