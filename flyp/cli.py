@@ -75,6 +75,28 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda or cuda:N.")
 
 
+class _Workers(click.ParamType):
+    """A DataLoader worker count: a number >= 0 or ``auto`` (flyp.loading.resolve_workers)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            self.fail(f"expected a number >= 0 or auto, got {value!r}", param, ctx)
+        return number
+
+
+workers_option = click.option(
+    "--workers", type=_Workers(), default=0, show_default=True,
+    help="DataLoader worker processes; auto: one fewer than --threads (0 with one thread).")
+
+
 def _train_options(f):
     """Hyperparameters shared by pretraining and every finetuning method."""
     options = [
@@ -94,8 +116,14 @@ def _train_options(f):
         click.option("--clamp-logit-scale/--no-clamp-logit-scale", default=False,
                      show_default=True, help="Clamp CLIP's logit_scale to ln 100 after each step "
                      "(open_clip's trainer; the FLYP reference does not)."),
-        click.option("--workers", type=click.IntRange(min=0), default=0,
-                     help="DataLoader worker processes."),
+        workers_option,
+        click.option("--tf32/--no-tf32", default=True, show_default=True,
+                     help="TF32 matmuls and convolutions on CUDA (no effect on a CPU)."),
+        click.option("--compile/--no-compile", "compile_towers", default=False,
+                     show_default=True, help="torch.compile the CLIP's image and text towers."),
+        click.option("--grad-checkpointing/--no-grad-checkpointing", default=False,
+                     show_default=True, help="open_clip's gradient checkpointing (less memory, "
+                     "more compute)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -103,13 +131,16 @@ def _train_options(f):
 
 
 def _train_config(epochs, lr, wd, batch_size, warmup_steps, grad_clip, seed, precision, decay,
-                  clamp_logit_scale, workers):
+                  clamp_logit_scale, workers, tf32, compile_towers, grad_checkpointing, *,
+                  threads):
+    from flyp.loading import resolve_workers
     from flyp.training import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, wd=wd, batch_size=batch_size,
                        warmup_steps=warmup_steps, seed=seed, grad_clip=grad_clip or None,
                        precision=precision, decay=decay, clamp_logit_scale=clamp_logit_scale,
-                       num_workers=workers)
+                       num_workers=resolve_workers(workers, threads), tf32=tf32,
+                       compile=compile_towers, grad_checkpointing=grad_checkpointing)
 
 
 @click.group(cls=_Group)
@@ -247,7 +278,7 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
     from flyp.pretraining import pretrain as run
     from flyp.training import resolve_device
 
-    cfg = _train_config(**train)
+    cfg = _train_config(**train, threads=threads)
     run(get_benchmark(benchmark_name), data_dir, model_name, cfg, out=out, log_csv=log_csv,
         device=resolve_device(device), log=_log)
 
@@ -298,7 +329,7 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     from flyp.finetuning import finetune as run
     from flyp.training import resolve_device
 
-    cfg = _train_config(**train)
+    cfg = _train_config(**train, threads=threads)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
                  device=resolve_device(device), shots=shots, draw=draw, log=_log)
@@ -315,9 +346,15 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
 @click.option("--provenance-out", required=True,
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0)
+@workers_option
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
+              show_default=True, help="Evaluation arithmetic on CUDA: fp32, TF32 matmuls, or "
+              "bf16 autocast.")
 @click.option("--ensemble-with", "zeroshot", type=click.Path(dir_okay=False, path_type=Path),
               help="Also weight-ensemble (WiSE-FT) the checkpoint with this zero-shot one.")
+@click.option("--zeroshot-metrics", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ensemble: the zero-shot checkpoint's metrics.json (alpha 0 is read from it, "
+              "not recomputed).")
 @click.option("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
               show_default=True, help="Mixing weights of the ensemble, in [0, 1].")
 @click.option("--curve-out", type=click.Path(dir_okay=False, path_type=Path),
@@ -327,11 +364,13 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
 @threads_option
 @device_option
 def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, batch_size,
-             workers, zeroshot, alphas, curve_out, wise_out, threads, device):
+             workers, precision, zeroshot, zeroshot_metrics, alphas, curve_out, wise_out, threads,
+             device):
     """Score a checkpoint on the benchmark's ID test set and every OOD set (and, with
     --ensemble-with, its weight ensembles with the zero-shot checkpoint)."""
     _setup_torch(threads)
     from flyp.evaluation import evaluate_checkpoint
+    from flyp.loading import resolve_workers
     from flyp.training import resolve_device
 
     if zeroshot is not None and (curve_out is None or wise_out is None):
@@ -343,15 +382,16 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
     if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
         raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
     device = resolve_device(device)
+    options = dict(batch_size=batch_size, num_workers=resolve_workers(workers, threads),
+                   device=device, precision=precision, log=_log)
     evaluate_checkpoint(benchmark_name, data_dir, checkpoint, metrics_out=metrics_out,
-                        provenance_out=provenance_out, batch_size=batch_size,
-                        num_workers=workers, device=device, log=_log)
+                        provenance_out=provenance_out, **options)
     if zeroshot is not None:
         from flyp.ensemble import run_ensemble
 
         best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
-                            finetuned_metrics=metrics_out, curve_out=curve_out,
-                            metrics_out=wise_out, device=device, log=_log)
+                            finetuned_metrics=metrics_out, zeroshot_metrics=zeroshot_metrics,
+                            curve_out=curve_out, metrics_out=wise_out, **options)
         _log(f"weight ensembling: picked alpha={best['alpha']:g} "
              f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
 
@@ -360,15 +400,18 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @data_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@workers_option
 @threads_option
 @device_option
-def features(checkpoint, data_dir, out, threads, device):
+def features(checkpoint, data_dir, out, workers, threads, device):
     """Cache frozen image features of the train and val tables (for linear probes)."""
     _setup_torch(threads)
     from flyp.features import write_features
+    from flyp.loading import resolve_workers
     from flyp.training import resolve_device
 
-    write_features(checkpoint, data_dir, out, device=resolve_device(device))
+    write_features(checkpoint, data_dir, out, device=resolve_device(device),
+                   num_workers=resolve_workers(workers, threads))
     _log(f"wrote {out}")
 
 

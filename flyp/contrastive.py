@@ -13,6 +13,7 @@ import open_clip
 import torch
 from torch import nn
 
+from flyp.loading import to_device
 from flyp.models import save_checkpoint
 from flyp.training import Task
 
@@ -35,7 +36,7 @@ class ContrastiveTask(Task):
     def loss(self, batch) -> torch.Tensor:
         images, tokens = self.captions(batch)
         image_features, text_features, logit_scale = self.module(
-            images.to(self.device), tokens.to(self.device))[:3]
+            to_device(images, self.device), to_device(tokens, self.device))[:3]
         return self.objective(image_features, text_features, logit_scale, batch)
 
     def objective(self, image_features, text_features, logit_scale, batch) -> torch.Tensor:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from flyp.scoring import maybe_cached, predict, score
+from flyp.scoring import predict_many, score
 
 
 def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_out, provenance_out,
                         batch_size: int = 256, num_workers: int = 0,
-                        device: torch.device | None = None, log=print) -> dict:
+                        device: torch.device | None = None, precision: str = "fp32",
+                        log=print) -> dict:
     """Score ``checkpoint`` on every eval set of the benchmark.
 
     Writes ``metrics_out`` ({set: value, ..., "avg_ood": mean over OOD sets}) and
@@ -23,41 +24,55 @@ def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_ou
     ckpt = load_checkpoint(checkpoint)
     classifier = classifier_from_checkpoint(ckpt).to(device or "cpu")
     metrics = evaluate_classifier(classifier, bench, data_dir, batch_size=batch_size,
-                                  num_workers=num_workers, device=device, log=log)
+                                  num_workers=num_workers, device=device, precision=precision,
+                                  log=log)
     write_json(provenance_out, provenance(ckpt, checkpoint, data_dir))
     write_json(metrics_out, metrics)
     return metrics
 
 
-def evaluate_classifier(classifier, bench, data_dir, *, batch_size: int = 256,
-                        num_workers: int = 0, device=None, log=print,
-                        cache: dict | None = None) -> dict:
-    """{eval set: metric, ..., "avg_ood": mean over the OOD sets} of ``classifier``.
+def evaluate_classifier(classifier, bench, data_dir, **options) -> dict:
+    """{eval set: metric, ..., "avg_ood": mean over the OOD sets} of ``classifier``."""
+    return evaluate_classifiers([classifier], bench, data_dir, **options)[0]
 
-    ``cache``: a dict kept across calls (e.g. every alpha of a weight ensemble) in which small eval
-    sets are kept decoded and transformed."""
+
+def evaluate_classifiers(classifiers: list, bench, data_dir, *, batch_size: int = 256,
+                         num_workers: int = 0, device=None, precision: str = "fp32",
+                         log=print) -> list[dict]:
+    """``evaluate_classifier`` of each classifier, in one pass over each eval set: every batch is
+    decoded once and scored by all of them (the alpha grid of a weight ensemble). They must share
+    one preprocessing (the transform is that of the first)."""
     from flyp.datasets import table_path
     from flyp.datasets.tables import ImageTable
     from flyp.models import image_transforms
 
-    _, eval_tf = image_transforms(classifier.clip)
-    metrics = {}
+    _, eval_tf = image_transforms(shared_preprocessing(classifiers))
+    results = [{} for _ in classifiers]
     for eval_set in bench.eval_sets:
-        if cache is not None and eval_set.name in cache:
-            dataset = cache[eval_set.name]
-        else:
-            dataset = ImageTable(table_path(data_dir, eval_set.name), eval_tf)
-            if cache is not None:
-                dataset = cache.setdefault(eval_set.name, maybe_cached(dataset))
-        logits, labels = predict(classifier, dataset, batch_size=batch_size,
-                                 num_workers=num_workers, device=device)
-        metrics[eval_set.name] = score(logits, labels, eval_set, dataset.df)
-        log(f"{eval_set.name}: {eval_set.metric} {metrics[eval_set.name]:.4f} "
-            f"({len(dataset)} images)")
-    ood = [metrics[s.name] for s in bench.ood_sets]
-    if ood:
-        metrics["avg_ood"] = sum(ood) / len(ood)
-    return metrics
+        dataset = ImageTable(table_path(data_dir, eval_set.name), eval_tf)
+        logits, labels = predict_many(classifiers, dataset, batch_size=batch_size,
+                                      num_workers=num_workers, device=device,
+                                      precision=precision)
+        for metrics, each in zip(results, logits, strict=True):
+            metrics[eval_set.name] = score(each, labels, eval_set, dataset.df)
+        values = ", ".join(f"{m[eval_set.name]:.4f}" for m in results)
+        log(f"{eval_set.name}: {eval_set.metric} {values} ({len(dataset)} images)")
+    for metrics in results:
+        ood = [metrics[s.name] for s in bench.ood_sets]
+        if ood:
+            metrics["avg_ood"] = sum(ood) / len(ood)
+    return results
+
+
+def shared_preprocessing(classifiers: list):
+    """The CLIP of the first classifier, after checking every classifier expects the same
+    preprocessing (one decoded batch serves them all)."""
+    import open_clip
+
+    cfgs = [open_clip.get_model_preprocess_cfg(c.clip) for c in classifiers]
+    if any(cfg != cfgs[0] for cfg in cfgs):
+        raise ValueError("classifiers evaluated in one pass need the same preprocessing")
+    return classifiers[0].clip
 
 
 def provenance(ckpt, checkpoint_path, data_dir) -> dict:

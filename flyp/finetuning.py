@@ -37,7 +37,8 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     ctx = Context(benchmark=bench, pretrained=pretrained, data_dir=Path(data_dir),
                   captions_dir=Path(captions_dir), device=device,
                   tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
-                  seed=cfg.seed, options=options, shots=shots, draw=draw)
+                  seed=cfg.seed, options=options, shots=shots, draw=draw,
+                  workers=cfg.num_workers)
     info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
             "shots": shots, "draw": draw if shots else None,
             "head_from_text": method.head_from_text,

@@ -19,10 +19,11 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from torchvision.transforms import Compose, Normalize, PILToTensor
 
 from flyp.io import UserError, atomic_path, sha256_file
 
@@ -52,7 +53,37 @@ def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
                 logging.getLogger().setLevel(quiet)
     except RuntimeError as e:  # open_clip raises RuntimeError for unknown tags / failed downloads
         raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: {e}") from None
+    set_preprocess_cfg(model, open_clip.get_model_preprocess_cfg(model))
+    model.visual.register_forward_pre_hook(_normalise_uint8_input)
     return model
+
+
+def set_preprocess_cfg(clip: nn.Module, cfg: dict) -> None:
+    """Give ``clip`` the preprocessing its weights expect (open_clip's ``preprocess_cfg``) and the
+    matching input normalisation: its image tower takes the uint8 images the loaders make
+    (``preprocess_transforms``) and converts them on its own device with the config's mean/std
+    (kept as non-persistent buffers: they follow ``.to(device)`` and stay out of checkpoints)."""
+    open_clip.set_model_preprocess_cfg(clip, cfg)
+    for name in ("mean", "std"):
+        value = torch.tensor(cfg[name], dtype=torch.float32).view(-1, 1, 1)  # (3, 1, 1)
+        buffer = getattr(clip.visual, f"input_{name}", None)
+        device = buffer.device if buffer is not None else "cpu"
+        clip.visual.register_buffer(f"input_{name}", value.to(device), persistent=False)
+
+
+def normalise_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, 3, H, W) to the float input of the image tower: the operations of
+    torchvision's ToTensor then Normalize, in the same order, so the values are the same."""
+    return images.float().div_(255).sub_(mean).div_(std)
+
+
+def _normalise_uint8_input(visual: nn.Module, args: tuple):
+    """Forward pre-hook of the image tower: uint8 images are normalised here, on the device;
+    float images (already normalised) pass unchanged."""
+    images, *rest = args
+    if images.dtype != torch.uint8:
+        return None
+    return (normalise_images(images, visual.input_mean, visual.input_std), *rest)
 
 
 def check_quickgelu(model_name: str, pretrained: str) -> None:
@@ -120,12 +151,23 @@ def checkpoint_transforms(ckpt: Checkpoint):
 
 
 def preprocess_transforms(cfg: dict):
-    """(train, eval) transforms from an open_clip preprocessing config. Train: RandomResizedCrop
-    with scale (0.9, 1.0), no flip (as FLYP); eval: resize + centre crop; both with the config's
-    size, mean/std, interpolation and resize mode."""
+    """(train, eval) transforms from an open_clip preprocessing config, ending in uint8 (3, H, W)
+    tensors. Train: RandomResizedCrop with scale (0.9, 1.0), bicubic, no flip (as FLYP); eval:
+    resize + centre crop; both with the config's size, interpolation and resize mode. The float
+    conversion and the mean/std normalisation happen on the model's device (set_preprocess_cfg):
+    a quarter of the bytes cross from loader workers and to the GPU."""
     # A config read back from JSON has lists where open_clip's transforms expect tuples.
     cfg = PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    return image_transform_v2(cfg, is_train=True), image_transform_v2(cfg, is_train=False)
+    return tuple(uint8_output(image_transform_v2(cfg, is_train=train)) for train in (True, False))
+
+
+def uint8_output(transform: Compose) -> Compose:
+    """open_clip's transform with its last two steps (to a float tensor, normalise) replaced by
+    a uint8 tensor of the same pixels."""
+    *steps, to_tensor, normalise = transform.transforms
+    if not (isinstance(to_tensor, MaybeToTensor) and isinstance(normalise, Normalize)):
+        raise ValueError(f"unexpected open_clip transform, no ToTensor + Normalize: {transform}")
+    return Compose([*steps, PILToTensor()])
 
 
 class ImageClassifier(nn.Module):
@@ -283,7 +325,7 @@ def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
                         f"{ckpt.model_name!r} has quick_gelu={not recorded}")
     model = create_clip(ckpt.model_name)
     if ckpt.info.get("preprocess"):
-        open_clip.set_model_preprocess_cfg(model, ckpt.info["preprocess"])
+        set_preprocess_cfg(model, ckpt.info["preprocess"])
     model.load_state_dict(ckpt.clip)
     return model
 

@@ -27,10 +27,11 @@ from flyp.training import TrainConfig, fit
 
 
 class PretrainTask(ContrastiveTask):
-    def __init__(self, clip, model_name, device, train_data, val_set, benchmark, tokenizer):
+    def __init__(self, clip, model_name, device, train_data, val_set, benchmark, tokenizer,
+                 workers: int = 0):
         super().__init__(clip, model_name, device)
         self.train_data, self.val_set = train_data, val_set
-        self.benchmark, self.tokenizer = benchmark, tokenizer
+        self.benchmark, self.tokenizer, self.workers = benchmark, tokenizer, workers
 
     def captions(self, batch):
         return batch  # (images, tokens)
@@ -39,7 +40,7 @@ class PretrainTask(ContrastiveTask):
         head = build_zero_shot_head(self.module, self.tokenizer, self.benchmark.classnames,
                                     self.benchmark.templates)
         logits, labels = predict(ImageClassifier(self.module, head), self.val_set,
-                                 device=self.device)
+                                 device=self.device, num_workers=self.workers)
         return validation_scores(logits, labels, self.benchmark.id_set,
                                  getattr(self.val_set, "df", None))
 
@@ -56,7 +57,7 @@ def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainCo
     tokens = tokenizer(table.df["caption"].tolist())  # (N, L)
     val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
     task = PretrainTask(clip, model_name, device, CaptionedImages(table, tokens), val, benchmark,
-                        tokenizer)
+                        tokenizer, cfg.num_workers)
     info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
             "seed": cfg.seed, "epochs": cfg.epochs}
     fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last",

@@ -4,6 +4,7 @@ a change to how test results are reported does not rerun training."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -93,21 +94,60 @@ class CachedEvalSet(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
-@torch.no_grad()
 def predict(classifier: nn.Module, dataset, *, batch_size: int = 256, num_workers: int = 0,
-            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            device: torch.device | None = None,
+            precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C), labels (N,)) of ``classifier`` on ``dataset``."""
-    device = device or next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers)
-    logits, labels = [], []
-    for images, y in loader:
-        logits.append(classifier(images.to(device)).float().cpu())
-        labels.append(y)
-    classifier.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
+    (logits,), labels = predict_many([classifier], dataset, batch_size=batch_size,
+                                     num_workers=num_workers, device=device, precision=precision)
+    return logits, labels
+
+
+EVAL_PRECISIONS = ("fp32", "tf32", "bf16")  # fp32; TF32 matmuls on CUDA; bf16 autocast
+
+
+@contextlib.contextmanager
+def eval_precision(precision: str, device: torch.device):
+    """The arithmetic of an evaluation: fp32 (the default, the reference's), TF32 matmuls and
+    convolutions on CUDA (no effect on a CPU), or bf16 autocast."""
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {EVAL_PRECISIONS}")
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.no_grad()
+def predict_many(classifiers: list[nn.Module], dataset, *, batch_size: int = 256,
+                 num_workers: int = 0, device: torch.device | None = None,
+                 precision: str = "fp32") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([logits (N, C) of each classifier], labels (N,)) in one pass over ``dataset``: each batch
+    is loaded (decoded, transformed, copied to the device) once and seen by every classifier while
+    it is there. Each classifier's logits are those ``predict`` gives it alone."""
+    from flyp.loading import make_loader, to_device
+
+    device = torch.device(device or next(classifiers[0].parameters()).device)
+    modes = [c.training for c in classifiers]
+    for c in classifiers:
+        c.eval()
+    loader = make_loader(dataset, batch_size=batch_size, workers=num_workers, device=device)
+    logits, labels = [[] for _ in classifiers], []
+    with eval_precision(precision, device):
+        for images, y in loader:
+            images = to_device(images, device)
+            for out, classifier in zip(logits, classifiers, strict=True):
+                out.append(classifier(images).float())  # kept on the device: no sync a batch
+            labels.append(y)
+    for c, mode in zip(classifiers, modes, strict=True):
+        c.train(mode)
+    return [torch.cat(out).cpu() for out in logits], torch.cat(labels)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, eval_set, table=None) -> float:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from flyp.io import UserError, atomic_path, sha256_json, write_text
+from flyp.loading import make_loader
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class TrainConfig:
     decay: str = "all"  # all: every parameter (FLYP reference) | matrices: 2-D weights only
     clamp_logit_scale: bool = False  # clamp logit_scale to [0, ln 100] after each step
     num_workers: int = 0
+    # Speed only (the same numbers on a CPU): TF32 matmuls and convolutions on CUDA; the CLIP's
+    # towers compiled with torch.compile; open_clip's gradient checkpointing (less activation
+    # memory for about a third more compute).
+    tf32: bool = True
+    compile: bool = False
+    grad_checkpointing: bool = False
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # as runtime.device in the params schema
@@ -242,6 +249,63 @@ def weights_finite(module: nn.Module) -> bool:
     return not flags or bool(torch.stack(flags).all())
 
 
+# Steps between reads of the training loss on the host: a read waits for the GPU to finish every
+# queued step, so reading each step (loss.item()) would keep the GPU idle while the next batch is
+# prepared. A diverged run is still stopped within this many steps, before any checkpoint.
+LOSS_READ_EVERY = 50
+
+
+class LossMeter:
+    """An epoch's training losses, summed on the device (in float64, as Python summed the floats
+    of ``loss.item()``), and the first non-finite one with its step; no host sync per step."""
+
+    def __init__(self, device: torch.device):
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().to(torch.float64)
+        self.sum += value
+        first = ~torch.isfinite(value) & (self.bad_step < 0)
+        self.bad_value = torch.where(first, value, self.bad_value)
+        self.bad_step = torch.where(first, step, self.bad_step)
+
+    def first_non_finite(self) -> tuple[float, int] | None:
+        """(loss, step) of the first non-finite loss so far, or None."""
+        step = int(self.bad_step)
+        return None if step < 0 else (float(self.bad_value), step)
+
+    def total(self) -> float:
+        return float(self.sum)
+
+
+def speed_up(module: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """Apply the speed switches of ``cfg`` (TF32 on CUDA, compiled towers, gradient
+    checkpointing) to the CLIP in ``module`` (the module itself, or a classifier's ``clip``)."""
+    if device.type == "cuda" and cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if not (cfg.compile or cfg.grad_checkpointing):
+        return
+    clip = getattr(module, "clip", module)
+    if not hasattr(clip, "visual"):
+        raise UserError(f"compile / grad_checkpointing: {type(module).__name__} holds no CLIP")
+    if cfg.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    if cfg.compile:
+        for tower in clip_towers(clip):
+            tower.compile()
+
+
+def clip_towers(clip: nn.Module) -> list[nn.Module]:
+    """The image tower and the text transformer of an open_clip CLIP (``text`` in a CustomTextCLIP):
+    where the compute is, so compiling them speeds every use (``forward``, ``encode_image``,
+    ``encode_text``) without changing the module's structure or its state_dict keys."""
+    text = getattr(clip, "transformer", None) or getattr(clip, "text", None)
+    return [t for t in (clip.visual, text) if t is not None]
+
+
 def log_csv_text(history: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
@@ -273,13 +337,13 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
                             "include_start": include_start})
 
     module = task.module.to(device)
+    speed_up(module, cfg, device)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
     loader_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(
+    loader = make_loader(
         task.train_data, batch_size=cfg.batch_size, shuffle=True,
         drop_last=drops_single_example_batch(len(task.train_data), cfg.batch_size),
-        generator=loader_gen, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0)
+        generator=loader_gen, workers=cfg.num_workers, device=device)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     if steps_per_epoch == 0:
         raise ValueError(f"{len(task.train_data)} training examples: too few for a batch "
@@ -324,8 +388,8 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
         module.train()
-        total, count = 0.0, 0
-        for batch in loader:
+        losses = LossMeter(device)
+        for count, batch in enumerate(loader, 1):
             with autocast:
                 loss = task.loss(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -336,12 +400,12 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             scheduler.step()
             if cfg.clamp_logit_scale:
                 clamp_logit_scale(module)
-            value = loss.item()  # the one host sync a step already had
-            count += 1
-            if not math.isfinite(value):
-                step = (epoch - 1) * steps_per_epoch + count
-                raise diverged(info, cfg, epoch, step, f"training loss {value}")
-            total += value
+            losses.add(loss, (epoch - 1) * steps_per_epoch + count)
+            if count % LOSS_READ_EVERY == 0 or count == steps_per_epoch:
+                bad = losses.first_non_finite()  # a host sync, every LOSS_READ_EVERY steps
+                if bad is not None:
+                    raise diverged(info, cfg, epoch, bad[1], f"training loss {bad[0]}")
+        total = losses.total()
         if not weights_finite(module):
             raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
         module.eval()

@@ -13,6 +13,7 @@ from flyp.models import (
     create_clip,
     get_tokenizer,
     load_checkpoint,
+    preprocess_transforms,
     save_checkpoint,
 )
 
@@ -145,12 +146,6 @@ OWN_PREPROCESS = {"size": 32, "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.
                   "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
 
 
-def _normalize(transform):
-    from torchvision.transforms import Normalize
-
-    return next(t for t in transform.transforms if isinstance(t, Normalize))
-
-
 def test_pretrained_command_records_the_preprocessing_and_activation_of_the_weights(tmp_path):
     from click.testing import CliRunner
     from safetensors.torch import save_file
@@ -210,6 +205,14 @@ def test_finetune_evaluate_ensemble_and_features_use_the_recorded_preprocessing(
     monkeypatch.setattr(flyp.datasets.tables, "ImageTable", spy_table)
     monkeypatch.setattr(flyp.features, "ImageTable", spy_table)
     monkeypatch.setattr(flyp.finetuning, "Context", spy_context)
+    normalised = []  # (mean, std) of every batch normalised for a model
+    normalise = flyp.models.normalise_images
+
+    def spy_normalise(images, mean, std):
+        normalised.append((mean.flatten().tolist(), std.flatten().tolist()))
+        return normalise(images, mean, std)
+
+    monkeypatch.setattr(flyp.models, "normalise_images", spy_normalise)
     zs = tmp_path / "zeroshot.safetensors"
     finetune("embedded", tiny_tables, tiny_captions, own_preprocess_pretrained, "zeroshot",
              TrainConfig(epochs=0, lr=1e-5, wd=0.0, batch_size=8, warmup_steps=0, seed=0),
@@ -222,6 +225,8 @@ def test_finetune_evaluate_ensemble_and_features_use_the_recorded_preprocessing(
                  metrics_out=tmp_path / "w.json", log=lambda m: None)
     write_features(zs, tiny_tables, tmp_path / "features.safetensors")
     assert {what for what, _ in seen} == {"train", "eval", "table"}
+    recorded = {repr(t) for t in preprocess_transforms(OWN_PREPROCESS)}  # squash, bilinear
     for what, transform in seen:
-        assert _normalize(transform).mean == (0.5, 0.5, 0.5), what
-        assert _normalize(transform).std == (0.25, 0.25, 0.25), what
+        assert repr(transform) in recorded, what
+    # the images are normalised on the model's device with the recorded mean and std
+    assert normalised and all(m == [0.5] * 3 and s == [0.25] * 3 for m, s in normalised)

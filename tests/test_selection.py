@@ -121,7 +121,8 @@ def test_weight_ensembling_alpha_is_picked_on_the_benchmarks_id_metric(monkeypat
     per_alpha = {0.0: MAJORITY, 0.5: BALANCED, 1.0: MAJORITY}
     monkeypatch.setattr(flyp.ensemble, "interpolated_classifier",
                         lambda zs, ft, a, *args: Scripted(_logits(per_alpha[a])))
-    monkeypatch.setattr(flyp.evaluation, "evaluate_classifier", lambda *a, **k: {})
+    monkeypatch.setattr(flyp.evaluation, "evaluate_classifiers",
+                        lambda classifiers, *a, **k: [{} for _ in classifiers])
     zs = SimpleNamespace(clip={"w": torch.zeros(1)}, head=None)
     ft = SimpleNamespace(clip={"w": torch.ones(1)}, head=None)
     bench = SimpleNamespace(classnames=["a", "b", "c"], templates=["{}"], id_set=F1_SET)

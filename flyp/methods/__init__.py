@@ -42,6 +42,7 @@ class Context:
     shots: int | None = None  # few-shot protocol: k training and k validation images per class
     draw: int = 0  # which few-shot draw (seeds the sample)
     notes: dict = field(default_factory=dict)  # facts a method records in its checkpoint
+    workers: int = 0  # DataLoader worker processes (ID-val; training's are TrainConfig's)
     _val: CachedEvalSet | None = None
 
     @property
@@ -98,7 +99,7 @@ class Context:
         """ID-val score (the benchmark's ID metric) and cross-entropy of ``classifier``; what
         model selection reads (``flyp.scoring.validation_scores``)."""
         val = self.val_set()
-        logits, labels = predict(classifier, val, device=self.device)
+        logits, labels = predict(classifier, val, device=self.device, num_workers=self.workers)
         return validation_scores(logits, labels, self.benchmark.id_set, getattr(val, "df", None))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flyp.loading import to_device
 from flyp.methods import Context, Method, register_method
 from flyp.methods.flyp import FlypTask
 
@@ -25,10 +26,11 @@ class CrossEntropyBothTowersTask(FlypTask):
         n_classes, n_templates = self.caption_tokens.shape[:2]
         template = torch.randint(n_templates, (n_classes,))
         prompts = self.caption_tokens[torch.arange(n_classes), template]  # (C, L)
-        img = F.normalize(self.module.encode_image(images.to(self.device)), dim=-1)  # (B, D)
+        images = to_device(images, self.device)  # (B, 3, H, W) uint8
+        img = F.normalize(self.module.encode_image(images), dim=-1)  # (B, D)
         txt = F.normalize(self.module.encode_text(prompts.to(self.device)), dim=-1)  # (C, D)
         logits = self.module.logit_scale.exp() * img @ txt.T  # (B, C)
-        return F.cross_entropy(logits, labels.to(self.device))
+        return F.cross_entropy(logits, to_device(labels, self.device))
 
 
 class ImageOnlyTask(FlypTask):
@@ -54,7 +56,7 @@ def contrastive_loss_without_collisions(image_features, text_features, logit_sca
 
 class NoCollisionsTask(FlypTask):
     def objective(self, image_features, text_features, logit_scale, batch):
-        labels = batch[1].to(self.device)
+        labels = to_device(batch[1], self.device)
         return contrastive_loss_without_collisions(image_features, text_features, logit_scale,
                                                    labels)
 

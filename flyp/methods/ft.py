@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from flyp.loading import to_device
 from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier, save_checkpoint
 from flyp.training import Task
@@ -19,7 +20,8 @@ class CrossEntropyTask(Task):
 
     def loss(self, batch):
         images, labels = batch
-        return F.cross_entropy(self.module(images.to(self.ctx.device)), labels.to(self.ctx.device))
+        device = self.ctx.device
+        return F.cross_entropy(self.module(to_device(images, device)), to_device(labels, device))
 
     def validate(self) -> dict:
         return self.ctx.validate(self.module)

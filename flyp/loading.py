@@ -1,0 +1,53 @@
+"""DataLoaders of every step (training, ID-val, features, evaluation, weight ensembling).
+
+Images leave the loaders as uint8 tensors (``flyp.models.preprocess_transforms``) and are
+normalised on the model's device. On CUDA the batches are put in pinned memory, so that the copy
+to the GPU (``to_device``, non-blocking) overlaps the work already queued there. Every loader
+honours the job's worker count; ``auto`` derives it from the cores the job is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+AUTO = "auto"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a job's CPU set, not the machine's core count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def resolve_workers(workers: int | str, threads: int = 0) -> int:
+    """DataLoader worker processes for a job with ``threads`` cores (0: the cores it may use).
+    ``auto``: one fewer than its cores, so the main process keeps one (0 on a single core: a
+    worker would only compete with the main process for it)."""
+    if workers != AUTO:
+        return int(workers)
+    return max(0, (threads or available_cores()) - 1)
+
+
+def make_loader(dataset, *, batch_size: int, workers: int = 0, device=None, shuffle=False,
+                drop_last=False, generator=None) -> torch.utils.data.DataLoader:
+    """A loader with ``workers`` processes (none for a set already held in memory as tensors:
+    a worker would only copy it) and pinned batches when they go to a CUDA device.
+
+    Workers are started afresh for every pass (not persistent): each pass draws their seeds from
+    ``generator``, so a training epoch's augmentation depends only on the epoch's seed, also when
+    a run resumes. A different worker count draws other augmentations (each worker has its own
+    random stream), as in any PyTorch loader."""
+    from flyp.scoring import CachedEvalSet
+
+    if isinstance(dataset, CachedEvalSet):
+        workers = 0
+    cuda = device is not None and torch.device(device).type == "cuda"
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=drop_last, generator=generator,
+                                       num_workers=workers, pin_memory=cuda)
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` on ``device``; from pinned memory the copy does not wait for the host."""
+    return tensor.to(device, non_blocking=True)
