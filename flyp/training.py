@@ -292,6 +292,11 @@ def speed_up(module: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
     if not hasattr(clip, "visual"):
         raise UserError(f"compile / grad_checkpointing: {type(module).__name__} holds no CLIP")
     if cfg.grad_checkpointing:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in clip.modules()):
+            # The recomputed forward would update BatchNorm's running statistics twice a step.
+            raise UserError("grad_checkpointing: the model has BatchNorm layers, whose running "
+                            "statistics the recomputed forward would update twice a step; use "
+                            "it with a ViT, or turn it off")
         clip.set_grad_checkpointing(True)
     if cfg.compile:
         for tower in clip_towers(clip):
