@@ -1,0 +1,113 @@
+"""Images/s of the data path, old and new side by side in one run, on generated JPEGs of
+ImageNet's typical size (about 400x350, quality 90) read from files as the real benchmarks are:
+
+- old: open_clip's transforms end in a float32 tensor, normalised in the loader (602 KB an image
+  at 224 px cross from a worker to the training process);
+- new: the same crop and resize end in a uint8 tensor (150 KB), converted and normalised on the
+  device (``flyp.models.normalise_images``; here the device is the CPU).
+
+    PYTHONPATH=. python benchmarks/data_path.py                  # 400 images, workers 0 and 1
+    PYTHONPATH=. python benchmarks/data_path.py --images 100 --workers 0,2,4
+
+Each (path, transform, workers) reads every image once after a warm-up batch; the main process
+runs one torch thread (``--threads``), so workers 0 is images/s a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from flyp.datasets.tables import ImageTable, write_table
+from flyp.loading import make_loader, to_device
+from flyp.models import normalise_images, preprocess_transforms
+
+# ViT-B/16's preprocessing (OpenAI's mean and std, 224 px, bicubic, shortest-side resize).
+CFG = {"size": 224, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
+       "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
+       "resize_mode": "shortest", "fill_color": 0}
+
+
+def photo(rng: np.random.Generator, size=(400, 350)) -> Image.Image:
+    """A photo-like image: smooth shapes plus sensor-like noise (JPEG sizes like ImageNet's)."""
+    base = Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).resize(
+        size, Image.BICUBIC)
+    noise = rng.normal(0, 12, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(np.asarray(base) + noise, 0, 255).astype(np.uint8))
+
+
+def jpeg_table(folder: Path, n: int, seed: int = 0) -> Path:
+    """``n`` JPEGs (quality 90) and a path table pointing at them; returns the table."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        photo(rng).save(folder / "images" / f"{i}.jpg", quality=90)
+    table = folder / "jpegs.parquet"
+    write_table(pd.DataFrame({"image_id": [str(i) for i in range(n)],
+                              "label": rng.integers(0, 10, n),
+                              "path": [f"images/{i}.jpg" for i in range(n)]}), table)
+    return table
+
+
+def old_transforms(cfg: dict):
+    """The transforms before this change: open_clip's, float32 and normalised."""
+    pc = PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return image_transform_v2(pc, is_train=True), image_transform_v2(pc, is_train=False)
+
+
+def images_per_second(table: Path, transform, workers: int, normalise: bool,
+                      batch_size: int) -> float:
+    """Every image of ``table`` through a loader to the consumer (normalised there if
+    ``normalise``), after one warm-up batch (worker start-up is not counted)."""
+    dataset = ImageTable(table, transform)
+    mean = torch.tensor(CFG["mean"]).view(-1, 1, 1)
+    std = torch.tensor(CFG["std"]).view(-1, 1, 1)
+    device = torch.device("cpu")
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
+    batches = iter(loader)
+    next(batches)
+    start, count = time.perf_counter(), 0
+    for images, _ in batches:
+        images = to_device(images, device)
+        if normalise:
+            images = normalise_images(images, mean, std)
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--workers", default="0,1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    old_train, old_eval = old_transforms(CFG)
+    new_train, new_eval = preprocess_transforms(CFG)
+    with tempfile.TemporaryDirectory() as tmp:
+        table = jpeg_table(Path(tmp), args.images + args.batch_size)
+        size = sum(f.stat().st_size for f in (Path(tmp) / "images").iterdir())
+        print(f"{args.images} JPEGs of 400x350 (quality 90, mean {size / 1e3 / args.images:.0f}"
+              f" KB), 224 px, batch {args.batch_size}, {args.threads} torch thread(s)")
+        print(f"{'transform':<10}{'workers':>8}{'old img/s':>11}{'new img/s':>11}{'ratio':>8}")
+        for name, old, new in (("train", old_train, new_train), ("eval", old_eval, new_eval)):
+            for workers in (int(w) for w in args.workers.split(",")):
+                torch.manual_seed(0)
+                before = images_per_second(table, old, workers, False, args.batch_size)
+                torch.manual_seed(0)
+                after = images_per_second(table, new, workers, True, args.batch_size)
+                print(f"{name:<10}{workers:>8}{before:>11.1f}{after:>11.1f}"
+                      f"{after / before:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
