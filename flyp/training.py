@@ -307,7 +307,9 @@ def clip_towers(clip: nn.Module) -> list[nn.Module]:
     """The image tower and the text transformer of an open_clip CLIP (``text`` in a CustomTextCLIP):
     where the compute is, so compiling them speeds every use (``forward``, ``encode_image``,
     ``encode_text``) without changing the module's structure or its state_dict keys."""
-    text = getattr(clip, "transformer", None) or getattr(clip, "text", None)
+    text = getattr(clip, "transformer", None)
+    if text is None:
+        text = getattr(clip, "text", None)
     return [t for t in (clip.visual, text) if t is not None]
 
 
