@@ -28,7 +28,8 @@ class CrossEntropyBothTowersTask(FlypTask):
         prompts = self.caption_tokens[torch.arange(n_classes), template]  # (C, L)
         images = to_device(images, self.device)  # (B, 3, H, W) uint8
         img = F.normalize(self.module.encode_image(images), dim=-1)  # (B, D)
-        txt = F.normalize(self.module.encode_text(prompts.to(self.device)), dim=-1)  # (C, D)
+        prompts = to_device(prompts, self.device)
+        txt = F.normalize(self.module.encode_text(prompts), dim=-1)  # (C, D)
         logits = self.module.logit_scale.exp() * img @ txt.T  # (B, C)
         return F.cross_entropy(logits, to_device(labels, self.device))
 
