@@ -1,10 +1,13 @@
 """GPU throughput of training, one-pass weight-ensembling evaluation and the data path, for
 ViT-B-16-quickgelu (random weights, 224 px). Pure PyTorch + flyp (no Snakemake, no DVC):
 
-    PYTHONPATH=. python benchmarks/gpu_speed.py                      # on a GPU (about 8 min on
-                                                                     # one H200; compile dominates)
+    PYTHONPATH=. python benchmarks/gpu_speed.py --json-out gpu.json  # on a GPU, everything
     PYTHONPATH=. python benchmarks/gpu_speed.py --smoke              # on a CPU: every path, tiny
     PYTHONPATH=. python benchmarks/gpu_speed.py --sections train --configs bf16,bf16+compile
+
+Not yet timed on a GPU. Each compiled config spends its warm-up compiling (minutes, not seconds):
+to fit a time budget, narrow ``--sections``, ``--configs`` and ``--batch-sizes``. ``--json-out``
+is rewritten after every figure, so a run stopped by a time limit keeps what it measured.
 
 Sections (``--sections``):
 
@@ -299,7 +302,7 @@ def main() -> None:
                          strict=True))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {device} {name or platform.machine()}, "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs")
-    out = []
+    out = Figures(args.json_out, name)
     sections = args.sections.split(",")
     if "train" in sections:
         train_section(args, device, peaks, out)
@@ -307,8 +310,19 @@ def main() -> None:
         eval_section(args, device, out)
     if "data" in sections:
         data_section(args, device, out)
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"device": name, "results": out}, indent=1))
+
+
+class Figures(list):
+    """The figures measured so far, rewritten to ``path`` (if any) after each one."""
+
+    def __init__(self, path: Path | None, device: str):
+        super().__init__()
+        self.path, self.device = path, device
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self.path:
+            self.path.write_text(json.dumps({"device": self.device, "results": self}, indent=1))
 
 
 if __name__ == "__main__":
