@@ -339,3 +339,23 @@ def test_gradient_checkpointing_refuses_a_model_with_batchnorm(tmp_path):
     task.module = ImageClassifier(create_clip("flyp-tiny-rn10t"), nn.Linear(128, 4))
     with pytest.raises(UserError, match="BatchNorm"):
         _train(tmp_path, task, grad_checkpointing=True)
+
+
+def test_evaluation_precision_is_a_switch_that_leaves_fp32_alone():
+    from flyp.models import ImageClassifier
+    from flyp.scoring import eval_precision
+
+    torch.manual_seed(0)
+    classifier = ImageClassifier(create_clip("flyp-fixture-vit"), nn.Linear(32, 5)).eval()
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    data = torch.utils.data.TensorDataset(images, torch.zeros(16, dtype=torch.long))
+    fp32, _ = predict(classifier, data)
+    with torch.no_grad():
+        assert torch.equal(fp32, classifier(images))  # the default is plain fp32
+    bf16, _ = predict(classifier, data, precision="bf16")
+    assert not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
+    before = torch.backends.cuda.matmul.allow_tf32
+    with eval_precision("tf32", torch.device("cpu")):
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
