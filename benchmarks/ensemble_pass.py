@@ -18,7 +18,8 @@ ImageNet on a GPU.
     PYTHONPATH=. python benchmarks/ensemble_pass.py --data jpeg --images 50
 
 Old and new alternate ``--repeats`` times and the fastest time of each is printed (the CPUs may be
-shared: a single timing moved by 30% between runs).
+shared: a single timing moved by 30% between runs). Each run is a forked process, whose peak
+resident memory is printed too (the parent's tables and checkpoints included).
 """
 
 from __future__ import annotations
@@ -102,6 +103,24 @@ def checkpoints() -> tuple[Checkpoint, Checkpoint]:
             Checkpoint("flyp-tiny-rn10t", ft, heads[1]))
 
 
+def in_child(curve, *args) -> tuple[list[dict], float, float]:
+    """(rows, seconds, peak resident MiB) of ``curve(*args)`` run in a forked process, so that
+    each run's peak memory (Linux's VmHWM) is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_timed, (curve, *args))
+
+
+def _timed(curve, *args):
+    start = time.perf_counter()
+    rows = curve(*args)
+    seconds = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return rows, seconds, peak / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="embedded,jpeg")
@@ -115,26 +134,23 @@ def main() -> None:
     zs, ft = checkpoints()
     print(f"{len(ALPHAS)} alphas, ID-val + {len(bench.eval_sets)} eval sets of "
           f"{args.images} images, flyp-tiny-rn10t at 32 px, {args.threads} torch thread(s)")
-    print(f"{'data':<10}{'old s':>9}{'new s':>9}{'ratio':>8}  same curve")
+    print(f"{'data':<10}{'old s':>9}{'new s':>9}{'ratio':>8}{'old MiB':>12}{'new MiB':>12}"
+          "  same curve")
     for data in args.data.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             folder = {"embedded": embedded_tables, "jpeg": jpeg_tables}[data](Path(tmp),
                                                                               args.images)
             # The old code cached the embedded sets; ImageNet's were too large (decoded per alpha).
             flyp.scoring.CACHE_BYTES = 1 << 30 if data == "embedded" else 0
-            seconds = {old_curve: [], new_curve: []}
+            runs = {old_curve: [], new_curve: []}  # (rows, seconds, peak RSS MiB) of each run
             for _ in range(args.repeats):
-                for curve in seconds:
-                    start = time.perf_counter()
-                    rows = curve(zs, ft, ALPHAS, bench, folder, known={})
-                    seconds[curve].append(time.perf_counter() - start)
-                    if curve is old_curve:
-                        old = rows
-                    else:
-                        new = rows
-            old_s, new_s = min(seconds[old_curve]), min(seconds[new_curve])
-        print(f"{data:<10}{old_s:>9.1f}{new_s:>9.1f}{old_s / new_s:>8.2f}  {old == new}",
-              flush=True)
+                for curve in runs:
+                    runs[curve].append(in_child(curve, zs, ft, ALPHAS, bench, folder, {}))
+        (old, old_s, old_mib), (new, new_s, new_mib) = (
+            (runs[c][0][0], min(r[1] for r in runs[c]), max(r[2] for r in runs[c]))
+            for c in (old_curve, new_curve))
+        print(f"{data:<10}{old_s:>9.1f}{new_s:>9.1f}{old_s / new_s:>8.2f}{old_mib:>12.0f}"
+              f"{new_mib:>12.0f}  {old == new}", flush=True)
 
 
 if __name__ == "__main__":
