@@ -52,8 +52,8 @@ def interpolated_classifier(zs: Checkpoint, ft: Checkpoint, a: float, classnames
 
 
 # Weights of mixed models held at once while a pass runs (the alpha grid is split into groups
-# under it; each group is one pass over every eval set). ViT-B/16 is 0.6 GB in fp32: its 9 mixed
-# models (alphas 0.1 to 0.9) fit in one pass.
+# under it; each group is one pass over every eval set). ViT-B/16 is 0.56 GiB in fp32: 10 mixed
+# models (alphas 0 to 0.9) fit in one pass.
 ENSEMBLE_BYTES = 8 << 30
 
 
