@@ -167,6 +167,8 @@ def train_section(args, device, peaks, out):
                             "config": name, "images_per_s": batch_size / seconds,
                             "step_tflop": flops / 1e12, "tflops": tflops,
                             "mfu": tflops / peak if peak else None})
+                if config["compile"]:  # free its graphs; stay under dynamo's recompile limit
+                    torch._dynamo.reset()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
