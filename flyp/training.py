@@ -330,9 +330,9 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
     lowest ID-val loss, or the last one. ``include_start``: the starting weights are a candidate
     too, as epoch 0 (validated before the first step). The resume state lives in a hidden folder
-    beside ``out`` and is removed once ``out`` is written. A non-finite training loss (checked each
-    step) or non-finite weights (checked each epoch) stop the run with a UserError, and ``out`` is
-    not written.
+    beside ``out`` and is removed once ``out`` is written. A non-finite training loss (kept on the
+    device, read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights
+    (checked each epoch) stop the run with a UserError, and ``out`` is not written.
     """
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
