@@ -386,8 +386,11 @@ def features(checkpoint, data_dir, out, threads, device):
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--code-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the diffs of uncommitted code the rows name go [default: code/ beside "
+                   "--table].")
 def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
-           fewshot_runs, table, metrics_out, plot_out, plot_csv):
+           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir):
     """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
@@ -395,10 +398,12 @@ def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_met
                       runs=_csv_list(runs), wise_methods=_csv_list(wise_methods),
                       fewshot_methods=_csv_list(fewshot_methods),
                       fewshot_runs=_csv_list(fewshot_runs), table=table,
-                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv)
+                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv,
+                      code_dir=code_dir)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
         click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
-                                    "git_revision"]).to_string(index=False))
+                                    "pretrained_sha256", "git_revision", "eval_revision",
+                                    "experiment"]).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -61,14 +61,17 @@ def evaluate_classifier(classifier, bench, data_dir, *, batch_size: int = 256,
 
 
 def provenance(ckpt, checkpoint_path, data_dir) -> dict:
-    """Where a result comes from: checkpoint, data and parameter hashes, seed, selected epoch (and
-    the ID-val score it was selected on, with the metric's name)."""
+    """Where a result comes from: checkpoint, data, parameter and pretrained-model hashes, seed,
+    selected epoch (and the ID-val score it was selected on, with the metric's name), the code
+    that trained and evaluated it (commit, and the diff when the tree was dirty), the experiment."""
     from pathlib import Path
 
     from flyp.datasets.manifest import data_hash
     from flyp.io import sha256_file, sha256_json
+    from flyp.provenance import code_revision, experiment_name, revision_label
 
     info = ckpt.info
+    train_code, eval_code = info.get("code") or {}, code_revision()
     return {
         "method": info.get("method"),
         "best_epoch": info.get("best_epoch"),
@@ -80,6 +83,14 @@ def provenance(ckpt, checkpoint_path, data_dir) -> dict:
         "draw": info.get("draw"),
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "data_hash": data_hash(Path(data_dir)),
-        "params_hash": sha256_json({"method": info.get("method"), "config": info.get("config"),
-                                    "pretrained": info.get("pretrained")}),
+        # the parameters only (the method and its training config), never the pretrained model's
+        # info: two runs of the same params.yaml get the same hash on any machine
+        "params_hash": sha256_json({"method": info.get("method"), "config": info.get("config")}),
+        "pretrained_sha256": info.get("pretrained_sha256"),
+        "train_code": revision_label(train_code),  # the code that trained the checkpoint
+        "eval_code": revision_label(eval_code),  # the code that evaluated it
+        # the diffs (saved beside the table as results/code/<hash>.diff by the report)
+        "code_diffs": {revision_label(r): r["diff"] for r in (train_code, eval_code)
+                       if r.get("diff")},
+        "experiment": experiment_name(),
     }
