@@ -75,13 +75,14 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda or cuda:N.")
 
 
-def _train_options(f):
-    """Hyperparameters shared by pretraining and every finetuning method."""
+def _train_options(f, required: bool = True):
+    """Hyperparameters shared by pretraining and every finetuning method (``required``: the four
+    without a default must be given; finetuning asks for them only for a method that trains)."""
     options = [
-        click.option("--epochs", type=click.IntRange(min=0), required=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), required=True),
-        click.option("--wd", type=click.FloatRange(min=0), required=True),
-        click.option("--batch-size", type=click.IntRange(min=1), required=True),
+        click.option("--epochs", type=click.IntRange(min=0), required=required),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), required=required),
+        click.option("--wd", type=click.FloatRange(min=0), required=required),
+        click.option("--batch-size", type=click.IntRange(min=1), required=required),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0,
                      help="Max gradient norm (0: no clipping)."),
@@ -253,6 +254,16 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 
 
 @main.command()
+@click.option("--force", is_flag=True, help="Also where Snakemake already has records.")
+def sync(force):
+    """After `dvc pull` or `dvc checkout`: mark the outputs DVC restored as current for Snakemake,
+    when DVC finds them and the code to be what dvc.lock recorded (flyp/sync.py)."""
+    from flyp.sync import sync as run
+
+    run(Path.cwd(), force=force, log=_log)
+
+
+@main.command()
 @click.option("--model", "model_name", required=True, help="open_clip architecture name.")
 @click.option("--pretrained", required=True,
               help="open_clip pretrained tag (e.g. openai) or a local .bin/.safetensors file.")
@@ -280,7 +291,7 @@ def pretrained(model_name, pretrained, out, log_csv):
 @click.option("--pretrained", "pretrained_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--method", "method_name", required=True)
-@_train_options
+@lambda f: _train_options(f, required=False)
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A method-specific setting (repeatable).")
 @click.option("--shots", type=click.IntRange(min=1), default=None,
@@ -296,8 +307,13 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
     _setup_torch(threads)
     from flyp.finetuning import finetune as run
+    from flyp.methods import get_method
     from flyp.training import resolve_device
 
+    missing = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size")
+               if train[k] is None]
+    if missing and get_method(method_name).trains:
+        raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     cfg = _train_config(**train)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,

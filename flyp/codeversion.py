@@ -87,14 +87,16 @@ class _ModuleInfo:
         self.definitions: dict[str, list[ast.stmt]] = {}
         self.imports: dict[str, Node] = {}
         self.side_effects: list[str] = []
-        for i, stmt in enumerate(_strip_docstrings(tree).body):
+        for stmt in _strip_docstrings(tree).body:
             if isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__":
                 continue
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 self.imports.update(_bound_imports(stmt, name))
                 continue
             names = _defined_names(stmt)
-            key = names[0] if names else f"<statement {i}>"
+            # a statement that defines nothing is named by its content, not its position
+            key = names[0] if names else \
+                f"<statement {hashlib.sha256(ast.dump(stmt).encode()).hexdigest()[:12]}>"
             for n in names or [key]:
                 self.definitions.setdefault(n, []).append(stmt)
             if not names or _registers(stmt):
@@ -120,6 +122,8 @@ def _references(module: str, name: str | None) -> list[Node]:
     statements = [s for stmts in info.definitions.values() for s in stmts] if name is None \
         else info.definitions.get(name, [])
     nodes: list[Node] = []
+    if name is not None and name not in info.definitions and name in info.imports:
+        nodes.append(info.imports[name])  # a name the module imports from another (re-export)
     for stmt in statements:
         for sub in ast.walk(stmt):
             if isinstance(sub, (ast.Import, ast.ImportFrom)):  # imports inside a function

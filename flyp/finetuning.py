@@ -47,7 +47,8 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
             "data_hash": data_hash(data_dir), "code": code_revision(),
             **carried_info(pretrained)}
 
-    if not method.trains:
+    if not method.trains:  # its result depends on no training setting, so it records none
+        info["config"] = {"seed": cfg.seed, "options": options}
         classifier = method.classifier(ctx)
         val = ctx.validate(classifier)
         info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)

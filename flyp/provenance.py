@@ -9,9 +9,10 @@ import os
 import subprocess
 from pathlib import Path
 
-# What makes the numbers: the code and the parameters. Outputs (the table, which Snakemake deletes
+# The code that makes the numbers. Parameters are not code: each result records their hash, and a
+# `dvc exp run -S ...` changes params.yaml on purpose. Outputs (the table, which Snakemake deletes
 # before the report job runs) and files outside these paths do not make a run "dirty".
-CODE_PATHS = ["flyp", "workflow", "Snakefile", "params.yaml", "pyproject.toml", "dvc.yaml"]
+CODE_PATHS = ["flyp", "workflow", "Snakefile", "pyproject.toml"]
 
 
 def code_revision(cwd: Path | None = None) -> dict:

@@ -133,9 +133,15 @@ def parse_run(run):
 
 def finetune_config(method, run):
     """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
-    shared finetuning settings, the few-shot protocol's, then the method's own overrides."""
+    shared finetuning settings, the few-shot protocol's, then the method's own overrides. A method
+    that does not train (zero-shot, the linear probe) depends on none of the training settings, so
+    `-S lr=...` does not rerun it."""
+    from flyp.methods import get_method
+
     seed, shots, draw = parse_run(run)
     options = dict(RUN["method_options"].get(method, {}))
+    if not get_method(method).trains:
+        return {"seed": seed, "shots": shots, "draw": draw, "options": options}
     cfg = {**RUN["finetune"], "seed": seed}
     if shots is not None:
         cfg.update(FEWSHOT["finetune"])
@@ -163,7 +169,7 @@ def method_inputs(wildcards):
 def finetune_args(wildcards, input):
     """`flyp finetune` options of one (method, run)."""
     cfg = finetune_config(wildcards.method, wildcards.run)
-    args = [train_args(cfg)]
+    args = [train_args(cfg) if "lr" in cfg else f"--seed {cfg['seed']}"]
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
     options = dict(cfg["options"])
