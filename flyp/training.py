@@ -282,8 +282,9 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         persistent_workers=cfg.num_workers > 0)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(task.train_data)} training examples: too few for a batch "
-                         f"(batch_size {cfg.batch_size})")
+        raise UserError(f"{len(task.train_data)} training examples ({run_label(info)}): too "
+                        f"few for a batch (batch_size {cfg.batch_size}); is the train table "
+                        f"empty?")
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
     start_epoch, best_epoch, best_val, history, elapsed = 1, 0, None, [], 0.0
