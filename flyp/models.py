@@ -51,7 +51,9 @@ def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
         finally:
             if quiet is not None:
                 logging.getLogger().setLevel(quiet)
-    except RuntimeError as e:  # open_clip raises RuntimeError for unknown tags / failed downloads
+    except (RuntimeError, AssertionError, KeyError, ValueError) as e:
+        # open_clip raises RuntimeError for unknown tags, failed downloads and weights that do not
+        # load; the others from resizing or converting weights of another architecture.
         raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: "
                         f"{load_error_summary(e)}") from None
     return model
@@ -62,6 +64,10 @@ def load_error_summary(e: Exception) -> str:
     unexpected and misshapen tensor on lines of their own (hundreds for a wrong architecture);
     this counts them and names the first of each."""
     text = str(e)
+    if isinstance(e, KeyError):
+        return f"the weights have no tensor {e.args[0]!r} (another architecture?)"
+    if isinstance(e, AssertionError):
+        return f"the weights do not fit this architecture ({text or 'open_clip refused them'})"
     if "Error(s) in loading state_dict" not in text:
         return " ".join(text.split())
     parts = []
