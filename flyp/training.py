@@ -282,6 +282,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
     out, log_csv = Path(out), Path(log_csv)
+    n_examples = len(task.train_data)
+    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < 1:
+        raise UserError(f"{n_examples} training examples ({run_label(info)}): too few for a "
+                        f"batch (batch_size {cfg.batch_size}); is the train table empty?")
     work = out.with_name(f".{out.name}.resume")
     work.mkdir(parents=True, exist_ok=True)
     state_file, best_file = work / "state.pt", work / "best.safetensors"
@@ -293,14 +297,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(
         task.train_data, batch_size=cfg.batch_size, shuffle=True,
-        drop_last=drops_single_example_batch(len(task.train_data), cfg.batch_size),
+        drop_last=drops_single_example_batch(n_examples, cfg.batch_size),
         generator=loader_gen, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
-    if steps_per_epoch == 0:
-        raise UserError(f"{len(task.train_data)} training examples ({run_label(info)}): too "
-                        f"few for a batch (batch_size {cfg.batch_size}); is the train table "
-                        f"empty?")
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
     start_epoch, best_epoch, best_val, history, elapsed = 1, 0, None, [], 0.0
