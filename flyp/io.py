@@ -76,7 +76,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in WRITE_ERRNOS:
+        # only errors of writing this file (a full disk names none); one the block met reading
+        # some other file keeps its own message
+        if e.errno in WRITE_ERRNOS and e.filename in (None, str(tmp), str(path)):
             raise write_error(path, e) from None
         raise
     finally:
