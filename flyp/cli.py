@@ -359,15 +359,22 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
     if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
         raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
     device = resolve_device(device)
+    if zeroshot is not None:
+        from flyp.ensemble import check_ensemble_pair, run_ensemble
+
+        check_ensemble_pair(zeroshot, checkpoint)
     evaluate_checkpoint(benchmark_name, data_dir, checkpoint, metrics_out=metrics_out,
                         provenance_out=provenance_out, batch_size=batch_size,
                         num_workers=workers, device=device, log=_log)
     if zeroshot is not None:
-        from flyp.ensemble import run_ensemble
-
-        best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
-                            finetuned_metrics=metrics_out, curve_out=curve_out,
-                            metrics_out=wise_out, device=device, log=_log)
+        try:
+            best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
+                                finetuned_metrics=metrics_out, curve_out=curve_out,
+                                metrics_out=wise_out, device=device, log=_log)
+        except BaseException:  # the step failed: none of its outputs may look like a result
+            for path in (metrics_out, provenance_out):
+                path.unlink(missing_ok=True)
+            raise
         _log(f"weight ensembling: picked alpha={best['alpha']:g} "
              f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
 

@@ -16,11 +16,16 @@ def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_ou
     ``provenance_out`` (checkpoint hash, data hash, params hash, seed, selected epoch).
     """
     from flyp.datasets import get_benchmark
-    from flyp.io import write_json
+    from flyp.io import UserError, write_json
     from flyp.models import classifier_from_checkpoint, load_checkpoint
 
     bench = get_benchmark(benchmark_name)
     ckpt = load_checkpoint(checkpoint)
+    classes = None if ckpt.head is None else ckpt.head["weight"].shape[0]
+    if classes is not None and classes != len(bench.classnames):
+        raise UserError(f"{checkpoint}: its head scores {classes} classes, but benchmark "
+                        f"{bench.name!r} has {len(bench.classnames)}; evaluate a checkpoint "
+                        f"with the benchmark it was finetuned on")
     classifier = classifier_from_checkpoint(ckpt).to(device or "cpu")
     metrics = evaluate_classifier(classifier, bench, data_dir, batch_size=batch_size,
                                   num_workers=num_workers, device=device, log=log)
