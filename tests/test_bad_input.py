@@ -39,7 +39,9 @@ One test per case. Cases tested in other files are listed with their test, not r
 - 1. random bytes in tensor data
       faults: test_checkpoint_content_hash_is_verified
 - 2. dvc exp run during snakemake
-      the DVC/Snakemake tests (test_dvc_snakemake.py)
+      here: test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything;
+      test_dvc_snakemake.py: test_dvc_outputs_persist_so_snakemake_decides_what_is_stale
+      (DVC never deletes an output before its stage runs)
 - 3. unknown method options
       faults: test_unknown_or_ill_typed_method_options_are_refused_*
 - 4. parameters reaching the shell
@@ -58,7 +60,7 @@ One test per case. Cases tested in other files are listed with their test, not r
 - 5. errors in DataLoader workers
       here: test_an_error_in_a_dataloader_worker_is_the_same_one_line
 - 6. the DVC recording's reason
-      the DVC/Snakemake tests (test_dvc_snakemake.py)
+      test_pipeline.py: test_a_run_dvc_cannot_record_says_why (slow)
 - 7. data_hash of the data
       here: test_data_hash_changes_when_a_table_changes_after_prepare,
       test_data_hash_of_a_path_table_follows_its_image_files
@@ -539,3 +541,20 @@ def test_a_killed_finetune_resumes_to_the_same_checkpoint(tables, tiny_captions,
     result = finetune(tables, tiny_captions, tiny_pretrained, killed, epochs=2, batch_size=96)
     assert result.exit_code == 0 and "resuming from" in result.output, result.output
     assert sha256_file(killed / "best.safetensors") == sha256_file(straight / "best.safetensors")
+
+
+def test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything(tmp_path,
+                                                                           monkeypatch):
+    """DVC's stage starts with `flyp sync`, which refuses while another Snakemake run holds its
+    locks in the directory (before, DVC deleted that run's outputs)."""
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("models/embedded/pretrained.safetensors\n")
+    output = tmp_path / "models" / "embedded" / "pretrained.safetensors"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"being written")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sync"])
+    one_line_error(result, "a snakemake run is in progress in ", "git checkout params.yaml",
+                   code=2)
+    assert output.read_bytes() == b"being written"
