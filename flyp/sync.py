@@ -67,6 +67,16 @@ def check_no_run_in_progress(root: Path) -> None:
                         "exp run`, `git checkout params.yaml` undoes the parameter change")
 
 
+def ordered_like(value, model):
+    """``value`` (dvc.lock's parameters, whose keys DVC sorts) with its mappings' keys in the order
+    of ``model`` (params.yaml), so that anything the rules build by walking a mapping comes out as
+    it did in the run that made the outputs."""
+    if not isinstance(value, dict) or not isinstance(model, dict):
+        return value
+    keys = [k for k in model if k in value] + [k for k in value if k not in model]
+    return {k: ordered_like(value[k], model.get(k)) for k in keys}
+
+
 def sync(root: Path, *, force: bool = False, log=print) -> bool:
     """Mark the DVC-restored outputs current for Snakemake; True when it did. Without ``force``
     only in a workspace where Snakemake has no records yet (its records, where they exist, know
@@ -80,8 +90,9 @@ def sync(root: Path, *, force: bool = False, log=print) -> bool:
     if params is None:
         log(f"sync: not marking outputs current: {why}; Snakemake judges them by file dates")
         return False
+    current = yaml.safe_load((root / "params.yaml").read_text()) or {}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=root, delete=False) as f:
-        yaml.safe_dump(params, f)
+        yaml.safe_dump(ordered_like(params, current), f, sort_keys=False)
     env = {**os.environ, "DVC_STAGE": os.environ.get("DVC_STAGE", "flyp-sync")}  # no recording
     try:
         done = subprocess.run(

@@ -214,3 +214,15 @@ def test_provenance_names_the_commit_and_the_diff(tmp_path):
     assert "+x = 2" in dirty["diff"] and "y = 3" in dirty["diff"]
     assert revision_label(dirty) == f"{clean['commit']}+diff.{dirty['diff_sha256'][:12]}"
     assert revision_label(code_revision(Path("/"))) == "unknown"
+
+
+def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
+    """DVC sorts the keys of the parameters it records; rules that walk a mapping (the data
+    options) must see them in params.yaml's order, or every job looks changed."""
+    from flyp.sync import ordered_like
+
+    recorded = {"a": 1, "data": {"ood_size": 2, "seed": 0}, "z": [{"b": 1, "a": 2}]}
+    current = {"z": [], "data": {"seed": 5, "ood_size": 3, "new": 1}, "lr": None}
+    ordered = ordered_like(recorded, current)
+    assert ordered == recorded
+    assert list(ordered) == ["z", "data", "a"] and list(ordered["data"]) == ["seed", "ood_size"]

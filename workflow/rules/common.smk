@@ -174,7 +174,7 @@ def finetune_args(wildcards, input):
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
     options = dict(cfg["options"])
     options.update({k: input[k] for k in method_inputs(wildcards)})
-    args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in options.items()]
+    args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in sorted(options.items())]
     return " ".join(args)
 
 

@@ -12,7 +12,7 @@ rule prepare_data:
         # data options, less the archive sources (those are for the download rules)
         options=" ".join(
             f"-o {shlex.quote(f'{k}={v}')}"
-            for k, v in RUN["data"].items()
+            for k, v in sorted(RUN["data"].items())
             if k not in {d.name for d in BENCH.downloads}
         ),
     threads: workflow.cores
