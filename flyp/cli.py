@@ -97,13 +97,14 @@ workers_option = click.option(
     help="DataLoader worker processes; auto: one fewer than --threads (0 with one thread).")
 
 
-def _train_options(f):
-    """Hyperparameters shared by pretraining and every finetuning method."""
+def _train_options(f, required: bool = True):
+    """Hyperparameters shared by pretraining and every finetuning method (``required``: the four
+    without a default must be given; finetuning asks for them only for a method that trains)."""
     options = [
-        click.option("--epochs", type=click.IntRange(min=0), required=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), required=True),
-        click.option("--wd", type=click.FloatRange(min=0), required=True),
-        click.option("--batch-size", type=click.IntRange(min=1), required=True),
+        click.option("--epochs", type=click.IntRange(min=0), required=required),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), required=required),
+        click.option("--wd", type=click.FloatRange(min=0), required=required),
+        click.option("--batch-size", type=click.IntRange(min=1), required=required),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0,
                      help="Max gradient norm (0: no clipping)."),
@@ -284,6 +285,16 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 
 
 @main.command()
+@click.option("--force", is_flag=True, help="Also where Snakemake already has records.")
+def sync(force):
+    """After `dvc pull` or `dvc checkout`: mark the outputs DVC restored as current for Snakemake,
+    when DVC finds them and the code to be what dvc.lock recorded (flyp/sync.py)."""
+    from flyp.sync import sync as run
+
+    run(Path.cwd(), force=force, log=_log)
+
+
+@main.command()
 @click.option("--model", "model_name", required=True, help="open_clip architecture name.")
 @click.option("--pretrained", required=True,
               help="open_clip pretrained tag (e.g. openai) or a local .bin/.safetensors file.")
@@ -311,7 +322,7 @@ def pretrained(model_name, pretrained, out, log_csv):
 @click.option("--pretrained", "pretrained_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--method", "method_name", required=True)
-@_train_options
+@lambda f: _train_options(f, required=False)
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A method-specific setting (repeatable).")
 @click.option("--shots", type=click.IntRange(min=1), default=None,
@@ -327,8 +338,13 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
     _setup_torch(threads)
     from flyp.finetuning import finetune as run
+    from flyp.methods import get_method
     from flyp.training import resolve_device
 
+    missing = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size")
+               if train[k] is None]
+    if missing and get_method(method_name).trains:
+        raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     cfg = _train_config(**train, threads=threads)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
@@ -384,14 +400,22 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
     device = resolve_device(device)
     options = dict(batch_size=batch_size, num_workers=resolve_workers(workers, threads),
                    device=device, precision=precision, log=_log)
+    if zeroshot is not None:
+        from flyp.ensemble import check_ensemble_pair, run_ensemble
+
+        check_ensemble_pair(zeroshot, checkpoint)
     evaluate_checkpoint(benchmark_name, data_dir, checkpoint, metrics_out=metrics_out,
                         provenance_out=provenance_out, **options)
     if zeroshot is not None:
-        from flyp.ensemble import run_ensemble
-
-        best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
-                            finetuned_metrics=metrics_out, zeroshot_metrics=zeroshot_metrics,
-                            curve_out=curve_out, metrics_out=wise_out, **options)
+        try:
+            best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
+                                finetuned_metrics=metrics_out, curve_out=curve_out,
+                                zeroshot_metrics=zeroshot_metrics,
+                                metrics_out=wise_out, **options)
+        except BaseException:  # the step failed: none of its outputs may look like a result
+            for path in (metrics_out, provenance_out):
+                path.unlink(missing_ok=True)
+            raise
         _log(f"weight ensembling: picked alpha={best['alpha']:g} "
              f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
 
@@ -429,8 +453,11 @@ def features(checkpoint, data_dir, out, workers, threads, device):
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--code-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the diffs of uncommitted code the rows name go [default: code/ beside "
+                   "--table].")
 def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
-           fewshot_runs, table, metrics_out, plot_out, plot_csv):
+           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir):
     """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
@@ -438,10 +465,12 @@ def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_met
                       runs=_csv_list(runs), wise_methods=_csv_list(wise_methods),
                       fewshot_methods=_csv_list(fewshot_methods),
                       fewshot_runs=_csv_list(fewshot_runs), table=table,
-                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv)
+                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv,
+                      code_dir=code_dir)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
         click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
-                                    "git_revision"]).to_string(index=False))
+                                    "pretrained_sha256", "git_revision", "eval_revision",
+                                    "experiment"]).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ import io
 
 import torch
 
+from flyp.io import UserError
 from flyp.models import (
     Checkpoint,
     ImageClassifier,
     build_zero_shot_head,
+    checkpoint_layout,
     clip_from_checkpoint,
     get_tokenizer,
     head_from_state,
+    shape_mismatch,
 )
 
 
@@ -31,6 +34,26 @@ def interpolate_state(zs: dict, ft: dict, a: float) -> dict:
         raise ValueError("checkpoints have different weights; not the same architecture")
     return {k: ((1 - a) * zs[k] + a * ft[k]) if ft[k].is_floating_point() else ft[k].clone()
             for k in ft}
+
+
+def check_ensemble_pair(zeroshot_path, finetuned_path) -> None:
+    """Refuse, from the two files' headers and before any evaluation, a pair that cannot be mixed:
+    other architectures, other tensor shapes, or (for a finetuned head that is not rebuilt from
+    the text tower) a zero-shot checkpoint without a head of the same shape."""
+    (zs_meta, zs_shapes), (ft_meta, ft_shapes) = (checkpoint_layout(zeroshot_path),
+                                                  checkpoint_layout(finetuned_path))
+    where = f"--ensemble-with {zeroshot_path}"
+    if zs_meta["model_name"] != ft_meta["model_name"]:
+        raise UserError(f"{where}: a {zs_meta['model_name']!r} checkpoint, but {finetuned_path} "
+                        f"is {ft_meta['model_name']!r}; weight ensembling needs the same "
+                        f"architecture (the zero-shot checkpoint of the same pretrained model)")
+    parts = ["clip."] if ft_meta["info"].get("head_from_text") else ["clip.", "head."]
+    for prefix in parts:
+        mismatch = shape_mismatch({k: v for k, v in ft_shapes.items() if k.startswith(prefix)},
+                                  {k: v for k, v in zs_shapes.items() if k.startswith(prefix)})
+        if mismatch:
+            raise UserError(f"{where}: its tensors do not fit those of {finetuned_path}: "
+                            f"{mismatch}")
 
 
 def head_from_text(ckpt: Checkpoint) -> bool:

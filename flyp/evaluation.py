@@ -17,11 +17,16 @@ def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_ou
     ``provenance_out`` (checkpoint hash, data hash, params hash, seed, selected epoch).
     """
     from flyp.datasets import get_benchmark
-    from flyp.io import write_json
+    from flyp.io import UserError, write_json
     from flyp.models import classifier_from_checkpoint, load_checkpoint
 
     bench = get_benchmark(benchmark_name)
     ckpt = load_checkpoint(checkpoint)
+    classes = None if ckpt.head is None else ckpt.head["weight"].shape[0]
+    if classes is not None and classes != len(bench.classnames):
+        raise UserError(f"{checkpoint}: its head scores {classes} classes, but benchmark "
+                        f"{bench.name!r} has {len(bench.classnames)}; evaluate a checkpoint "
+                        f"with the benchmark it was finetuned on")
     classifier = classifier_from_checkpoint(ckpt).to(device or "cpu")
     metrics = evaluate_classifier(classifier, bench, data_dir, batch_size=batch_size,
                                   num_workers=num_workers, device=device, precision=precision,
@@ -76,14 +81,17 @@ def shared_preprocessing(classifiers: list):
 
 
 def provenance(ckpt, checkpoint_path, data_dir) -> dict:
-    """Where a result comes from: checkpoint, data and parameter hashes, seed, selected epoch (and
-    the ID-val score it was selected on, with the metric's name)."""
+    """Where a result comes from: checkpoint, data, parameter and pretrained-model hashes, seed,
+    selected epoch (and the ID-val score it was selected on, with the metric's name), the code
+    that trained and evaluated it (commit, and the diff when the tree was dirty), the experiment."""
     from pathlib import Path
 
     from flyp.datasets.manifest import data_hash
     from flyp.io import sha256_file, sha256_json
+    from flyp.provenance import code_revision, experiment_name, revision_label
 
     info = ckpt.info
+    train_code, eval_code = info.get("code") or {}, code_revision()
     return {
         "method": info.get("method"),
         "best_epoch": info.get("best_epoch"),
@@ -95,6 +103,14 @@ def provenance(ckpt, checkpoint_path, data_dir) -> dict:
         "draw": info.get("draw"),
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "data_hash": data_hash(Path(data_dir)),
-        "params_hash": sha256_json({"method": info.get("method"), "config": info.get("config"),
-                                    "pretrained": info.get("pretrained")}),
+        # the parameters only (the method and its training config), never the pretrained model's
+        # info: two runs of the same params.yaml get the same hash on any machine
+        "params_hash": sha256_json({"method": info.get("method"), "config": info.get("config")}),
+        "pretrained_sha256": info.get("pretrained_sha256"),
+        "train_code": revision_label(train_code),  # the code that trained the checkpoint
+        "eval_code": revision_label(eval_code),  # the code that evaluated it
+        # the diffs (saved beside the table as results/code/<hash>.diff by the report)
+        "code_diffs": {revision_label(r): r["diff"] for r in (train_code, eval_code)
+                       if r.get("diff")},
+        "experiment": experiment_name(),
     }

@@ -10,7 +10,7 @@ import torch
 
 from flyp.datasets import get_benchmark
 from flyp.datasets.manifest import data_hash
-from flyp.io import write_text
+from flyp.io import sha256_file, write_text
 from flyp.methods import Context, get_method
 from flyp.models import (
     carried_info,
@@ -19,6 +19,7 @@ from flyp.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from flyp.provenance import code_revision
 from flyp.training import TrainConfig, fit, log_csv_text, selection_info, val_columns
 
 
@@ -43,10 +44,12 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
             "shots": shots, "draw": draw if shots else None,
             "head_from_text": method.head_from_text,
             "config": {**asdict(cfg), "options": options},
-            "pretrained": pretrained.info, "data_hash": data_hash(data_dir),
+            "pretrained": pretrained.info, "pretrained_sha256": sha256_file(pretrained_path),
+            "data_hash": data_hash(data_dir), "code": code_revision(),
             **carried_info(pretrained)}
 
-    if not method.trains:
+    if not method.trains:  # its result depends on no training setting, so it records none
+        info["config"] = {"seed": cfg.seed, "options": options}
         classifier = method.classifier(ctx)
         val = ctx.validate(classifier)
         info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)

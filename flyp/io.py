@@ -9,6 +9,7 @@ so others on a shared machine can read the results the umask lets them read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,32 @@ from pathlib import Path
 
 
 class UserError(Exception):
-    """An error caused by the user's input; the CLI prints it as one line, without a traceback."""
+    """An error caused by the user's input; the CLI prints it as one line, without a traceback.
+
+    One raised in a DataLoader worker reaches the main process as ``UserError(text)``, ``text``
+    being the worker's whole traceback (torch's ``ExceptionWrapper.reraise``); the message is then
+    its last line again, so the user sees the same line as without workers."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(_worker_message(message))
+
+
+def _worker_message(message: str) -> str:
+    """The original message of a UserError re-raised from a DataLoader worker, else ``message``."""
+    if not message.startswith(f"Caught {UserError.__name__} in DataLoader worker"):
+        return message
+    marker = f"{UserError.__module__}.{UserError.__qualname__}: "
+    _, found, original = message.rpartition(marker)
+    return original.strip() if found else message
+
+
+# Errors of writing a file that are the machine's state, not a bug: reported as one line.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    return UserError(f"{path}: cannot write ({e.strerror or e}); check the folder's permissions "
+                     f"and free space")
 
 
 def new_file_mode() -> int:
@@ -31,16 +57,30 @@ def new_file_mode() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; renamed onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; renamed onto ``path`` if the block succeeds.
+
+    A folder that cannot be written (read-only, no permission) or a disk that fills up while the
+    block writes is a one-line UserError naming ``path``, and nothing is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from None
+        raise
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
+    except OSError as e:
+        # only errors of writing this file (a full disk names none); one the block met reading
+        # some other file keeps its own message
+        if e.errno in WRITE_ERRNOS and e.filename in (None, str(tmp), str(path)):
+            raise write_error(path, e) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

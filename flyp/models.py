@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
         finally:
             if quiet is not None:
                 logging.getLogger().setLevel(quiet)
-    except RuntimeError as e:  # open_clip raises RuntimeError for unknown tags / failed downloads
-        raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: {e}") from None
+    except (RuntimeError, AssertionError, KeyError, ValueError) as e:
+        # open_clip raises RuntimeError for unknown tags, failed downloads and weights that do not
+        # load; the others from resizing or converting weights of another architecture.
+        raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: "
+                        f"{load_error_summary(e)}") from None
     set_preprocess_cfg(model, open_clip.get_model_preprocess_cfg(model))
     model.visual.register_forward_pre_hook(_normalise_uint8_input)
     return model
@@ -84,6 +88,29 @@ def _normalise_uint8_input(visual: nn.Module, args: tuple):
     if images.dtype != torch.uint8:
         return None
     return (normalise_images(images, visual.input_mean, visual.input_std), *rest)
+
+
+def load_error_summary(e: Exception) -> str:
+    """One line for an error of loading weights. torch's ``load_state_dict`` lists every missing,
+    unexpected and misshapen tensor on lines of their own (hundreds for a wrong architecture);
+    this counts them and names the first of each."""
+    text = str(e)
+    if isinstance(e, KeyError):
+        return f"the weights have no tensor {e.args[0]!r} (another architecture?)"
+    if isinstance(e, AssertionError):
+        return f"the weights do not fit this architecture ({text or 'open_clip refused them'})"
+    if "Error(s) in loading state_dict" not in text:
+        return " ".join(text.split())
+    parts = []
+    for what in ("Missing", "Unexpected"):
+        found = re.search(rf"{what} key\(s\) in state_dict: (.*)", text)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {what.lower()} tensors (e.g. {keys[0]!r})")
+    sizes = re.findall(r"size mismatch for ([^:]+):", text)
+    if sizes:
+        parts.append(f"{len(sizes)} tensors of another shape (e.g. {sizes[0]!r})")
+    return "the weights do not fit this architecture: " + ", ".join(parts)
 
 
 def check_quickgelu(model_name: str, pretrained: str) -> None:
@@ -233,6 +260,7 @@ class Checkpoint:
     clip: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor] | None = None
     info: dict = field(default_factory=dict)
+    path: Path | None = None  # the file it was read from, for messages
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -266,14 +294,16 @@ def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def checkpoint_layout(path: str | Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """(metadata, {tensor name: shape}) of a checkpoint, read from its header alone: enough to
+    check that two checkpoints fit together before any work with them."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     try:
@@ -281,13 +311,46 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         assert meta["format"] == FORMAT
     except (KeyError, ValueError, AssertionError):
         raise UserError(f"{path}: not a flyp checkpoint (expected {FORMAT!r} metadata)") from None
+    return meta, shapes
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    meta, _ = checkpoint_layout(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     recorded = meta.get("tensors_sha256")  # absent in checkpoints written before it was recorded
     if recorded is not None and recorded != tensors_sha256(tensors):
         raise UserError(f"{path}: the tensors do not match the content hash the checkpoint "
                         f"records (damaged or changed after it was written); rebuild it")
     clip = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")} or None
-    return Checkpoint(meta["model_name"], clip, head, meta["info"])
+    return Checkpoint(meta["model_name"], clip, head, meta["info"], path)
+
+
+def shape_mismatch(expected: dict[str, tuple], got: dict[str, tuple]) -> str | None:
+    """How tensors ``got`` (name -> shape) differ from ``expected``, in one line (counts and the
+    first name of each kind), or None when they fit."""
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & got.keys()
+                      if tuple(expected[k]) != tuple(got[k]))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (e.g. {k!r}: {list(got[k])}, expected "
+                     f"{list(expected[k])})")
+    return ", ".join(parts) or None
+
+
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 # What a checkpoint records about how its weights are used: the preprocessing config open_clip
@@ -326,6 +389,10 @@ def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     model = create_clip(ckpt.model_name)
     if ckpt.info.get("preprocess"):
         set_preprocess_cfg(model, ckpt.info["preprocess"])
+    mismatch = shape_mismatch(shapes(model.state_dict()), shapes(ckpt.clip))
+    if mismatch:  # load_state_dict would list every tensor on a line of its own
+        raise UserError(f"{ckpt.path or 'checkpoint'}: its tensors do not fit its declared "
+                        f"architecture {ckpt.model_name!r}: {mismatch}")
     model.load_state_dict(ckpt.clip)
     return model
 

@@ -2,7 +2,9 @@
 
 This stands in for the web-scale pretraining of the real CLIP, so that every later stage starts from
 a model with real zero-shot skill. The last epoch is kept: the ID-val zero-shot score is logged
-for monitoring only, never used to choose the pretrained model.
+for monitoring only, never used to choose the pretrained model. It is scored with one fixed
+template, not the benchmark's: those belong to finetuning and evaluation, and changing them must
+not rerun the pretraining.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from flyp.models import (
     get_tokenizer,
     image_transforms,
 )
+from flyp.provenance import code_revision
 from flyp.scoring import maybe_cached, predict, validation_scores
 from flyp.training import TrainConfig, fit
+
+MONITOR_TEMPLATES = ["a photo of a {}."]
 
 
 class PretrainTask(ContrastiveTask):
@@ -38,7 +43,7 @@ class PretrainTask(ContrastiveTask):
 
     def validate(self) -> dict:
         head = build_zero_shot_head(self.module, self.tokenizer, self.benchmark.classnames,
-                                    self.benchmark.templates)
+                                    MONITOR_TEMPLATES)
         logits, labels = predict(ImageClassifier(self.module, head), self.val_set,
                                  device=self.device, num_workers=self.workers)
         return validation_scores(logits, labels, self.benchmark.id_set,
@@ -59,6 +64,6 @@ def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainCo
     task = PretrainTask(clip, model_name, device, CaptionedImages(table, tokens), val, benchmark,
                         tokenizer, cfg.num_workers)
     info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
-            "seed": cfg.seed, "epochs": cfg.epochs}
+            "seed": cfg.seed, "epochs": cfg.epochs, "code": code_revision()}
     fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last",
         progress=log)

@@ -12,35 +12,15 @@ with their weight-ensembling curves.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from flyp.datasets import get_benchmark
-from flyp.io import atomic_path, read_json, write_json
+from flyp.io import atomic_path, read_json, write_json, write_text
 
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
-
-
-# What makes the numbers: the code and the parameters. Outputs tracked in git (training logs,
-# the table itself, which Snakemake deletes before the report job runs) do not make a run "dirty".
-CODE_PATHS = ["flyp", "workflow", "Snakefile", "params.yaml", "pyproject.toml", "dvc.yaml"]
-
-
-def git_revision(cwd: Path | None = None) -> str:
-    """HEAD's commit, with "-dirty" when tracked code or parameters (``CODE_PATHS``) differ from
-    it; "unknown" outside git."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                *CODE_PATHS], cwd=cwd, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("-dirty" if dirty else "")
 
 
 def _logit(p):
@@ -103,14 +83,40 @@ def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, 
         "checkpoint_sha256": ";".join(p["checkpoint_sha256"][:12] for p in provs),
         "data_hash": ";".join(sorted({p["data_hash"][:12] for p in provs})),
         "params_hash": ";".join(p["params_hash"][:12] for p in provs),
+        "pretrained_sha256": _unique([p.get("pretrained_sha256") for p in provs], 12),
+        "git_revision": _unique(p.get("train_code") for p in provs),
+        "eval_revision": _unique(p.get("eval_code") for p in provs),
+        "experiment": _unique(p.get("experiment") for p in provs),
     })
     return row, nested
+
+
+def _unique(values, width: int | None = None) -> str:
+    """The distinct values, in order, joined with ";" ("" for None)."""
+    seen = dict.fromkeys(str(v or "")[:width] for v in values)
+    return ";".join(seen)
+
+
+DIFFS_README = """Uncommitted code changes the table beside this folder was made with, one file
+per change: <commit>+diff.<hash> in its git_revision or eval_revision column is <hash>.diff here.
+"""
+
+
+def save_code_diffs(provs: list[dict], folder: Path) -> None:
+    """Each run's code diffs (provenance "code_diffs"), as <hash>.diff files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "README", DIFFS_README)
+    for prov in provs:
+        for label, diff in (prov.get("code_diffs") or {}).items():
+            write_text(folder / f"{label.rsplit('+diff.', 1)[1]}.diff", diff)
 
 
 def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], runs: list[str],
                  wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
                  table: Path, metrics_out: Path, plot_out: Path | None = None,
-                 plot_csv: Path | None = None) -> pd.DataFrame:
+                 plot_csv: Path | None = None, code_dir: Path | None = None) -> pd.DataFrame:
+    """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, and
+    the code diffs the rows name (``code_dir``, default: ``code`` beside the table)."""
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
@@ -126,12 +132,14 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     id_key = bench.id_set.name
 
     rows, nested, points = [], {}, []  # points: (method, alpha, id, ood) for the figure
+    all_provs = []
     full = {}  # method -> its runs' metrics, reused for the robustness fit
     for m in methods:
         metrics = full[m] = [res.metrics(m, r) for r in runs]
         provs = [res.provenance(m, r) for r in runs]
         row, nested[m] = _aggregate(m, metrics, provs, columns, label)
         rows.append(row)
+        all_provs += provs
     for m in wise_methods:
         metrics = [res.metrics(m, r, wise=True) for r in runs]
         provs = [res.provenance(m, r) for r in runs]
@@ -151,6 +159,7 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             provs = [res.provenance(m, r) for r in draws]
             row, nested[name] = _aggregate(name, metrics, provs, columns, label)
             rows.append(row)
+            all_provs += provs
 
     df = pd.DataFrame(rows)
     if bench.ood_sets:
@@ -171,7 +180,7 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
     elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
         plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
-    df["git_revision"] = git_revision()
+    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)

@@ -18,6 +18,7 @@ import fcntl
 import io
 import math
 import os
+import pickle
 import re
 import tempfile
 import time
@@ -322,6 +323,21 @@ def log_csv_text(history: list[dict]) -> str:
     return buf.getvalue()
 
 
+def read_resume_state(path: Path, progress: Callable[[str], None]) -> dict | None:
+    """The resume state at ``path``, or None when there is none or it is not one this loop wrote
+    (a file that needs more than tensors and plain containers to unpickle is never executed:
+    ``weights_only``); the run then starts over and overwrites it."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        progress(f"ignoring {path}: not a resume state of this loop ({reason})")
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch.device,
         info: dict, select: str = "metric", include_start: bool = False,
         progress: Callable[[str], None] = print) -> FitResult:
@@ -337,6 +353,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
     out, log_csv = Path(out), Path(log_csv)
+    n_examples = len(task.train_data)
+    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < 1:
+        raise UserError(f"{n_examples} training examples ({run_label(info)}): too few for a "
+                        f"batch (batch_size {cfg.batch_size}); is the train table empty?")
     work = out.with_name(f".{out.name}.resume")
     work.mkdir(parents=True, exist_ok=True)
     state_file, best_file = work / "state.pt", work / "best.safetensors"
@@ -349,17 +369,14 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     loader_gen = torch.Generator()
     loader = make_loader(
         task.train_data, batch_size=cfg.batch_size, shuffle=True,
-        drop_last=drops_single_example_batch(len(task.train_data), cfg.batch_size),
+        drop_last=drops_single_example_batch(n_examples, cfg.batch_size),
         generator=loader_gen, workers=cfg.num_workers, device=device)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(task.train_data)} training examples: too few for a batch "
-                         f"(batch_size {cfg.batch_size})")
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
     start_epoch, best_epoch, best_val, history, elapsed = 1, 0, None, [], 0.0
-    if state_file.is_file():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    state = read_resume_state(state_file, progress)
+    if state is not None:
         if state.get("run_hash") == run_hash:
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])

@@ -1,109 +1,228 @@
-"""dvc.yaml wraps Snakemake: no drift between the two, and the workflow lints clean."""
+"""dvc.yaml is one stage that runs the Snakefile, so the DAG has one owner. What DVC believes the
+stage reads (deps, params) and writes (outs) must cover exactly what Snakemake's jobs read and
+write, for the main job's configuration and for a smoke one; and each rule's code hash must follow
+the code its command runs."""
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 
-# Rules that fetch and unpack raw archives into data/raw/: their outputs are deliberately not DVC
-# outputs (hundreds of GB for ImageNet, and licensed data that must not be pushed to a DVC remote);
-# DVC versions the prepared tables, which index those files. The prepare_data stage runs them.
-RAW_RULES = {"download", "extract"}
+# Raw archives and what they unpack to (data/raw/): deliberately not DVC outputs (hundreds of GB,
+# licensed data that must not be pushed to a remote); their checksums are parameters (params.yaml),
+# and DVC versions the prepared tables that index them.
+RAW = "data/raw/"
+JOB = re.compile(r"^(?:local)?rule (\w+):$")
 
 
-# Few-shot draws (run "k<shots>-draw<n>"; SST2 runs 450): DVC cannot declare them (no matrix can
-# read presets.<benchmark>.fewshot, and draws is a count), so its report stage runs these rules and
-# versions the table; their checkpoints are temp() files.
-FEWSHOT_RULES = {"finetune_fewshot", "evaluate"}
-FEWSHOT_DRAW = re.compile(r"^(models|results)/[^/]+/[^/]+/k\d+-draw\d+/")
-
-
-def is_raw_download(path: str, rule: str) -> bool:
-    return rule in RAW_RULES and path.startswith("data/raw/")
-
-
-def is_fewshot_draw(path: str, rule: str) -> bool:
-    return rule in FEWSHOT_RULES and bool(FEWSHOT_DRAW.match(path))
-
-
-def snakemake_outputs(*config: str) -> dict[str, str]:
-    """Every file of the DAG for results/table.csv -> the rule that makes it (``config``:
-    KEY=VALUE overrides of params.yaml)."""
+def dag_jobs(*config: str) -> list[dict]:
+    """Every job of the DAG for results/table.csv, forced (rule, input and output files), as
+    `snakemake -n` lists them; ``config``: KEY=VALUE overrides of params.yaml."""
     extra = ["--config", *config] if config else []
-    out = subprocess.run(["snakemake", "--summary", "--cores", "1", *extra, "--",
-                          "results/table.csv"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    rows = [line.split("\t") for line in out.splitlines()[1:] if line.strip()]
-    return {row[0]: row[2] for row in rows}
+    out = subprocess.run(["snakemake", "-n", "--forceall", "--cores", "1", *extra, "--",
+                          "results/table.csv"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    jobs, job = [], None
+    for line in out.splitlines():
+        if m := JOB.match(line):
+            job = {"rule": m.group(1), "input": [], "output": []}
+            jobs.append(job)
+        elif job is not None and line.startswith("    input: "):
+            job["input"] = line[len("    input: "):].split(", ")
+        elif job is not None and line.startswith("    output: "):
+            job["output"] = line[len("    output: "):].split(", ")
+    return jobs
 
 
-def dvc_stages(root=ROOT) -> dict[str, dict]:
+def dvc_stage() -> dict:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        stages = {}
-        for stage in repo.index.stages:
-            stages[stage.addressing] = {
-                "cmd": stage.cmd,
-                "outs": {str(o.def_path) for o in stage.outs},
-                "deps": {str(d.def_path) for d in stage.deps},
-            }
-    return stages
+    with Repo(str(ROOT)) as repo:
+        stages = list(repo.index.stages)
+        assert len(stages) == 1, "dvc.yaml must hold one stage: the Snakefile owns the DAG"
+        stage = stages[0]
+        params = [d for d in stage.deps if type(d).__name__ == "ParamsDependency"]
+        return {
+            "cmd": stage.cmd,
+            "outs": [str(o.def_path) for o in stage.outs],
+            "deps": [str(d.def_path) for d in stage.deps if d not in params],
+            "params": {str(p.def_path): list(p.params) for p in params},
+        }
+
+
+def under(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+CONFIGS = {
+    "main job": [],
+    "smoke with few-shot draws": ["scale=smoke", "seeds=[0,1]"],
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def dag(request):
+    return dag_jobs(*CONFIGS[request.param])
 
 
 @pytest.fixture(scope="module")
-def both():
-    return snakemake_outputs(), dvc_stages()
+def stage():
+    return dvc_stage()
 
 
-def test_every_dvc_output_is_made_by_the_rules_its_stage_runs(both):
-    smk, stages = both
-    for name, stage in stages.items():
-        allowed = re.search(r"--allowed-rules (.*?) --", stage["cmd"]).group(1).split()
-        targets = stage["cmd"].split(" -- ", 1)[1].split()
-        assert set(targets) <= stage["outs"], name
-        for out in stage["outs"]:
-            assert out in smk, f"DVC stage {name} declares {out}, which Snakemake never makes"
-            assert smk[out] in allowed, f"{out} is made by rule {smk[out]}, not run by {name}"
+def test_the_stage_runs_the_whole_snakefile(stage):
+    assert stage["cmd"].endswith("snakemake --cores all results/table.csv")
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert re.search(r"rule all:\s+input:\s+\"results/table.csv\"", snakefile)
 
 
-def check_versioned(smk: dict[str, str], stages: dict[str, dict]) -> None:
-    """Every Snakemake output is a DVC output, except exactly the raw downloads, which the stage
-    that prepares the tables must be allowed to make, and the few-shot draws, which the report
-    stage must be allowed to make."""
-    declared = set().union(*(s["outs"] for s in stages.values()))
-    raw = {path for path, rule in smk.items() if is_raw_download(path, rule)}
-    draws = {path for path, rule in smk.items() if is_fewshot_draw(path, rule)}
-    assert set(smk) - raw - draws == declared
-    assert not raw & declared, "raw downloads must not be DVC outputs"
-    assert not draws & declared, "few-shot draws are made by the report stage"
-    if draws:
-        report = next(s for s in stages.values() if "results/table.csv" in s["outs"])
-        allowed = re.search(r"--allowed-rules (.*?) --", report["cmd"]).group(1).split()
-        assert {smk[p] for p in draws} <= set(allowed)
-    if raw:
-        prepare = next(s for s in stages.values() if any(o.endswith("/tables") for o in s["outs"]))
-        allowed = re.search(r"--allowed-rules (.*?) --", prepare["cmd"]).group(1).split()
-        assert {smk[p] for p in raw} <= set(allowed)
+def test_every_file_a_job_writes_is_a_dvc_output(dag, stage):
+    for job in dag:
+        for path in job["output"]:
+            if path.startswith(RAW):
+                assert job["rule"] in {"download", "extract"}
+                continue
+            assert under(path, stage["outs"]), f"{path} ({job['rule']}) is not versioned by DVC"
 
 
-def test_every_snakemake_output_is_versioned_by_dvc(both):
-    check_versioned(*both)
+def test_every_dvc_output_is_written_by_a_job(dag, stage):
+    written = [p for job in dag for p in job["output"]]
+    for out in stage["outs"]:
+        assert any(under(p, [out]) for p in written), f"DVC declares {out}; no job writes it"
 
 
-def test_stage_dependencies_follow_the_dag(both):
-    smk, stages = both
-    producer = {out: name for name, s in stages.items() for out in s["outs"]}
-    # finetuning depends on the pretrained model, evaluation on the finetuned one
-    for name, stage in stages.items():
-        for dep in stage["deps"]:
-            if dep in producer:
-                assert producer[dep] != name
+def test_every_file_a_job_reads_is_made_in_the_dag_or_a_raw_archive(dag, stage):
+    written = {p for job in dag for p in job["output"]}
+    for job in dag:
+        for path in job["input"]:
+            assert path in written or path.startswith(RAW), f"{job['rule']} reads {path}"
+
+
+def test_dvc_depends_on_all_parameters_and_all_code(stage):
+    # all of params.yaml (no key list), which is the Snakefile's only config file
+    assert stage["params"] == {"params.yaml": []}
+    assert re.search(r'^configfile: "params.yaml"$', (ROOT / "Snakefile").read_text(), re.M)
+    # the Snakefile, every file it includes or reads, and the library the jobs run
+    included = re.findall(r'^include: "(.+)"$', (ROOT / "Snakefile").read_text(), re.M)
+    for path in ["Snakefile", *included, "workflow/schemas/params.schema.yaml", "flyp/cli.py"]:
+        assert under(path, stage["deps"]), f"{path} is not a DVC dependency"
+
+
+def test_dvc_outputs_persist_so_snakemake_decides_what_is_stale():
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["workflow"]
+    for entry in spec["outs"] + spec.get("metrics", []):
+        (path, options), = entry.items()
+        assert options.get("persist") is True, f"{path}: DVC would delete it before the run"
 
 
 def test_snakemake_lint_is_clean():
     done = subprocess.run(["snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Lints for" not in done.stdout + done.stderr
+
+
+# What each rule's code hash reaches (flyp/codeversion.py): the definitions a step's command runs.
+def reached_modules(*entries) -> set[str]:
+    from flyp.codeversion import reached_code
+
+    return {key.split(":")[0] for key in reached_code(*entries)}
+
+
+def test_training_does_not_reach_test_time_evaluation():
+    from flyp.methods import get_method
+
+    for method in ["zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "flyp_no_collisions"]:
+        reached = reached_modules("flyp.cli:finetune", type(get_method(method)))
+        assert "flyp.training" in reached and "flyp.scoring" in reached  # selection on ID-val
+        assert not {"flyp.evaluation", "flyp.ensemble", "flyp.report"} & reached, method
+    assert "flyp.evaluation" in reached_modules("flyp.cli:evaluate")
+
+
+def test_a_method_reaches_its_own_module_and_not_the_others():
+    from flyp.methods import get_method
+
+    reached = reached_modules("flyp.cli:finetune", type(get_method("ft")))
+    assert "flyp.methods.ft" in reached
+    assert not {"flyp.methods.flyp", "flyp.methods.lp", "flyp.contrastive"} & reached
+
+
+def test_preparing_data_does_not_reach_templates_or_torch_code():
+    from flyp.codeversion import reached_code
+    from flyp.datasets import get_benchmark
+
+    bench = get_benchmark("embedded")
+    reached = reached_code("flyp.cli:prepare", bench.prepare)
+    assert "flyp.datasets.embedded:prepare" in reached
+    assert "flyp.datasets.embedded:TEMPLATES" not in reached
+    assert not {k for k in reached if k.startswith(("flyp.training", "flyp.models"))}
+
+
+def test_the_code_hash_ignores_comments_and_follows_edits(tmp_path, monkeypatch):
+    import shutil
+
+    import flyp.codeversion as cv
+
+    copy = tmp_path / "flyp"
+    shutil.copytree(ROOT / "flyp", copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def version(*entries):
+        cv._module.cache_clear()
+        return cv.code_version(*entries)
+
+    monkeypatch.setattr(cv, "ROOT", copy)
+    before = version("flyp.cli:evaluate"), version("flyp.cli:finetune")
+    scoring = copy / "scoring.py"
+    text = scoring.read_text()
+    scoring.write_text(text.replace('"""Top-1 accuracy.', '"""Top-1 accuracy (reworded).') +
+                       "\n# a comment\n")
+    assert (version("flyp.cli:evaluate"), version("flyp.cli:finetune")) == before
+    evaluation = copy / "evaluation.py"
+    evaluation.write_text(evaluation.read_text().replace(
+        "    ood = [metrics[s.name] for s in bench.ood_sets]",
+        "    ood = [metrics[s.name] for s in bench.ood_sets if s.ood]"))
+    assert version("flyp.cli:evaluate") != before[0]
+    assert version("flyp.cli:finetune") == before[1]
+    scoring.write_text(text.replace("return (logits.argmax(dim=1) == labels)",
+                                    "return (logits.argmax(dim=-1) == labels)"))
+    assert version("flyp.cli:evaluate") != before[0] and version("flyp.cli:finetune") != before[1]
+    cv._module.cache_clear()
+
+
+def test_provenance_names_the_commit_and_the_diff(tmp_path):
+    from flyp.provenance import code_revision, revision_label
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "flyp").mkdir()
+    (tmp_path / "flyp" / "a.py").write_text("x = 1\n")
+    (tmp_path / "params.yaml").write_text("lr: 1\n")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "c")
+    clean = code_revision(tmp_path)
+    assert clean["diff_sha256"] is None and revision_label(clean) == clean["commit"]
+    (tmp_path / "params.yaml").write_text("lr: 2\n")  # parameters are not code
+    assert code_revision(tmp_path)["diff_sha256"] is None
+    (tmp_path / "flyp" / "a.py").write_text("x = 2\n")
+    (tmp_path / "flyp" / "new.py").write_text("y = 3\n")
+    dirty = code_revision(tmp_path)
+    assert "+x = 2" in dirty["diff"] and "y = 3" in dirty["diff"]
+    assert revision_label(dirty) == f"{clean['commit']}+diff.{dirty['diff_sha256'][:12]}"
+    assert revision_label(code_revision(Path("/"))) == "unknown"
+
+
+def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
+    """DVC sorts the keys of the parameters it records; rules that walk a mapping (the data
+    options) must see them in params.yaml's order, or every job looks changed."""
+    from flyp.sync import ordered_like
+
+    recorded = {"a": 1, "data": {"ood_size": 2, "seed": 0}, "z": [{"b": 1, "a": 2}]}
+    current = {"z": [], "data": {"seed": 5, "ood_size": 3, "new": 1}, "lr": None}
+    ordered = ordered_like(recorded, current)
+    assert ordered == recorded
+    assert list(ordered) == ["z", "data", "a"] and list(ordered["data"]) == ["seed", "ood_size"]

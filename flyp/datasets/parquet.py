@@ -25,14 +25,18 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The table (or its ``columns``); a missing table, one that is not Parquet, or one without
+    the columns asked for (every table needs REQUIRED_COLUMNS) is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: table not found (run the data step first)")
     try:
-        df = pq.read_table(path, columns=columns).to_pandas()
+        present = pq.read_schema(path).names
+        missing = set(REQUIRED_COLUMNS if columns is None else columns) - set(present)
+        if missing:
+            raise UserError(f"{path}: missing columns {sorted(missing)} (it has {present}); "
+                            f"rerun the step that wrote it")
+        return pq.read_table(path, columns=columns).to_pandas()
     except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet table ({e})") from None
-    missing = REQUIRED_COLUMNS - set(df.columns) if columns is None else set()
-    if missing:
-        raise UserError(f"{path}: missing columns {sorted(missing)}")
-    return df
+        reason = " ".join(str(e).split())  # Arrow's messages span lines (schemas)
+        raise UserError(f"{path}: not a readable Parquet table ({reason})") from None

@@ -30,7 +30,7 @@ class ImageTable(torch.utils.data.Dataset):
         self.transform = transform
         self.labels = torch.tensor(self.df["label"].to_numpy(), dtype=torch.long)
         if "image" in self.df.columns:
-            self._images = [Image.open(io.BytesIO(b)).convert("RGB") for b in self.df["image"]]
+            self._images = [self._decode(b, i) for i, b in enumerate(self.df["image"])]
         elif "path" in self.df.columns:
             self._images = None
         else:
@@ -38,6 +38,16 @@ class ImageTable(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.df)
+
+    def _decode(self, data: bytes, i: int) -> Image.Image:
+        """An embedded image; bytes that are not an image name the table and the image id."""
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB")
+        except (OSError, TypeError, ValueError) as e:  # TypeError/ValueError: null or odd bytes
+            raise UserError(f"{self.path}: image {self.df['image_id'].iat[i]!r} (row {i}) is not "
+                            f"a readable image ({type(e).__name__}: {e}); rerun the data step"
+                            ) from None
 
     def load_image(self, i: int) -> Image.Image:
         if self._images is not None:
@@ -47,7 +57,8 @@ class ImageTable(torch.utils.data.Dataset):
             with Image.open(file) as im:
                 image = im.convert("RGB")
         except OSError as e:
-            raise UserError(f"{file}: cannot read image ({e})") from None
+            raise UserError(f"{file}: cannot read image {self.df['image_id'].iat[i]!r} of "
+                            f"{self.path.name} ({e})") from None
         if "crop" in self.df.columns:  # a border to drop before any transform (ObjectNet: 2 px)
             b = int(self.df["crop"].iat[i])
             image = image.crop((b, b, image.width - b, image.height - b))

@@ -35,9 +35,14 @@ def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tens
                         f"{len(missing)} training images; rerun the captions step")
     captions = captions.loc[list(train_ids)]
     sets = captions["template_set"].unique()
-    if len(sets) != 1:
-        raise UserError(f"captions table mixes template sets {list(sets)}; expected one")
+    where = table_path(ctx.captions_dir, "captions")
+    if list(sets) != [ctx.benchmark.name]:
+        raise UserError(f"{where}: template sets {list(sets)}, expected only benchmark "
+                        f"{ctx.benchmark.name!r}'s; rerun the captions step for this benchmark")
     texts = templates.loc[templates["template_set"] == sets[0], "template"].tolist()
+    if not texts:
+        raise UserError(f"{table_path(ctx.captions_dir, 'templates')}: no template of set "
+                        f"{sets[0]!r}; rerun the captions step")
     # The table stores template texts; the benchmark's own template objects fill in the class name
     # their way (FMoW's article templates), so theirs render the captions.
     own = {str(t): t for t in ctx.benchmark.templates}

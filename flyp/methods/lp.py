@@ -38,17 +38,20 @@ def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
 
 
 def fit_linear_probe(train, val, c_grid=C_GRID, *, metric: str = "accuracy", val_table=None,
-                     device=None, chunk_rows: int = CHUNK_ROWS, **solver):
+                     n_classes: int | None = None, device=None, chunk_rows: int = CHUNK_ROWS,
+                     **solver):
     """(head nn.Linear, chosen C, its val score) from (features, labels) pairs: the C of ``c_grid``
     whose head scores best on val by ``metric`` (a name in flyp.scoring.METRICS, given
-    ``val_table`` when it reads one); ties go to the stronger regularisation."""
+    ``val_table`` when it reads one); ties go to the stronger regularisation. ``n_classes``: the
+    head's rows (the benchmark's classes; default: the largest label seen + 1, which misses
+    classes after the last one that has images)."""
     (xt, yt), (xv, yv) = train, val
     device = device or xt.device
     classes, y_idx = torch.unique(yt, return_inverse=True)
     if len(classes) < 2:
         raise UserError(f"linear probe: the training features have {len(classes)} class; "
                         "expected at least 2")
-    n_classes = int(max(yt.max(), yv.max())) + 1
+    n_classes = n_classes or int(max(yt.max(), yv.max())) + 1
     xt, xv = xt.to(device, torch.float32), xv.to(device, torch.float32)
     best = None
     for c, fit in regularisation_path(xt, y_idx.to(device), len(classes), c_grid,
@@ -86,6 +89,7 @@ class LinearProbe(Method):
                             f"for {len(table)} val rows (features of other tables?)")
         metric = ctx.benchmark.id_set.metric
         head, c, value = fit_linear_probe(train, val, metric=metric, val_table=table,
+                                          n_classes=len(ctx.benchmark.classnames),
                                           device=ctx.device)
         ctx.notes.update(lp_C=c, lp_val_metric=metric, lp_val_score=value)
         return ImageClassifier(ctx.fresh_clip(), head.to(ctx.device))

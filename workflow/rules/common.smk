@@ -4,6 +4,7 @@ import os
 import shlex
 import sys
 
+from flyp.codeversion import code_version
 from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.io import UserError
@@ -47,6 +48,30 @@ def cli_option(key, value):
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
     return f"--{flag} {shlex.quote(str(value))}"
+
+
+# What a step computes with besides its inputs and options, so that Snakemake reruns a job when it
+# changes (params are compared by content; see flyp/codeversion.py): the library code the step's
+# `flyp` command reaches (a change that only evaluation calls reruns evaluation, not training),
+# and what it reads of the benchmark's definition (a template change reruns the captions and every
+# head, not the data or the pretraining).
+def step_code(command, *entries):
+    return code_version(f"flyp.cli:{command}", *entries)
+
+
+BENCH_SPEC = {
+    "classnames": BENCH.classnames,
+    "templates": BENCH.templates,
+    "eval_sets": [[s.name, s.ood, s.metric] for s in BENCH.eval_sets],
+}
+# The functions that map logits to a test set's classes (ImageNet-R and -A) are evaluation code.
+EVAL_CODE = [s.project_logits for s in BENCH.eval_sets if s.project_logits is not None]
+
+
+def method_code(wildcards):
+    from flyp.methods import get_method
+
+    return step_code("finetune", type(get_method(wildcards.method)))
 
 
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
@@ -108,9 +133,15 @@ def parse_run(run):
 
 def finetune_config(method, run):
     """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
-    shared finetuning settings, the few-shot protocol's, then the method's own overrides."""
+    shared finetuning settings, the few-shot protocol's, then the method's own overrides. A method
+    that does not train (zero-shot, the linear probe) depends on none of the training settings, so
+    `-S lr=...` does not rerun it."""
+    from flyp.methods import get_method
+
     seed, shots, draw = parse_run(run)
     options = dict(RUN["method_options"].get(method, {}))
+    if not get_method(method).trains:
+        return {"seed": seed, "shots": shots, "draw": draw, "options": options}
     cfg = {**RUN["finetune"], "seed": seed}
     if shots is not None:
         cfg.update(FEWSHOT["finetune"])
@@ -138,32 +169,55 @@ def method_inputs(wildcards):
 def finetune_args(wildcards, input):
     """`flyp finetune` options of one (method, run)."""
     cfg = finetune_config(wildcards.method, wildcards.run)
-    args = [train_args(cfg)]
+    args = [train_args(cfg) if "lr" in cfg else f"--seed {cfg['seed']}"]
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
     options = dict(cfg["options"])
     options.update({k: input[k] for k in method_inputs(wildcards)})
-    args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in options.items()]
+    args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in sorted(options.items())]
     return " ".join(args)
 
 
+DVC_STAGE_NAME = "workflow"  # dvc.yaml's one stage: this Snakefile on results/table.csv
+
+
+def whole_dag_reason():
+    """Why this run may not stand for DVC's stage (None: it may): DVC records a run only when it
+    brought the whole DAG up to date with params.yaml, so that dvc.lock never calls current an
+    output made by other code or parameters."""
+    settings = workflow.dag_settings
+    if config != read_yaml("params.yaml"):
+        return "this run overrode params.yaml (--config)"
+    if not set(settings.targets) <= {"results/table.csv", "all"}:
+        return f"its targets ({', '.join(sorted(settings.targets))}) are not the whole DAG"
+    if settings.until or settings.omit_from or settings.allowed_rules or settings.batch:
+        return "--until, --omit-from, --allowed-rules or --batch left part of the DAG out"
+    if set(settings.rerun_triggers) != set(type(next(iter(settings.rerun_triggers))).all()):
+        return "--rerun-triggers was narrowed, so stale outputs may have been kept"
+    if workflow.touch:
+        return "--touch marks outputs current without making them"
+    return None
+
+
 def record_in_dvc():
-    """After a direct `snakemake` run, let DVC record what was built (dvc.lock and its cache) so
-    that `dvc status`, `dvc exp run` and `dvc metrics diff` start from it. Skipped when DVC itself
-    runs Snakemake (it sets DVC_STAGE) and outside a DVC project."""
-    import os
+    """After a direct `snakemake` run of the whole DAG, let DVC record what was built (dvc.lock and
+    its cache), so that `dvc status`, `dvc exp run`, `dvc push` and `dvc metrics diff` start from
+    it. Skipped when DVC itself runs Snakemake (it sets DVC_STAGE and records the run) and outside
+    a DVC project; when DVC cannot record, its own error is shown."""
     import shutil
     import subprocess
 
     if os.environ.get("DVC_STAGE") or not os.path.isdir(".dvc") or not shutil.which("dvc"):
         return
-    if config != read_yaml("params.yaml"):
-        print("note: outputs not recorded in DVC: this run overrode params.yaml (--config)",
-              file=sys.stderr)
+    reason = whole_dag_reason()
+    if reason:
+        print(f"note: outputs not recorded in DVC: {reason}", file=sys.stderr)
         return
     # --no-relink: leave the files (and their mtimes, which Snakemake compares) as they are.
-    cmd = ["dvc", "commit", "--force", "--quiet", "--no-relink"]
+    cmd = ["dvc", "commit", "--force", "--no-relink", DVC_STAGE_NAME]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["unknown"])[-1]
-        print(f"note: outputs not recorded in DVC (dvc commit: {reason})", file=sys.stderr)
+        errors = [line.removeprefix("ERROR: ").strip() for line in done.stderr.splitlines()
+                  if line.startswith("ERROR")] or done.stderr.strip().splitlines()[-1:] or ["?"]
+        print(f"note: outputs not recorded in DVC ({shlex.join(cmd)}: {errors[0]})",
+              file=sys.stderr)

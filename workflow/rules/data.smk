@@ -8,10 +8,11 @@ rule prepare_data:
         tables=directory(TABLES),
     params:
         benchmark=BENCHMARK,
+        code=step_code("prepare", BENCH.prepare),
         # data options, less the archive sources (those are for the download rules)
         options=" ".join(
             f"-o {shlex.quote(f'{k}={v}')}"
-            for k, v in RUN["data"].items()
+            for k, v in sorted(RUN["data"].items())
             if k not in {d.name for d in BENCH.downloads}
         ),
     threads: workflow.cores
@@ -32,7 +33,9 @@ rule captions:
         templates=f"{CAPTIONS}/templates.parquet",
     params:
         benchmark=BENCHMARK,
+        classnames=BENCH.classnames,
         templates=BENCH.templates,
+        code=step_code("captions"),
         out=lambda wildcards, output: os.path.dirname(output.captions),
     conda:
         ENV

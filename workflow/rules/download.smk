@@ -34,7 +34,7 @@ ARCHIVES = {
 FETCHED = {os.path.basename(ARCHIVES[n]): n for n in DOWNLOADS if LOCAL[n] is None}
 # `flyp download` options for the sums a mapping source states ("": the pinned ones).
 STATED_SUMS = {
-    name: " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in sums.items())
+    name: " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in sorted(sums.items()))
     for name, sums in STATED.items()
 }
 

@@ -14,6 +14,8 @@ rule evaluate:
         run=r"k\d+-draw\d+",
     params:
         benchmark=BENCHMARK,
+        bench=BENCH_SPEC,
+        code=step_code("evaluate", *EVAL_CODE),
     threads: JOB_THREADS
     resources:
         **GPU,
@@ -44,6 +46,8 @@ rule evaluate_ensemble:
         run=r"seed\d+",
     params:
         benchmark=BENCHMARK,
+        bench=BENCH_SPEC,
+        code=step_code("evaluate", *EVAL_CODE),
         alphas=",".join(str(a) for a in RUN["alphas"]),
     threads: JOB_THREADS
     resources:

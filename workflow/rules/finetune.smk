@@ -8,6 +8,8 @@ rule features:
         tables=TABLES,
     output:
         f"{MODELS}/features.safetensors",
+    params:
+        code=step_code("features"),
     threads: JOB_THREADS
     resources:
         **GPU,
@@ -40,6 +42,8 @@ rule finetune:
             finetune_config(wildcards.method, wildcards.run), sort_keys=True
         ),
         args=finetune_args,
+        bench=BENCH_SPEC,
+        code=method_code,
     threads: JOB_THREADS
     resources:
         **GPU,

@@ -27,6 +27,8 @@ rule pretrain:
         model=RUN["model"]["name"],
         pretrained=RUN["model"]["pretrained"] or "",
         train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
+        classnames=BENCH.classnames,  # for the zero-shot score it logs
+        code=step_code("pretrain" if TRAINED_HERE else "pretrained"),
     threads: workflow.cores
     resources:
         **(GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU

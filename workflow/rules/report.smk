@@ -31,8 +31,11 @@ rule report:
         metrics="results/metrics.json",
         plot="results/plots/id_vs_ood.png",
         plot_csv="results/plots/id_vs_ood.csv",
+        code=directory("results/code"),
     params:
         benchmark=BENCHMARK,
+        bench=BENCH_SPEC,
+        code=step_code("report"),
         results=lambda wildcards, input: os.path.dirname(
             os.path.dirname(os.path.dirname(input.metrics[0]))
         ),
@@ -50,4 +53,4 @@ rule report:
         "--methods {params.methods:q} --runs {params.runs:q} --wise-methods {params.wise:q} "
         "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
-        "--plot-csv {output.plot_csv} > {log} 2>&1"
+        "--plot-csv {output.plot_csv} --code-dir {output.code} > {log} 2>&1"
