@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flyp.datasets import get_benchmark
-from flyp.io import atomic_path, read_json, write_json, write_text
+from flyp.io import atomic_path, read_json, sha256_file, write_json, write_text
 
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
 
@@ -48,16 +48,21 @@ class Results:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.read: set[Path] = set()  # every file read, for the record of the table's inputs
+
+    def _path(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        self.read.add(path)
+        return path
 
     def metrics(self, method: str, run: str, wise: bool = False) -> dict:
-        return read_json(self.root / method / run / ("wise_metrics.json" if wise
-                                                      else "metrics.json"))
+        return read_json(self._path(method, run, "wise_metrics.json" if wise else "metrics.json"))
 
     def provenance(self, method: str, run: str) -> dict:
-        return read_json(self.root / method / run / "provenance.json")
+        return read_json(self._path(method, run, "provenance.json"))
 
     def curve(self, method: str, run: str) -> pd.DataFrame:
-        return pd.read_csv(self.root / method / run / "wise_curve.csv")
+        return pd.read_csv(self._path(method, run, "wise_curve.csv"))
 
 
 def selected_on(prov: dict) -> str:
@@ -114,9 +119,11 @@ def save_code_diffs(provs: list[dict], folder: Path) -> None:
 def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], runs: list[str],
                  wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
                  table: Path, metrics_out: Path, plot_out: Path | None = None,
-                 plot_csv: Path | None = None, code_dir: Path | None = None) -> pd.DataFrame:
-    """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, and
-    the code diffs the rows name (``code_dir``, default: ``code`` beside the table)."""
+                 plot_csv: Path | None = None, code_dir: Path | None = None,
+                 inputs_out: Path | None = None) -> pd.DataFrame:
+    """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, the
+    code diffs the rows name (``code_dir``, default: ``code`` beside the table) and the sha256 of
+    every per-run file the table was made from (``inputs_out``)."""
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
@@ -180,10 +187,13 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
     elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
         plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
-    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)
+    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
+    if inputs_out is not None:
+        write_json(inputs_out, {str(p.relative_to(res.root)): sha256_file(p)
+                                for p in sorted(res.read)})
     return df
 
 

@@ -32,6 +32,10 @@ rule report:
         plot="results/plots/id_vs_ood.png",
         plot_csv="results/plots/id_vs_ood.csv",
         code=directory("results/code"),
+        # In DVC's results/<benchmark>/, not in git: a fresh clone has the committed table but
+        # not the runs it was made from, and this missing output makes Snakemake rebuild them
+        # instead of taking the table as up to date.
+        inputs=f"{RESULTS}/table_inputs.json",
     params:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
@@ -53,4 +57,5 @@ rule report:
         "--methods {params.methods:q} --runs {params.runs:q} --wise-methods {params.wise:q} "
         "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
-        "--plot-csv {output.plot_csv} --code-dir {output.code} > {log} 2>&1"
+        "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
+        "> {log} 2>&1"
