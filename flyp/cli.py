@@ -456,8 +456,12 @@ def features(checkpoint, data_dir, out, workers, threads, device):
 @click.option("--code-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the diffs of uncommitted code the rows name go [default: code/ beside "
                    "--table].")
+@click.option("--inputs-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the sha256 of every per-run file the table was made from.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table's numbers as Markdown.")
 def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
-           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir):
+           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir, inputs_out, markdown):
     """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
@@ -466,7 +470,7 @@ def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_met
                       fewshot_methods=_csv_list(fewshot_methods),
                       fewshot_runs=_csv_list(fewshot_runs), table=table,
                       metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv,
-                      code_dir=code_dir)
+                      code_dir=code_dir, inputs_out=inputs_out, markdown=markdown)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
         click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
                                     "pretrained_sha256", "git_revision", "eval_revision",

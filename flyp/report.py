@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flyp.datasets import get_benchmark
-from flyp.io import atomic_path, read_json, write_json, write_text
+from flyp.io import atomic_path, read_json, sha256_file, write_json, write_text
 
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
 
@@ -48,16 +48,21 @@ class Results:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.read: set[Path] = set()  # every file read, for the record of the table's inputs
+
+    def _path(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        self.read.add(path)
+        return path
 
     def metrics(self, method: str, run: str, wise: bool = False) -> dict:
-        return read_json(self.root / method / run / ("wise_metrics.json" if wise
-                                                      else "metrics.json"))
+        return read_json(self._path(method, run, "wise_metrics.json" if wise else "metrics.json"))
 
     def provenance(self, method: str, run: str) -> dict:
-        return read_json(self.root / method / run / "provenance.json")
+        return read_json(self._path(method, run, "provenance.json"))
 
     def curve(self, method: str, run: str) -> pd.DataFrame:
-        return pd.read_csv(self.root / method / run / "wise_curve.csv")
+        return pd.read_csv(self._path(method, run, "wise_curve.csv"))
 
 
 def selected_on(prov: dict) -> str:
@@ -111,12 +116,30 @@ def save_code_diffs(provs: list[dict], folder: Path) -> None:
             write_text(folder / f"{label.rsplit('+diff.', 1)[1]}.diff", diff)
 
 
+PROVENANCE_COLUMNS = ["selected_on", "best_epoch", "seed", "checkpoint_sha256", "data_hash",
+                      "params_hash", "pretrained_sha256", "git_revision", "eval_revision",
+                      "experiment"]
+
+
+def table_markdown(df: pd.DataFrame, benchmark: str) -> str:
+    """The table's numbers for reading (in git, where results/table.csv, in DVC, is not)."""
+    revisions = sorted(set(";".join(df["git_revision"].astype(str)).split(";")))
+    numbers = df.drop(columns=[c for c in PROVENANCE_COLUMNS if c in df.columns])
+    return (f"# Results: {benchmark}\n\nPercent; `_std` over seeds (or few-shot draws). Made by "
+            f"{', '.join(f'`{r}`' for r in revisions)}; each row's provenance is in "
+            "`results/table.csv` (DVC: `dvc pull`, or rebuild it).\n\n"
+            f"{numbers.to_markdown(index=False)}\n")
+
+
 def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], runs: list[str],
                  wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
                  table: Path, metrics_out: Path, plot_out: Path | None = None,
-                 plot_csv: Path | None = None, code_dir: Path | None = None) -> pd.DataFrame:
-    """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, and
-    the code diffs the rows name (``code_dir``, default: ``code`` beside the table)."""
+                 plot_csv: Path | None = None, code_dir: Path | None = None,
+                 inputs_out: Path | None = None, markdown: Path | None = None) -> pd.DataFrame:
+    """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, the
+    code diffs the rows name (``code_dir``, default: ``code`` beside the table) and the sha256 of
+    every per-run file the table was made from (``inputs_out``), and the table's numbers as
+    Markdown (``markdown``)."""
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
@@ -180,10 +203,15 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
     elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
         plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
-    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)
+    if markdown is not None:
+        write_text(markdown, table_markdown(df, bench.name))
+    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
+    if inputs_out is not None:
+        write_json(inputs_out, {str(p.relative_to(res.root)): sha256_file(p)
+                                for p in sorted(res.read)})
     return df
 
 

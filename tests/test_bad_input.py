@@ -60,7 +60,8 @@ One test per case. Cases tested in other files are listed with their test, not r
 - 5. errors in DataLoader workers
       here: test_an_error_in_a_dataloader_worker_is_the_same_one_line
 - 6. the DVC recording's reason
-      test_pipeline.py: test_a_run_dvc_cannot_record_says_why (slow)
+      not automated yet (workflow/rules/common.smk, record_in_dvc: DVC's own ERROR line is
+      quoted; checked by hand with a file of a DVC output added to git)
 - 7. data_hash of the data
       here: test_data_hash_changes_when_a_table_changes_after_prepare,
       test_data_hash_of_a_path_table_follows_its_image_files

@@ -67,8 +67,10 @@ def _handler(server: Server):
             self.end_headers()
             if server.drop_after is not None:
                 body, server.drop_after = body[:server.drop_after], None
-            self.wfile.write(body)
+            # recorded before writing: the client may have read it all (and the test checked)
+            # before this thread returns from the write
             record["sent"] = len(body)
+            self.wfile.write(body)
 
     return Handler
 

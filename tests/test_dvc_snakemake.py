@@ -38,10 +38,10 @@ def dag_jobs(*config: str) -> list[dict]:
     return jobs
 
 
-def dvc_stage() -> dict:
+def dvc_stage(root: Path = ROOT) -> dict:
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         stages = list(repo.index.stages)
         assert len(stages) == 1, "dvc.yaml must hold one stage: the Snakefile owns the DAG"
         stage = stages[0]

@@ -273,6 +273,9 @@ def test_a_fresh_clone_rebuilds_the_committed_numbers(remote, tmp_path):
     root, env = remote
     here, env = clone(root, env, tmp_path / "rebuild")
     run(["snakemake", "--cores", "2", "results/table.csv"], here, env)
+    # rebuilt, not taken as up to date because the committed table is there
+    assert (here / "models/embedded/pretrained.safetensors").is_file()
+    assert (here / "results/embedded/table_inputs.json").is_file()
     diff = run(["dvc", "metrics", "diff", "--json"], here, env)
     assert json.loads(diff.stdout or "{}") == {}, diff.stdout
     assert "Data and pipelines are up to date" in run(["dvc", "status"], here, env).stdout

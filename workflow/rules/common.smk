@@ -3,11 +3,15 @@ import json
 import os
 import shlex
 import sys
+from functools import cache
+
+from snakemake.settings.enums import RerunTrigger
 
 from flyp.codeversion import code_version
 from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.io import UserError
+from flyp.sync import STAGE as DVC_STAGE, TARGET
 
 try:
     RUN = load_params(config, workflow.source_path("../schemas/params.schema.yaml"))
@@ -69,9 +73,14 @@ EVAL_CODE = [s.project_logits for s in BENCH.eval_sets if s.project_logits is no
 
 
 def method_code(wildcards):
+    return finetune_code(wildcards.method)
+
+
+@cache  # one walk per method, not per job (a preset can have hundreds of few-shot draws)
+def finetune_code(method):
     from flyp.methods import get_method
 
-    return step_code("finetune", type(get_method(wildcards.method)))
+    return step_code("finetune", type(get_method(method)))
 
 
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
@@ -178,9 +187,6 @@ def finetune_args(wildcards, input):
     return " ".join(args)
 
 
-DVC_STAGE_NAME = "workflow"  # dvc.yaml's one stage: this Snakefile on results/table.csv
-
-
 def whole_dag_reason():
     """Why this run may not stand for DVC's stage (None: it may): DVC records a run only when it
     brought the whole DAG up to date with params.yaml, so that dvc.lock never calls current an
@@ -188,11 +194,11 @@ def whole_dag_reason():
     settings = workflow.dag_settings
     if config != read_yaml("params.yaml"):
         return "this run overrode params.yaml (--config)"
-    if not set(settings.targets) <= {"results/table.csv", "all"}:
+    if not set(settings.targets) <= {TARGET, "all"}:
         return f"its targets ({', '.join(sorted(settings.targets))}) are not the whole DAG"
     if settings.until or settings.omit_from or settings.allowed_rules or settings.batch:
         return "--until, --omit-from, --allowed-rules or --batch left part of the DAG out"
-    if set(settings.rerun_triggers) != set(type(next(iter(settings.rerun_triggers))).all()):
+    if set(settings.rerun_triggers) != RerunTrigger.all():
         return "--rerun-triggers was narrowed, so stale outputs may have been kept"
     if workflow.touch:
         return "--touch marks outputs current without making them"
@@ -214,7 +220,7 @@ def record_in_dvc():
         print(f"note: outputs not recorded in DVC: {reason}", file=sys.stderr)
         return
     # --no-relink: leave the files (and their mtimes, which Snakemake compares) as they are.
-    cmd = ["dvc", "commit", "--force", "--no-relink", DVC_STAGE_NAME]
+    cmd = ["dvc", "commit", "--force", "--no-relink", DVC_STAGE]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         errors = [line.removeprefix("ERROR: ").strip() for line in done.stderr.splitlines()

@@ -1,5 +1,8 @@
 # The results table (a row per method, its weight-ensembled variant and the few-shot runs, with
-# provenance), the DVC metrics file and the ID-vs-OOD figure.
+# provenance), the DVC metrics file and the ID-vs-OOD figure. results/table.csv is a DVC output,
+# not in git: a fresh clone lacks it, so `snakemake results/table.csv` rebuilds it (Snakemake would
+# take a committed copy as up to date). Its numbers are in git as results/table.md and, for
+# `dvc metrics diff`, results/metrics.json.
 
 # Weight ensembling runs for every method (zero-shot with itself is free), so that DVC can
 # declare it over the same matrix; the table has a "+wise" row for every method but zero-shot.
@@ -32,6 +35,8 @@ rule report:
         plot="results/plots/id_vs_ood.png",
         plot_csv="results/plots/id_vs_ood.csv",
         code=directory("results/code"),
+        inputs=f"{RESULTS}/table_inputs.json",  # sha256 of every per-run file the table read
+        markdown="results/table.md",
     params:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
@@ -53,4 +58,5 @@ rule report:
         "--methods {params.methods:q} --runs {params.runs:q} --wise-methods {params.wise:q} "
         "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
-        "--plot-csv {output.plot_csv} --code-dir {output.code} > {log} 2>&1"
+        "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
+        "--markdown {output.markdown} > {log} 2>&1"
