@@ -7,6 +7,7 @@ from functools import cache
 
 from snakemake.settings.enums import RerunTrigger
 
+from flyp.catalog import method_info
 from flyp.codeversion import code_version
 from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
@@ -78,9 +79,7 @@ def method_code(wildcards):
 
 @cache  # one walk per method, not per job (a preset can have hundreds of few-shot draws)
 def finetune_code(method):
-    from flyp.methods import get_method
-
-    return step_code("finetune", type(get_method(method)))
+    return step_code("finetune", method_info(method).entry)
 
 
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
@@ -126,6 +125,12 @@ if USES_GPU and GPUS > 0 and workflow.nodes is None and "gpu" not in workflow.gl
 # Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
 JOB_THREADS = max(1, workflow.cores // 2)
 WORKERS = RUN["runtime"]["workers"]
+# Switches that change how a GPU computes (TF32, compilation, recomputation, evaluation
+# arithmetic): params, not resources, since on a GPU they move the last digits of a result.
+SPEED_ARGS = " ".join(
+    cli_option(k, RUN["runtime"][k]) for k in ("tf32", "compile", "grad_checkpointing")
+)
+EVAL_PRECISION = RUN["runtime"]["eval_precision"]
 ENV = "../envs/flyp.yaml"
 
 
@@ -145,11 +150,9 @@ def finetune_config(method, run):
     shared finetuning settings, the few-shot protocol's, then the method's own overrides. A method
     that does not train (zero-shot, the linear probe) depends on none of the training settings, so
     `-S lr=...` does not rerun it."""
-    from flyp.methods import get_method
-
     seed, shots, draw = parse_run(run)
     options = dict(RUN["method_options"].get(method, {}))
-    if not get_method(method).trains:
+    if not method_info(method).trains:
         return {"seed": seed, "shots": shots, "draw": draw, "options": options}
     cfg = {**RUN["finetune"], "seed": seed}
     if shots is not None:
@@ -164,10 +167,8 @@ def finetune_config(method, run):
 
 def method_inputs(wildcards):
     """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
-    from flyp.methods import get_method
-
     files = {}
-    for option, kind in get_method(wildcards.method).inputs.items():
+    for option, kind in method_info(wildcards.method).inputs.items():
         if kind == "features":
             files[option] = f"{MODELS}/features.safetensors"
         else:  # "method:<name>": that method's checkpoint of the same run

@@ -16,6 +16,7 @@ rule evaluate:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
         code=step_code("evaluate", *EVAL_CODE),
+        precision=EVAL_PRECISION,
     threads: JOB_THREADS
     resources:
         **GPU,
@@ -28,12 +29,21 @@ rule evaluate:
     shell:
         "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
         "--checkpoint {input.model} --metrics-out {output.metrics} "
-        "--provenance-out {output.provenance} --threads {threads} "
+        "--provenance-out {output.provenance} --precision {params.precision:q} --threads {threads} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
+
+
+def zeroshot_scores(wildcards):
+    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
+    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
+    if wildcards.method == "zeroshot":
+        return {}
+    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
 
 
 rule evaluate_ensemble:
     input:
+        unpack(zeroshot_scores),
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         zeroshot=f"{MODELS}/zeroshot/{{run}}/best.safetensors",
         tables=TABLES,
@@ -48,7 +58,13 @@ rule evaluate_ensemble:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
         code=step_code("evaluate", *EVAL_CODE),
+        precision=EVAL_PRECISION,
         alphas=",".join(str(a) for a in RUN["alphas"]),
+        zeroshot_scores=lambda wildcards, input: (
+            f"--zeroshot-metrics {shlex.quote(input.zeroshot_metrics)}"
+            if "zeroshot_metrics" in input.keys()
+            else ""
+        ),
     threads: JOB_THREADS
     resources:
         **GPU,
@@ -62,6 +78,7 @@ rule evaluate_ensemble:
         "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
         "--checkpoint {input.model} --metrics-out {output.metrics} "
         "--provenance-out {output.provenance} --ensemble-with {input.zeroshot} "
+        "{params.zeroshot_scores} --precision {params.precision:q} "
         "--alphas {params.alphas:q} --curve-out {output.curve} --wise-out {output.wise} "
         "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} "
         "2> {log}"

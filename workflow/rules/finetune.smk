@@ -14,13 +14,14 @@ rule features:
     resources:
         **GPU,
         device=DEVICE,
+        workers=WORKERS,
     conda:
         ENV
     log:
         f"logs/{BENCHMARK}/features.log",
     shell:
         "flyp features --checkpoint {input.pretrained} --data {input.tables} --out {output} "
-        "--threads {threads} --device {resources.device:q} 2> {log}"
+        "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 
 rule finetune:
@@ -42,6 +43,7 @@ rule finetune:
             finetune_config(wildcards.method, wildcards.run), sort_keys=True
         ),
         args=finetune_args,
+        speed=lambda wildcards: SPEED_ARGS if method_info(wildcards.method).trains else "",
         bench=BENCH_SPEC,
         code=method_code,
     threads: JOB_THREADS
@@ -56,7 +58,7 @@ rule finetune:
     shell:
         "flyp finetune --benchmark {params.benchmark:q} --data {input.tables} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
-        "--method {wildcards.method:q} {params.args} "
+        "--method {wildcards.method:q} {params.args} {params.speed} "
         "--out {output.model} --log-csv {output.log_csv} --threads {threads} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 

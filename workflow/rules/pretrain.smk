@@ -5,7 +5,7 @@
 if TRAINED_HERE:
     PRETRAIN_CMD = (
         "flyp pretrain --benchmark {params.benchmark:q} --data {input.tables} "
-        "--model {params.model:q} {params.train} --out {output.model} "
+        "--model {params.model:q} {params.train} {params.speed} --out {output.model} "
         "--log-csv {output.log_csv} --threads {threads} --device {resources.device:q} "
         "--workers {resources.workers:q} 2> {log}"
     )
@@ -27,6 +27,7 @@ rule pretrain:
         model=RUN["model"]["name"],
         pretrained=RUN["model"]["pretrained"] or "",
         train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
+        speed=SPEED_ARGS if TRAINED_HERE else "",
         classnames=BENCH.classnames,  # for the zero-shot score it logs
         code=step_code("pretrain" if TRAINED_HERE else "pretrained"),
     threads: workflow.cores
