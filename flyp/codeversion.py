@@ -25,6 +25,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from flyp import parsecache
+
 PACKAGE = "flyp"
 ROOT = Path(__file__).resolve().parent  # the flyp package
 DATA_FILES = {"flyp.models": ("model_configs", "*.json")}  # files a module reads at import
@@ -38,11 +40,17 @@ Node = tuple[str, str | None]  # (module, top-level name); name None = the whole
 
 def code_version(*entries: str | Callable) -> str:
     """Hash of the code reached from ``entries``: ``"module:name"``, ``"module"`` (all of it), or
-    a function or class (its module and name)."""
-    digest = hashlib.sha256()
-    for key, text in sorted(reached_code(*entries).items()):
-        digest.update(json.dumps([key, text]).encode())
-    return digest.hexdigest()[:16]
+    a function or class (its module and name). Kept in flyp.parsecache while the package does not
+    change (walking the syntax trees of every step takes seconds)."""
+    key = " ".join(sorted(":".join(n for n in _entry(e) if n) for e in entries))
+    known = parsecache.load("codeversion")
+    if key not in known:
+        digest = hashlib.sha256()
+        for name, text in sorted(reached_code(*entries).items()):
+            digest.update(json.dumps([name, text]).encode())
+        known = {**parsecache.load("codeversion"), key: digest.hexdigest()[:16]}
+        parsecache.store("codeversion", known)
+    return known[key]
 
 
 def reached_code(*entries: str | Callable) -> dict[str, str]:

@@ -157,8 +157,8 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
 
 def check_names(run: dict, source: str = "params.yaml") -> None:
     """Benchmark and method names must be registered."""
+    from flyp.catalog import method_names
     from flyp.datasets import benchmark_names
-    from flyp.methods import method_names
 
     if run["benchmark"] not in benchmark_names():
         raise UserError(f"{source}: benchmark: unknown benchmark {run['benchmark']!r}; "
@@ -180,12 +180,12 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
 def check_method_options(run: dict, source: str = "params.yaml") -> None:
     """Each method's options must be a training key or one the method declares (not an input:
     the workflow passes those), of the declared type and range; one line naming the key."""
-    from flyp.methods import describe_options, get_method
+    from flyp.catalog import method_info
+    from flyp.options import describe_options
 
     shared = (*METHOD_TRAIN_KEYS, METHOD_LR_SCALE)
     for name, options in run["method_options"].items():
-        method = get_method(name)
-        specs = method.option_specs(with_inputs=False)
+        specs = method_info(name).option_specs(with_inputs=False)
         for key, value in options.items():
             where = f"{source}: presets.{run['benchmark']}.method_options.{name}.{key}"
             if key in shared:

@@ -9,7 +9,6 @@ need to know which method made a checkpoint.
 from __future__ import annotations
 
 import importlib
-import math
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
+from flyp.options import Option, describe_options  # noqa: F401 (what methods import)
 from flyp.scoring import CachedEvalSet, maybe_cached, predict, validation_scores
 
 
@@ -103,46 +103,6 @@ class Context:
         return validation_scores(logits, labels, self.benchmark.id_set, getattr(val, "df", None))
 
 
-@dataclass(frozen=True)
-class Option:
-    """A method's own setting (``-o name=value``, or ``method_options.<method>.<name>`` in
-    params.yaml): its type, range and default (None: required)."""
-
-    name: str
-    type: type = float  # float | int | str
-    default: object = None
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def parse(self, value):
-        """``value`` (a command-line string or a YAML value) as this option's type, in range."""
-        expected = f"{self.type.__name__}{self.range()}"
-        try:
-            if isinstance(value, bool):  # YAML's yes/true is no number
-                raise ValueError
-            parsed = self.type(value)
-            if self.type is int and parsed != float(value):  # 2.5 is no int
-                raise ValueError
-            if self.type is float and not math.isfinite(parsed):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}") from None
-        if ((self.minimum is not None and parsed < self.minimum)
-                or (self.maximum is not None and parsed > self.maximum)):
-            raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}")
-        return parsed
-
-    def range(self) -> str:
-        bounds = [f">= {self.minimum:g}" if self.minimum is not None else "",
-                  f"<= {self.maximum:g}" if self.maximum is not None else ""]
-        return "".join(f" {b}" for b in bounds if b)
-
-    def describe(self) -> str:
-        """``lambda (float >= 0, default 0.1)``: what an error message lists."""
-        default = "required" if self.default is None else f"default {self.default}"
-        return f"{self.name} ({self.type.__name__}{self.range()}, {default})"
-
-
 class Method:
     name: str = ""
     trains: bool = True
@@ -194,10 +154,6 @@ class Method:
     def classifier(self, ctx: Context) -> ImageClassifier:
         """The classifier of a method that does not train."""
         raise NotImplementedError
-
-
-def describe_options(specs) -> str:
-    return ", ".join(spec.describe() for spec in specs) or "none"
 
 
 METHODS: dict[str, type[Method]] = {}
