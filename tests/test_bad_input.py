@@ -23,7 +23,7 @@ One test per case. Cases tested in other files are listed with their test, not r
       here: test_ctrl_c_is_one_line_and_leaves_no_checkpoint;
       test_training.py: test_interrupted_run_resumes_to_the_same_weights
 - two Snakemake runs at once
-      Snakemake's own lock (not flyp code; no test here)
+      test_pipeline.py: test_nothing_runs_over_a_snakemake_run_in_progress (Snakemake's lock)
 - a read-only results/
       here: test_report_into_a_read_only_folder_is_one_line
 - shell quoting of method options
@@ -40,6 +40,7 @@ One test per case. Cases tested in other files are listed with their test, not r
       faults: test_checkpoint_content_hash_is_verified
 - 2. dvc exp run during snakemake
       here: test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything;
+      test_pipeline.py: test_nothing_runs_over_a_snakemake_run_in_progress (a real run);
       test_dvc_snakemake.py: test_dvc_outputs_persist_so_snakemake_decides_what_is_stale
       (DVC never deletes an output before its stage runs)
 - 3. unknown method options
@@ -60,8 +61,7 @@ One test per case. Cases tested in other files are listed with their test, not r
 - 5. errors in DataLoader workers
       here: test_an_error_in_a_dataloader_worker_is_the_same_one_line
 - 6. the DVC recording's reason
-      not automated yet (workflow/rules/common.smk, record_in_dvc: DVC's own ERROR line is
-      quoted; checked by hand with a file of a DVC output added to git)
+      test_pipeline.py: test_a_failed_dvc_recording_quotes_dvcs_reason
 - 7. data_hash of the data
       here: test_data_hash_changes_when_a_table_changes_after_prepare,
       test_data_hash_of_a_path_table_follows_its_image_files

@@ -126,6 +126,70 @@ def test_same_seed_gives_the_same_table(built):
     pd.testing.assert_frame_equal(before, after)
 
 
+HOLDER = """
+rule hold:
+    input: "results/table.csv"
+    output: "results/.held"
+    shell: "sleep 45 && touch {output}"
+"""
+
+
+def test_nothing_runs_over_a_snakemake_run_in_progress(built):
+    """While another Snakemake run holds the working directory (here one whose job reads
+    results/table.csv for 45 s), a second run that would write the table is refused by Snakemake's
+    lock, and `dvc exp run` refuses with one line before touching anything: params.yaml, the
+    table and the checkpoints stay as they were (issue 12, item 2)."""
+    root, env, _ = built
+    (root / "holder.smk").write_text(HOLDER)
+    params = (root / "params.yaml").read_bytes()
+    table = (root / "results/table.csv").read_bytes()
+    checkpoint = (root / "models/embedded/zeroshot/seed0/best.safetensors").read_bytes()
+    holder = subprocess.Popen(["snakemake", "-s", "holder.smk", "--cores", "1"], cwd=root,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not any((root / ".snakemake/locks").glob("*")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert any((root / ".snakemake/locks").glob("*")), "the holding run took no lock"
+        second = run(["snakemake", "--cores", "1", "--forcerun", "report", "--",
+                      "results/table.csv"], root, env, check=False)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr
+        exp = run(["dvc", "exp", "run", "-S", "lr=3e-4"], root, env, check=False)
+        assert exp.returncode != 0
+        assert "a snakemake run is in progress" in exp.stdout + exp.stderr
+        assert holder.poll() is None, "the holding run ended before the checks"
+    finally:
+        holder.wait(timeout=120)
+        (root / "holder.smk").unlink()
+        (root / "results/.held").unlink(missing_ok=True)
+    assert holder.returncode == 0
+    assert (root / "params.yaml").read_bytes() == params
+    assert (root / "results/table.csv").read_bytes() == table
+    assert (root / "models/embedded/zeroshot/seed0/best.safetensors").read_bytes() == checkpoint
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env).stdout
+
+
+def test_a_failed_dvc_recording_quotes_dvcs_reason(built):
+    """When DVC cannot record a run, the note quotes DVC's own error, not "unknown" (issue 12,
+    item 6); the next run that can record does."""
+    root, env, _ = built
+    manifest = "data/embedded/tables/manifest.json"
+    run(["git", "add", "-f", manifest], root, env)  # a DVC out now also tracked by git
+    try:
+        done = run(["snakemake", "--cores", "2", "--forcerun", "report", "--",
+                    "results/table.csv"], root, env)
+        note = [line for line in done.stderr.splitlines() if "not recorded in DVC" in line]
+        assert len(note) == 1, done.stderr
+        assert "already tracked by SCM" in note[0], note
+    finally:
+        run(["git", "rm", "-q", "--cached", manifest], root, env)
+    done = run(["snakemake", "--cores", "2", "--forcerun", "report", "--", "results/table.csv"],
+               root, env)
+    assert "not recorded in DVC" not in done.stderr
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env).stdout
+
+
 def jobs_to_run(root: Path, env: dict) -> dict[str, int]:
     """{rule: jobs} that `snakemake -n` would run now."""
     out = run(["snakemake", "-n", "--quiet", "rules", "--cores", "2", "results/table.csv"],
