@@ -188,6 +188,14 @@ def finetune_args(wildcards, input):
     return " ".join(args)
 
 
+def zeroshot_scores(wildcards):
+    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
+    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
+    if wildcards.method == "zeroshot":
+        return {}
+    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
+
+
 def whole_dag_reason():
     """Why this run may not stand for DVC's stage (None: it may): DVC records a run only when it
     brought the whole DAG up to date with params.yaml, so that dvc.lock never calls current an
