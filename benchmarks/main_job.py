@@ -8,6 +8,13 @@ Runs in a temporary copy of the project so the working tree's outputs are untouc
         --set 'fewshot={shots: []}'               # a subset (YAML values, top-level keys)
 
 Prints each job's wall time (from Snakemake's log) and the total, and the resulting table.
+
+    python benchmarks/main_job.py --against 49e393b   # that commit's job, then this tree's
+
+runs the same job for a commit (its code, rules and params.yaml, from `git archive`) and then for
+the working tree, one after the other on this machine, each with its own code (PYTHONPATH) and an
+empty flyp parse cache; prints both, the ratio of the wall times, and whether the two tables give
+the same numbers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["Snakefile", "params.yaml", "workflow"]  # no .dvc/: nothing to record
+FILES = ["Snakefile", "params.yaml", "workflow", "flyp"]  # no .dvc/: nothing to record
 
 
 def job_times(log: str) -> list[tuple[str, float]]:
@@ -45,6 +52,68 @@ def job_times(log: str) -> list[tuple[str, float]]:
     return out
 
 
+def copy_tree(dst: Path, rev: str | None) -> None:
+    """The project's files as of ``rev`` (git archive), or of the working tree (None)."""
+    dst.mkdir(parents=True)
+    if rev is None:
+        for name in FILES:
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(
+                src, dst / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                    if src.is_dir() else {}))
+        return
+    archive = subprocess.run(["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dst)], input=archive, check=True)
+
+
+def run_job(root: Path, args) -> tuple[float, str, str]:
+    """(wall seconds, Snakemake's log, table.csv) of the main job in the copy at ``root``."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["scale"] = args.scale
+    for item in args.set:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(root), "FLYP_CACHE": str(root / ".flyp-cache")}
+    env.pop("DVC_STAGE", None)
+    t0 = time.time()
+    done = subprocess.run(["snakemake", "--cores", args.cores, "results/table.csv"],
+                          cwd=root, env=env, capture_output=True, text=True)
+    total = time.time() - t0
+    if done.returncode != 0:
+        raise SystemExit(done.stdout + done.stderr)
+    return total, done.stdout + done.stderr, (root / "results/table.csv").read_text()
+
+
+def report(label: str, total: float, log: str) -> None:
+    print(f"{label}:")
+    by_rule: dict[str, list[float]] = {}
+    for job, seconds in job_times(log):
+        by_rule.setdefault(job.split("[")[0], []).append(seconds)
+    for rule, times in by_rule.items():
+        print(f"  {rule:22s} {len(times):4d} jobs {sum(times):8.0f} s job time")
+    print(f"  {'total wall time':22s} {total:18.0f} s ({total / 60:.1f} min)")
+
+
+def same_numbers(old: str, new: str) -> str:
+    """Whether two tables give the same numbers (every numeric column both have) per method row."""
+    import io
+
+    import pandas as pd
+
+    a, b = pd.read_csv(io.StringIO(old)), pd.read_csv(io.StringIO(new))
+    cols = [c for c in a.select_dtypes("number").columns if c in b.columns]
+    merged = a[["method", *cols]].merge(b[["method", *cols]], on="method",
+                                        suffixes=("_old", "_new"))
+    if len(merged) != len(a) or len(merged) != len(b):
+        return f"different rows ({len(a)} vs {len(b)}, {len(merged)} in common)"
+    diffs = {c: (merged[f"{c}_old"] - merged[f"{c}_new"]).abs().max() for c in cols}
+    worst = max(diffs, key=diffs.get)
+    return ("the same in every numeric column" if diffs[worst] == 0
+            else f"largest difference {diffs[worst]:.4g} (column {worst})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="full")
@@ -52,31 +121,27 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="Copy the run's results/ and logs/ here.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="Override a top-level key of params.yaml (repeatable).")
+    parser.add_argument("--against", metavar="REV",
+                        help="Also run this commit's job first and compare (time and numbers).")
     args = parser.parse_args()
+    print(f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs), "
+          f"{datetime.now():%Y-%m-%d %H:%M}")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for name in FILES:
-            src, dst = ROOT / name, root / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        params["scale"] = args.scale
-        for item in args.set:
-            key, _, value = item.partition("=")
-            params[key] = yaml.safe_load(value)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        t0 = time.time()
-        done = subprocess.run(["snakemake", "--cores", args.cores, "results/table.csv"],
-                              cwd=root, capture_output=True, text=True)
-        total = time.time() - t0
-        if done.returncode != 0:
-            raise SystemExit(done.stdout + done.stderr)
-        print(f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs)")
-        for job, seconds in job_times(done.stdout + done.stderr):
-            print(f"  {job:22s} {seconds:7.0f} s")
-        print(f"  {'total wall time':22s} {total:7.0f} s ({total / 60:.1f} min)")
-        print((root / "results/table.csv").read_text())
+        runs = {}
+        for label, rev in ([(args.against, args.against)] if args.against else []) + [
+                ("working tree", None)]:
+            root = Path(tmp) / label.replace(" ", "-")
+            copy_tree(root, rev)
+            runs[label] = run_job(root, args)
+            report(label, runs[label][0], runs[label][1])
+        new_total, _, table = runs["working tree"]
+        if args.against:
+            old_total, _, old_table = runs[args.against]
+            print(f"speed-up: {old_total / new_total:.2f}x ({old_total:.0f} s -> "
+                  f"{new_total:.0f} s); numbers: {same_numbers(old_table, table)}")
+        print(table)
         if args.keep:
+            root = Path(tmp) / "working-tree"
             for name in ["results", "logs", "models"]:
                 shutil.copytree(root / name, args.keep / name, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"))
