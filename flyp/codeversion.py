@@ -43,13 +43,13 @@ def code_version(*entries: str | Callable) -> str:
     a function or class (its module and name). Kept in flyp.parsecache while the package does not
     change (walking the syntax trees of every step takes seconds)."""
     key = " ".join(sorted(":".join(n for n in _entry(e) if n) for e in entries))
-    known = parsecache.load("codeversion")
+    known = parsecache.load("codeversion", ROOT)
     if key not in known:
         digest = hashlib.sha256()
         for name, text in sorted(reached_code(*entries).items()):
             digest.update(json.dumps([name, text]).encode())
-        known = {**parsecache.load("codeversion"), key: digest.hexdigest()[:16]}
-        parsecache.store("codeversion", known)
+        known[key] = digest.hexdigest()[:16]
+        parsecache.store("codeversion", known, ROOT)
     return known[key]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import cache
 from pathlib import Path
 
 from flyp.io import UserError, write_json
@@ -20,13 +19,13 @@ from flyp.io import UserError, write_json
 PACKAGE = Path(__file__).resolve().parent
 
 
-@cache  # the package does not change while one process builds a DAG
-def package_hash() -> str:
-    """Hash of every file of the package (relative paths and bytes; bytecode excluded)."""
+def package_hash(package: Path = PACKAGE) -> str:
+    """Hash of every file of the package (relative paths and bytes; bytecode excluded): about
+    2 ms, so it is taken at every use, never from a copy an edit could have made stale."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*")):
+    for path in sorted(package.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0")
+            digest.update(str(path.relative_to(package)).encode() + b"\0")
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -38,22 +37,22 @@ def cache_dir() -> Path:
     return Path(base) / "flyp"
 
 
-def _path(name: str) -> Path:
-    return cache_dir() / f"{name}-{package_hash()}.json"
+def _path(name: str, package: Path) -> Path:
+    return cache_dir() / f"{name}-{package_hash(package)}.json"
 
 
-def load(name: str) -> dict:
+def load(name: str, package: Path = PACKAGE) -> dict:
     """The cached entries of ``name`` for this version of the package ({} when none)."""
     try:
-        data = json.loads(_path(name).read_text())
+        data = json.loads(_path(name, package).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def store(name: str, data: dict) -> None:
+def store(name: str, data: dict, package: Path = PACKAGE) -> None:
     """Replace the entries of ``name`` (atomically; silently skipped if nothing can be written)."""
     try:
-        write_json(_path(name), data)
+        write_json(_path(name, package), data)
     except (OSError, UserError):
         pass

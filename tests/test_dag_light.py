@@ -50,21 +50,15 @@ def test_a_cached_code_version_equals_the_walked_one(cache):
     assert first != codeversion.code_version("flyp.cli:finetune", type(get_method("ft")))
 
 
-def test_any_edit_under_the_package_starts_a_new_cache(tmp_path, monkeypatch):
+def test_any_edit_under_the_package_starts_a_new_cache(tmp_path):
     package = tmp_path / "flyp"
     shutil.copytree(ROOT / "flyp", package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(parsecache, "PACKAGE", package)
-    parsecache.package_hash.cache_clear()
-    try:
-        before = parsecache.package_hash()
-        (package / "models.py").write_text((package / "models.py").read_text() + "\n# edit\n")
-        parsecache.package_hash.cache_clear()
-        after = parsecache.package_hash()
-        (package / "model_configs" / "extra.json").write_text("{}")
-        parsecache.package_hash.cache_clear()
-        assert len({before, after, parsecache.package_hash()}) == 3
-    finally:
-        parsecache.package_hash.cache_clear()
+    before = parsecache.package_hash(package)
+    assert before == parsecache.package_hash()  # a copy is the same package
+    (package / "models.py").write_text((package / "models.py").read_text() + "\n# edit\n")
+    after = parsecache.package_hash(package)
+    (package / "model_configs" / "extra.json").write_text("{}")
+    assert len({before, after, parsecache.package_hash(package)}) == 3
 
 
 def test_an_unreadable_or_unwritable_cache_is_only_slower(tmp_path, monkeypatch):
