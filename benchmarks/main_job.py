@@ -3,9 +3,10 @@
 Runs in a temporary copy of the project so the working tree's outputs are untouched:
 
     python benchmarks/main_job.py                 # the default (full) embedded benchmark
-    python benchmarks/main_job.py --scale smoke   # the tiny configuration the tests use
+    python benchmarks/main_job.py --scale smoke --set presets.embedded.fewshot.shots=[2]
+                                                  # the tiny world the tests use (2-shot draws)
     python benchmarks/main_job.py --set 'methods=[zeroshot, ft, flyp]' --set 'seeds=[0]' \
-        --set 'fewshot={shots: []}'               # a subset (YAML values, top-level keys)
+        --set presets.embedded.fewshot.shots=[2]  # a subset (YAML values, dotted keys)
 
 Prints each job's wall time (from Snakemake's log) and the total, and the resulting table.
 
@@ -73,7 +74,11 @@ def run_job(root: Path, args) -> tuple[float, str, str]:
     params["scale"] = args.scale
     for item in args.set:
         key, _, value = item.partition("=")
-        params[key] = yaml.safe_load(value)
+        *parents, leaf = key.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = yaml.safe_load(value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(root), "FLYP_CACHE": str(root / ".flyp-cache")}
     env.pop("DVC_STAGE", None)
@@ -120,7 +125,7 @@ def main() -> None:
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", type=Path, help="Copy the run's results/ and logs/ here.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
-                        help="Override a top-level key of params.yaml (repeatable).")
+                        help="Override a key of params.yaml, dotted (repeatable).")
     parser.add_argument("--against", metavar="REV",
                         help="Also run this commit's job first and compare (time and numbers).")
     args = parser.parse_args()
