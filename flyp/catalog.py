@@ -21,6 +21,7 @@ from flyp.options import Option
 class MethodInfo:
     name: str
     trains: bool
+    seeded: bool  # a full run depends on its seed (flyp.methods.Method.seeded)
     inputs: dict[str, str]  # option -> "features" | "method:<name>" (flyp.methods.Method.inputs)
     options: tuple[Option, ...]  # the method's own settings, inputs excluded
     entry: str  # "module:Class", where the method's code starts (flyp.codeversion)
@@ -40,6 +41,7 @@ def _read_classes() -> dict:
         cls = METHODS[name]
         out[name] = {
             "trains": cls.trains,
+            "seeded": cls.seeded,
             "inputs": dict(cls.inputs),
             "options": [[o.name, o.type.__name__, o.default, o.minimum, o.maximum]
                         for o in cls.options],
@@ -62,6 +64,7 @@ def methods() -> dict[str, MethodInfo]:
         name: MethodInfo(
             name=name,
             trains=info["trains"],
+            seeded=info["seeded"],
             inputs=info["inputs"],
             options=tuple(Option(n, TYPES[t], d, lo, hi) for n, t, d, lo, hi in info["options"]),
             entry=info["entry"],

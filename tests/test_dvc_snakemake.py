@@ -226,3 +226,29 @@ def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
     ordered = ordered_like(recorded, current)
     assert ordered == recorded
     assert list(ordered) == ["z", "data", "a"] and list(ordered["data"]) == ["seed", "ood_size"]
+
+
+def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
+    """Zero-shot and the linear probe do not depend on the seed (Method.seeded): their full run is
+    made and evaluated for the first seed only; the other seeds' result files are copies, and
+    the methods built on them (LP-FT, every ensemble) read that one run."""
+    jobs = dag_jobs()
+    made = {out for job in jobs for out in job["output"]}
+    for method in ("zeroshot", "lp"):
+        assert f"models/embedded/{method}/seed0/best.safetensors" in made
+        assert f"models/embedded/{method}/seed1/best.safetensors" not in made
+        for seed in (1, 2):
+            reuse = [j for j in jobs if f"results/embedded/{method}/seed{seed}/metrics.json"
+                     in j["output"]]
+            assert [j["rule"] for j in reuse] == ["reuse_seedless"]
+            assert all("/seed0/" in f for f in reuse[0]["input"])
+    for job in jobs:
+        if job["rule"] == "finetune" and "models/embedded/lpft/seed2/best.safetensors" in \
+                job["output"]:
+            assert "models/embedded/lp/seed0/best.safetensors" in job["input"]
+        if job["rule"] == "evaluate_ensemble" and "results/embedded/ft/seed1/metrics.json" in \
+                job["output"]:
+            assert "models/embedded/zeroshot/seed0/best.safetensors" in job["input"]
+            assert "results/embedded/zeroshot/seed0/metrics.json" in job["input"]
+    trained = [j for j in jobs if j["rule"] == "finetune"]
+    assert len(trained) == 7 * 3 + 2  # the seven seeded methods per seed, two seedless once

@@ -149,3 +149,22 @@ def test_lp_scores_c_with_the_benchmarks_id_metric_and_its_val_table(ctx, tiny_p
     assert ctx.notes["lp_val_metric"] == "needs_table" and ctx.notes["lp_val_score"] == 1.0
     assert ctx.notes["lp_C"] in flyp.methods.lp.C_GRID
     assert len(tables_seen) == len(flyp.methods.lp.C_GRID) and "image" not in tables_seen[0]
+
+
+def test_the_probe_and_zero_shot_do_not_depend_on_the_seed(ctx, tiny_pretrained, tiny_tables,
+                                                           tmp_path):
+    """What lets the workflow run them once for every seed (Method.seeded = False)."""
+    path = tmp_path / "features.safetensors"
+    write_features(tiny_pretrained, tiny_tables, path)
+    for name in ("lp", "zeroshot"):
+        method = get_method(name)
+        assert not method.seeded
+        states = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)  # as finetuning seeds a run
+            one = dataclasses.replace(ctx, seed=seed, options={"features": str(path)}
+                                      if name == "lp" else {})
+            states.append(method.classifier(one).state_dict())
+        assert states[0].keys() == states[1].keys()
+        assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert all(get_method(m).seeded for m in ("ft", "flyp", "lpft", "l2sp"))

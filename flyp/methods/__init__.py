@@ -111,6 +111,9 @@ class Method:
     # features) or "method:<name>" (that method's checkpoint of the same run). The workflow makes
     # them inputs and passes each path as `-o <option>=<path>`.
     inputs: dict[str, str] = {}
+    # Whether a full run depends on its seed. One that does not (no training, no random draw:
+    # zero-shot, the linear probe) is run once, for the first seed, and every seed's row reuses it.
+    seeded: bool = True
     # Whether the classifier's head is the zero-shot head of the model's own text tower (so weight
     # ensembling rebuilds it from the interpolated text tower instead of mixing heads).
     head_from_text: bool = False

@@ -76,6 +76,7 @@ def val_table(ctx: Context):
 @register_method("lp")
 class LinearProbe(Method):
     trains = False
+    seeded = False  # no random draw: the same run for every seed
     description = "logistic regression on frozen image features, C chosen on ID-val"
     inputs = {"features": "features"}
 

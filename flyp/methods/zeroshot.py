@@ -7,6 +7,7 @@ from flyp.models import ImageClassifier
 @register_method("zeroshot")
 class ZeroShot(Method):
     trains = False
+    seeded = False  # no random draw: the same run for every seed
     head_from_text = True
     description = "pretrained CLIP, head from averaged template embeddings"
 

@@ -165,6 +165,20 @@ def finetune_config(method, run):
     return {**cfg, "shots": shots, "draw": draw, "options": options}
 
 
+# A method whose full runs do not depend on the seed (flyp.methods.Method.seeded: zero-shot, the
+# linear probe) is run once, for the first seed; what another seed's run would have made is that
+# run's (its result files are copied by evaluate.smk's reuse_seedless, so the table keeps a row per
+# seed set).
+SEEDLESS = [m for m in METHODS if not method_info(m).seeded]
+
+
+def full_run(method, run):
+    """The run whose outputs stand for (method, run)."""
+    if run.startswith("seed") and method in SEEDLESS:
+        return FULL_RUNS[0]
+    return run
+
+
 def method_inputs(wildcards):
     """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
     files = {}
@@ -172,7 +186,8 @@ def method_inputs(wildcards):
         if kind == "features":
             files[option] = f"{MODELS}/features.safetensors"
         else:  # "method:<name>": that method's checkpoint of the same run
-            files[option] = f"{MODELS}/{kind.split(':', 1)[1]}/{wildcards.run}/best.safetensors"
+            other = kind.split(":", 1)[1]
+            files[option] = f"{MODELS}/{other}/{full_run(other, wildcards.run)}/best.safetensors"
     return files
 
 
@@ -188,12 +203,15 @@ def finetune_args(wildcards, input):
     return " ".join(args)
 
 
-def zeroshot_scores(wildcards):
-    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
-    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
-    if wildcards.method == "zeroshot":
-        return {}
-    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
+def zeroshot_inputs(wildcards):
+    """The zero-shot checkpoint an ensemble mixes with, and its scores: alpha 0 of the ensemble
+    is that checkpoint itself, so its scores are read from the zero-shot evaluation, not
+    recomputed (the zero-shot run itself has nothing to read)."""
+    run = full_run("zeroshot", wildcards.run)
+    files = {"zeroshot": f"{MODELS}/zeroshot/{run}/best.safetensors"}
+    if wildcards.method != "zeroshot":
+        files["zeroshot_metrics"] = f"{RESULTS}/zeroshot/{run}/metrics.json"
+    return files
 
 
 def whole_dag_reason():

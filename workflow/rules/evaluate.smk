@@ -35,9 +35,8 @@ rule evaluate:
 
 rule evaluate_ensemble:
     input:
-        unpack(zeroshot_scores),
+        unpack(zeroshot_inputs),
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
-        zeroshot=f"{MODELS}/zeroshot/{{run}}/best.safetensors",
         tables=TABLES,
     output:
         metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
@@ -74,3 +73,29 @@ rule evaluate_ensemble:
         "--alphas {params.alphas:q} --curve-out {output.curve} --wise-out {output.wise} "
         "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} "
         "2> {log}"
+
+
+# The other seeds of a method that does not depend on its seed (common.smk: SEEDLESS) reuse the
+# first seed's results: copied, so that the table reads a run per seed as for every method.
+RESULT_FILES = ["metrics.json", "provenance.json", "wise_curve.csv", "wise_metrics.json"]
+if SEEDLESS and len(FULL_RUNS) > 1:
+
+    rule reuse_seedless:
+        input:
+            expand(f"{RESULTS}/{{{{method}}}}/{FULL_RUNS[0]}/{{file}}", file=RESULT_FILES),
+        output:
+            expand(f"{RESULTS}/{{{{method}}}}/{{{{run}}}}/{{file}}", file=RESULT_FILES),
+        wildcard_constraints:
+            method="|".join(SEEDLESS),
+            run="|".join(FULL_RUNS[1:]),
+        localrule: True
+        params:
+            folder=lambda wildcards, output: os.path.dirname(output[0]),
+        conda:
+            ENV
+        log:
+            f"logs/{BENCHMARK}/reuse_{{method}}_{{run}}.log",
+        shell:
+            "cp {input:q} {params.folder:q}/ 2> {log}"
+
+    ruleorder: reuse_seedless > evaluate_ensemble
