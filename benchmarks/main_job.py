@@ -87,7 +87,10 @@ def run_job(root: Path, args) -> tuple[float, str, str]:
                           cwd=root, env=env, capture_output=True, text=True)
     total = time.time() - t0
     if done.returncode != 0:
-        raise SystemExit(done.stdout + done.stderr)
+        logs = re.findall(r"log: (\S+) \(check log file", done.stdout + done.stderr)
+        tails = [f"--- {log}:\n" + "\n".join((root / log).read_text().splitlines()[-15:])
+                 for log in logs if (root / log).is_file()]
+        raise SystemExit("\n".join([done.stdout + done.stderr, *tails]))
     return total, done.stdout + done.stderr, (root / "results/table.csv").read_text()
 
 
