@@ -54,9 +54,10 @@ rule report:
     log:
         f"logs/{BENCHMARK}/report.log",
     shell:
+        # --option=value: a list can be empty (no few-shot runs), and an empty word would vanish
         "flyp report --benchmark {params.benchmark:q} --results {params.results:q} "
-        "--methods {params.methods:q} --runs {params.runs:q} --wise-methods {params.wise:q} "
-        "--fewshot-methods {params.fewshot_methods:q} --fewshot-runs {params.fewshot_runs:q} "
+        "--methods={params.methods:q} --runs={params.runs:q} --wise-methods={params.wise:q} "
+        "--fewshot-methods={params.fewshot_methods:q} --fewshot-runs={params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
         "--markdown {output.markdown} > {log} 2>&1"
