@@ -23,6 +23,7 @@ BENCHMARK = RUN["benchmark"]
 BENCH = get_benchmark(BENCHMARK)
 TABLES = f"data/{BENCHMARK}/tables"  # prepared Parquet tables + manifest.json
 CAPTIONS = f"data/{BENCHMARK}/captions"  # FLYP caption tables
+EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed once (uint8)
 MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
