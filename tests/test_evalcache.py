@@ -93,20 +93,19 @@ def test_predictions_from_the_cache_equal_those_from_decoding(cache, tiny_tables
 def test_evaluation_and_ensembling_give_the_same_files_with_the_cache(
         cache, tiny_tables, ends, tmp_path, monkeypatch):
     zs, ft = ends
-    outputs = {}
+    outputs, decodes = {}, []
+    real = ImageTable.__getitem__
+    monkeypatch.setattr(ImageTable, "__getitem__",
+                        lambda self, i: (decodes.append(i), real(self, i))[1])
     for mode in ("decoded", "cached"):
         out = tmp_path / mode
-        decodes = []
-        real = ImageTable.__getitem__
-        monkeypatch.setattr(ImageTable, "__getitem__",
-                            lambda self, i: (decodes.append(i), real(self, i))[1])
+        decodes.clear()
         extra = ["--eval-cache", cache] if mode == "cached" else []
         done = flyp_cli("evaluate", "--benchmark", "embedded", "--data", tiny_tables,
                         "--checkpoint", ft, "--metrics-out", out / "metrics.json",
                         "--provenance-out", out / "provenance.json", "--ensemble-with", zs,
                         "--alphas", "0,0.5,1", "--curve-out", out / "wise_curve.csv",
                         "--wise-out", out / "wise_metrics.json", "--batch-size", 20, *extra)
-        monkeypatch.undo()
         assert done.exit_code == 0, done.output
         assert bool(decodes) == (mode == "decoded")  # the cache decodes nothing
         outputs[mode] = {f: (out / f).read_bytes()
@@ -129,7 +128,8 @@ def test_a_cache_made_for_another_resolution_is_refused(tiny_tables, tiny_pretra
                     "--eval-cache", tmp_path / "cache48")
     assert done.exit_code == 2
     message = done.output.strip().splitlines()[-1]
-    assert "cache48: made for another preprocessing" in message and "size [48, 48] (model: [32, 32])" in message
+    assert "cache48: made for another preprocessing" in message
+    assert "size [48, 48] (model: [32, 32])" in message
     assert not (tmp_path / "m.json").exists()
 
 
