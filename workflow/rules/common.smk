@@ -177,6 +177,14 @@ def method_inputs(wildcards):
     return files
 
 
+def zeroshot_scores(wildcards):
+    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
+    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
+    if wildcards.method == "zeroshot":
+        return {}
+    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
+
+
 def finetune_args(wildcards, input):
     """`flyp finetune` options of one (method, run)."""
     cfg = finetune_config(wildcards.method, wildcards.run)

@@ -35,14 +35,6 @@ rule evaluate:
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 
-def zeroshot_scores(wildcards):
-    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
-    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
-    if wildcards.method == "zeroshot":
-        return {}
-    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
-
-
 rule evaluate_ensemble:
     input:
         unpack(zeroshot_scores),
