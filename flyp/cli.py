@@ -329,12 +329,14 @@ def pretrained(model_name, pretrained, out, log_csv):
               help="Few-shot protocol: train on k images per class, select on k per class.")
 @click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which few-shot draw (seeds the k-per-class sample).")
+@click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Read ID-val from this `flyp evalcache` folder instead of decoding it.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @threads_option
 @device_option
 def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
-             draw, out, log_csv, threads, device, **train):
+             draw, eval_cache, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
     _setup_torch(threads)
     from flyp.finetuning import finetune as run
@@ -348,7 +350,8 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     cfg = _train_config(**train, threads=threads)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
-                 device=resolve_device(device), shots=shots, draw=draw, log=_log)
+                 device=resolve_device(device), shots=shots, draw=draw,
+                 eval_cache=eval_cache, log=_log)
     val = result["best_val"] or {}
     _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
          f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")

@@ -193,3 +193,30 @@ def test_the_cache_is_made_with_the_workers_asked_for_and_read_without(
         tiny_pretrained)))
     flyp.loading.make_loader(opened.dataset("val"), batch_size=8, workers=3)
     assert made[-1] == ("CachedImages", 0)  # a memory map is read in the main process
+
+
+@pytest.mark.parametrize(("method", "shots"), [("ft", None), ("zeroshot", 1)])
+def test_finetuning_selects_on_the_cached_id_val_with_the_same_scores(
+        method, shots, cache, tiny_tables, tiny_captions, tiny_pretrained, tmp_path, monkeypatch):
+    from flyp.finetuning import finetune
+    from flyp.training import TrainConfig
+
+    reads = []
+    real = ImageTable.__getitem__
+    monkeypatch.setattr(ImageTable, "__getitem__",
+                        lambda self, i: (reads.append(self.path.stem), real(self, i))[1])
+    cfg = TrainConfig(epochs=1, lr=1e-4, wd=0.0, batch_size=48, warmup_steps=0, seed=0)
+    results, tensors = {}, {}
+    for mode, folder in (("decoded", None), ("cached", cache)):
+        reads.clear()
+        out = tmp_path / f"{mode}.safetensors"
+        results[mode] = finetune("embedded", tiny_tables, tiny_captions, tiny_pretrained, method,
+                                 cfg, options={}, out=out, log_csv=tmp_path / f"{mode}.csv",
+                                 device=torch.device("cpu"), shots=shots, eval_cache=folder,
+                                 log=lambda m: None)
+        assert ("val" in reads) == (mode == "decoded")
+        ckpt = load_checkpoint(out)
+        tensors[mode] = {**ckpt.clip, **ckpt.head}
+    assert results["cached"] == results["decoded"]
+    assert tensors["cached"].keys() == tensors["decoded"].keys()
+    assert all(torch.equal(tensors["cached"][k], tensors["decoded"][k]) for k in tensors["cached"])
