@@ -220,3 +220,39 @@ def test_finetuning_selects_on_the_cached_id_val_with_the_same_scores(
     assert results["cached"] == results["decoded"]
     assert tensors["cached"].keys() == tensors["decoded"].keys()
     assert all(torch.equal(tensors["cached"][k], tensors["decoded"][k]) for k in tensors["cached"])
+
+
+def test_a_benchmark_of_image_files_with_regions_and_borders_scores_the_same_from_the_cache(
+        ends, tmp_path):
+    """Path tables, as the real benchmarks have: JPEG files, a border to crop (ObjectNet) and a
+    region column read by the metric (FMoW's worst-region accuracy)."""
+    import pandas as pd
+    from PIL import Image
+
+    from flyp.datasets import Benchmark, EvalSet
+    from flyp.evaluation import evaluate_classifiers
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tables"
+    (data / "images").mkdir(parents=True)
+    for name in ("val", "id_test", "ood_test"):
+        rows = []
+        for i in range(24):
+            pixels = rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / "images" / f"{name}{i}.jpg", quality=90)
+            rows.append({"image_id": f"{name}{i}", "label": i % 12, "path": f"images/{name}{i}.jpg",
+                         "crop": 2, "region": ["Africa", "Europe", "Other"][i % 3]})
+        write_table(pd.DataFrame(rows), table_path(data, name))
+    bench = Benchmark("files", BENCH.classnames, BENCH.templates, [
+        EvalSet("id_test", ood=False),
+        EvalSet("ood_test", ood=True, metric="worst_region_accuracy")], prepare=None)
+    write_eval_cache(bench, ends[1], data, tmp_path / "cache", log=lambda m: None)
+    classifier = classifier_from_checkpoint(load_checkpoint(ends[1]))
+    decoded = evaluate_classifiers([classifier], bench, data, log=lambda m: None)
+    cached = evaluate_classifiers([classifier], bench, data, eval_cache=tmp_path / "cache",
+                                  log=lambda m: None)
+    assert cached == decoded and set(decoded[0]) == {"id_test", "ood_test", "avg_ood"}
+    _, eval_tf = preprocess_transforms(preprocess_cfg(load_checkpoint(ends[1])))
+    table = ImageTable(table_path(data, "ood_test"), eval_tf)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "cache" / "ood_test.npy")),
+                       torch.stack([table[i][0] for i in range(len(table))]))
