@@ -52,8 +52,8 @@ def cached_sets(bench) -> list[str]:
 def write_eval_cache(bench, checkpoint: Path, data_dir: Path, out_dir: Path, *,
                      batch_size: int = 256, num_workers: int = 0, log=print) -> None:
     """Transform every set of ``cached_sets(bench)`` with ``checkpoint``'s eval transform and write
-    the cache into ``out_dir`` (each file atomically; the manifest last, so a folder without one
-    is not a cache)."""
+    the cache into ``out_dir`` (each file atomically; a previous manifest removed first and the
+    new one written last, so a folder without one, or half rewritten, is not a cache)."""
     from flyp.datasets import table_path
     from flyp.datasets.tables import ImageTable
     from flyp.models import load_checkpoint, preprocess_cfg, preprocess_transforms
@@ -63,16 +63,18 @@ def write_eval_cache(bench, checkpoint: Path, data_dir: Path, out_dir: Path, *,
         raise UserError(f"--out {out_dir}: exists and is not a folder")
     cfg = preprocess_cfg(load_checkpoint(checkpoint))
     _, eval_tf = preprocess_transforms(cfg)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
     sets = {}
     for name in cached_sets(bench):
         table = table_path(data_dir, name)
         dataset = ImageTable(table, eval_tf)
+        digest = sha256_file(table)  # of the table just read
         if len(dataset) == 0:
             raise UserError(f"{table}: no images; expected at least one to evaluate on")
         write_images(dataset, out_dir / f"{name}.npy", batch_size=batch_size,
                      num_workers=num_workers)
         write_rows(dataset.df, out_dir / f"{name}.parquet")
-        sets[name] = {"table_sha256": sha256_file(table), "rows": len(dataset)}
+        sets[name] = {"table_sha256": digest, "rows": len(dataset)}
         log(f"{name}: {len(dataset)} images cached")
     write_json(out_dir / MANIFEST, {"format": FORMAT, "benchmark": bench.name,
                                     "transform": transform_key(cfg), "sets": sets})
@@ -80,7 +82,7 @@ def write_eval_cache(bench, checkpoint: Path, data_dir: Path, out_dir: Path, *,
 
 def write_images(dataset, path: Path, *, batch_size: int, num_workers: int) -> None:
     """The dataset's transformed uint8 images as one (N, 3, H, W) .npy, filled batch by batch
-    (never all in memory: ImageNet's test sets are 26 GB at 224 px)."""
+    (never all in memory: ImageNet's ID-val and test sets take 27 GB at 224 px)."""
     from flyp.loading import make_loader
 
     shape = (len(dataset), *dataset[0][0].shape)
