@@ -4,7 +4,10 @@ ImageNet's typical size (about 400x350, quality 90) read from files as the real 
 - old: open_clip's transforms end in a float32 tensor, normalised in the loader (602 KB an image
   at 224 px cross from a worker to the training process);
 - new: the same crop and resize end in a uint8 tensor (150 KB), converted and normalised on the
-  device (``flyp.models.normalise_images``; here the device is the CPU).
+  device (``flyp.models.normalise_images``; here the device is the CPU);
+- eval cache: the eval transform's uint8 images written once (``flyp.evalcache``, what
+  ``flyp evalcache`` writes per set) and read from the memory-mapped array, against decoding and
+  transforming them (old and new path) for every evaluation.
 
     PYTHONPATH=. python benchmarks/data_path.py                  # 400 images, workers 0 and 1
     PYTHONPATH=. python benchmarks/data_path.py --images 100 --workers 0,2,4
@@ -28,6 +31,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from flyp.datasets.tables import ImageTable, write_table
+from flyp.evalcache import CachedImages, write_images
 from flyp.loading import make_loader, to_device
 from flyp.models import normalise_images, preprocess_transforms
 
@@ -65,10 +69,10 @@ def old_transforms(cfg: dict):
 
 
 def images_per_second(table: Path, transform, workers: int, normalise: bool,
-                      batch_size: int) -> float:
-    """Every image of ``table`` through a loader to the consumer (normalised there if
-    ``normalise``), after one warm-up batch (worker start-up is not counted)."""
-    dataset = ImageTable(table, transform)
+                      batch_size: int, dataset=None) -> float:
+    """Every image of ``table`` (or of ``dataset``) through a loader to the consumer (normalised
+    there if ``normalise``), after one warm-up batch (worker start-up is not counted)."""
+    dataset = ImageTable(table, transform) if dataset is None else dataset
     mean = torch.tensor(CFG["mean"]).view(-1, 1, 1)
     std = torch.tensor(CFG["std"]).view(-1, 1, 1)
     device = torch.device("cpu")
@@ -114,6 +118,28 @@ def main() -> None:
                                                          args.batch_size))
                 print(f"{name:<10}{workers:>8}{before:>11.1f}{after:>11.1f}"
                       f"{after / before:>8.2f}", flush=True)
+        eval_cache(table, Path(tmp), old_eval, new_eval, args)
+
+
+def eval_cache(table: Path, folder: Path, old_eval, new_eval, args) -> None:
+    """The eval figure of the cache: decoding and transforming every image (old and new path,
+    workers 0: one core) against reading the cached uint8 images (always read in the main
+    process: ``flyp.loading.make_loader``)."""
+    start = time.perf_counter()
+    write_images(ImageTable(table, new_eval), folder / "cache.npy", batch_size=args.batch_size,
+                 num_workers=0)
+    made = (time.perf_counter() - start) * 1e3 / len(ImageTable(table))
+    cached = CachedImages(np.load(folder / "cache.npy", mmap_mode="r"), ImageTable(table).df)
+    old = new = read = raw = 0.0
+    for _ in range(args.repeats):
+        old = max(old, images_per_second(table, old_eval, 0, False, args.batch_size))
+        new = max(new, images_per_second(table, new_eval, 0, True, args.batch_size))
+        read = max(read, images_per_second(table, None, 0, True, args.batch_size, cached))
+        raw = max(raw, images_per_second(table, None, 0, False, args.batch_size, cached))
+    print(f"eval cache (made once: {made:.1f} ms an image), workers 0: old {old:.1f} img/s, "
+          f"new {new:.1f} img/s, cache {read:.1f} img/s; cache/old {read / old:.1f}x, "
+          f"cache/new {read / new:.1f}x; the cache's batches alone, not normalised (on a GPU "
+          f"the device normalises): {raw:.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":

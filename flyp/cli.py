@@ -329,12 +329,14 @@ def pretrained(model_name, pretrained, out, log_csv):
               help="Few-shot protocol: train on k images per class, select on k per class.")
 @click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which few-shot draw (seeds the k-per-class sample).")
+@click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Read ID-val from this `flyp evalcache` folder instead of decoding it.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @threads_option
 @device_option
 def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
-             draw, out, log_csv, threads, device, **train):
+             draw, eval_cache, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
     _setup_torch(threads)
     from flyp.finetuning import finetune as run
@@ -348,7 +350,8 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
     cfg = _train_config(**train, threads=threads)
     result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
                  options=_parse_options(options), out=out, log_csv=log_csv,
-                 device=resolve_device(device), shots=shots, draw=draw, log=_log)
+                 device=resolve_device(device), shots=shots, draw=draw,
+                 eval_cache=eval_cache, log=_log)
     val = result["best_val"] or {}
     _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
          f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")
@@ -373,6 +376,9 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
               "not recomputed).")
 @click.option("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
               show_default=True, help="Mixing weights of the ensemble, in [0, 1].")
+@click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Read ID-val and the eval sets' images from this `flyp evalcache` folder "
+              "(made with the checkpoint's preprocessing) instead of decoding them.")
 @click.option("--curve-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Ensemble: metrics at every alpha (CSV).")
 @click.option("--wise-out", type=click.Path(dir_okay=False, path_type=Path),
@@ -380,8 +386,8 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
 @threads_option
 @device_option
 def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, batch_size,
-             workers, precision, zeroshot, zeroshot_metrics, alphas, curve_out, wise_out, threads,
-             device):
+             workers, precision, zeroshot, zeroshot_metrics, eval_cache, alphas, curve_out,
+             wise_out, threads, device):
     """Score a checkpoint on the benchmark's ID test set and every OOD set (and, with
     --ensemble-with, its weight ensembles with the zero-shot checkpoint)."""
     _setup_torch(threads)
@@ -399,7 +405,7 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
         raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
     device = resolve_device(device)
     options = dict(batch_size=batch_size, num_workers=resolve_workers(workers, threads),
-                   device=device, precision=precision, log=_log)
+                   device=device, precision=precision, eval_cache=eval_cache, log=_log)
     if zeroshot is not None:
         from flyp.ensemble import check_ensemble_pair, run_ensemble
 
@@ -418,6 +424,31 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
             raise
         _log(f"weight ensembling: picked alpha={best['alpha']:g} "
              f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
+
+
+@main.command()
+@benchmark_option
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The pretrained checkpoint: its preprocessing (every checkpoint made from it "
+              "carries the same) decides the transform.")
+@data_option
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for evalcache.json and each set's <set>.npy and <set>.parquet.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@workers_option
+@threads_option
+def evalcache(benchmark_name, checkpoint, data_dir, out_dir, batch_size, workers, threads):
+    """Transform ID-val and every eval set once into uint8 arrays that evaluation memory-maps
+    (`flyp evaluate --eval-cache`)."""
+    _setup_torch(threads)
+    from flyp.datasets import get_benchmark
+    from flyp.evalcache import write_eval_cache
+    from flyp.loading import resolve_workers
+
+    write_eval_cache(get_benchmark(benchmark_name), checkpoint, data_dir, out_dir,
+                     batch_size=batch_size, num_workers=resolve_workers(workers, threads),
+                     log=_log)
+    _log(f"wrote {out_dir}")
 
 
 @main.command()

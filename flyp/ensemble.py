@@ -90,7 +90,7 @@ def models_per_pass(zs: Checkpoint, budget: int = ENSEMBLE_BYTES) -> int:
 def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, val_set,
                    known: dict | None = None, device="cpu", batch_size: int = 256,
                    num_workers: int = 0, precision: str = "fp32", budget: int = ENSEMBLE_BYTES,
-                   log=print) -> list[dict]:
+                   eval_cache=None, log=print) -> list[dict]:
     """One row per alpha: {"alpha", "val_metric", "val_score", "val_loss", <eval set>...,
     "avg_ood"}; the val score is the benchmark's ID metric on ``val_set``. ``known`` maps an alpha
     to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results).
@@ -98,7 +98,8 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
     The other alphas are evaluated together: their mixed models are built once and every batch of
     ID-val and of each eval set is decoded once and seen by all of them (``budget``: bytes of
     mixed weights held at once; the grid is split into passes beyond it). Each alpha's logits are
-    those it would get evaluated alone."""
+    those it would get evaluated alone. ``eval_cache``: the eval sets' images come from this
+    ``flyp evalcache`` folder (``val_set`` is the caller's)."""
     from flyp.evaluation import evaluate_classifiers
     from flyp.scoring import predict_many, validation_scores
 
@@ -121,8 +122,8 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
         options = dict(batch_size=batch_size, num_workers=num_workers, device=device,
                        precision=precision)
         logits, labels = predict_many(classifiers, val_set, **options)
-        metrics = evaluate_classifiers(classifiers, bench, data_dir, log=lambda m: None,
-                                       **options)
+        metrics = evaluate_classifiers(classifiers, bench, data_dir, eval_cache=eval_cache,
+                                       log=lambda m: None, **options)
         for a, each, m in zip(grid, logits, metrics, strict=True):
             computed[a] = {**validation_scores(each, labels, bench.id_set,
                                                getattr(val_set, "df", None)), **m}
@@ -160,15 +161,17 @@ def known_row(ckpt: Checkpoint, metrics_path) -> dict:
 def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas, *,
                  finetuned_metrics=None, zeroshot_metrics=None, curve_out, metrics_out,
                  device="cpu", batch_size: int = 256, num_workers: int = 0,
-                 precision: str = "fp32", log=print) -> dict:
+                 precision: str = "fp32", eval_cache=None, log=print) -> dict:
     """Evaluate the alpha grid, write the curve (CSV) and the metrics at the alpha picked on
     ID-val (JSON, with "alpha"); return the picked row. ``finetuned_metrics`` and
     ``zeroshot_metrics``: the ``metrics.json`` of the two ends, whose rows (a = 1 and a = 0)
-    are then read, not recomputed."""
+    are then read, not recomputed. ``eval_cache``: ID-val and the eval sets read from this
+    ``flyp evalcache`` folder."""
     from flyp.datasets import get_benchmark, table_path
     from flyp.datasets.tables import ImageTable
+    from flyp.evalcache import open_eval_cache
     from flyp.io import write_json, write_text
-    from flyp.models import checkpoint_transforms, load_checkpoint
+    from flyp.models import checkpoint_transforms, load_checkpoint, preprocess_cfg
 
     bench = get_benchmark(benchmark_name)
     zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)
@@ -177,11 +180,15 @@ def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas
         known[1.0] = known_row(ft, finetuned_metrics)
     if zeroshot_metrics:
         known[0.0] = known_row(zs, zeroshot_metrics)
-    _, eval_tf = checkpoint_transforms(ft)
-    val = ImageTable(table_path(data_dir, "val"), eval_tf)  # read once: no need to cache it
+    cache = open_eval_cache(eval_cache, data_dir, preprocess_cfg(ft))
+    if cache is not None:
+        val = cache.dataset("val")
+    else:
+        _, eval_tf = checkpoint_transforms(ft)
+        val = ImageTable(table_path(data_dir, "val"), eval_tf)  # read once: no need to cache it
     rows = ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,
                           device=device, batch_size=batch_size, num_workers=num_workers,
-                          precision=precision, log=log)
+                          precision=precision, eval_cache=eval_cache, log=log)
     best = pick_alpha(rows)
     write_text(curve_out, curve_csv(rows))
     write_json(metrics_out, best)

@@ -10,8 +10,9 @@ from flyp.scoring import predict_many, score
 def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_out, provenance_out,
                         batch_size: int = 256, num_workers: int = 0,
                         device: torch.device | None = None, precision: str = "fp32",
-                        log=print) -> dict:
-    """Score ``checkpoint`` on every eval set of the benchmark.
+                        eval_cache=None, log=print) -> dict:
+    """Score ``checkpoint`` on every eval set of the benchmark (images read from ``eval_cache``,
+    a ``flyp evalcache`` folder, when given; the same metrics either way).
 
     Writes ``metrics_out`` ({set: value, ..., "avg_ood": mean over OOD sets}) and
     ``provenance_out`` (checkpoint hash, data hash, params hash, seed, selected epoch).
@@ -30,7 +31,7 @@ def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_ou
     classifier = classifier_from_checkpoint(ckpt).to(device or "cpu")
     metrics = evaluate_classifier(classifier, bench, data_dir, batch_size=batch_size,
                                   num_workers=num_workers, device=device, precision=precision,
-                                  log=log)
+                                  eval_cache=eval_cache, log=log)
     write_json(provenance_out, provenance(ckpt, checkpoint, data_dir))
     write_json(metrics_out, metrics)
     return metrics
@@ -43,18 +44,25 @@ def evaluate_classifier(classifier, bench, data_dir, **options) -> dict:
 
 def evaluate_classifiers(classifiers: list, bench, data_dir, *, batch_size: int = 256,
                          num_workers: int = 0, device=None, precision: str = "fp32",
-                         log=print) -> list[dict]:
+                         eval_cache=None, log=print) -> list[dict]:
     """``evaluate_classifier`` of each classifier, in one pass over each eval set: every batch is
     decoded once and scored by all of them (the alpha grid of a weight ensemble). They must share
-    one preprocessing (the transform is that of the first)."""
+    one preprocessing (the transform is that of the first). With ``eval_cache`` (a folder) the
+    images are read from the cache, which must have been made with that preprocessing."""
+    import open_clip
+
     from flyp.datasets import table_path
     from flyp.datasets.tables import ImageTable
+    from flyp.evalcache import open_eval_cache
     from flyp.models import image_transforms
 
-    _, eval_tf = image_transforms(shared_preprocessing(classifiers))
+    clip = shared_preprocessing(classifiers)
+    _, eval_tf = image_transforms(clip)
+    cache = open_eval_cache(eval_cache, data_dir, open_clip.get_model_preprocess_cfg(clip))
     results = [{} for _ in classifiers]
     for eval_set in bench.eval_sets:
-        dataset = ImageTable(table_path(data_dir, eval_set.name), eval_tf)
+        dataset = (cache.dataset(eval_set.name) if cache is not None
+                   else ImageTable(table_path(data_dir, eval_set.name), eval_tf))
         logits, labels = predict_many(classifiers, dataset, batch_size=batch_size,
                                       num_workers=num_workers, device=device,
                                       precision=precision)

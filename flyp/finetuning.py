@@ -10,6 +10,7 @@ import torch
 
 from flyp.datasets import get_benchmark
 from flyp.datasets.manifest import data_hash
+from flyp.evalcache import open_eval_cache
 from flyp.io import sha256_file, write_text
 from flyp.methods import Context, get_method
 from flyp.models import (
@@ -17,6 +18,7 @@ from flyp.models import (
     checkpoint_transforms,
     get_tokenizer,
     load_checkpoint,
+    preprocess_cfg,
     save_checkpoint,
 )
 from flyp.provenance import code_revision
@@ -26,8 +28,10 @@ from flyp.training import TrainConfig, fit, log_csv_text, selection_info, val_co
 def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
              method_name: str,
              cfg: TrainConfig, *, options: dict, out: Path, log_csv: Path, device: torch.device,
-             shots: int | None = None, draw: int = 0,
+             shots: int | None = None, draw: int = 0, eval_cache: Path | None = None,
              log: Callable[[str], None] = print) -> dict:
+    """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
+    ``flyp evalcache`` folder of the pretrained model's preprocessing) when given."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -39,7 +43,8 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
                   captions_dir=Path(captions_dir), device=device,
                   tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
                   seed=cfg.seed, options=options, shots=shots, draw=draw,
-                  workers=cfg.num_workers)
+                  workers=cfg.num_workers,
+                  eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)))
     info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
             "shots": shots, "draw": draw if shots else None,
             "head_from_text": method.head_from_text,

@@ -31,16 +31,18 @@ def resolve_workers(workers: int | str, threads: int = 0) -> int:
 
 def make_loader(dataset, *, batch_size: int, workers: int = 0, device=None, shuffle=False,
                 drop_last=False, generator=None) -> torch.utils.data.DataLoader:
-    """A loader with ``workers`` processes (none for a set already held in memory as tensors:
-    a worker would only copy it) and pinned batches when they go to a CUDA device.
+    """A loader with ``workers`` processes (none for a set already held as tensors, in memory or
+    memory-mapped: a worker would only copy it once more) and pinned batches when they go to a
+    CUDA device.
 
     Workers are started afresh for every pass (not persistent): each pass draws their seeds from
     ``generator``, so a training epoch's augmentation depends only on the epoch's seed, also when
     a run resumes. A different worker count draws other augmentations (each worker has its own
     random stream), as in any PyTorch loader."""
+    from flyp.evalcache import CachedImages
     from flyp.scoring import CachedEvalSet
 
-    if isinstance(dataset, CachedEvalSet):
+    if isinstance(dataset, (CachedEvalSet, CachedImages)):
         workers = 0
     cuda = device is not None and torch.device(device).type == "cuda"
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,

@@ -97,6 +97,11 @@ More cases:
       here: test_a_deleted_table_of_the_manifest_is_one_line
 - a truncated metrics file
       here: test_a_truncated_metrics_file_stops_the_report
+- an evaluation cache of another resolution, of changed tables, or a folder that is not one;
+  bad input to `flyp evalcache`
+      test_evalcache.py: test_a_cache_made_for_another_resolution_is_refused,
+      test_a_cache_of_tables_that_changed_since_is_refused,
+      test_evaluate_refuses_a_folder_that_is_not_a_cache, test_bad_input_to_evalcache_is_one_line
 """
 
 import errno

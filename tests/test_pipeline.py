@@ -229,8 +229,8 @@ CODE_CHANGES = {
     "the training loop": (
         "flyp/training.py", "    def factor(step: int) -> float:",
         "    assert total_steps >= 0\n\n    def factor(step: int) -> float:",
-        {"pretrain", "features", "finetune", "finetune_fewshot", "evaluate", "evaluate_ensemble",
-         "report"}),
+        {"pretrain", "features", "eval_cache", "finetune", "finetune_fewshot", "evaluate",
+         "evaluate_ensemble", "report"}),
     "a caption template": (
         "flyp/datasets/embedded.py", '    "a small {}.",', '    "a small {}.",\n    "a tiny {}.",',
         {"captions", "finetune", "finetune_fewshot", "evaluate", "evaluate_ensemble", "report"}),
@@ -247,6 +247,10 @@ def test_code_changes_rerun_what_they_touch_and_nothing_else(built, change):
     assert jobs_to_run(root, env) == {}
 
 
+# Jobs that no finetuning parameter reaches: an experiment over one reruns none of them.
+DATA_AND_MODEL_RULES = r"^(?:local)?rule (prepare_data|captions|pretrain|features|eval_cache):"
+
+
 def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     root, env, _ = built
     run(["git", "add", "-A"], root, env)
@@ -259,7 +263,7 @@ def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     # lr reaches the methods that train; zero-shot and the linear probe do not train
     assert trained == {"method=lpft, run=seed0", "method=flyp, run=seed0",
                        "method=flyp, run=k2-draw0"}, out
-    assert not re.search(r"^(?:local)?rule (prepare_data|captions|pretrain|features):", out, re.M)
+    assert not re.search(DATA_AND_MODEL_RULES, out, re.M)
     assert (root / "models/embedded/pretrained.safetensors").read_bytes() == pretrained
     assert yaml.safe_load((root / "params.yaml").read_text())["lr"] in (3e-4, "3e-4", "0.0003")
     table = pd.read_csv(root / "results/table.csv")
@@ -294,8 +298,7 @@ def test_queued_experiments_run_the_grid_from_the_recorded_outputs(built):
         log = run(["dvc", "queue", "logs", name], root, env).stdout
         # the workspace DVC made for it held the recorded outputs: flyp sync told Snakemake
         assert "sync: outputs restored by DVC marked current" in log, log
-        assert not re.search(r"^(?:local)?rule (prepare_data|captions|pretrain|features):",
-                             log, re.M), log
+        assert not re.search(DATA_AND_MODEL_RULES, log, re.M), log
     show = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     text = json.dumps(show)
     assert "0.0001" in text or "1e-4" in text or "1e-04" in text

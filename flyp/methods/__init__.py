@@ -19,6 +19,7 @@ from torch import nn
 
 from flyp.datasets import Benchmark, table_path
 from flyp.datasets.tables import ImageTable
+from flyp.evalcache import CachedImages, EvalCache
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
 from flyp.options import Option, describe_options  # noqa: F401 (what methods import)
@@ -43,7 +44,8 @@ class Context:
     draw: int = 0  # which few-shot draw (seeds the sample)
     notes: dict = field(default_factory=dict)  # facts a method records in its checkpoint
     workers: int = 0  # DataLoader worker processes (ID-val; training's are TrainConfig's)
-    _val: CachedEvalSet | None = None
+    eval_cache: EvalCache | None = None  # ID-val's transformed images, if made (flyp.evalcache)
+    _val: CachedEvalSet | CachedImages | None = None
 
     @property
     def model_name(self) -> str:
@@ -81,7 +83,13 @@ class Context:
     def train_table(self) -> ImageTable:
         return self._table("train", self.train_transform)
 
-    def val_set(self) -> CachedEvalSet:
+    def val_set(self) -> CachedEvalSet | CachedImages:
+        """ID-val (its few-shot sample in a few-shot run), transformed once: read from the eval
+        cache when there is one, else kept in memory when it fits (``maybe_cached``)."""
+        if self._val is None and self.eval_cache is not None:
+            val = self.eval_cache.dataset("val")
+            rows = self.subset(val.labels.numpy(), "val")
+            self._val = val if rows is None else val.subset(rows)
         if self._val is None:
             self._val = maybe_cached(self._table("val", self.eval_transform))
         return self._val

@@ -23,6 +23,7 @@ BENCHMARK = RUN["benchmark"]
 BENCH = get_benchmark(BENCHMARK)
 TABLES = f"data/{BENCHMARK}/tables"  # prepared Parquet tables + manifest.json
 CAPTIONS = f"data/{BENCHMARK}/captions"  # FLYP caption tables
+EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed once (uint8)
 MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
@@ -189,6 +190,14 @@ def method_inputs(wildcards):
             other = kind.split(":", 1)[1]
             files[option] = f"{MODELS}/{other}/{full_run(other, wildcards.run)}/best.safetensors"
     return files
+
+
+def zeroshot_scores(wildcards):
+    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
+    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
+    if wildcards.method == "zeroshot":
+        return {}
+    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
 
 
 def finetune_args(wildcards, input):

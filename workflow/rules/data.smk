@@ -1,4 +1,5 @@
-# The benchmark's tables (generated or downloaded) and the FLYP caption tables.
+# The benchmark's tables (generated or downloaded), the FLYP caption tables, and the evaluation
+# cache (ID-val and every eval set, transformed once for all evaluations).
 
 
 rule prepare_data:
@@ -44,3 +45,29 @@ rule captions:
     shell:
         "flyp captions --benchmark {params.benchmark:q} --data {input.tables} "
         "--out {params.out:q} 2> {log}"
+
+
+# The eval transform is deterministic and every checkpoint of the benchmark carries the pretrained
+# checkpoint's preprocessing, so ID-val and the eval sets are decoded and transformed once here
+# (uint8 arrays that evaluation memory-maps) instead of once per evaluation job and alpha.
+rule eval_cache:
+    input:
+        pretrained=f"{MODELS}/pretrained.safetensors",
+        tables=TABLES,
+    output:
+        cache=directory(EVAL_CACHE),
+    params:
+        benchmark=BENCHMARK,
+        sets=["val", *(s.name for s in BENCH.eval_sets)],  # not the templates: no model runs
+        code=step_code("evalcache"),
+    threads: JOB_THREADS
+    resources:
+        workers=WORKERS,
+    conda:
+        ENV
+    log:
+        f"logs/{BENCHMARK}/eval_cache.log",
+    shell:
+        "flyp evalcache --benchmark {params.benchmark:q} --checkpoint {input.pretrained} "
+        "--data {input.tables} --out {output.cache} --threads {threads} "
+        "--workers {resources.workers:q} 2> {log}"

@@ -1,12 +1,14 @@
 # Each checkpoint on the ID test set and every OOD set. A full run's checkpoint is also weight-
 # ensembled (WiSE-FT) with the zero-shot checkpoint of the same run over the alpha grid, in the
-# same job (one model load and one process start fewer per checkpoint).
+# same job (one model load and one process start fewer per checkpoint). Images are read from the
+# evaluation cache (data.smk: eval_cache), not decoded again.
 
 
 rule evaluate:
     input:
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         tables=TABLES,
+        cache=EVAL_CACHE,
     output:
         metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
         provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
@@ -28,7 +30,7 @@ rule evaluate:
         f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
     shell:
         "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
-        "--checkpoint {input.model} --metrics-out {output.metrics} "
+        "--checkpoint {input.model} --eval-cache {input.cache} --metrics-out {output.metrics} "
         "--provenance-out {output.provenance} --precision {params.precision:q} --threads {threads} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
@@ -38,6 +40,7 @@ rule evaluate_ensemble:
         unpack(zeroshot_inputs),
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         tables=TABLES,
+        cache=EVAL_CACHE,
     output:
         metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
         provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
@@ -67,7 +70,7 @@ rule evaluate_ensemble:
         f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
     shell:
         "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
-        "--checkpoint {input.model} --metrics-out {output.metrics} "
+        "--checkpoint {input.model} --eval-cache {input.cache} --metrics-out {output.metrics} "
         "--provenance-out {output.provenance} --ensemble-with {input.zeroshot} "
         "{params.zeroshot_scores} --precision {params.precision:q} "
         "--alphas {params.alphas:q} --curve-out {output.curve} --wise-out {output.wise} "

@@ -31,6 +31,7 @@ rule finetune:
         tables=TABLES,
         captions=rules.captions.output.captions,
         templates=rules.captions.output.templates,
+        cache=EVAL_CACHE,  # ID-val, transformed once
     output:
         model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
         log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
@@ -59,7 +60,7 @@ rule finetune:
         "flyp finetune --benchmark {params.benchmark:q} --data {input.tables} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
         "--method {wildcards.method:q} {params.args} {params.speed} "
-        "--out {output.model} --log-csv {output.log_csv} --threads {threads} "
+        "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} --threads {threads} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 
