@@ -7,6 +7,7 @@ in ``workflow/rules/`` only call these commands.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,12 @@ def _setup_torch(threads: int):
     if threads > 0:
         torch.set_num_threads(threads)
     return torch
+
+
+def _threads_per_rank(threads: int) -> int:
+    """A training job's threads shared among the processes torchrun started on this machine."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, threads // ranks) if threads else 0
 
 
 def _log(msg: str) -> None:
@@ -279,6 +286,7 @@ def captions(benchmark_name, data_dir, out_dir):
 @train_device_option
 def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device, **train):
     """Contrastively pretrain a CLIP from scratch on the benchmark's pretraining table."""
+    threads = _threads_per_rank(threads)
     _setup_torch(threads)
     from flyp.datasets import get_benchmark
     from flyp.distributed import process_group
@@ -342,6 +350,7 @@ def pretrained(model_name, pretrained, out, log_csv):
 def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
              draw, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
+    threads = _threads_per_rank(threads)
     _setup_torch(threads)
     from flyp.distributed import is_main, process_group
     from flyp.finetuning import finetune as run

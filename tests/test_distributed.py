@@ -65,12 +65,25 @@ def loss_and_grads(method: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
     return float(distributed.mean_over_ranks(loss.detach())), grads
 
 
-def train(method: str, ctx, out_dir) -> None:
+def train(method: str, ctx, out_dir, progress=lambda message: None) -> None:
     torch.manual_seed(0)
     task = get_method(method).task(ctx)
     fit(task, CFG, out=out_dir / f"{method}.safetensors", log_csv=out_dir / f"{method}.csv",
-        device=torch.device("cpu"), info={"method": method}, select="last",
-        progress=lambda message: None)
+        device=torch.device("cpu"), info={"method": method}, select="last", progress=progress)
+
+
+class StopAtSecondValidation:
+    """A task's validate that stops the run at epoch 2, as a killed job stops: epoch 1's resume
+    state stays behind."""
+
+    def __init__(self, validate):
+        self.validate, self.calls = validate, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.validate()
 
 
 def _rank_main(rank: int, port: int, paths: tuple, out_dir) -> None:
@@ -84,6 +97,10 @@ def _rank_main(rank: int, port: int, paths: tuple, out_dir) -> None:
             loss, grads = loss_and_grads(method, ctx)
             torch.save({"loss": loss, "grads": grads}, out_dir / f"{method}-grads-{rank}.pt")
             train(method, ctx, out_dir)
+        messages = []  # rank 0's; the others say nothing
+        train("ft", ctx, out_dir / "resumed", messages.append)  # from a one-process run's state
+        if rank == 0:
+            (out_dir / "resumed" / "messages.txt").write_text("\n".join(messages))
 
 
 def free_port() -> int:
@@ -112,6 +129,13 @@ def paths(tiny_tables, tiny_captions, vit_pretrained):
 def two_ranks(paths, tmp_path_factory):
     """What 2 spawned ranks computed and wrote, for every method."""
     out = tmp_path_factory.mktemp("ranks")
+    torch.manual_seed(0)
+    task = get_method("ft").task(vit_context(*paths))
+    task.validate = StopAtSecondValidation(task.validate)
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, CFG, out=out / "resumed" / "ft.safetensors", log_csv=out / "resumed" / "ft.csv",
+            device=torch.device("cpu"), info={"method": "ft"}, select="last",
+            progress=lambda message: None)
     mp.spawn(_rank_main, args=(free_port(), paths, out), nprocs=WORLD)
     return out
 
@@ -124,6 +148,15 @@ def without_key_bias(name: str, *weights: torch.Tensor) -> list[torch.Tensor]:
     if not name.endswith("attn.in_proj_bias"):
         return list(weights)
     return [torch.cat([w.view(3, -1)[0], w.view(3, -1)[2]]) for w in weights]
+
+
+def largest_differences(one: dict, two: dict) -> list[tuple[str, float]]:
+    """The three weights that differ most between two checkpoints, by largest absolute error."""
+    errors = {}
+    for name in one:
+        a, b = without_key_bias(name, one[name], two[name])
+        errors[name] = float((a - b).abs().max())
+    return sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,16 +183,22 @@ def test_two_ranks_train_to_the_weights_of_one(method, paths, two_ranks, tmp_pat
     assert one.keys() == two.keys()
     start = load_file(paths[2])
     assert any(not torch.equal(one[k], start[k]) for k in start)  # the steps moved the weights
-    errors = {}
-    for name in one:
-        a, b = without_key_bias(name, one[name], two[name])
-        errors[name] = float((a - b).abs().max())
-    assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+    assert largest_differences(one, two)[0][1] < 1e-5, largest_differences(one, two)
     # rank 0 logged the loss of the global batches: the mean over ranks of theirs
     one_log = (tmp_path / f"{method}.csv").read_text().splitlines()
     two_log = (two_ranks / f"{method}.csv").read_text().splitlines()
     losses = [[float(row.split(",")[3]) for row in log[1:]] for log in (one_log, two_log)]
     assert losses[1] == pytest.approx(losses[0], abs=2e-5)
+
+
+def test_two_ranks_resume_a_run_where_one_stopped(paths, two_ranks, tmp_path):
+    train("ft", vit_context(*paths), tmp_path)
+    one = load_file(tmp_path / "ft.safetensors")
+    resumed = load_file(two_ranks / "resumed" / "ft.safetensors")
+    assert largest_differences(one, resumed)[0][1] < 1e-5, largest_differences(one, resumed)
+    assert "after epoch 1" in (two_ranks / "resumed" / "messages.txt").read_text()
+    log = (two_ranks / "resumed" / "ft.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]  # epoch 1 from the state
 
 
 def test_ranks_hold_consecutive_slices_of_the_global_batches():
