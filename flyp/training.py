@@ -531,25 +531,18 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         distributed.barrier()
 
     if main:
-        finish(task, cfg, info, include_start, history, work, out, log_csv)
+        if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
+            task.save(best_file, {**info, **selection_info(0, None)})
+        if not best_file.is_file():  # every epoch's validation score was NaN or infinite
+            raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation "
+                            f"score; no checkpoint written")
+        write_text(log_csv, log_csv_text(history))
+        best_file.replace(out)
+        state_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            work.rmdir()
     distributed.barrier()
     return FitResult(best_epoch, best_val, history, elapsed)
-
-
-def finish(task: Task, cfg: TrainConfig, info: dict, include_start: bool, history: list[dict],
-           work: Path, out: Path, log_csv: Path) -> None:
-    """Write the kept checkpoint to ``out`` and the log; remove the resume state (rank 0)."""
-    best_file, state_file = work / "best.safetensors", work / "state.pt"
-    if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
-        task.save(best_file, {**info, **selection_info(0, None)})
-    if not best_file.is_file():  # every epoch's validation score was NaN or infinite
-        raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation score; "
-                        f"no checkpoint written")
-    write_text(log_csv, log_csv_text(history))
-    best_file.replace(out)
-    state_file.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        work.rmdir()
 
 
 def _quiet(message: str) -> None:

@@ -235,3 +235,11 @@ def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, gpus):
     assert {re.search(r"\bgpu=(\d+)", r).group(1) for rule, r in jobs if rule == "finetune"} == {
         str(gpus)}
     assert all("gpu=1" in r for rule, r in jobs if rule == "features")
+
+
+def test_a_training_jobs_threads_are_shared_among_its_ranks(monkeypatch):
+    from flyp.cli import _threads_per_rank
+
+    assert _threads_per_rank(8) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # as torchrun sets it
+    assert [_threads_per_rank(n) for n in (8, 2, 0)] == [2, 1, 0]  # 0: torch's default
