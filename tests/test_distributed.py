@@ -28,7 +28,7 @@ from tests.test_imagenet import dry_run, workflow_copy
 METHODS = ["flyp", "ft", "flyp_no_collisions"]
 WORLD = 2
 BATCH = 16  # the global batch of the gradient check
-ROWS = list(range(3, 3 + BATCH))  # several images of each class: the masked loss has collisions
+ROWS = list(range(3, 3 + BATCH))  # classes repeat within and across the halves: collisions
 # 96 training images at batch 20: 4 full batches and one of 16 an epoch (split 8 + 8)
 CFG = TrainConfig(epochs=2, lr=1e-3, wd=0.1, batch_size=20, warmup_steps=2, seed=0)
 
