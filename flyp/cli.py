@@ -7,6 +7,7 @@ in ``workflow/rules/`` only call these commands.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,12 @@ def _setup_torch(threads: int):
     return torch
 
 
+def _threads_per_rank(threads: int) -> int:
+    """A training job's threads shared among the processes torchrun started on this machine."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, threads // ranks) if threads else 0
+
+
 def _log(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
@@ -73,6 +80,11 @@ threads_option = click.option("--threads", type=click.IntRange(min=0), default=0
                               help="Torch CPU threads (0: torch's default).")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda or cuda:N.")
+train_device_option = click.option(
+    "--device", default="auto", show_default=True,
+    help="auto, cpu, cuda or cuda:N. Launched by torchrun over several processes "
+         "(`torchrun --nproc_per_node N -m flyp.cli ...`): auto or cuda (rank r on cuda:r, "
+         "NCCL) or cpu (gloo); --batch-size is then the global batch, split over the ranks.")
 
 
 class _Workers(click.ParamType):
@@ -271,17 +283,19 @@ def captions(benchmark_name, data_dir, out_dir):
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @threads_option
-@device_option
+@train_device_option
 def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device, **train):
     """Contrastively pretrain a CLIP from scratch on the benchmark's pretraining table."""
+    threads = _threads_per_rank(threads)
     _setup_torch(threads)
     from flyp.datasets import get_benchmark
+    from flyp.distributed import process_group
     from flyp.pretraining import pretrain as run
-    from flyp.training import resolve_device
 
     cfg = _train_config(**train, threads=threads)
-    run(get_benchmark(benchmark_name), data_dir, model_name, cfg, out=out, log_csv=log_csv,
-        device=resolve_device(device), log=_log)
+    with process_group(device) as here:
+        run(get_benchmark(benchmark_name), data_dir, model_name, cfg, out=out, log_csv=log_csv,
+            device=here, log=_log)
 
 
 @main.command()
@@ -334,24 +348,27 @@ def pretrained(model_name, pretrained, out, log_csv):
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @threads_option
-@device_option
+@train_device_option
 def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
              draw, eval_cache, out, log_csv, threads, device, **train):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
+    threads = _threads_per_rank(threads)
     _setup_torch(threads)
+    from flyp.distributed import is_main, process_group
     from flyp.finetuning import finetune as run
     from flyp.methods import get_method
-    from flyp.training import resolve_device
 
     missing = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size")
                if train[k] is None]
     if missing and get_method(method_name).trains:
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     cfg = _train_config(**train, threads=threads)
-    result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
-                 options=_parse_options(options), out=out, log_csv=log_csv,
-                 device=resolve_device(device), shots=shots, draw=draw,
-                 eval_cache=eval_cache, log=_log)
+    with process_group(device) as here:
+        result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
+                     options=_parse_options(options), out=out, log_csv=log_csv, device=here,
+                     shots=shots, draw=draw, eval_cache=eval_cache, log=_log)
+        if not is_main():
+            return
     val = result["best_val"] or {}
     _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
          f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")

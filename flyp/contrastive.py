@@ -2,7 +2,9 @@
 
 Loss (Radford et al. 2021; FLYP section 3): on L2-normalised features I (B, D) and T (B, D),
 ``(CE(s * I @ T.T, arange(B)) + CE(s * T @ I.T, arange(B))) / 2`` with the learnable temperature
-``s = logit_scale.exp()`` (open_clip's ``ClipLoss``).
+``s = logit_scale.exp()`` (open_clip's ``ClipLoss``). Over several ranks each rank's B/W pairs are
+scored against the features of every rank, gathered with their gradients, as open_clip's trainer
+does (``local_loss``, ``gather_with_grad``): the negatives are the global batch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import open_clip
 import torch
 from torch import nn
 
+from flyp import distributed
 from flyp.loading import to_device
 from flyp.models import save_checkpoint
 from flyp.training import Task
@@ -28,7 +31,9 @@ class ContrastiveTask(Task):
         self.module = clip
         self.model_name = model_name
         self.device = device
-        self.clip_loss = open_clip.ClipLoss()
+        world = distributed.world_size()
+        self.clip_loss = open_clip.ClipLoss(local_loss=world > 1, gather_with_grad=world > 1,
+                                            rank=distributed.rank(), world_size=world)
 
     def captions(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

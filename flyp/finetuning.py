@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from flyp import distributed
 from flyp.datasets import get_benchmark
 from flyp.datasets.manifest import data_hash
 from flyp.evalcache import open_eval_cache
@@ -54,6 +55,8 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
             **carried_info(pretrained)}
 
     if not method.trains:  # its result depends on no training setting, so it records none
+        if not distributed.is_main():  # nothing to share out: rank 0 alone scores and writes
+            return {"best_epoch": 0, "best_val": None}
         info["config"] = {"seed": cfg.seed, "options": options}
         classifier = method.classifier(ctx)
         val = ctx.validate(classifier)

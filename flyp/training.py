@@ -7,7 +7,8 @@ or those of open_clip's trainer: weight decay on every parameter or on weight ma
 each epoch the task reports its ID-val score (the benchmark's own ID metric) and loss; the selected
 epoch's weights are kept for evaluation (model selection on ID validation, never on test). Every
 epoch also writes a resume state, so an interrupted run continues from its last finished epoch with
-the same result.
+the same result. Launched by torchrun over several processes (``flyp.distributed``), each rank
+trains on its slice of the same global batches and rank 0 validates, selects and writes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from flyp import distributed
 from flyp.io import UserError, atomic_path, sha256_json, write_text
 from flyp.loading import make_loader
 
@@ -130,6 +133,37 @@ def drops_single_example_batch(n_examples: int, batch_size: int) -> bool:
     return batch_size > 1 and n_examples % batch_size == 1
 
 
+def kept_rows(batch_rows: int, batch_size: int, world_size: int = 1) -> int:
+    """How many rows of a global batch of ``batch_rows`` are trained on: all of a full batch; of
+    the epoch's last, partial one the largest multiple of the number of ranks (each rank gathers
+    as many rows as the others: at most world_size - 1 random examples an epoch are left out), and
+    none of a last batch of one example (drops_single_example_batch)."""
+    kept = batch_rows - batch_rows % world_size
+    return 0 if kept == 1 and batch_size > 1 else kept
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This rank's rows of each global batch. The global batches are those of one process: the
+    shuffled ``order`` (a RandomSampler on the loader's generator, seeded by (seed, epoch)) cut
+    into runs of ``batch_size``; rank r of W holds the r-th of W equal consecutive slices of each
+    (``flyp.distributed.local_rows``), so what a step trains on does not depend on W."""
+
+    def __init__(self, order: torch.utils.data.Sampler, batch_size: int, rank: int = 0,
+                 world_size: int = 1):
+        self.order, self.batch_size = order, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        for batch in torch.utils.data.BatchSampler(self.order, self.batch_size, drop_last=False):
+            share = kept_rows(len(batch), self.batch_size, self.world_size) // self.world_size
+            if share:
+                yield batch[self.rank * share:(self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.order), self.batch_size)
+        return full + (kept_rows(rest, self.batch_size, self.world_size) > 0)
+
+
 DECAY_MODES = ("all", "matrices")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's trainer keeps exp(logit_scale) <= 100
 
@@ -164,7 +198,13 @@ def clamp_logit_scale(module: nn.Module) -> None:
 
 class Task:
     """What a method plugs into ``fit``: the module to optimise, its training data and loss, and
-    how to validate and snapshot it. Subclasses override ``loss`` and ``validate``."""
+    how to validate and snapshot it. Subclasses override ``loss`` and ``validate``.
+
+    In a run over several ranks ``loss`` gets this rank's slice of the global batch, and returns
+    its share of the global loss such that the mean over ranks is the loss of the global batch
+    (the mean over the slice for a per-example loss; a contrastive loss gathers the other ranks'
+    features). Random draws made for the batch are drawn for the global batch and sliced
+    (``flyp.distributed.local_rows``), so that every rank draws as one process would."""
 
     module: nn.Module
     train_data: torch.utils.data.Dataset
@@ -258,7 +298,8 @@ LOSS_READ_EVERY = 50
 
 class LossMeter:
     """An epoch's training losses, summed on the device (in float64, as Python summed the floats
-    of ``loss.item()``), and the first non-finite one with its step; no host sync per step."""
+    of ``loss.item()``), and the first non-finite one with its step; no host sync per step. Over
+    several ranks the readings are of all ranks, so that every rank stops at the same step."""
 
     def __init__(self, device: torch.device):
         self.sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -274,12 +315,42 @@ class LossMeter:
         self.bad_step = torch.where(first, step, self.bad_step)
 
     def first_non_finite(self) -> tuple[float, int] | None:
-        """(loss, step) of the first non-finite loss so far, or None."""
-        step = int(self.bad_step)
-        return None if step < 0 else (float(self.bad_value), step)
+        """(loss, step) of the first non-finite loss so far on any rank, or None."""
+        mine = torch.stack([self.bad_step.to(torch.float64), self.bad_value])[None]  # (1, 2)
+        found = [(int(step), value)
+                 for step, value in distributed.gather_rows(mine).tolist() if step >= 0]
+        if not found:
+            return None
+        step, value = min(found)
+        return value, step
 
     def total(self) -> float:
-        return float(self.sum)
+        """The sum of the epoch's losses (over ranks, of the global batches' losses)."""
+        return float(distributed.mean_over_ranks(self.sum))
+
+
+class TaskLoss(nn.Module):
+    """``task.loss`` as the forward of a module that holds the task's module, so that
+    DistributedDataParallel sees each step's use of its parameters through its own forward,
+    whichever methods the loss calls (a CLIP's forward, ``encode_image``, a classifier's)."""
+
+    def __init__(self, task: Task):
+        super().__init__()
+        self.module, self.task = task.module, task
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.task.loss(batch)
+
+
+def step_loss(task: Task) -> Callable:
+    """What computes a step's loss: ``task.loss`` in one process; over several ranks the same
+    wrapped in DistributedDataParallel, which averages the gradients across ranks in backward
+    (overlapped with it, bucket by bucket). Buffers (BatchNorm's running statistics) are rank 0's;
+    a BatchNorm layer normalises with the statistics of its rank's slice, as open_clip's trainer
+    does by default."""
+    if distributed.world_size() == 1:
+        return task.loss
+    return DistributedDataParallel(TaskLoss(task))
 
 
 def speed_up(module: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
@@ -349,12 +420,22 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     beside ``out`` and is removed once ``out`` is written. A non-finite training loss (kept on the
     device, read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights
     (checked each epoch) stop the run with a UserError, and ``out`` is not written.
+
+    In a run over several ranks (``flyp.distributed``), ``cfg.batch_size`` is the global batch:
+    each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs
+    and writes while the others wait.
     """
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
     out, log_csv = Path(out), Path(log_csv)
+    world, main = distributed.world_size(), distributed.is_main()
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size}: not divisible by the {world} processes of "
+                        f"the run (runtime.gpus_per_job), each of which takes an equal slice")
+    if not main:
+        progress = _quiet
     n_examples = len(task.train_data)
-    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < 1:
+    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < world:
         raise UserError(f"{n_examples} training examples ({run_label(info)}): too few for a "
                         f"batch (batch_size {cfg.batch_size}); is the train table empty?")
     work = out.with_name(f".{out.name}.resume")
@@ -367,9 +448,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     speed_up(module, cfg, device)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
     loader_gen = torch.Generator()
+    order = torch.utils.data.RandomSampler(task.train_data, generator=loader_gen)
     loader = make_loader(
-        task.train_data, batch_size=cfg.batch_size, shuffle=True,
-        drop_last=drops_single_example_batch(n_examples, cfg.batch_size),
+        task.train_data, batch_size=None,
+        batch_sampler=RankBatches(order, cfg.batch_size, distributed.rank(), world),
         generator=loader_gen, workers=cfg.num_workers, device=device)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
@@ -387,6 +469,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             progress(f"resuming from {state_file} after epoch {state['epoch']}")
         else:
             progress(f"ignoring {state_file}: it belongs to a run with other settings")
+    compute_loss = step_loss(task)  # after resuming: DistributedDataParallel starts in sync
 
     def record(row: dict, val: dict | None) -> None:
         """Log an epoch's row; keep its weights when they are the best so far."""
@@ -397,7 +480,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             best_epoch, best_val = row["epoch"], val
             task.save(best_file, {**info, **selection_info(row["epoch"], val)})
 
-    if include_start and not history:  # epoch 0: the starting weights, before any step
+    if include_start and not history and main:  # epoch 0: the starting weights, before any step
         module.eval()
         val = task.validate()
         record({"epoch": 0, "step": 0, "lr": "", "train_loss": "", **val_columns(val),
@@ -415,7 +498,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         losses = LossMeter(device)
         for count, batch in enumerate(loader, 1):
             with autocast:
-                loss = task.loss(batch)
+                loss = compute_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -432,27 +515,35 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         total = losses.total()
         if not weights_finite(module):
             raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
-        module.eval()
-        val = task.validate()
-        elapsed += time.time() - t0
-        record({"epoch": epoch, "step": epoch * steps_per_epoch,
-                "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                "train_loss": f"{total / count:.5f}", **val_columns(val),
-                "seconds": f"{elapsed:.1f}"}, val)
-        with atomic_path(state_file) as tmp:
-            torch.save({"run_hash": run_hash, "epoch": epoch, "module": module.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "best_epoch": best_epoch, "best_val": best_val, "history": history,
-                        "seconds": elapsed}, tmp)
+        if main:
+            module.eval()
+            val = task.validate()
+            elapsed += time.time() - t0
+            record({"epoch": epoch, "step": epoch * steps_per_epoch,
+                    "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
+                    "train_loss": f"{total / count:.5f}", **val_columns(val),
+                    "seconds": f"{elapsed:.1f}"}, val)
+            with atomic_path(state_file) as tmp:
+                torch.save({"run_hash": run_hash, "epoch": epoch, "module": module.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "best_epoch": best_epoch,
+                            "best_val": best_val, "history": history, "seconds": elapsed}, tmp)
+        distributed.barrier()
 
-    if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
-        task.save(best_file, {**info, **selection_info(0, None)})
-    if not best_file.is_file():  # every epoch's validation score was NaN or infinite
-        raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation score; "
-                        f"no checkpoint written")
-    write_text(log_csv, log_csv_text(history))
-    best_file.replace(out)
-    state_file.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        work.rmdir()
+    if main:
+        if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
+            task.save(best_file, {**info, **selection_info(0, None)})
+        if not best_file.is_file():  # every epoch's validation score was NaN or infinite
+            raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation "
+                            f"score; no checkpoint written")
+        write_text(log_csv, log_csv_text(history))
+        best_file.replace(out)
+        state_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            work.rmdir()
+    distributed.barrier()
     return FitResult(best_epoch, best_val, history, elapsed)
+
+
+def _quiet(message: str) -> None:
+    """The progress log of ranks other than 0: rank 0 says it for the run."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from flyp import distributed
 from flyp.contrastive import ContrastiveTask
 from flyp.datasets import table_path
 from flyp.datasets.tables import read_table
@@ -67,8 +68,10 @@ class FlypTask(ContrastiveTask):
     def captions(self, batch):
         images, labels = batch  # (B, 3, H, W), (B,)
         n_templates = self.caption_tokens.shape[1]
-        template = torch.randint(n_templates, labels.shape)  # one template per image per step
-        return images, self.caption_tokens[labels, template]  # (B, L)
+        # One template per image per step, drawn for the global batch as one process draws them
+        # (in a run over several ranks, this rank's images are a slice of it).
+        template = torch.randint(n_templates, (len(labels) * distributed.world_size(),))
+        return images, self.caption_tokens[labels, distributed.local_rows(template)]  # (B, L)
 
     def head(self):
         return self.ctx.zero_shot_head(self.module)

@@ -111,10 +111,11 @@ def gpu_count():
     return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
 
 
-# A job on a GPU (device cuda or cuda:N, or auto where a GPU is found) declares `gpu=1`, the
-# resource Snakemake's SLURM executor turns into --gpus. A local run then runs at most as many of
-# them at once as the machine has GPUs (each job claims a free one: flyp.training.resolve_device),
-# unless `--resources gpu=N` says otherwise. On a cluster (--jobs) the scheduler hands out GPUs.
+# A job on a GPU (device cuda or cuda:N, or auto where a GPU is found) declares `gpu=1` (a training
+# job `gpu=runtime.gpus_per_job`), the resource Snakemake's SLURM executor turns into --gpus. A
+# local run then runs at most as many of them at once as the machine has GPUs (each job, or each
+# rank, claims a free one: flyp.training.resolve_device), unless `--resources gpu=N` says
+# otherwise. On a cluster (--jobs) the scheduler hands out GPUs.
 GPUS = gpu_count()
 USES_GPU = DEVICE.startswith("cuda") or (DEVICE == "auto" and GPUS > 0)
 GPU = {"gpu": 1} if USES_GPU else {}
@@ -132,6 +133,15 @@ SPEED_ARGS = " ".join(
     cli_option(k, RUN["runtime"][k]) for k in ("tf32", "compile", "grad_checkpointing")
 )
 EVAL_PRECISION = RUN["runtime"]["eval_precision"]
+# One training run over several GPUs (runtime.gpus_per_job above 1): torchrun starts a process per
+# GPU (flyp/distributed.py). A param, as the switches above: the last digits of a result move.
+GPUS_PER_JOB = RUN["runtime"]["gpus_per_job"]
+TRAIN_LAUNCH = (
+    f"torchrun --standalone --nproc_per_node {GPUS_PER_JOB} -m flyp.cli"
+    if GPUS_PER_JOB > 1
+    else "flyp"
+)
+TRAIN_GPU = {"gpu": GPUS_PER_JOB} if USES_GPU else {}
 ENV = "../envs/flyp.yaml"
 
 
@@ -190,14 +200,6 @@ def method_inputs(wildcards):
             other = kind.split(":", 1)[1]
             files[option] = f"{MODELS}/{other}/{full_run(other, wildcards.run)}/best.safetensors"
     return files
-
-
-def zeroshot_scores(wildcards):
-    """Alpha 0 of the ensemble is the zero-shot checkpoint itself: its scores are read from the
-    zero-shot evaluation, not recomputed (the zero-shot run has nothing to read)."""
-    if wildcards.method == "zeroshot":
-        return {}
-    return {"zeroshot_metrics": f"{RESULTS}/zeroshot/{wildcards.run}/metrics.json"}
 
 
 def finetune_args(wildcards, input):

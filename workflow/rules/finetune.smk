@@ -45,11 +45,12 @@ rule finetune:
         ),
         args=finetune_args,
         speed=lambda wildcards: SPEED_ARGS if method_info(wildcards.method).trains else "",
+        launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
         bench=BENCH_SPEC,
         code=method_code,
     threads: JOB_THREADS
     resources:
-        **GPU,
+        **TRAIN_GPU,  # runtime.gpus_per_job (also for a method that does not train: 1 used)
         device=DEVICE,
         workers=WORKERS,
     conda:
@@ -57,10 +58,11 @@ rule finetune:
     log:
         f"logs/{BENCHMARK}/finetune_{{method}}_{{run}}.log",
     shell:
-        "flyp finetune --benchmark {params.benchmark:q} --data {input.tables} "
+        "{params.launch} finetune --benchmark {params.benchmark:q} --data {input.tables} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
         "--method {wildcards.method:q} {params.args} {params.speed} "
-        "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} --threads {threads} "
+        "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} "
+        "--threads {threads} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 

@@ -4,7 +4,7 @@
 
 if TRAINED_HERE:
     PRETRAIN_CMD = (
-        "flyp pretrain --benchmark {params.benchmark:q} --data {input.tables} "
+        "{params.launch} pretrain --benchmark {params.benchmark:q} --data {input.tables} "
         "--model {params.model:q} {params.train} {params.speed} --out {output.model} "
         "--log-csv {output.log_csv} --threads {threads} --device {resources.device:q} "
         "--workers {resources.workers:q} 2> {log}"
@@ -27,12 +27,13 @@ rule pretrain:
         model=RUN["model"]["name"],
         pretrained=RUN["model"]["pretrained"] or "",
         train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
+        launch=TRAIN_LAUNCH,
         speed=SPEED_ARGS if TRAINED_HERE else "",
         classnames=BENCH.classnames,  # for the zero-shot score it logs
         code=step_code("pretrain" if TRAINED_HERE else "pretrained"),
     threads: workflow.cores
     resources:
-        **(GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
+        **(TRAIN_GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
         device=DEVICE,
         workers=WORKERS,
     conda:
