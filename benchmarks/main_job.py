@@ -11,6 +11,7 @@ Runs in a temporary copy of the project so the working tree's outputs are untouc
 Prints each job's wall time (from Snakemake's log) and the total, and the resulting table.
 
     python benchmarks/main_job.py --against 49e393b   # that commit's job, then this tree's
+    python benchmarks/main_job.py --rev 49e393b       # only that commit's job
 
 runs the same job for a commit (its code, rules and params.yaml, from `git archive`) and then for
 the working tree, one after the other on this machine, each with its own code (PYTHONPATH) and an
@@ -131,13 +132,15 @@ def main() -> None:
                         help="Override a key of params.yaml, dotted (repeatable).")
     parser.add_argument("--against", metavar="REV",
                         help="Also run this commit's job first and compare (time and numbers).")
+    parser.add_argument("--rev", metavar="REV",
+                        help="Run this commit's job instead of the working tree's.")
     args = parser.parse_args()
     print(f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs), "
           f"{datetime.now():%Y-%m-%d %H:%M}")
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for label, rev in ([(args.against, args.against)] if args.against else []) + [
-                ("working tree", None)]:
+                ("working tree", args.rev)]:
             root = Path(tmp) / label.replace(" ", "-")
             copy_tree(root, rev)
             runs[label] = run_job(root, args)
