@@ -140,19 +140,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for label, rev in ([(args.against, args.against)] if args.against else []) + [
-                ("working tree", args.rev)]:
+                (args.rev or "working tree", args.rev)]:
             root = Path(tmp) / label.replace(" ", "-")
             copy_tree(root, rev)
             runs[label] = run_job(root, args)
             report(label, runs[label][0], runs[label][1])
-        new_total, _, table = runs["working tree"]
+        new_total, _, table = runs[args.rev or "working tree"]
         if args.against:
             old_total, _, old_table = runs[args.against]
             print(f"speed-up: {old_total / new_total:.2f}x ({old_total:.0f} s -> "
                   f"{new_total:.0f} s); numbers: {same_numbers(old_table, table)}")
         print(table)
         if args.keep:
-            root = Path(tmp) / "working-tree"
+            root = Path(tmp) / (args.rev or "working-tree")
             for name in ["results", "logs", "models"]:
                 shutil.copytree(root / name, args.keep / name, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"))
