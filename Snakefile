@@ -23,5 +23,9 @@ rule all:
     default_target: True
 
 
+onstart:
+    lock_out_dvc()
+
+
 onsuccess:
     record_in_dvc()

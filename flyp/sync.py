@@ -22,6 +22,7 @@ from flyp.io import UserError
 
 STAGE = "workflow"  # dvc.yaml's one stage
 TARGET = "results/table.csv"
+DVC_LOCK = Path(".dvc") / "tmp" / "lock"  # the lock every DVC command that may write takes first
 
 
 def snakemake_has_records(root: Path) -> bool:
@@ -66,6 +67,29 @@ def check_no_run_in_progress(root: Path) -> None:
         raise UserError(f"a snakemake run is in progress in {root} ({locks}): wait for it to end "
                         "(or, if none is, run `snakemake --unlock`), then run again; under `dvc "
                         "exp run`, `git checkout params.yaml` undoes the parameter change")
+
+
+def hold_dvc_lock(root: Path = Path(".")):
+    """Take DVC's repository lock for as long as this process runs (or until ``.close()``), so
+    that no DVC command starts in this workspace while a Snakemake run builds in it: `dvc exp run`
+    then stops before it rewrites params.yaml, and `dvc checkout` or `dvc repro` before they touch
+    an output. It is the lock DVC itself takes (zc.lockfile on .dvc/tmp/lock; a DVC configured
+    with `core.hardlink_lock` uses another, which this does not see), released by the system
+    however the process ends. None outside a DVC project or without DVC installed; a one-line
+    UserError when a DVC command holds it now."""
+    if not (root / ".dvc").is_dir():
+        return None
+    try:
+        import zc.lockfile
+    except ImportError:  # no DVC here: no DVC command can start either
+        return None
+    path = root / DVC_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return zc.lockfile.LockFile(str(path))
+    except zc.lockfile.LockError:
+        raise UserError(f"{path}: a DVC command is running in {root.resolve()} (it holds DVC's "
+                        "lock): wait for it to end, then run again") from None
 
 
 def ordered_like(value, model):

@@ -23,7 +23,8 @@ One test per case. Cases tested in other files are listed with their test, not r
       here: test_ctrl_c_is_one_line_and_leaves_no_checkpoint;
       test_training.py: test_interrupted_run_resumes_to_the_same_weights
 - two Snakemake runs at once
-      test_pipeline.py: test_nothing_runs_over_a_snakemake_run_in_progress (Snakemake's lock)
+      test_pipeline.py:
+      test_a_rerun_from_pretraining_gives_the_same_table_and_nothing_runs_over_it
 - a read-only results/
       here: test_report_into_a_read_only_folder_is_one_line
 - shell quoting of method options
@@ -40,7 +41,8 @@ One test per case. Cases tested in other files are listed with their test, not r
       faults: test_checkpoint_content_hash_is_verified
 - 2. dvc exp run during snakemake
       here: test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything;
-      test_pipeline.py: test_nothing_runs_over_a_snakemake_run_in_progress (a real run);
+      test_pipeline.py:
+      test_a_rerun_from_pretraining_gives_the_same_table_and_nothing_runs_over_it (DVC's lock);
       test_dvc_snakemake.py: test_dvc_outputs_persist_so_snakemake_decides_what_is_stale
       (DVC never deletes an output before its stage runs)
 - 3. unknown method options

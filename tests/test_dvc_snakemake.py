@@ -252,3 +252,27 @@ def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
             assert "results/embedded/zeroshot/seed0/metrics.json" in job["input"]
     trained = [j for j in jobs if j["rule"] == "finetune"]
     assert len(trained) == 7 * 3 + 2  # the seven seeded methods per seed, two seedless once
+
+
+def test_a_run_holds_dvcs_lock_so_no_dvc_command_starts(tmp_path):
+    """What a Snakemake run takes at its first job (flyp.sync.hold_dvc_lock): DVC's own lock, so
+    that DVC's commands refuse to start; a second holder is one line; no DVC project, no lock."""
+    from dvc.lock import Lock, LockError
+
+    from flyp.io import UserError
+    from flyp.sync import DVC_LOCK, hold_dvc_lock
+
+    assert hold_dvc_lock(tmp_path) is None
+    (tmp_path / ".dvc").mkdir()
+    held = hold_dvc_lock(tmp_path)
+    try:
+        with pytest.raises(UserError, match=r"lock: a DVC command is running in .*wait"):
+            hold_dvc_lock(tmp_path)
+        dvc = Lock(str(tmp_path / DVC_LOCK))
+        with pytest.raises(LockError):
+            dvc._do_lock()  # what each of DVC's attempts does
+    finally:
+        held.close()
+    dvc = Lock(str(tmp_path / DVC_LOCK))
+    dvc._do_lock()
+    dvc.unlock()

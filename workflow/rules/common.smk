@@ -12,12 +12,13 @@ from flyp.codeversion import code_version
 from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.io import UserError
-from flyp.sync import STAGE as DVC_STAGE, TARGET
+from flyp.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
     RUN = load_params(config, workflow.source_path("../schemas/params.schema.yaml"))
 except UserError as e:
     sys.exit(f"error: {e}")
+
 
 BENCHMARK = RUN["benchmark"]
 BENCH = get_benchmark(BENCHMARK)
@@ -243,6 +244,23 @@ def whole_dag_reason():
     return None
 
 
+DVC_LOCK = []  # the lock lock_out_dvc holds
+
+
+def lock_out_dvc():
+    """While this run builds (from its first job; not for a dry run or a run with nothing to do),
+    no DVC command starts in the workspace: `dvc exp run` would rewrite params.yaml, then the
+    outputs. The run holds DVC's own lock until record_in_dvc or its end. Not under DVC, which
+    holds it and runs this, nor in a cluster job (the main process holds it)."""
+    if os.environ.get("DVC_STAGE") or not workflow.is_main_process:
+        return
+    try:
+        DVC_LOCK.append(hold_dvc_lock())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def record_in_dvc():
     """After a direct `snakemake` run of the whole DAG, let DVC record what was built (dvc.lock and
     its cache), so that `dvc status`, `dvc exp run`, `dvc push` and `dvc metrics diff` start from
@@ -251,6 +269,9 @@ def record_in_dvc():
     import shutil
     import subprocess
 
+    for lock in DVC_LOCK:
+        if lock is not None:
+            lock.close()  # `dvc commit` below takes it
     if os.environ.get("DVC_STAGE") or not os.path.isdir(".dvc") or not shutil.which("dvc"):
         return
     reason = whole_dag_reason()
