@@ -68,23 +68,40 @@ def old_transforms(cfg: dict):
     return image_transform_v2(pc, is_train=True), image_transform_v2(pc, is_train=False)
 
 
+CPU = torch.device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def images_per_second(table: Path, transform, workers: int, normalise: bool,
-                      batch_size: int, dataset=None) -> float:
-    """Every image of ``table`` (or of ``dataset``) through a loader to the consumer (normalised
-    there if ``normalise``), after one warm-up batch (worker start-up is not counted)."""
+                      batch_size: int, dataset=None, *, device=CPU,
+                      shuffle: bool = False, consume=None) -> float:
+    """Every image of ``table`` (or of ``dataset``) through a loader to the consumer on
+    ``device`` (normalised there if ``normalise``, then given to ``consume(images, labels)`` if
+    set), after one warm-up batch (worker start-up is not counted). ``shuffle``: in a seeded
+    random order (random access, as training reads)."""
     dataset = ImageTable(table, transform) if dataset is None else dataset
-    mean = torch.tensor(CFG["mean"]).view(-1, 1, 1)
-    std = torch.tensor(CFG["std"]).view(-1, 1, 1)
-    device = torch.device("cpu")
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
+    mean = torch.tensor(CFG["mean"], device=device).view(-1, 1, 1)
+    std = torch.tensor(CFG["std"], device=device).view(-1, 1, 1)
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device,
+                         shuffle=shuffle,
+                         generator=torch.Generator().manual_seed(0) if shuffle else None)
     batches = iter(loader)
     next(batches)
+    sync(device)
     start, count = time.perf_counter(), 0
-    for images, _ in batches:
+    for images, labels in batches:
         images = to_device(images, device)
         if normalise:
             images = normalise_images(images, mean, std)
+        if consume is not None:
+            consume(images, labels)
         count += len(images)
+    sync(device)
     return count / (time.perf_counter() - start)
 
 

@@ -42,13 +42,16 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from data_path import jpeg_table, old_transforms  # this script's folder is on the path
+from data_path import (  # this script's folder is on the path
+    images_per_second,
+    jpeg_table,
+    old_transforms,
+    sync,
+)
 from torch import nn
 
-from flyp.datasets.tables import ImageTable
-from flyp.loading import make_loader, to_device
 from flyp.methods.ft import freeze_text_tower
-from flyp.models import ImageClassifier, create_clip, normalise_images, preprocess_transforms
+from flyp.models import ImageClassifier, create_clip, preprocess_transforms
 from flyp.scoring import predict_many
 from flyp.training import TrainConfig, make_optimizer, speed_up
 
@@ -56,11 +59,6 @@ from flyp.training import TrainConfig, make_optimizer, speed_up
 PEAKS = {"H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
          "H100": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}}
 IMAGENET_TEST_IMAGES = 50_000 + 10_000 + 30_000 + 7_500 + 50_889 + 18_574  # val,v2,r,a,sketch,on
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def parse_config(name: str) -> dict:
@@ -206,27 +204,6 @@ def eval_section(args, device, out):
               f"at this rate: {IMAGENET_TEST_IMAGES / rate / 60:.1f} min")
 
 
-def loader_rate(table, transform, workers, batch_size, device, normalise, consume=None) -> float:
-    dataset = ImageTable(table, transform)
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device,
-                         shuffle=True, generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(-1, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(-1, 1, 1)
-    batches = iter(loader)
-    next(batches)  # workers started
-    sync(device)
-    start, count = time.perf_counter(), 0
-    for images, labels in batches:
-        images = to_device(images, device)
-        if normalise:
-            images = normalise_images(images, mean, std)
-        if consume is not None:
-            consume(images, labels)
-        count += len(images)
-    sync(device)
-    return count / (time.perf_counter() - start)
-
-
 def data_section(args, device, out):
     cfg = {"size": args.image_size, "mode": "RGB", "mean": list(open_clip.OPENAI_DATASET_MEAN),
            "std": list(open_clip.OPENAI_DATASET_STD), "interpolation": "bicubic",
@@ -240,8 +217,10 @@ def data_section(args, device, out):
         print(f"{'transform':<10}{'workers':>8}{'old img/s':>11}{'new img/s':>11}{'ratio':>8}")
         for name in ("train", "eval"):
             for workers in args.workers:
-                before = loader_rate(table, old[name], workers, args.data_batch, device, False)
-                after = loader_rate(table, new[name], workers, args.data_batch, device, True)
+                before = images_per_second(table, old[name], workers, False, args.data_batch,
+                                           device=device, shuffle=True)
+                after = images_per_second(table, new[name], workers, True, args.data_batch,
+                                          device=device, shuffle=True)
                 print(f"{name:<10}{workers:>8}{before:>11.1f}{after:>11.1f}"
                       f"{after / before:>8.2f}", flush=True)
                 out.append({"section": "data", "transform": name, "workers": workers,
@@ -259,8 +238,8 @@ def data_section(args, device, out):
             optimizer.step()
 
         workers = max(args.workers)
-        rate = loader_rate(table, new["train"], workers, args.data_batch, device, True,
-                           consume=train_step)
+        rate = images_per_second(table, new["train"], workers, True, args.data_batch,
+                                 device=device, shuffle=True, consume=train_step)
         print(f"end to end: uint8 train path, {workers} workers, bf16 FLYP steps: "
               f"{rate:.1f} img/s", flush=True)
         out.append({"section": "data", "end_to_end_flyp_bf16_images_per_s": rate,

@@ -14,7 +14,7 @@ from functools import cache
 
 from flyp import parsecache
 from flyp.io import UserError
-from flyp.options import Option
+from flyp.options import Option, option_specs
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,7 @@ class MethodInfo:
 
     def option_specs(self, *, with_inputs: bool = True) -> dict[str, Option]:
         """As flyp.methods.Method.option_specs."""
-        specs = {name: Option(name, str) for name in self.inputs} if with_inputs else {}
-        return {**specs, **{o.name: o for o in self.options}}
+        return option_specs(self.inputs, self.options, with_inputs=with_inputs)
 
 
 def _read_classes() -> dict:

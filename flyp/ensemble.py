@@ -114,13 +114,13 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
         return [{"alpha": a, **known[1.0]} for a in alphas]
     todo = [a for a in alphas if a not in known]
     group = models_per_pass(zs, budget)
+    options = dict(batch_size=batch_size, num_workers=num_workers, device=device,
+                   precision=precision)
     computed = {}
     for start in range(0, len(todo), group):
         grid = todo[start:start + group]
         classifiers = [interpolated_classifier(zs, ft, a, bench.classnames, bench.templates,
                                                device) for a in grid]
-        options = dict(batch_size=batch_size, num_workers=num_workers, device=device,
-                       precision=precision)
         logits, labels = predict_many(classifiers, val_set, **options)
         metrics = evaluate_classifiers(classifiers, bench, data_dir, eval_cache=eval_cache,
                                        log=lambda m: None, **options)

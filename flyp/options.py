@@ -52,3 +52,10 @@ class Option:
 
 def describe_options(specs) -> str:
     return ", ".join(spec.describe() for spec in specs) or "none"
+
+
+def option_specs(inputs, options, *, with_inputs: bool = True) -> dict[str, Option]:
+    """Every option a method reads, by name: its declared ``options`` and (``with_inputs``) one
+    required path option per input file (``inputs``: the method's option -> file kind)."""
+    specs = {name: Option(name, str) for name in inputs} if with_inputs else {}
+    return {**specs, **{o.name: o for o in options}}

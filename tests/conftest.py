@@ -64,3 +64,17 @@ def ctx(tiny_tables, tiny_captions, tiny_pretrained):
                    data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
                    tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
                    eval_transform=eval_tf, seed=0)
+
+
+@pytest.fixture()
+def dataloaders(monkeypatch) -> list:
+    """(dataset type name, worker count) of every DataLoader made while the test runs."""
+    made = []
+    real = torch.utils.data.DataLoader
+
+    def spy(dataset, *args, **kwargs):
+        made.append((type(dataset).__name__, kwargs.get("num_workers", 0)))
+        return real(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    return made

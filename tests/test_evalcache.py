@@ -177,15 +177,8 @@ def test_evaluate_refuses_a_folder_that_is_not_a_cache(tiny_tables, ends, tmp_pa
 
 
 def test_the_cache_is_made_with_the_workers_asked_for_and_read_without(
-        monkeypatch, tiny_tables, tiny_pretrained, tmp_path):
-    made = []
-    real = torch.utils.data.DataLoader
-
-    def spy(dataset, *args, **kwargs):
-        made.append((type(dataset).__name__, kwargs.get("num_workers", 0)))
-        return real(dataset, *args, **kwargs)
-
-    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+        dataloaders, tiny_tables, tiny_pretrained, tmp_path):
+    made = dataloaders
     write_eval_cache(BENCH, tiny_pretrained, tiny_tables, tmp_path / "c", num_workers=1,
                      log=lambda m: None)
     assert made == [("ImageTable", 1)] * len(cached_sets(BENCH))

@@ -99,19 +99,12 @@ def test_batches_for_a_gpu_are_pinned():
 
 
 @pytest.fixture()
-def loaders(monkeypatch):
-    """The worker count of every DataLoader made, by the kind of its dataset; ID-val too large
-    to hold in memory (so it is read through a loader each time, as at ImageNet size)."""
-    made = []
-    real = torch.utils.data.DataLoader
-
-    def spy(dataset, *args, **kwargs):
-        made.append((type(dataset).__name__, kwargs.get("num_workers", 0)))
-        return real(dataset, *args, **kwargs)
-
-    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+def loaders(dataloaders, monkeypatch):
+    """The worker count of every DataLoader made, by the kind of its dataset (conftest's
+    ``dataloaders``); ID-val too large to hold in memory (so it is read through a loader each
+    time, as at ImageNet size)."""
     monkeypatch.setattr(flyp.scoring, "CACHE_BYTES", 0)
-    return made
+    return dataloaders
 
 
 def test_training_validation_features_evaluation_and_ensembling_use_the_workers(

@@ -22,7 +22,7 @@ from flyp.datasets.tables import ImageTable
 from flyp.evalcache import CachedImages, EvalCache
 from flyp.io import UserError
 from flyp.models import Checkpoint, ImageClassifier, build_zero_shot_head, clip_from_checkpoint
-from flyp.options import Option, describe_options  # noqa: F401 (what methods import)
+from flyp.options import Option, describe_options, option_specs  # noqa: F401 (methods import)
 from flyp.scoring import CachedEvalSet, maybe_cached, predict, validation_scores
 
 
@@ -131,10 +131,8 @@ class Method:
 
     @classmethod
     def option_specs(cls, *, with_inputs: bool = True) -> dict[str, Option]:
-        """Every option the method reads, by name: its declared ``options`` and (``with_inputs``)
-        one required path option per input file."""
-        specs = {name: Option(name, str) for name in cls.inputs} if with_inputs else {}
-        return {**specs, **{o.name: o for o in cls.options}}
+        """Every option the method reads (``flyp.options.option_specs``)."""
+        return option_specs(cls.inputs, cls.options, with_inputs=with_inputs)
 
     @classmethod
     def check_options(cls, options: dict, where: str = "") -> None:

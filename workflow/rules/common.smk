@@ -19,7 +19,6 @@ try:
 except UserError as e:
     sys.exit(f"error: {e}")
 
-
 BENCHMARK = RUN["benchmark"]
 BENCH = get_benchmark(BENCHMARK)
 TABLES = f"data/{BENCHMARK}/tables"  # prepared Parquet tables + manifest.json
@@ -244,7 +243,7 @@ def whole_dag_reason():
     return None
 
 
-DVC_LOCK = []  # the lock lock_out_dvc holds
+DVC_LOCK = []  # the lock lock_out_dvc holds, while it holds it
 
 
 def lock_out_dvc():
@@ -255,10 +254,12 @@ def lock_out_dvc():
     if os.environ.get("DVC_STAGE") or not workflow.is_main_process:
         return
     try:
-        DVC_LOCK.append(hold_dvc_lock())
+        lock = hold_dvc_lock()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    if lock is not None:  # None outside a DVC project
+        DVC_LOCK.append(lock)
 
 
 def record_in_dvc():
@@ -269,9 +270,8 @@ def record_in_dvc():
     import shutil
     import subprocess
 
-    for lock in DVC_LOCK:
-        if lock is not None:
-            lock.close()  # `dvc commit` below takes it
+    while DVC_LOCK:
+        DVC_LOCK.pop().close()  # `dvc commit` below takes it
     if os.environ.get("DVC_STAGE") or not os.path.isdir(".dvc") or not shutil.which("dvc"):
         return
     reason = whole_dag_reason()
