@@ -27,6 +27,13 @@ class _Group(click.Group):
             raise click.UsageError(str(e)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except Exception as e:
+            from flyp.training import Preempted  # torch is loaded when training raises it
+
+            if not isinstance(e, Preempted):
+                raise
+            click.echo(f"[{time.strftime('%H:%M:%S')}] {e}", err=True)
+            ctx.exit(e.exit_code)
 
 
 def _parse_options(pairs: tuple[str, ...], defaults: dict | None = None) -> dict:
@@ -130,6 +137,10 @@ def _train_options(f, required: bool = True):
                      show_default=True, help="Clamp CLIP's logit_scale to ln 100 after each step "
                      "(open_clip's trainer; the FLYP reference does not)."),
         workers_option,
+        click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=10.0,
+                     show_default=True, help="Minutes between mid-epoch resume states (0: every "
+                     "step); one is also written at each epoch's end and on SIGTERM or SIGUSR1, "
+                     "which then stop the run (exit code 128 + the signal's number)."),
         click.option("--tf32/--no-tf32", default=True, show_default=True,
                      help="TF32 matmuls and convolutions on CUDA (no effect on a CPU)."),
         click.option("--compile/--no-compile", "compile_towers", default=False,
@@ -144,15 +155,16 @@ def _train_options(f, required: bool = True):
 
 
 def _train_config(epochs, lr, wd, batch_size, warmup_steps, grad_clip, seed, precision, decay,
-                  clamp_logit_scale, workers, tf32, compile_towers, grad_checkpointing, *,
-                  threads):
+                  clamp_logit_scale, workers, checkpoint_minutes, tf32, compile_towers,
+                  grad_checkpointing, *, threads):
     from flyp.loading import resolve_workers
     from flyp.training import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, wd=wd, batch_size=batch_size,
                        warmup_steps=warmup_steps, seed=seed, grad_clip=grad_clip or None,
                        precision=precision, decay=decay, clamp_logit_scale=clamp_logit_scale,
-                       num_workers=resolve_workers(workers, threads), tf32=tf32,
+                       num_workers=resolve_workers(workers, threads),
+                       checkpoint_minutes=checkpoint_minutes, tf32=tf32,
                        compile=compile_towers, grad_checkpointing=grad_checkpointing)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,7 +22,14 @@ from flyp.models import (
     save_checkpoint,
 )
 from flyp.provenance import code_revision
-from flyp.training import TrainConfig, fit, log_csv_text, selection_info, val_columns
+from flyp.training import (
+    TrainConfig,
+    fit,
+    log_csv_text,
+    result_config,
+    selection_info,
+    val_columns,
+)
 
 
 def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
@@ -49,7 +55,7 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
             "shots": shots, "draw": draw if shots else None,
             "head_from_text": method.head_from_text,
-            "config": {**asdict(cfg), "options": options},
+            "config": {**result_config(cfg), "options": options},
             "pretrained": pretrained.info, "pretrained_sha256": sha256_file(pretrained_path),
             "data_hash": data_hash(data_dir), "code": code_revision(),
             **carried_info(pretrained)}

@@ -9,6 +9,7 @@ honours the job's worker count; ``auto`` derives it from the cores the job is gi
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 
@@ -37,9 +38,8 @@ def make_loader(dataset, *, batch_size: int | None, workers: int = 0, device=Non
     and drop_last.
 
     Workers are started afresh for every pass (not persistent): each pass draws their seeds from
-    ``generator``, so a training epoch's augmentation depends only on the epoch's seed, also when
-    a run resumes. A different worker count draws other augmentations (each worker has its own
-    random stream), as in any PyTorch loader."""
+    ``generator``. Training seeds each example's augmentation itself (flyp.training.SeededItems),
+    so that it does not depend on the worker count."""
     from flyp.evalcache import CachedImages
     from flyp.scoring import CachedEvalSet
 
@@ -49,7 +49,16 @@ def make_loader(dataset, *, batch_size: int | None, workers: int = 0, device=Non
     batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
                 {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last})
     return torch.utils.data.DataLoader(dataset, **batching, generator=generator,
-                                       num_workers=workers, pin_memory=cuda)
+                                       num_workers=workers, pin_memory=cuda,
+                                       worker_init_fn=ignore_stop_signals if workers else None)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a DataLoader worker: SIGTERM and SIGUSR1 are for the main process, which writes the
+    run's resume state and then stops (flyp.training.Stopping); SLURM sends them to every process
+    of a job, and a worker they killed would end the run first. The workers end with the loader."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def to_device(tensor: torch.Tensor, device) -> torch.Tensor:

@@ -6,9 +6,11 @@ or those of open_clip's trainer: weight decay on every parameter or on weight ma
 ``logit_scale`` clamped to ln 100 after each step or not, gradient clipping, bf16 autocast. After
 each epoch the task reports its ID-val score (the benchmark's own ID metric) and loss; the selected
 epoch's weights are kept for evaluation (model selection on ID validation, never on test). Every
-epoch also writes a resume state, so an interrupted run continues from its last finished epoch with
-the same result. Launched by torchrun over several processes (``flyp.distributed``), each rank
-trains on its slice of the same global batches and rank 0 validates, selects and writes.
+epoch, every ``checkpoint_minutes`` and on SIGTERM or SIGUSR1 (what SLURM sends before it pre-empts
+or ends a job) the run writes a resume state, so an interrupted run (killed, pre-empted, crashed)
+continues from its last state, mid-epoch too, to the same weights. Launched by torchrun over several
+processes (``flyp.distributed``), each rank trains on its slice of the same global batches and rank
+0 validates, selects and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import math
 import os
 import pickle
 import re
+import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,13 +52,25 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     decay: str = "all"  # all: every parameter (FLYP reference) | matrices: 2-D weights only
     clamp_logit_scale: bool = False  # clamp logit_scale to [0, ln 100] after each step
-    num_workers: int = 0
+    num_workers: int = 0  # no effect on the result: every example's augmentation is seeded
+    # Minutes between resume states written mid-epoch (besides each epoch's end and a stop signal);
+    # 0: after every step. No effect on the result.
+    checkpoint_minutes: float = 10.0
     # Speed only (the same numbers on a CPU): TF32 matmuls and convolutions on CUDA; the CLIP's
     # towers compiled with torch.compile; open_clip's gradient checkpointing (less activation
     # memory for about a third more compute).
     tf32: bool = True
     compile: bool = False
     grad_checkpointing: bool = False
+
+
+# TrainConfig fields that change how a run goes, not what it computes: a run resumes across them.
+RUNTIME_ONLY = ("num_workers", "checkpoint_minutes")
+
+
+def result_config(cfg: TrainConfig) -> dict:
+    """What of ``cfg`` decides a run's result (its resume state is kept across the rest)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_ONLY}
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # as runtime.device in the params schema
@@ -146,22 +162,53 @@ class RankBatches(torch.utils.data.Sampler):
     """This rank's rows of each global batch. The global batches are those of one process: the
     shuffled ``order`` (a RandomSampler on the loader's generator, seeded by (seed, epoch)) cut
     into runs of ``batch_size``; rank r of W holds the r-th of W equal consecutive slices of each
-    (``flyp.distributed.local_rows``), so what a step trains on does not depend on W."""
+    (``flyp.distributed.local_rows``), so what a step trains on does not depend on W. ``skip``:
+    the number of batches of the next pass to leave out (already trained on before a resume)."""
 
     def __init__(self, order: torch.utils.data.Sampler, batch_size: int, rank: int = 0,
                  world_size: int = 1):
         self.order, self.batch_size = order, batch_size
         self.rank, self.world_size = rank, world_size
+        self.skip = 0
 
     def __iter__(self):
-        for batch in torch.utils.data.BatchSampler(self.order, self.batch_size, drop_last=False):
+        batches = torch.utils.data.BatchSampler(self.order, self.batch_size, drop_last=False)
+        for index, batch in enumerate(batches):
             share = kept_rows(len(batch), self.batch_size, self.world_size) // self.world_size
-            if share:
+            if share and index >= self.skip:
                 yield batch[self.rank * share:(self.rank + 1) * share]
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.order), self.batch_size)
         return full + (kept_rows(rest, self.batch_size, self.world_size) > 0)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset`` whose i-th example is made with the torch random stream seeded by (``seed``, i):
+    an example's random augmentation depends on the pass's seed and its index alone, not on which
+    DataLoader worker makes it nor on what was drawn before it, so neither the worker count nor
+    resuming mid-epoch changes what a run trains on. The caller's random state is left as it was
+    (the loss draws from it)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset, self.seed = dataset, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, i))
+            return self.dataset[i]
+
+
+def mix_seed(seed: int, index: int) -> int:
+    """A 32-bit seed for (``seed``, ``index``): the CPU generator keeps only 32 bits of a seed, so
+    the pair is mixed (SplitMix64's finaliser) rather than packed side by side."""
+    z = ((seed << 32) + index) % 2**64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 % 2**64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB % 2**64
+    return (z ^ (z >> 31)) >> 32
 
 
 DECAY_MODES = ("all", "matrices")
@@ -328,6 +375,73 @@ class LossMeter:
         """The sum of the epoch's losses (over ranks, of the global batches' losses)."""
         return float(distributed.mean_over_ranks(self.sum))
 
+    def state(self) -> list[torch.Tensor]:
+        """This rank's readings so far (rank 0's go in a mid-epoch resume state)."""
+        return [t.detach().cpu() for t in (self.sum, self.bad_value, self.bad_step)]
+
+    def load(self, state: list[torch.Tensor]) -> None:
+        """Continue from ``state``: the epoch's steps before a resume count in its mean loss."""
+        device = self.sum.device
+        self.sum, self.bad_value, self.bad_step = (t.to(device) for t in state)
+
+
+class Preempted(Exception):
+    """A run stopped by a signal, its resume state written: the same command continues it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # as a process killed by the signal: a failed job
+
+
+# Steps between checks, in a run over several ranks, of whether any rank got a stop signal (a
+# host sync of every rank): all ranks must stop after the same step.
+STOP_CHECK_EVERY = 10
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopping:
+    """When to write a mid-epoch resume state: every ``minutes`` (0: every step), and at once on
+    SIGTERM or SIGUSR1, after which the run stops (``signalled``). A context manager: the signal
+    handlers are this run's only (the previous ones come back after it). DataLoader workers
+    ignore these signals (``flyp.loading``): SLURM signals every process of a job, and a worker
+    killed by one would end the run before its state is written."""
+
+    def __init__(self, minutes: float, device: torch.device):
+        self.every, self.last, self.signum = minutes * 60, time.monotonic(), None
+        self.device, self._previous = device, {}
+
+    def __enter__(self):
+        try:
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._note)
+        except ValueError:  # not the main thread: the caller handles signals
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum, frame) -> None:
+        self.signum = signum
+
+    def signalled(self, step: int) -> int | None:
+        """The stop signal (any rank's, over several), or None to go on; with several ranks it
+        is read every STOP_CHECK_EVERY steps, when every rank reads it."""
+        if distributed.world_size() == 1:
+            return self.signum
+        if step % STOP_CHECK_EVERY:
+            return None
+        mine = torch.tensor([[float(self.signum or 0)]], device=self.device)
+        signums = [int(v) for v in distributed.gather_rows(mine).flatten().tolist() if v]
+        return signums[0] if signums else None
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
 
 class TaskLoss(nn.Module):
     """``task.loss`` as the forward of a module that holds the task's module, so that
@@ -417,9 +531,12 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
     lowest ID-val loss, or the last one. ``include_start``: the starting weights are a candidate
     too, as epoch 0 (validated before the first step). The resume state lives in a hidden folder
-    beside ``out`` and is removed once ``out`` is written. A non-finite training loss (kept on the
-    device, read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights
-    (checked each epoch) stop the run with a UserError, and ``out`` is not written.
+    beside ``out`` and is removed once ``out`` is written; it is written at the end of each epoch,
+    every ``cfg.checkpoint_minutes`` mid-epoch, and on SIGTERM or SIGUSR1, after which the run
+    raises Preempted (the same call then resumes it, mid-epoch, to the same weights). A
+    non-finite training loss (kept on the device, read every LOSS_READ_EVERY steps; the message
+    names its step) or non-finite weights (checked each epoch) stop the run with a UserError, and
+    ``out`` is not written.
 
     In a run over several ranks (``flyp.distributed``), ``cfg.batch_size`` is the global batch:
     each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs
@@ -441,35 +558,50 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     work = out.with_name(f".{out.name}.resume")
     work.mkdir(parents=True, exist_ok=True)
     state_file, best_file = work / "state.pt", work / "best.safetensors"
-    run_hash = sha256_json({"cfg": asdict(cfg), "info": info, "select": select,
+    run_hash = sha256_json({"cfg": result_config(cfg), "info": info, "select": select,
                             "include_start": include_start})
 
     module = task.module.to(device)
     speed_up(module, cfg, device)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
     loader_gen = torch.Generator()
-    order = torch.utils.data.RandomSampler(task.train_data, generator=loader_gen)
-    loader = make_loader(
-        task.train_data, batch_size=None,
-        batch_sampler=RankBatches(order, cfg.batch_size, distributed.rank(), world),
-        generator=loader_gen, workers=cfg.num_workers, device=device)
+    items = SeededItems(task.train_data)
+    order = torch.utils.data.RandomSampler(items, generator=loader_gen)
+    batches = RankBatches(order, cfg.batch_size, distributed.rank(), world)
+    loader = make_loader(items, batch_size=None, batch_sampler=batches, generator=loader_gen,
+                         workers=cfg.num_workers, device=device)
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
-    start_epoch, best_epoch, best_val, history, elapsed = 1, 0, None, [], 0.0
+    start_epoch, start_step, best_epoch, best_val, history, elapsed = 1, 0, 0, None, [], 0.0
     state = read_resume_state(state_file, progress)
     if state is not None:
         if state.get("run_hash") == run_hash:
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            start_epoch = state["epoch"] + 1
+            start_epoch, start_step = state["epoch"] + 1, state.get("step", 0)
             best_epoch, best_val = state["best_epoch"], state["best_val"]
             history, elapsed = state["history"], state["seconds"]
-            progress(f"resuming from {state_file} after epoch {state['epoch']}")
+            where = f"step {start_step} of epoch {start_epoch}" if start_step else \
+                f"epoch {state['epoch']}"
+            progress(f"resuming from {state_file} after {where}")
         else:
             progress(f"ignoring {state_file}: it belongs to a run with other settings")
     compute_loss = step_loss(task)  # after resuming: DistributedDataParallel starts in sync
+
+    def save_state(epoch: int, step: int, losses: LossMeter | None, seconds: float) -> None:
+        """Write the resume state after ``step`` steps of epoch ``epoch + 1`` (0: at the end of
+        epoch ``epoch``), atomically; rank 0 only (the ranks' weights are the same)."""
+        mid_epoch = {} if losses is None else {"rng": torch.get_rng_state(),
+                                               "losses": losses.state()}
+        with atomic_path(state_file) as tmp:
+            torch.save({"run_hash": run_hash, "epoch": epoch, "step": step,
+                        "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "best_epoch": best_epoch,
+                        "best_val": best_val, "history": history, "seconds": seconds,
+                        **mid_epoch}, tmp)
+        stopping.saved()
 
     def record(row: dict, val: dict | None) -> None:
         """Log an epoch's row; keep its weights when they are the best so far."""
@@ -480,6 +612,14 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             best_epoch, best_val = row["epoch"], val
             task.save(best_file, {**info, **selection_info(row["epoch"], val)})
 
+    def stop(signum: int, epoch: int, step: int) -> Preempted:
+        """The run ends here, its state written, so that the same command resumes it."""
+        distributed.barrier()
+        name = signal.Signals(signum).name
+        return Preempted(signum, f"stopped by {name} after step {step} of epoch {epoch} "
+                                 f"({run_label(info) or 'training'}); resume state in "
+                                 f"{state_file}: the same command continues the run")
+
     if include_start and not history and main:  # epoch 0: the starting weights, before any step
         module.eval()
         val = task.validate()
@@ -488,47 +628,56 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.time()
-        # Seed per epoch: shuffling, augmentation and caption sampling depend only on (seed, epoch),
-        # so a resumed run draws exactly what an uninterrupted one would have.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
-        module.train()
-        losses = LossMeter(device)
-        for count, batch in enumerate(loader, 1):
-            with autocast:
-                loss = compute_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if cfg.clamp_logit_scale:
-                clamp_logit_scale(module)
-            losses.add(loss, (epoch - 1) * steps_per_epoch + count)
-            if count % LOSS_READ_EVERY == 0 or count == steps_per_epoch:
-                bad = losses.first_non_finite()  # a host sync, every LOSS_READ_EVERY steps
-                if bad is not None:
-                    raise diverged(info, cfg, epoch, bad[1], f"training loss {bad[0]}")
-        total = losses.total()
-        if not weights_finite(module):
-            raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
-        if main:
-            module.eval()
-            val = task.validate()
-            elapsed += time.time() - t0
-            record({"epoch": epoch, "step": epoch * steps_per_epoch,
-                    "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                    "train_loss": f"{total / count:.5f}", **val_columns(val),
-                    "seconds": f"{elapsed:.1f}"}, val)
-            with atomic_path(state_file) as tmp:
-                torch.save({"run_hash": run_hash, "epoch": epoch, "module": module.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "best_epoch": best_epoch,
-                            "best_val": best_val, "history": history, "seconds": elapsed}, tmp)
-        distributed.barrier()
+    with Stopping(cfg.checkpoint_minutes, device) as stopping:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.time()
+            # Seed per epoch: shuffling, augmentation (per example, SeededItems) and caption
+            # sampling depend only on (seed, epoch), so a resumed run draws exactly what an
+            # uninterrupted one would have.
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
+            items.seed = cfg.seed * 100_003 + epoch
+            losses = LossMeter(device)
+            batches.skip = start_step if epoch == start_epoch else 0
+            if batches.skip:  # resumed mid-epoch: the random state and losses of that step
+                torch.set_rng_state(state["rng"])
+                losses.load(state["losses"])
+            module.train()
+            for count, batch in enumerate(loader, batches.skip + 1):
+                with autocast:
+                    loss = compute_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                if cfg.clamp_logit_scale:
+                    clamp_logit_scale(module)
+                losses.add(loss, (epoch - 1) * steps_per_epoch + count)
+                if count % LOSS_READ_EVERY == 0 or count == steps_per_epoch:
+                    bad = losses.first_non_finite()  # a host sync, every LOSS_READ_EVERY steps
+                    if bad is not None:
+                        raise diverged(info, cfg, epoch, bad[1], f"training loss {bad[0]}")
+                signum = stopping.signalled(count)
+                if signum is not None or (main and stopping.due()):
+                    if main:
+                        save_state(epoch - 1, count, losses, elapsed + time.time() - t0)
+                    if signum is not None:
+                        raise stop(signum, epoch, count)
+            total = losses.total()
+            if not weights_finite(module):
+                raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
+            if main:
+                module.eval()
+                val = task.validate()
+                elapsed += time.time() - t0
+                record({"epoch": epoch, "step": epoch * steps_per_epoch,
+                        "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
+                        "train_loss": f"{total / steps_per_epoch:.5f}", **val_columns(val),
+                        "seconds": f"{elapsed:.1f}"}, val)
+                save_state(epoch, 0, None, elapsed)
+            distributed.barrier()
 
     if main:
         if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
@@ -538,9 +687,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
                             f"score; no checkpoint written")
         write_text(log_csv, log_csv_text(history))
         best_file.replace(out)
-        state_file.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            work.rmdir()
+        shutil.rmtree(work, ignore_errors=True)  # the state, and any a kill left half-written
     distributed.barrier()
     return FitResult(best_epoch, best_val, history, elapsed)
 
