@@ -32,7 +32,8 @@ class _Group(click.Group):
 
             if not isinstance(e, Preempted):
                 raise
-            click.echo(f"[{time.strftime('%H:%M:%S')}] {e}", err=True)
+            if str(e):  # rank 0's (a run over several ranks)
+                _log(str(e))
             ctx.exit(e.exit_code)
 
 

@@ -425,12 +425,13 @@ class Stopping:
     def _note(self, signum, frame) -> None:
         self.signum = signum
 
-    def signalled(self, step: int) -> int | None:
+    def signalled(self, step: int, last_step: int) -> int | None:
         """The stop signal (any rank's, over several), or None to go on; with several ranks it
-        is read every STOP_CHECK_EVERY steps, when every rank reads it."""
+        is read every STOP_CHECK_EVERY steps of an epoch and at its ``last_step``, where every
+        rank reads it."""
         if distributed.world_size() == 1:
             return self.signum
-        if step % STOP_CHECK_EVERY:
+        if step % STOP_CHECK_EVERY and step != last_step:
             return None
         mine = torch.tensor([[float(self.signum or 0)]], device=self.device)
         signums = [int(v) for v in distributed.gather_rows(mine).flatten().tolist() if v]
@@ -613,12 +614,14 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             task.save(best_file, {**info, **selection_info(row["epoch"], val)})
 
     def stop(signum: int, epoch: int, step: int) -> Preempted:
-        """The run ends here, its state written, so that the same command resumes it."""
+        """The run ends here, its state written, so that the same command resumes it (rank 0
+        says so for the run: the other ranks' message is empty)."""
         distributed.barrier()
         name = signal.Signals(signum).name
-        return Preempted(signum, f"stopped by {name} after step {step} of epoch {epoch} "
-                                 f"({run_label(info) or 'training'}); resume state in "
-                                 f"{state_file}: the same command continues the run")
+        said = (f"stopped by {name} after step {step} of epoch {epoch} "
+                f"({run_label(info) or 'training'}); resume state in {state_file}: the same "
+                f"command continues the run")
+        return Preempted(signum, said if main else "")
 
     if include_start and not history and main:  # epoch 0: the starting weights, before any step
         module.eval()
@@ -659,7 +662,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
                     bad = losses.first_non_finite()  # a host sync, every LOSS_READ_EVERY steps
                     if bad is not None:
                         raise diverged(info, cfg, epoch, bad[1], f"training loss {bad[0]}")
-                signum = stopping.signalled(count)
+                signum = stopping.signalled(count, steps_per_epoch)
                 if signum is not None or (main and stopping.due()):
                     if main:
                         save_state(epoch - 1, count, losses, elapsed + time.time() - t0)

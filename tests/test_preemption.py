@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -157,3 +158,30 @@ def test_a_dataloader_worker_ignores_the_stop_signals():
 
     [pid] = list(make_loader(Pid(), batch_size=None, workers=1))
     assert pid != os.getpid()
+
+
+def test_two_ranks_stop_together_on_sigterm_and_resume_to_the_same_checkpoint(
+        tiny_tables, tiny_captions, tiny_pretrained, tmp_path):
+    """torchrun passes SIGTERM on to its ranks: they stop after the same step, rank 0 writes the
+    state, and the run resumed over 2 ranks ends as the uninterrupted 2-rank run (gloo, CPU)."""
+    launch = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "flyp.cli"]
+
+    def cmd(out):
+        return launch + finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out)[1:]
+
+    straight = tmp_path / "straight"
+    subprocess.run(cmd(straight), check=True, capture_output=True)
+    out = tmp_path / "run"
+    state = out / ".best.safetensors.resume" / "state.pt"
+    proc = run_until(cmd(out), state, 6)  # the first epoch's end
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert err.count("stopped by SIGTERM") == 1, err  # rank 0 says it for the run
+    assert "] False" not in err and not re.search(r"\] *\n", err)  # and the other rank nothing
+    assert 6 <= state_step(state) < 18
+    resumed = subprocess.run(cmd(out), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert ((out / "best.safetensors").read_bytes()
+            == (straight / "best.safetensors").read_bytes())

@@ -127,6 +127,9 @@ if USES_GPU and GPUS > 0 and workflow.nodes is None and "gpu" not in workflow.gl
 # Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
 JOB_THREADS = max(1, workflow.cores // 2)
 WORKERS = RUN["runtime"]["workers"]
+# How often a training job writes a resume state mid-epoch: a resource, as the worker count (the
+# run's result is the same), passed as text (a resource is a number or a string).
+CHECKPOINT_MINUTES = str(RUN["runtime"]["checkpoint_minutes"])
 # Switches that change how a GPU computes (TF32, compilation, recomputation, evaluation
 # arithmetic): params, not resources, since on a GPU they move the last digits of a result.
 SPEED_ARGS = " ".join(

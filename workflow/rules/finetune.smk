@@ -53,6 +53,7 @@ rule finetune:
         **TRAIN_GPU,  # runtime.gpus_per_job (also for a method that does not train: 1 used)
         device=DEVICE,
         workers=WORKERS,
+        checkpoint_minutes=CHECKPOINT_MINUTES,
     conda:
         ENV
     log:
@@ -62,7 +63,7 @@ rule finetune:
         "--captions {params.captions:q} --pretrained {input.pretrained} "
         "--method {wildcards.method:q} {params.args} {params.speed} "
         "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} "
-        "--threads {threads} "
+        "--threads {threads} --checkpoint-minutes {resources.checkpoint_minutes:q} "
         "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
 
 

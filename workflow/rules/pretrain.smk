@@ -7,7 +7,8 @@ if TRAINED_HERE:
         "{params.launch} pretrain --benchmark {params.benchmark:q} --data {input.tables} "
         "--model {params.model:q} {params.train} {params.speed} --out {output.model} "
         "--log-csv {output.log_csv} --threads {threads} --device {resources.device:q} "
-        "--workers {resources.workers:q} 2> {log}"
+        "--workers {resources.workers:q} "
+        "--checkpoint-minutes {resources.checkpoint_minutes:q} 2> {log}"
     )
 else:
     PRETRAIN_CMD = (
@@ -36,6 +37,7 @@ rule pretrain:
         **(TRAIN_GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
         device=DEVICE,
         workers=WORKERS,
+        checkpoint_minutes=CHECKPOINT_MINUTES,
     conda:
         ENV
     log:
