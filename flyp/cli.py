@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from flyp.io import UserError
+from flyp.io import Preempted, UserError
 
 
 class _Group(click.Group):
@@ -27,11 +27,7 @@ class _Group(click.Group):
             raise click.UsageError(str(e)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
-        except Exception as e:
-            from flyp.training import Preempted  # torch is loaded when training raises it
-
-            if not isinstance(e, Preempted):
-                raise
+        except Preempted as e:
             if str(e):  # rank 0's (a run over several ranks)
                 _log(str(e))
             ctx.exit(e.exit_code)

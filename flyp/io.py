@@ -29,6 +29,15 @@ class UserError(Exception):
         super().__init__(_worker_message(message))
 
 
+class Preempted(Exception):
+    """A training run stopped by a signal, its resume state written: the same command continues
+    it (flyp.training.Stopping). Its message is empty on all ranks but rank 0."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # as a process killed by the signal: a failed job
+
+
 def _worker_message(message: str) -> str:
     """The original message of a UserError re-raised from a DataLoader worker, else ``message``."""
     if not message.startswith(f"Caught {UserError.__name__} in DataLoader worker"):
