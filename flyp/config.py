@@ -98,8 +98,9 @@ def _where(path) -> str:
 
 
 # The kinds of job the rules size (presets.<name>.resources): fetch (download, extract), prepare
-# (the tables), pretrain, finetune (a method that trains), infer (features, the eval cache,
-# evaluation, zero-shot and the linear probe) and light (captions, the report, copies).
+# (the tables), pretrain (here, or the export of released weights), finetune (a method that trains),
+# infer (features, the eval cache, evaluation, zero-shot and the linear probe) and light (captions,
+# the report, copies).
 JOB_KINDS = ("fetch", "prepare", "pretrain", "finetune", "infer", "light")
 
 

@@ -32,11 +32,11 @@ rule pretrain:
         speed=SPEED_ARGS if TRAINED_HERE else "",
         classnames=BENCH.classnames,  # for the zero-shot score it logs
         code=step_code("pretrain" if TRAINED_HERE else "pretrained"),
-    threads: job_threads("pretrain" if TRAINED_HERE else "light")
+    threads: job_threads("pretrain")
     resources:
         **(TRAIN_GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
-        **job_size("pretrain" if TRAINED_HERE else "light"),
-        device=JOB_DEVICE,
+        **job_size("pretrain"),
+        device=JOB_DEVICE if TRAINED_HERE else "cpu",
         workers=WORKERS,
         checkpoint_minutes=CHECKPOINT_MINUTES,
     conda:
