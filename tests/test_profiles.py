@@ -174,3 +174,15 @@ def test_device_cuda_without_a_gpu_is_one_line_at_parse_time(fixture_dir, no_gpu
                       "a cluster profile (--profile workflow/profiles/slurm)"], done.stderr
     # a login node without GPUs may submit GPU jobs to SLURM
     dry_run(fixture_dir, "slurm", "--config", "runtime={device: cuda}")
+
+
+def test_a_preset_without_a_job_size_is_one_line():
+    from flyp.config import load_params, read_yaml
+    from flyp.io import UserError
+
+    params = read_yaml(ROOT / "params.yaml")
+    params["benchmark"] = "imagenet"
+    del params["presets"]["imagenet"]["resources"]["infer"]
+    with pytest.raises(UserError, match=r"^params.yaml: presets.imagenet.resources.infer: not set; "
+                                        r"expected \{threads: N, mem_mb: N, runtime: minutes\}$"):
+        load_params(params, ROOT / "workflow" / "schemas" / "params.schema.yaml")
