@@ -80,7 +80,7 @@ def gpus(job: dict) -> int:
 
 def check_sizes(job: dict, cores: int) -> None:
     """mem_mb and runtime as the preset sets them for the job's kind; its threads (what the
-    command is given) too, up to the cores the run has."""
+    command is given) too, up to the cores it may have."""
     size = SIZES[kind(job)]
     assert int(job["resources"]["mem_mb"]) == size["mem_mb"], job
     assert int(job["resources"]["runtime"]) == size["runtime"], job
@@ -149,20 +149,25 @@ def test_workstation_runs_one_job_per_gpu(fixture_dir, tmp_path, monkeypatch):
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    done = dry_run(fixture_dir, "workstation")
+    # (the profile's cores: all, set here to the 16 cores of a host the test can assume)
+    done = dry_run(fixture_dir, "workstation", "--cores", "16")
     assert "GPU jobs: at most 2 at once" in done.stderr
     listed = jobs(done.stdout)
     for job in listed:
-        check_sizes(job, os.cpu_count())  # cores: all
+        # a job on a GPU takes at most its GPU's share of the cores: 8 of 16 with 2 GPUs, so
+        # that both GPUs are busy at once
+        check_sizes(job, 8 if gpus(job) else 16)
         assert "slurm_partition" not in job["resources"], job
         on_gpu = job["rule"] in {"features", "finetune", "evaluate_ensemble"}
         assert gpus(job) == (1 if on_gpu else 0), job
         assert not job["shell"].startswith("torchrun"), job
-    # one run over both GPUs: a training job takes 2, zero-shot and the linear probe 1
-    listed = jobs(dry_run(fixture_dir, "workstation", "--config",
+    # one run over both GPUs: a training job takes 2 (and every core), zero-shot and the linear
+    # probe 1
+    listed = jobs(dry_run(fixture_dir, "workstation", "--cores", "16", "--config",
                           "runtime={gpus_per_job: 2}").stdout)
     for job in (j for j in listed if j["rule"] == "finetune"):
         assert gpus(job) == (2 if job["wildcards"]["method"] in TRAINING else 1), job
+        check_sizes(job, 8 * gpus(job))
 
 
 def test_device_cuda_without_a_gpu_is_one_line_at_parse_time(fixture_dir, no_gpu):

@@ -152,15 +152,27 @@ def finetune_kind(wildcards):
     return "finetune" if trains(wildcards) else "infer"
 
 
-def job_threads(kind):
-    """Cores of a kind of job; `kind` may be a function of the wildcards (finetune_kind)."""
-    if callable(kind):
-        return lambda wildcards: SIZES[kind(wildcards)]["threads"]
-    return SIZES[kind]["threads"]
+def finetune_gpus(wildcards):
+    """GPUs of a finetune job: runtime.gpus_per_job to train, 1 for one process (zero-shot, LP)."""
+    return GPUS_PER_JOB if trains(wildcards) else 1
+
+
+def job_threads(kind, gpus=0):
+    """Cores of a kind of job. A local job on `gpus` GPUs takes at most their share of the host's
+    cores, so that the GPUs, not the cores, bound how many jobs run at once (one per GPU)."""
+    threads = SIZES[kind]["threads"]
+    if gpus and USES_GPU and GPUS > 0 and not CLUSTER:
+        threads = min(threads, max(1, workflow.cores * gpus // GPUS))
+    return threads
+
+
+def finetune_threads(wildcards):
+    return job_threads(finetune_kind(wildcards), finetune_gpus(wildcards))
 
 
 def job_size(kind):
-    """Memory (MB) and wall-clock minutes of a kind of job, as rule resources."""
+    """Memory (MB) and wall-clock minutes of a kind of job, as rule resources; `kind` may be a
+    function of the wildcards (finetune_kind)."""
     if callable(kind):
         return {key: (lambda wildcards, key=key: SIZES[kind(wildcards)][key])
                 for key in ("mem_mb", "runtime")}
@@ -187,8 +199,7 @@ TRAIN_LAUNCH = (
 )
 TRAIN_GPU = {"gpu": GPUS_PER_JOB} if USES_GPU else {}
 # A finetune job of a method that does not train (zero-shot, the linear probe) runs in one process.
-FINETUNE_GPU = {"gpu": lambda wildcards: GPUS_PER_JOB if trains(wildcards) else 1} if USES_GPU \
-    else {}
+FINETUNE_GPU = {"gpu": finetune_gpus} if USES_GPU else {}
 ENV = "../envs/flyp.yaml"
 
 

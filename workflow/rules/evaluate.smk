@@ -19,7 +19,7 @@ rule evaluate:
         bench=BENCH_SPEC,
         code=step_code("evaluate", *EVAL_CODE),
         precision=EVAL_PRECISION,
-    threads: job_threads("infer")
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
         **job_size("infer"),
@@ -60,7 +60,7 @@ rule evaluate_ensemble:
             if "zeroshot_metrics" in input.keys()
             else ""
         ),
-    threads: job_threads("infer")
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
         **job_size("infer"),

@@ -10,7 +10,7 @@ rule features:
         f"{MODELS}/features.safetensors",
     params:
         code=step_code("features"),
-    threads: job_threads("infer")
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
         **job_size("infer"),
@@ -49,7 +49,7 @@ rule finetune:
         launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
         bench=BENCH_SPEC,
         code=method_code,
-    threads: job_threads(finetune_kind)
+    threads: finetune_threads
     resources:
         **FINETUNE_GPU,  # runtime.gpus_per_job for a method that trains, else 1
         **job_size(finetune_kind),
