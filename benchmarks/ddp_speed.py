@@ -72,7 +72,7 @@ def rank_main(rank: int, world: int, port: int, args, out: Path) -> None:
         task = FixedBatchFlyp(create_clip(args.model).to(device), args.model, device)
         task.module.train()
         images, tokens = global_batch(args.model, args.image_size, args.batch_per_rank * world)
-        batch = (distributed.local_rows(images).to(device), distributed.local_rows(tokens))
+        batch = tuple(distributed.local_rows(t).to(device) for t in (images, tokens))
         compute_loss = step_loss(task)
         optimizer = make_optimizer(task.module, lr=1e-5, wd=0.1)
 
