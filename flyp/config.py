@@ -97,6 +97,13 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+# The kinds of job the rules size (presets.<name>.resources): fetch (download, extract), prepare
+# (the tables), pretrain (here, or the export of released weights), finetune (a method that trains),
+# infer (features, the eval cache, evaluation, zero-shot and the linear probe) and light (captions,
+# the report, copies).
+JOB_KINDS = ("fetch", "prepare", "pretrain", "finetune", "infer", "light")
+
+
 def validate(config: dict, schema: dict, source: str = "params.yaml") -> dict:
     """Coerced, default-filled copy of ``config``; raises UserError naming the first bad key."""
     config = copy.deepcopy(config)
@@ -143,6 +150,10 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
                 raise UserError(f"{source}: presets.{benchmark}.{stage}.{key}: no value set")
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
+    for kind in JOB_KINDS:
+        if kind not in run.get("resources", {}):
+            raise UserError(f"{source}: presets.{benchmark}.resources.{kind}: not set; expected "
+                            f"{{threads: N, mem_mb: N, runtime: minutes}}")
     run.setdefault("method_options", {})
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},

@@ -51,7 +51,8 @@ One test per case. Cases tested in other files are listed with their test, not r
       faults: test_runtime_device_is_validated_by_the_schema,
       test_every_parameter_in_a_shell_command_is_quoted
 - 5. --device cuda without a GPU
-      faults: test_device_cuda_without_a_gpu_stops_before_any_work
+      faults: test_device_cuda_without_a_gpu_stops_before_any_work;
+      test_profiles.py: test_device_cuda_without_a_gpu_is_one_line_at_parse_time (runtime.device)
 - 5. a garbage embedded image
       here: test_a_garbage_embedded_image_names_the_table_and_the_image
 - 5. a checkpoint whose tensors do not fit its architecture

@@ -231,10 +231,10 @@ def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, gpus):
     launch = "torchrun --standalone --nproc_per_node 2 -m flyp.cli" if gpus > 1 else "flyp"
     assert flyp.startswith(f"{launch} finetune ")
     assert zeroshot.startswith("flyp finetune ")  # nothing to train: one process
-    jobs = job_resources(out)
-    assert {re.search(r"\bgpu=(\d+)", r).group(1) for rule, r in jobs if rule == "finetune"} == {
-        str(gpus)}
-    assert all("gpu=1" in r for rule, r in jobs if rule == "features")
+    gpu = {re.search(r"method=(\w+)", block).group(1): re.search(r"\bgpu=(\d+)", block).group(1)
+           for block in re.split(r"\n(?=rule )", out) if block.startswith("rule finetune:")}
+    assert gpu == {"flyp": str(gpus), "zeroshot": "1"}  # one process: one GPU
+    assert all("gpu=1" in r for rule, r in job_resources(out) if rule == "features")
 
 
 def test_a_training_jobs_threads_are_shared_among_its_ranks(monkeypatch):

@@ -111,21 +111,74 @@ def gpu_count():
     return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
 
 
-# A job on a GPU (device cuda or cuda:N, or auto where a GPU is found) declares `gpu=1` (a training
-# job `gpu=runtime.gpus_per_job`), the resource Snakemake's SLURM executor turns into --gpus. A
-# local run then runs at most as many of them at once as the machine has GPUs (each job, or each
-# rank, claims a free one: flyp.training.resolve_device), unless `--resources gpu=N` says
-# otherwise. On a cluster (--jobs) the scheduler hands out GPUs.
+# Whether the jobs run on a cluster or cloud executor (`--jobs`, e.g. the SLURM profile), or this
+# is one of its jobs: the machine that parses the workflow there may have no GPU, so it cannot
+# tell what `auto` will find, and the scheduler, not this machine, hands out the GPUs.
+CLUSTER = workflow.nodes is not None or workflow.remote_exec
+
+# A job on a GPU (device cuda or cuda:N, or auto where a GPU is found or on a cluster) declares
+# `gpu=1` (a training job `gpu=runtime.gpus_per_job`), the resource Snakemake's SLURM executor
+# turns into --gpus. A local run then runs at most as many of them at once as the machine has GPUs
+# (each job, or each rank, claims a free one: flyp.training.resolve_device), unless
+# `--resources gpu=N` says otherwise. On a cluster the scheduler hands out GPUs.
 GPUS = gpu_count()
-USES_GPU = DEVICE.startswith("cuda") or (DEVICE == "auto" and GPUS > 0)
+if DEVICE.startswith("cuda") and GPUS == 0 and not CLUSTER:
+    sys.exit(f"error: params.yaml: runtime.device: {DEVICE}, but this machine has no GPU "
+             f"(CUDA_VISIBLE_DEVICES and nvidia-smi -L show none); use auto or cpu, or a cluster "
+             f"profile (--profile workflow/profiles/slurm)")
+USES_GPU = DEVICE.startswith("cuda") or (DEVICE == "auto" and (GPUS > 0 or CLUSTER))
+# The device a job is started with: a job that declares a GPU insists on one (auto becomes cuda), so
+# that a node without a GPU stops it with one line (flyp.training.resolve_device) instead of
+# training on the CPU; a job that declares none runs on the CPU.
+JOB_DEVICE = DEVICE if DEVICE != "auto" else "cuda" if USES_GPU else "cpu"
 GPU = {"gpu": 1} if USES_GPU else {}
-if USES_GPU and GPUS > 0 and workflow.nodes is None and "gpu" not in workflow.global_resources:
+if USES_GPU and GPUS > 0 and not CLUSTER and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = GPUS
     print(f"note: GPU jobs: at most {GPUS} at once, one GPU each (--resources gpu=N to change)",
           file=sys.stderr)
 
-# Two jobs at a time share the cores: each job's startup (imports) overlaps the other's compute.
-JOB_THREADS = max(1, workflow.cores // 2)
+# What each kind of job asks for besides GPUs (presets.<benchmark>.resources in params.yaml): cores,
+# host memory (mem_mb) and wall-clock minutes (runtime, SLURM's --time). Resources, not params:
+# changing them reruns nothing. A local run gives a job at most --cores cores.
+SIZES = RUN["resources"]
+
+
+def trains(wildcards):
+    """Whether a finetune job trains (else it is sized and placed as an inference job)."""
+    return method_info(wildcards.method).trains
+
+
+def finetune_kind(wildcards):
+    return "finetune" if trains(wildcards) else "infer"
+
+
+def finetune_gpus(wildcards):
+    """GPUs of a finetune job: runtime.gpus_per_job to train, 1 for one process (zero-shot, LP)."""
+    return GPUS_PER_JOB if trains(wildcards) else 1
+
+
+def job_threads(kind, gpus=0):
+    """Cores of a kind of job. A local job on `gpus` GPUs takes at most their share of the host's
+    cores, so that the GPUs, not the cores, bound how many jobs run at once (one per GPU)."""
+    threads = SIZES[kind]["threads"]
+    if gpus and USES_GPU and GPUS > 0 and not CLUSTER:
+        threads = min(threads, max(1, workflow.cores * gpus // GPUS))
+    return threads
+
+
+def finetune_threads(wildcards):
+    return job_threads(finetune_kind(wildcards), finetune_gpus(wildcards))
+
+
+def job_size(kind):
+    """Memory (MB) and wall-clock minutes of a kind of job, as rule resources; `kind` may be a
+    function of the wildcards (finetune_kind)."""
+    if callable(kind):
+        return {key: (lambda wildcards, key=key: SIZES[kind(wildcards)][key])
+                for key in ("mem_mb", "runtime")}
+    return {key: SIZES[kind][key] for key in ("mem_mb", "runtime")}
+
+
 WORKERS = RUN["runtime"]["workers"]
 # How often a training job writes a resume state mid-epoch: a resource, as the worker count (the
 # run's result is the same), passed as text (a resource is a number or a string).
@@ -145,6 +198,8 @@ TRAIN_LAUNCH = (
     else "flyp"
 )
 TRAIN_GPU = {"gpu": GPUS_PER_JOB} if USES_GPU else {}
+# A finetune job of a method that does not train (zero-shot, the linear probe) runs in one process.
+FINETUNE_GPU = {"gpu": finetune_gpus} if USES_GPU else {}
 ENV = "../envs/flyp.yaml"
 
 

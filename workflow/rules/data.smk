@@ -16,7 +16,9 @@ rule prepare_data:
             for k, v in sorted(RUN["data"].items())
             if k not in {d.name for d in BENCH.downloads}
         ),
-    threads: workflow.cores
+    threads: job_threads("prepare")
+    resources:
+        **job_size("prepare"),
     conda:
         ENV
     log:
@@ -38,6 +40,9 @@ rule captions:
         templates=BENCH.templates,
         code=step_code("captions"),
         out=lambda wildcards, output: os.path.dirname(output.captions),
+    threads: job_threads("light")
+    resources:
+        **job_size("light"),
     conda:
         ENV
     log:
@@ -60,8 +65,9 @@ rule eval_cache:
         benchmark=BENCHMARK,
         sets=["val", *(s.name for s in BENCH.eval_sets)],  # not the templates: no model runs
         code=step_code("evalcache"),
-    threads: JOB_THREADS
+    threads: job_threads("infer")
     resources:
+        **job_size("infer"),
         workers=WORKERS,
     conda:
         ENV

@@ -53,6 +53,9 @@ rule download:
             else ""
         ),
         sums=lambda wildcards: STATED_SUMS[FETCHED[wildcards.archive]],
+    threads: job_threads("fetch")
+    resources:
+        **job_size("fetch"),
     conda:
         ENV
     log:
@@ -72,6 +75,9 @@ rule extract:
     params:
         benchmark=BENCHMARK,
         sums=lambda wildcards: STATED_SUMS[wildcards.name],
+    threads: job_threads("fetch")
+    resources:
+        **job_size("fetch"),
     conda:
         ENV
     log:

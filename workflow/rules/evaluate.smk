@@ -19,10 +19,11 @@ rule evaluate:
         bench=BENCH_SPEC,
         code=step_code("evaluate", *EVAL_CODE),
         precision=EVAL_PRECISION,
-    threads: JOB_THREADS
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
-        device=DEVICE,
+        **job_size("infer"),
+        device=JOB_DEVICE,
         workers=WORKERS,
     conda:
         ENV
@@ -59,10 +60,11 @@ rule evaluate_ensemble:
             if "zeroshot_metrics" in input.keys()
             else ""
         ),
-    threads: JOB_THREADS
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
-        device=DEVICE,
+        **job_size("infer"),
+        device=JOB_DEVICE,
         workers=WORKERS,
     conda:
         ENV
@@ -92,6 +94,9 @@ if SEEDLESS and len(FULL_RUNS) > 1:
             method="|".join(SEEDLESS),
             run="|".join(FULL_RUNS[1:]),
         localrule: True
+        threads: job_threads("light")
+        resources:
+            **job_size("light"),
         params:
             folder=lambda wildcards, output: os.path.dirname(output[0]),
         conda:

@@ -10,10 +10,11 @@ rule features:
         f"{MODELS}/features.safetensors",
     params:
         code=step_code("features"),
-    threads: JOB_THREADS
+    threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
-        device=DEVICE,
+        **job_size("infer"),
+        device=JOB_DEVICE,
         workers=WORKERS,
     conda:
         ENV
@@ -48,10 +49,11 @@ rule finetune:
         launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
         bench=BENCH_SPEC,
         code=method_code,
-    threads: JOB_THREADS
+    threads: finetune_threads
     resources:
-        **TRAIN_GPU,  # runtime.gpus_per_job (also for a method that does not train: 1 used)
-        device=DEVICE,
+        **FINETUNE_GPU,  # runtime.gpus_per_job for a method that trains, else 1
+        **job_size(finetune_kind),
+        device=JOB_DEVICE,
         workers=WORKERS,
         checkpoint_minutes=CHECKPOINT_MINUTES,
     conda:

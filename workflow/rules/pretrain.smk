@@ -32,10 +32,11 @@ rule pretrain:
         speed=SPEED_ARGS if TRAINED_HERE else "",
         classnames=BENCH.classnames,  # for the zero-shot score it logs
         code=step_code("pretrain" if TRAINED_HERE else "pretrained"),
-    threads: workflow.cores
+    threads: job_threads("pretrain", gpus=GPUS_PER_JOB if TRAINED_HERE else 0)
     resources:
         **(TRAIN_GPU if TRAINED_HERE else {}),  # exporting released weights needs no GPU
-        device=DEVICE,
+        **job_size("pretrain"),
+        device=JOB_DEVICE if TRAINED_HERE else "cpu",
         workers=WORKERS,
         checkpoint_minutes=CHECKPOINT_MINUTES,
     conda:

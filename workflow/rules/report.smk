@@ -49,6 +49,9 @@ rule report:
         wise=",".join(m for m in WISE_METHODS if m != "zeroshot"),
         fewshot_methods=",".join(FEWSHOT["methods"]),
         fewshot_runs=",".join(FEWSHOT_RUNS),
+    threads: job_threads("light")
+    resources:
+        **job_size("light"),
     conda:
         ENV
     log:
