@@ -529,12 +529,13 @@ def test_ctrl_c_is_one_line_and_leaves_no_checkpoint(tables, tiny_captions, tiny
 def test_a_killed_finetune_resumes_to_the_same_checkpoint(tables, tiny_captions,
                                                           tiny_pretrained, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = finetune(tables, tiny_captions, tiny_pretrained, straight, epochs=2, batch_size=96)
+    done = finetune(tables, tiny_captions, tiny_pretrained, straight, epochs=3, batch_size=16)
     assert done.exit_code == 0, done.output
     args = ["finetune", "--benchmark", "embedded", "--data", tables, "--captions", tiny_captions,
-            "--pretrained", tiny_pretrained, "--method", "ft", "--epochs", 2, "--lr", 1e-3,
-            "--wd", 0, "--batch-size", 96, "--out", killed / "best.safetensors",
-            "--log-csv", killed / "log.csv", "--threads", torch.get_num_threads()]
+            "--pretrained", tiny_pretrained, "--method", "ft", "--epochs", 3, "--lr", 1e-3,
+            "--wd", 0, "--batch-size", 16, "--out", killed / "best.safetensors",
+            "--log-csv", killed / "log.csv", "--threads", torch.get_num_threads(),
+            "--checkpoint-minutes", 0]  # a state after every step: one is there to kill at
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "flyp.cli", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -547,7 +548,7 @@ def test_a_killed_finetune_resumes_to_the_same_checkpoint(tables, tiny_captions,
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert state.exists() and not (killed / "best.safetensors").exists()
-    result = finetune(tables, tiny_captions, tiny_pretrained, killed, epochs=2, batch_size=96)
+    result = finetune(tables, tiny_captions, tiny_pretrained, killed, epochs=3, batch_size=16)
     assert result.exit_code == 0 and "resuming from" in result.output, result.output
     assert sha256_file(killed / "best.safetensors") == sha256_file(straight / "best.safetensors")
 

@@ -39,5 +39,6 @@ def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):
     assert draws(out, "sst2") == expected
     assert counts["finetune_fewshot"] == len(expected) == 450
     # the whole k-shot training set in one batch: k x 2 classes
-    k32 = next(line for line in out.splitlines() if "--shots 32 --draw 49" in line)
+    k32 = next(line for line in out.splitlines()
+               if "--shots 32 --draw 49" in line and "--method flyp" in line)
     assert "--batch-size 64 " in k32 and "--lr 1e-05 " in k32 and "--wd 0.2 " in k32
