@@ -144,6 +144,7 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     run.setdefault("method_options", {})
+    run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},
                             run.get("fewshot") or {})
@@ -200,6 +201,19 @@ def check_method_options(run: dict, source: str = "params.yaml") -> None:
                 raise UserError(f"{where}: {e}") from None
 
 
+def check_sweep(run: dict, source: str = "params.yaml") -> None:
+    """Each grid must name a registered method and vary a setting it has (flyp.sweep.check_grid);
+    a method the run does not include is allowed (its grid is then unused)."""
+    from flyp.catalog import method_info, method_names
+    from flyp.sweep import check_grid
+
+    for name, grid in run["sweep"].items():
+        where = f"{source}: presets.{run['benchmark']}.sweep.{name}"
+        if name not in method_names():
+            raise UserError(f"{where}: unknown method {name!r}; expected one of {method_names()}")
+        check_grid(name, grid, method_info(name), where)
+
+
 def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:
     """Validate the raw params (as Snakemake loaded them) and return the resolved run settings."""
     schema = read_yaml(schema_path)
@@ -207,4 +221,5 @@ def load_params(config: dict, schema_path: str | Path, source: str = "params.yam
     run = resolve(params, source)
     check_names(run, source)
     check_method_options(run, source)
+    check_sweep(run, source)
     return run
