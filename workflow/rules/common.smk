@@ -211,6 +211,16 @@ def picked_sweep_run(wildcards):
             "log_csv": f"{folder}/train_log.csv"}
 
 
+def report_sweep_args(wildcards, output):
+    """The report's sweep options (report.smk), with a space before them; none without a
+    sweep, so that the command is as it was."""
+    if not SWEEP:
+        return ""
+    return (f" --sweep-methods={shlex.quote(','.join(SWEEP))} "
+            f"--sweep-plot {shlex.quote(output.sweep_plot)} "
+            f"--sweep-csv {shlex.quote(output.sweep_csv)}")
+
+
 def finetune_config(method, run):
     """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
     shared finetuning settings, the few-shot protocol's, then the method's own overrides, then

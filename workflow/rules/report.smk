@@ -8,18 +8,14 @@
 # declare it over the same matrix; the table has a "+wise" row for every method but zero-shot.
 WISE_METHODS = list(RUN["methods"])
 # With a sweep (common.smk: SWEEP), the selections too: the table's "picked" column and the figure
-# of ID-val against each grid point. Without, the rule is as it was (no extra input, output or
-# option).
+# of ID-val against each grid point. Without, the same inputs, outputs and command as before.
 SWEEP_REPORT = (
     {
         "input": {"sweep": expand(f"{RESULTS}/{{method}}/sweep.json", method=SWEEP)},
         "output": {"sweep_plot": "results/plots/sweep.png", "sweep_csv": "results/plots/sweep.csv"},
-        "params": {"sweep_methods": ",".join(SWEEP)},
-        "shell": " --sweep-methods={params.sweep_methods:q} --sweep-plot {output.sweep_plot} "
-        "--sweep-csv {output.sweep_csv}",
     }
     if SWEEP
-    else {"input": {}, "output": {}, "params": {}, "shell": ""}
+    else {"input": {}, "output": {}}
 )
 
 
@@ -65,7 +61,7 @@ rule report:
         wise=",".join(m for m in WISE_METHODS if m != "zeroshot"),
         fewshot_methods=",".join(FEWSHOT["methods"]),
         fewshot_runs=",".join(FEWSHOT_RUNS),
-        **SWEEP_REPORT["params"],
+        sweep=report_sweep_args,
     conda:
         ENV
     log:
@@ -77,4 +73,4 @@ rule report:
         "--fewshot-methods={params.fewshot_methods:q} --fewshot-runs={params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
-        "--markdown {output.markdown}" + SWEEP_REPORT["shell"] + " > {log} 2>&1"
+        "--markdown {output.markdown}{params.sweep} > {log} 2>&1"
