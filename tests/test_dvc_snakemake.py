@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 # licensed data that must not be pushed to a remote); their checksums are parameters (params.yaml),
 # and DVC versions the prepared tables that index them.
 RAW = "data/raw/"
-JOB = re.compile(r"^(?:local)?rule (\w+):$")
+JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
 def dag_jobs(*config: str) -> list[dict]:
