@@ -496,6 +496,29 @@ def features(checkpoint, data_dir, out, workers, threads, device):
     _log(f"wrote {out}")
 
 
+@main.command("sweep-select")
+@click.option("--method", "method_name", required=True)
+@click.option("--grid", required=True,
+              help='The method\'s grid as JSON, e.g. \'{"lr": [1e-05, 0.0001]}\'.')
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+def sweep_select(method_name, grid, out, checkpoints):
+    """Pick a method's setting from its grid runs' checkpoints (one per grid point, in grid
+    order) by their recorded ID-val score; ties go to the first point."""
+    import json
+
+    from flyp.sweep import describe, write_selection
+
+    try:
+        grid = json.loads(grid)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--grid: not valid JSON ({e.msg})") from None
+    picked = write_selection(out, method_name, grid, list(checkpoints))
+    _log(f"{method_name}: picked {describe(picked['picked'])} (ID-val {picked['val_metric']} "
+         f"{picked['val_score']:.4f}) -> {out}")
+
+
 @main.command()
 @benchmark_option
 @click.option("--results", "results_dir", required=True,
@@ -517,8 +540,14 @@ def features(checkpoint, data_dir, out, workers, threads, device):
               help="Also write the sha256 of every per-run file the table was made from.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the table's numbers as Markdown.")
+@click.option("--sweep-methods", default="",
+              help="Methods whose setting a sweep picked (<method>/sweep.json under --results).")
+@click.option("--sweep-plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --sweep-methods: the figure of ID-val against each grid point.")
+@click.option("--sweep-csv", type=click.Path(dir_okay=False, path_type=Path))
 def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
-           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir, inputs_out, markdown):
+           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir, inputs_out, markdown,
+           sweep_methods, sweep_plot, sweep_csv):
     """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
@@ -527,7 +556,9 @@ def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_met
                       fewshot_methods=_csv_list(fewshot_methods),
                       fewshot_runs=_csv_list(fewshot_runs), table=table,
                       metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv,
-                      code_dir=code_dir, inputs_out=inputs_out, markdown=markdown)
+                      code_dir=code_dir, inputs_out=inputs_out, markdown=markdown,
+                      sweep_methods=_csv_list(sweep_methods), sweep_plot=sweep_plot,
+                      sweep_csv=sweep_csv)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
         click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
                                     "pretrained_sha256", "git_revision", "eval_revision",

@@ -155,6 +155,7 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
             raise UserError(f"{source}: presets.{benchmark}.resources.{kind}: not set; expected "
                             f"{{threads: N, mem_mb: N, runtime: minutes}}")
     run.setdefault("method_options", {})
+    run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},
                             run.get("fewshot") or {})
@@ -211,6 +212,19 @@ def check_method_options(run: dict, source: str = "params.yaml") -> None:
                 raise UserError(f"{where}: {e}") from None
 
 
+def check_sweep(run: dict, source: str = "params.yaml") -> None:
+    """Each grid must name a registered method and vary a setting it has (flyp.sweep.check_grid);
+    a method the run does not include is allowed (its grid is then unused)."""
+    from flyp.catalog import method_info, method_names
+    from flyp.sweep import check_grid
+
+    for name, grid in run["sweep"].items():
+        where = f"{source}: presets.{run['benchmark']}.sweep.{name}"
+        if name not in method_names():
+            raise UserError(f"{where}: unknown method {name!r}; expected one of {method_names()}")
+        check_grid(name, grid, method_info(name), where)
+
+
 def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:
     """Validate the raw params (as Snakemake loaded them) and return the resolved run settings."""
     schema = read_yaml(schema_path)
@@ -218,4 +232,5 @@ def load_params(config: dict, schema_path: str | Path, source: str = "params.yam
     run = resolve(params, source)
     check_names(run, source)
     check_method_options(run, source)
+    check_sweep(run, source)
     return run

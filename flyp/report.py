@@ -2,7 +2,9 @@
 
 Rows: every method (mean and standard deviation over seeds), every finetuned method with weight
 ensembling ("<method>+wise", alpha picked on ID-val per seed), and the few-shot runs
-("<method>@<k>shot", mean and standard deviation over draws).
+("<method>@<k>shot", mean and standard deviation over draws). When a sweep ran (flyp/sweep.py),
+a "picked" column names each swept method's setting, and a figure shows every grid point's ID-val
+score.
 
 Effective robustness (Taori et al., NeurIPS 2020): a line is fit to the baselines' (ID, OOD)
 points in logit space, OOD = f(ID); a method's effective robustness is its OOD accuracy minus f of
@@ -19,6 +21,7 @@ import pandas as pd
 
 from flyp.datasets import get_benchmark
 from flyp.io import atomic_path, read_json, sha256_file, write_json, write_text
+from flyp.sweep import describe
 
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
 
@@ -63,6 +66,10 @@ class Results:
 
     def curve(self, method: str, run: str) -> pd.DataFrame:
         return pd.read_csv(self._path(method, run, "wise_curve.csv"))
+
+    def selection(self, method: str) -> dict:
+        """The method's sweep selection (`flyp sweep-select`)."""
+        return read_json(self._path(method, "sweep.json"))
 
 
 def selected_on(prov: dict) -> str:
@@ -135,11 +142,15 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
                  wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
                  table: Path, metrics_out: Path, plot_out: Path | None = None,
                  plot_csv: Path | None = None, code_dir: Path | None = None,
-                 inputs_out: Path | None = None, markdown: Path | None = None) -> pd.DataFrame:
+                 inputs_out: Path | None = None, markdown: Path | None = None,
+                 sweep_methods: list[str] = (), sweep_plot: Path | None = None,
+                 sweep_csv: Path | None = None) -> pd.DataFrame:
     """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, the
     code diffs the rows name (``code_dir``, default: ``code`` beside the table) and the sha256 of
     every per-run file the table was made from (``inputs_out``), and the table's numbers as
-    Markdown (``markdown``)."""
+    Markdown (``markdown``). With ``sweep_methods`` (those a sweep picked a setting for), the
+    table's "picked" column and the sweep's figure (``sweep_plot``) and its data (``sweep_csv``);
+    without, the table has no such column."""
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
@@ -203,6 +214,14 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
             plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
     elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
         plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
+    if sweep_methods:
+        selections = {m: res.selection(m) for m in sweep_methods}
+        picked = {m: describe(s["picked"]) for m, s in selections.items()}
+        df.insert(df.columns.get_loc("selected_on"), "picked",
+                  ["" if "@" in name else picked.get(name.removesuffix("+wise"), "")
+                   for name in df["method"]])
+        if sweep_plot is not None:
+            plot_sweep(selections, sweep_plot, sweep_csv, bench.name)
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, nested)
@@ -285,3 +304,38 @@ def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, tit
         curve[["id", "avg_ood"]] = (100 * curve[["id", "avg_ood"]]).round(2)
         with atomic_path(csv_out) as tmp:
             curve.to_csv(tmp, index=False)
+
+
+def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, title: str):
+    """Each swept method's ID-val score at every point of its grid (the first seed's runs), the
+    picked point circled: one panel per method, the points in grid order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"method": m, "setting": describe(r["setting"]), "val_metric": r["val_metric"],
+             "val_score": r["val_score"], "best_epoch": r["best_epoch"],
+             "picked": r["run"] == s["picked_run"]}
+            for m, s in selections.items() for r in s["runs"]]
+    data = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, len(selections), figsize=(4.5 * len(selections), 4), squeeze=False)
+    for ax, (m, group) in zip(axes[0], data.groupby("method", sort=False), strict=True):
+        x = np.arange(len(group))
+        ax.plot(x, 100 * group["val_score"], "o-", ms=5)
+        best = group["picked"].to_numpy()
+        ax.plot(x[best], 100 * group["val_score"].to_numpy()[best], "o", ms=12, mfc="none",
+                color="red", label="picked")
+        ax.set_xticks(x, group["setting"], rotation=45, ha="right", fontsize=7)
+        ax.set_title(m, fontsize=9)
+        ax.set_ylabel(f"ID-val {group['val_metric'].iloc[0]} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: the sweep, ID-val per grid point (first seed)", fontsize=9)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    plt.close(fig)
+    if csv_out is not None:
+        data["val_score"] = (100 * data["val_score"]).round(2)
+        with atomic_path(csv_out) as tmp:
+            data.to_csv(tmp, index=False)

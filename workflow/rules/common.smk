@@ -1,6 +1,7 @@
 # Parameters, validated once at parse time (one-line error naming the key), and path helpers.
 import json
 import os
+import re
 import shlex
 import sys
 from functools import cache
@@ -11,7 +12,8 @@ from flyp.catalog import method_info
 from flyp.codeversion import code_version
 from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
-from flyp.io import UserError
+from flyp.io import UserError, read_json
+from flyp.sweep import PREFIX as SWEEP_PREFIX, grid_points, is_swept, run_name
 from flyp.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
@@ -35,10 +37,20 @@ FEWSHOT = RUN["fewshot"]
 FEWSHOT_RUNS = [f"k{k}-draw{d}" for k in FEWSHOT["shots"] for d in range(FEWSHOT["draws"])]
 METHODS = sorted(set(RUN["methods"]) | set(FEWSHOT["methods"]))
 
+# The preset's sweep (flyp/sweep.py): each method run whose grid has several points trains every
+# point once, with the first seed ("sweep-lr1e-05-seed0"); sweep_select picks the point with the
+# best ID-val score, and the full runs of every seed train at it. A one-point grid is a fixed
+# setting. Few-shot runs keep the protocol's settings. No grid: the DAG has none of these jobs.
+SWEEP = {m: g for m, g in RUN["sweep"].items() if m in RUN["methods"] and is_swept(g)}
+SWEEP_SEED = RUN["seeds"][0]
+SWEEP_RUNS = {m: {run_name(p, SWEEP_SEED): p for p in grid_points(g)} for m, g in SWEEP.items()}
+FIXED_SETTINGS = {m: grid_points(g)[0] for m, g in RUN["sweep"].items() if not is_swept(g)}
+SWEEP_RUN_NAMES = "|".join(sorted({re.escape(r) for runs in SWEEP_RUNS.values() for r in runs}))
+
 
 wildcard_constraints:
     method="|".join(METHODS),
-    run=r"seed\d+|k\d+-draw\d+",
+    run=r"seed\d+|k\d+-draw\d+" + (f"|{SWEEP_RUN_NAMES}" if SWEEP else ""),
 
 
 def train_args(cfg):
@@ -214,13 +226,65 @@ def parse_run(run):
     return int(draw), int(shots), int(draw)
 
 
+def sweep_base(run):
+    """The full run a sweep's grid run stands beside ("sweep-lr1e-05-seed0" -> "seed0")."""
+    return run.rsplit("-", 1)[1] if run.startswith(SWEEP_PREFIX) else run
+
+
+def sweep_setting(method, run):
+    """The grid point a run trains at: a grid run's own; for a full run of a swept method the one
+    sweep_select picked; a one-point grid's; none otherwise (few-shot runs included)."""
+    if run in SWEEP_RUNS.get(method, {}):
+        return SWEEP_RUNS[method][run]
+    if not run.startswith("seed"):
+        return {}
+    if method in SWEEP:
+        return read_json(sweep_selection_file(method))["picked"]
+    return FIXED_SETTINGS.get(method, {})
+
+
+def sweep_selection_file(method):
+    """sweep_select's output for a method: sweep_select is a checkpoint, so while it has not run
+    this raises the exception that makes Snakemake hold back the jobs asking (a full run's input
+    and params), and add them to the DAG once it has."""
+    return checkpoints.sweep_select.get(method=method).output[0]
+
+
+def sweep_selection(wildcards):
+    """The selection a swept method's full run trains at (its params read it)."""
+    if wildcards.method in SWEEP and wildcards.run.startswith("seed"):
+        return {"sweep": sweep_selection_file(wildcards.method)}
+    return {}
+
+
+def picked_sweep_run(wildcards):
+    """The grid run sweep_select picked for a method (once it has run), and the selection."""
+    selection = sweep_selection_file(wildcards.method)
+    run = read_json(selection)["picked_run"]
+    folder = f"{MODELS}/{wildcards.method}/{run}"
+    return {"sweep": selection, "model": f"{folder}/best.safetensors",
+            "log_csv": f"{folder}/train_log.csv"}
+
+
+def report_sweep_args(wildcards, output):
+    """The report's sweep options (report.smk), with a space before them; none without a
+    sweep, so that the command is as it was."""
+    if not SWEEP:
+        return ""
+    return (f" --sweep-methods={shlex.quote(','.join(SWEEP))} "
+            f"--sweep-plot {shlex.quote(output.sweep_plot)} "
+            f"--sweep-csv {shlex.quote(output.sweep_csv)}")
+
+
 def finetune_config(method, run):
     """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
-    shared finetuning settings, the few-shot protocol's, then the method's own overrides. A method
-    that does not train (zero-shot, the linear probe) depends on none of the training settings, so
-    `-S lr=...` does not rerun it."""
-    seed, shots, draw = parse_run(run)
+    shared finetuning settings, the few-shot protocol's, then the method's own overrides, then
+    its sweep setting. A method that does not train (zero-shot, the linear probe) depends on none
+    of the training settings, so `-S lr=...` does not rerun it."""
+    setting = sweep_setting(method, run)
+    seed, shots, draw = parse_run(sweep_base(run))
     options = dict(RUN["method_options"].get(method, {}))
+    options.update({k: v for k, v in setting.items() if k not in TRAIN_KEYS})
     if not method_info(method).trains:
         return {"seed": seed, "shots": shots, "draw": draw, "options": options}
     cfg = {**RUN["finetune"], "seed": seed}
@@ -231,6 +295,7 @@ def finetune_config(method, run):
     cfg.update({k: options.pop(k) for k in list(options) if k in TRAIN_KEYS})
     if METHOD_LR_SCALE in options:  # relative to the shared lr, so `-S lr=...` moves it too
         cfg["lr"] = cfg["lr"] * float(options.pop(METHOD_LR_SCALE))
+    cfg.update({k: v for k, v in setting.items() if k in TRAIN_KEYS})  # the lr trained at
     return {**cfg, "shots": shots, "draw": draw, "options": options}
 
 
@@ -256,7 +321,8 @@ def method_inputs(wildcards):
             files[option] = f"{MODELS}/features.safetensors"
         else:  # "method:<name>": that method's checkpoint of the same run
             other = kind.split(":", 1)[1]
-            files[option] = f"{MODELS}/{other}/{full_run(other, wildcards.run)}/best.safetensors"
+            run = full_run(other, sweep_base(wildcards.run))
+            files[option] = f"{MODELS}/{other}/{run}/best.safetensors"
     return files
 
 

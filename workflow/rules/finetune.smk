@@ -28,6 +28,7 @@ rule features:
 rule finetune:
     input:
         unpack(method_inputs),
+        unpack(sweep_selection),
         pretrained=f"{MODELS}/pretrained.safetensors",
         tables=TABLES,
         captions=rules.captions.output.captions,
@@ -78,3 +79,66 @@ use rule finetune as finetune_fewshot with:
         log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
     wildcard_constraints:
         run=r"k\d+-draw\d+",
+
+
+# The sweep (common.smk: SWEEP): each grid point of a swept method, trained once with the first seed
+# and never evaluated on a test set; sweep_select reads the checkpoints' ID-val scores and picks
+# one, then the full runs, whose settings depend on it, are added to the DAG (a checkpoint). The
+# first seed's full run at the picked point is the picked grid run (the same command but for its
+# paths), so it is copied, not trained again.
+if SWEEP:
+
+    use rule finetune as finetune_sweep with:
+        wildcard_constraints:
+            method="|".join(SWEEP),
+            run=SWEEP_RUN_NAMES,
+
+    checkpoint sweep_select:
+        input:
+            lambda wildcards: [
+                f"{MODELS}/{wildcards.method}/{run}/best.safetensors"
+                for run in SWEEP_RUNS[wildcards.method]
+            ],
+        output:
+            f"{RESULTS}/{{method}}/sweep.json",
+        wildcard_constraints:
+            method="|".join(SWEEP),
+        params:
+            grid=lambda wildcards: json.dumps(SWEEP[wildcards.method]),
+            code=step_code("sweep_select"),
+        threads: job_threads("light")
+        resources:
+            **job_size("light"),
+        conda:
+            ENV
+        log:
+            f"logs/{BENCHMARK}/sweep_select_{{method}}.log",
+        shell:
+            "flyp sweep-select --method {wildcards.method:q} --grid {params.grid:q} "
+            "--out {output} {input:q} 2> {log}"
+
+    rule reuse_sweep_run:
+        input:
+            unpack(picked_sweep_run),
+        output:
+            model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
+            log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
+        wildcard_constraints:
+            method="|".join(SWEEP),
+            run=f"seed{SWEEP_SEED}",
+        localrule: True
+        params:
+            # the picked run's folder, as input: named only once sweep_select has run
+            picked=lambda wildcards: os.path.dirname(picked_sweep_run(wildcards)["model"]),
+        threads: job_threads("light")
+        resources:
+            **job_size("light"),
+        conda:
+            ENV
+        log:
+            f"logs/{BENCHMARK}/reuse_sweep_{{method}}_{{run}}.log",
+        shell:
+            "(cp {params.picked:q}/best.safetensors {output.model:q} && "
+            "cp {params.picked:q}/train_log.csv {output.log_csv:q}) 2> {log}"
+
+    ruleorder: reuse_sweep_run > finetune

@@ -7,6 +7,16 @@
 # Weight ensembling runs for every method (zero-shot with itself is free), so that DVC can
 # declare it over the same matrix; the table has a "+wise" row for every method but zero-shot.
 WISE_METHODS = list(RUN["methods"])
+# With a sweep (common.smk: SWEEP), the selections too: the table's "picked" column and the figure
+# of ID-val against each grid point. Without, the same inputs, outputs and command as before.
+SWEEP_REPORT = (
+    {
+        "input": {"sweep": expand(f"{RESULTS}/{{method}}/sweep.json", method=SWEEP)},
+        "output": {"sweep_plot": "results/plots/sweep.png", "sweep_csv": "results/plots/sweep.csv"},
+    }
+    if SWEEP
+    else {"input": {}, "output": {}}
+)
 
 
 rule report:
@@ -29,6 +39,7 @@ rule report:
             run=FEWSHOT_RUNS,
             file=["metrics", "provenance"],
         ),
+        **SWEEP_REPORT["input"],
     output:
         table="results/table.csv",
         metrics="results/metrics.json",
@@ -37,6 +48,7 @@ rule report:
         code=directory("results/code"),
         inputs=f"{RESULTS}/table_inputs.json",  # sha256 of every per-run file the table read
         markdown="results/table.md",
+        **SWEEP_REPORT["output"],
     params:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
@@ -49,6 +61,7 @@ rule report:
         wise=",".join(m for m in WISE_METHODS if m != "zeroshot"),
         fewshot_methods=",".join(FEWSHOT["methods"]),
         fewshot_runs=",".join(FEWSHOT_RUNS),
+        sweep=report_sweep_args,
     threads: job_threads("light")
     resources:
         **job_size("light"),
@@ -63,4 +76,4 @@ rule report:
         "--fewshot-methods={params.fewshot_methods:q} --fewshot-runs={params.fewshot_runs:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
-        "--markdown {output.markdown} > {log} 2>&1"
+        "--markdown {output.markdown}{params.sweep} > {log} 2>&1"

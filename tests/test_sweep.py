@@ -1,0 +1,267 @@
+"""The per-method sweep (flyp/sweep.py): the grid a preset names, the jobs it adds to the DAG (the
+first seed only), the pick on ID-val (never on a test set), the full runs at the picked setting,
+the table's picked column and figure; and with no grid, the DAG as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from flyp.cli import main
+from flyp.config import load_params
+from flyp.io import UserError
+from flyp.models import save_checkpoint
+from flyp.report import write_report
+from flyp.sweep import grid_points, is_swept, run_name, select
+from tests.conftest import ROOT
+from tests.test_report import SETS, _write
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
+
+
+@pytest.fixture()
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_grid_points_are_the_product_in_the_order_written():
+    grid = {"lr": [1e-5, 1e-4], "lambda": [0.1, 0.01]}
+    assert grid_points(grid) == [{"lr": 1e-5, "lambda": 0.1}, {"lr": 1e-5, "lambda": 0.01},
+                                 {"lr": 1e-4, "lambda": 0.1}, {"lr": 1e-4, "lambda": 0.01}]
+    assert run_name(grid_points(grid)[1], 0) == "sweep-lr1e-05-lambda0.01-seed0"
+    assert is_swept({"lr": [1e-5, 1e-4]}) and not is_swept({"lr": [1e-5]}) and not is_swept({})
+
+
+def test_no_preset_sweeps_by_default(params):
+    for name in params["presets"]:
+        params["benchmark"] = name
+        assert load_params(params, SCHEMA)["sweep"] == {}
+
+
+def test_dvc_style_string_values_of_a_grid_are_numbers(params):
+    # `dvc exp run -S '+presets.embedded.sweep.flyp.lr=[1e-5,1e-4]'` writes 1e-05 (a YAML string)
+    params["presets"]["embedded"]["sweep"] = {"flyp": {"lr": ["1e-05", 0.0001]},
+                                              "l2sp": {"lambda": ["0.01", 0.1]}}
+    run = load_params(params, SCHEMA)
+    assert run["sweep"] == {"flyp": {"lr": [1e-5, 1e-4]}, "l2sp": {"lambda": [0.01, 0.1]}}
+
+
+@pytest.mark.parametrize("sweep, expected", [
+    ({"nonsense": {"lr": [1e-5, 1e-4]}}, "sweep.nonsense: unknown method 'nonsense'"),
+    ({"flyp": {"lambda": [0.1, 1.0]}}, "sweep.flyp.lambda: not a setting of method flyp"),
+    ({"flyp": {"lr": []}}, "sweep.flyp.lr: [] should be non-empty"),
+    ({"flyp": {}}, "sweep.flyp: {} should be non-empty"),
+    ({"flyp": {"lr": [1e-4, 1e-4]}}, "sweep.flyp.lr: [0.0001, 0.0001] has non-unique"),
+    ({"flyp": {"lr": [-1]}}, "sweep.flyp.lr.0"),
+    ({"flyp": {"lr": 1e-4}}, "sweep.flyp.lr: 0.0001 is not of type 'array'"),
+    ({"l2sp": {"lambda": [-1, 1]}}, "sweep.l2sp.lambda: option 'lambda': expected float >= 0"),
+    ({"lp": {"lr": [1e-4, 1e-3]}}, "sweep.lp.lr: method lp does not train"),
+])
+def test_a_bad_grid_is_one_line_naming_the_key(params, sweep, expected):
+    params["presets"]["embedded"]["sweep"] = sweep
+    with pytest.raises(UserError) as err:
+        load_params(params, SCHEMA)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("params.yaml: presets.embedded.")
+    assert expected in message
+
+
+def _checkpoint(path, val_score, epoch=1):
+    save_checkpoint(path, "RN50", {"w": torch.zeros(2)}, None,
+                    {"val_metric": "accuracy", "best_val_score": val_score, "best_epoch": epoch})
+    return path
+
+
+def _poisoned_test_metrics(run_dir, score):
+    """A test-set result beside a grid run that says the opposite of its ID-val score."""
+    results = run_dir.parent.parent / "results" / run_dir.name
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "metrics.json").write_text(json.dumps({s: score for s in [*SETS, "avg_ood"]}))
+
+
+def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
+    grid = {"lr": [1e-5, 1e-4, 1e-3]}
+    val = [0.61, 0.74, 0.52]
+    paths = []
+    for point, score in zip(grid_points(grid), val, strict=True):
+        run = tmp_path / "models" / run_name(point, 0)
+        run.mkdir(parents=True)
+        paths.append(_checkpoint(run / "best.safetensors", score))
+        _poisoned_test_metrics(run, 1 - score)  # the test sets would pick lr 1e-3
+    out = tmp_path / "sweep.json"
+    done = CliRunner().invoke(main, ["sweep-select", "--method", "flyp", "--grid",
+                                     json.dumps(grid), "--out", str(out), *map(str, paths)])
+    assert done.exit_code == 0, done.output
+    picked = json.loads(out.read_text())
+    assert picked["picked"] == {"lr": 1e-4} and picked["picked_run"] == "sweep-lr0.0001-seed0"
+    assert picked["val_score"] == 0.74
+    assert [r["val_score"] for r in picked["runs"]] == val
+    for metrics in tmp_path.glob("results/*/metrics.json"):
+        metrics.unlink()  # and with no test result anywhere, the same pick
+    assert select(grid_points(grid), paths)["picked"] == {"lr": 1e-4}
+
+
+def test_a_tie_goes_to_the_first_point_and_no_score_is_an_error(tmp_path):
+    points = grid_points({"lr": [1e-5, 1e-4, 1e-3]})
+    paths = [_checkpoint(tmp_path / f"{i}.safetensors", s)
+             for i, s in enumerate([0.5, float("nan"), 0.5])]
+    assert select(points, paths)["picked"] == {"lr": 1e-5}
+    paths = [_checkpoint(tmp_path / f"{i}.safetensors", None) for i in range(3)]
+    with pytest.raises(UserError, match="no ID-val score"):
+        select(points, paths)
+
+
+def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_path):
+    res = tmp_path / "results"
+    for seed in (0, 1):
+        _write(res, "zeroshot", f"seed{seed}", dict.fromkeys(SETS, 0.5))
+        _write(res, "ft", f"seed{seed}", dict.fromkeys(SETS, 0.6), wise=dict.fromkeys(SETS, 0.7))
+    runs = [{"run": run_name({"lr": lr}, 0), "setting": {"lr": lr}, "val_metric": "accuracy",
+             "val_score": s, "best_epoch": 2} for lr, s in [(1e-5, 0.6), (1e-4, 0.7)]]
+    (res / "ft" / "sweep.json").write_text(json.dumps({
+        "method": "ft", "grid": {"lr": [1e-5, 1e-4]}, "picked": {"lr": 1e-4},
+        "picked_run": runs[1]["run"], "val_metric": "accuracy", "val_score": 0.7, "runs": runs}))
+    kwargs = dict(methods=["zeroshot", "ft"], runs=["seed0", "seed1"], wise_methods=["ft"],
+                  fewshot_methods=[], fewshot_runs=[], metrics_out=tmp_path / "m.json")
+    plain = write_report("embedded", res, table=tmp_path / "plain.csv", **kwargs)
+    assert "picked" not in plain.columns  # no sweep: the table as it was
+    df = write_report("embedded", res, table=tmp_path / "t.csv", sweep_methods=["ft"],
+                      sweep_plot=tmp_path / "sweep.png", sweep_csv=tmp_path / "sweep.csv",
+                      **kwargs)
+    assert dict(zip(df["method"], df["picked"], strict=True)) == {
+        "zeroshot": "", "ft": "lr=0.0001", "ft+wise": "lr=0.0001"}
+    assert df.drop(columns="picked").equals(plain)
+    assert (tmp_path / "sweep.png").stat().st_size > 5_000
+    curve = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(curve["setting"]) == ["lr=1e-05", "lr=0.0001"]
+    assert list(curve["val_score"]) == [60.0, 70.0] and list(curve["picked"]) == [False, True]
+
+
+# --- the DAG (`snakemake -n`) ---------------------------------------------------------------
+
+def _project(tmp_path, **change):
+    """A copy of the workflow, its params.yaml changed (``sweep``: the embedded preset's)."""
+    root = tmp_path / "project"
+    root.mkdir(parents=True)
+    shutil.copy(ROOT / "Snakefile", root)
+    shutil.copytree(ROOT / "workflow", root / "workflow")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    sweep = change.pop("sweep", None)
+    fewshot = change.pop("fewshot", True)
+    params.update(change)
+    if sweep is not None:
+        params["presets"]["embedded"]["sweep"] = sweep
+    if not fewshot:
+        del params["presets"]["embedded"]["fewshot"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def dry_run(root) -> set[str]:
+    """Every job `snakemake -n -p --forceall` lists: its rule, files, wildcards and command (job
+    ids, times and the order dropped)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                                 "")])}
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores",
+                           "2", "results/table.csv"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = set()
+    for block in re.split(r"^\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\]$", done.stdout,
+                          flags=re.M)[1:]:
+        lines = [line for line in block.strip().splitlines() if line.strip()
+                 and not re.match(r"\s+(jobid|reason):", line)
+                 and not line.startswith(("Job stats", "This was", "Would remove", "DAG of"))]
+        if lines and re.match(r"(local)?(rule|checkpoint) ", lines[0]):
+            jobs.add("\n".join(lines))
+    return jobs
+
+
+def _jobs_of(jobs, rule):
+    return {j for j in jobs if j.split(":")[0].split()[-1] == rule}
+
+
+def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
+    """No grid, or a grid of one point at the preset's value: the same jobs and commands, and
+    none of the sweep's."""
+    default = dry_run(_project(tmp_path / "a"))
+    lr = params["presets"]["embedded"]["finetune"]["lr"]
+    assert dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}})) == default
+    text = "\n".join(default)
+    assert "sweep" not in text
+    runs = set(re.findall(r"run=([^,\s]+)", text))
+    assert runs and all(re.fullmatch(r"seed\d+|k\d+-draw\d+", r) for r in runs)
+
+
+def test_a_two_point_grid_adds_its_runs_for_the_first_seed_only(tmp_path):
+    smoke = dict(scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "lpft", "flyp"],
+                 alphas=[0.0, 0.5, 1.0], fewshot=False)
+    off = dry_run(_project(tmp_path / "off", **smoke))
+    on = dry_run(_project(tmp_path / "on", sweep={"flyp": {"lr": [1e-5, 1e-3]},
+                                                  "lpft": {"lr": [3e-5]}}, **smoke))
+    grid = _jobs_of(on, "finetune_sweep")
+    assert {re.search(r"run=(\S+)", j)[1] for j in grid} == {"sweep-lr1e-05-seed0",
+                                                              "sweep-lr0.001-seed0"}
+    for job in grid:  # the first seed, at the point's lr; never evaluated on a test set
+        lr = re.search(r"run=sweep-lr(\S+)-seed0", job)[1]
+        assert "--method flyp" in job and f"--lr {lr} " in job and "--seed 0 " in job
+    assert not any("results/embedded/flyp/sweep-" in j for j in on)
+    (select,) = _jobs_of(on, "sweep_select")
+    assert "--out results/embedded/flyp/sweep.json" in select
+    assert "sweep-lr1e-05-seed0/best.safetensors" in select
+    # flyp's full runs wait for the pick (the first seed's is the picked grid run, copied)
+    (reuse,) = _jobs_of(on, "reuse_sweep_run")
+    assert "output: models/embedded/flyp/seed0/best.safetensors" in reuse
+    (seed1,) = [j for j in _jobs_of(on, "finetune") if "method=flyp, run=seed1" in j]
+    assert "<TBD>" in seed1
+    # lpft's one-point grid is its setting (no sweep runs): lr 3e-5 for every seed
+    lpft = [j for j in _jobs_of(on, "finetune") if "method=lpft" in j]
+    assert len(lpft) == 2 and all("--lr 3e-05 " in j for j in lpft)
+    # and nothing else changed
+    changed = {j for j in off if "method=flyp, run=seed" in j and "rule finetune" in j}
+    changed |= {j for j in off if "method=lpft" in j and "rule finetune" in j}
+    changed |= _jobs_of(off, "report")
+    assert len(changed) == 5 and off - changed <= on
+    assert len(on - off) == len(grid) + 1 + 1 + 1 + 2 + 1  # select, reuse, seed 1, lpft, report
+
+
+@pytest.mark.slow
+def test_the_sweep_end_to_end_on_the_smoke_scale(tmp_path):
+    """The smoke world with a 2-point lr grid for FLYP: the pick is the grid run with the best
+    ID-val score, the full runs train at it, the table and the figure say so."""
+    root = _project(tmp_path, scale="smoke", seeds=[0, 1], methods=["zeroshot", "flyp"],
+                    alphas=[0.0, 1.0], fewshot=False, sweep={"flyp": {"lr": [1e-5, 1e-3]}})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["snakemake", "-p", "--cores", "2", "results/table.csv"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    selection = json.loads((root / "results/embedded/flyp/sweep.json").read_text())
+    scores = {r["run"]: r["val_score"] for r in selection["runs"]}
+    assert set(scores) == {"sweep-lr1e-05-seed0", "sweep-lr0.001-seed0"}
+    assert selection["picked_run"] == max(scores, key=scores.get)
+    lr = selection["picked"]["lr"]
+    models = root / "models/embedded/flyp"
+    assert f"--method flyp --epochs 2 --lr {lr:g} " in done.stderr  # the seed-1 run's command
+    picked_log = pd.read_csv(models / selection["picked_run"] / "train_log.csv")
+    assert list(pd.read_csv(models / "seed1/train_log.csv")["lr"]) == list(picked_log["lr"])
+    assert (models / "seed0/best.safetensors").read_bytes() == \
+        (models / selection["picked_run"] / "best.safetensors").read_bytes()
+    assert not list((root / "results/embedded/flyp").glob("sweep-*"))  # no test-set evaluation
+    table = pd.read_csv(root / "results/table.csv", keep_default_na=False)
+    assert dict(zip(table["method"], table["picked"], strict=True)) == {
+        "zeroshot": "", "flyp": f"lr={lr:g}", "flyp+wise": f"lr={lr:g}"}
+    assert (root / "results/plots/sweep.png").is_file()
+    again = subprocess.run(["snakemake", "-n", "--cores", "2", "results/table.csv"], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
