@@ -53,6 +53,9 @@ rule download:
             else ""
         ),
         sums=lambda wildcards: STATED_SUMS[FETCHED[wildcards.archive]],
+    # Run by the Snakemake process itself under a cluster profile: a cluster's login node reaches
+    # the internet, its compute nodes often do not. Extracting is a cluster job.
+    localrule: True
     threads: job_threads("fetch")
     resources:
         **job_size("fetch"),
