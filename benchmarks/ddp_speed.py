@@ -36,7 +36,7 @@ import torch.multiprocessing as mp
 from flyp import distributed
 from flyp.contrastive import ContrastiveTask
 from flyp.models import create_clip
-from flyp.training import make_optimizer, step_loss
+from flyp.training import make_optimizer, optimizer_step, step_loss
 
 
 class FixedBatchFlyp(ContrastiveTask):
@@ -77,10 +77,7 @@ def rank_main(rank: int, world: int, port: int, args, out: Path) -> None:
         optimizer = make_optimizer(task.module, lr=1e-5, wd=0.1)
 
         def step() -> None:
-            loss = compute_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(compute_loss(batch), task.module, optimizer)
 
         for _ in range(args.warmup):
             step()

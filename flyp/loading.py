@@ -14,6 +14,9 @@ import signal
 import torch
 
 AUTO = "auto"
+# What SLURM sends before it pre-empts or ends a job: a training run then writes its resume state
+# and stops (flyp.training.Stopping); DataLoader workers ignore them (ignore_stop_signals).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def available_cores() -> int:
@@ -57,7 +60,7 @@ def ignore_stop_signals(worker_id: int) -> None:
     """In a DataLoader worker: SIGTERM and SIGUSR1 are for the main process, which writes the
     run's resume state and then stops (flyp.training.Stopping); SLURM sends them to every process
     of a job, and a worker they killed would end the run first. The workers end with the loader."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 

@@ -251,13 +251,8 @@ def plot_id_vs_alpha(points, id_label: str, out: Path, csv_out: Path | None, tit
     ax.set_title(f"{title}: ID score along weight ensembling (mean over seeds)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    plt.close(fig)
-    if csv_out is not None:
-        curve["id"] = (100 * curve["id"]).round(2)
-        with atomic_path(csv_out) as tmp:
-            curve.to_csv(tmp, index=False)
+    curve["id"] = (100 * curve["id"]).round(2)
+    save_figure(fig, out, curve, csv_out)
 
 
 def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, title: str):
@@ -296,14 +291,9 @@ def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, tit
     ax.set_title(f"{title}: ID vs OOD (mean over seeds; lines: weight ensembling, alpha 0 to 1)",
                  fontsize=9)
     ax.grid(alpha=0.3)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    plt.close(fig)
-    if csv_out is not None:
-        curve = pd.DataFrame(points, columns=["method", "alpha", "id", "avg_ood"])
-        curve[["id", "avg_ood"]] = (100 * curve[["id", "avg_ood"]]).round(2)
-        with atomic_path(csv_out) as tmp:
-            curve.to_csv(tmp, index=False)
+    curve = pd.DataFrame(points, columns=["method", "alpha", "id", "avg_ood"])
+    curve[["id", "avg_ood"]] = (100 * curve[["id", "avg_ood"]]).round(2)
+    save_figure(fig, out, curve, csv_out)
 
 
 def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, title: str):
@@ -332,10 +322,18 @@ def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, tit
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: the sweep, ID-val per grid point (first seed)", fontsize=9)
+    data["val_score"] = (100 * data["val_score"]).round(2)
+    save_figure(fig, out, data, csv_out)
+
+
+def save_figure(fig, out: Path, points: pd.DataFrame, csv_out: Path | None) -> None:
+    """Write ``fig`` as a PNG and, when ``csv_out`` is given, the numbers it plots (in %), each
+    atomically; then free the figure."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
     plt.close(fig)
     if csv_out is not None:
-        data["val_score"] = (100 * data["val_score"]).round(2)
         with atomic_path(csv_out) as tmp:
-            data.to_csv(tmp, index=False)
+            points.to_csv(tmp, index=False)

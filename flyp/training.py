@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flyp import distributed
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
-from flyp.loading import make_loader
+from flyp.loading import STOP_SIGNALS, make_loader
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,17 @@ def make_optimizer(module: nn.Module, lr: float, wd: float,
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
+def optimizer_step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer,
+                   grad_clip: float | None = None) -> None:
+    """One step of ``optimizer`` on ``loss``'s gradients (from zero), their norm over ``module``
+    clipped to ``grad_clip`` when set."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+
+
 @torch.no_grad()
 def clamp_logit_scale(module: nn.Module) -> None:
     """Keep a trained CLIP temperature in [0, ln 100], as open_clip's trainer does after each step
@@ -392,7 +403,6 @@ class LossMeter:
 # Steps between checks, in a run over several ranks, of whether any rank got a stop signal (a
 # host sync of every rank): all ranks must stop after the same step.
 STOP_CHECK_EVERY = 10
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Stopping:
@@ -633,9 +643,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             # Seed per epoch: shuffling, augmentation (per example, SeededItems) and caption
             # sampling depend only on (seed, epoch), so a resumed run draws exactly what an
             # uninterrupted one would have.
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
-            items.seed = cfg.seed * 100_003 + epoch
+            epoch_seed = cfg.seed * 100_003 + epoch
+            torch.manual_seed(epoch_seed)
+            loader_gen.manual_seed(epoch_seed)
+            items.seed = epoch_seed
             losses = LossMeter(device)
             batches.skip = start_step if epoch == start_epoch else 0
             if batches.skip:  # resumed mid-epoch: the random state and losses of that step
@@ -645,11 +656,7 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             for count, batch in enumerate(loader, batches.skip + 1):
                 with autocast:
                     loss = compute_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                optimizer.step()
+                optimizer_step(loss, module, optimizer, cfg.grad_clip)
                 scheduler.step()
                 if cfg.clamp_logit_scale:
                     clamp_logit_scale(module)
