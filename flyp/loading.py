@@ -8,6 +8,8 @@ honours the job's worker count; ``auto`` derives it from the cores the job is gi
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 
@@ -59,9 +61,22 @@ def make_loader(dataset, *, batch_size: int | None, workers: int = 0, device=Non
 def ignore_stop_signals(worker_id: int) -> None:
     """In a DataLoader worker: SIGTERM and SIGUSR1 are for the main process, which writes the
     run's resume state and then stops (flyp.training.Stopping); SLURM sends them to every process
-    of a job, and a worker they killed would end the run first. The workers end with the loader."""
+    of a job, and a worker they killed would end the run first. The workers end with the loader,
+    or at the main process's exit (end_workers_at_exit)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+@atexit.register
+def end_workers_at_exit() -> None:
+    """Kill the worker processes still running when the main process exits (those of a loader
+    an exception's traceback still holds, say). multiprocessing would end them with SIGTERM, which
+    they ignore (ignore_stop_signals), and then wait for them for ever. Registered after
+    multiprocessing's own exit hook (torch imports it first), so it runs before that hook."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report the kill
+    for child in multiprocessing.active_children():
+        if child.daemon:  # DataLoader workers are; multiprocessing ends these at exit anyway
+            child.kill()
 
 
 def to_device(tensor: torch.Tensor, device) -> torch.Tensor:

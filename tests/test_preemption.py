@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,6 +159,20 @@ def test_a_dataloader_worker_ignores_the_stop_signals():
 
     [pid] = list(make_loader(Pid(), batch_size=None, workers=1))
     assert pid != os.getpid()
+
+
+def test_a_process_that_exits_while_its_workers_run_ends():
+    """Workers ignore SIGTERM, with which multiprocessing ends them at exit before it waits for
+    them: a loader still held at exit (by a traceback, say) hung the process for ever (CI's
+    pytest, after its last test)."""
+    script = ("import sys, torch\n"
+              "from flyp.loading import make_loader\n"
+              "held = iter(make_loader(list(range(100)), batch_size=None, workers=2))\n"
+              "print(next(held))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == "0\n", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 def test_two_ranks_stop_together_on_sigterm_and_resume_to_the_same_checkpoint(
