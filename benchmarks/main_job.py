@@ -123,6 +123,16 @@ def same_numbers(old: str, new: str) -> str:
             else f"largest difference {diffs[worst]:.4g} (column {worst})")
 
 
+def print_criteria(root: Path) -> None:
+    """The fair-miniature criteria (benchmarks/miniature.py) on the run in ``root``."""
+    from miniature import check  # this script's folder is on sys.path
+
+    print("miniature criteria (benchmarks/miniature.py):")
+    for criterion, value, holds in check([root / "results/embedded"],
+                                         root / "data/embedded/tables"):
+        print(f"  {'met ' if holds else 'FAIL'}  {criterion}: {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="full")
@@ -151,8 +161,10 @@ def main() -> None:
             print(f"speed-up: {old_total / new_total:.2f}x ({old_total:.0f} s -> "
                   f"{new_total:.0f} s); numbers: {same_numbers(old_table, table)}")
         print(table)
+        root = Path(tmp) / (args.rev or "working-tree")
+        if (root / "results/embedded").is_dir():  # the embedded benchmark's miniature criteria
+            print_criteria(root)
         if args.keep:
-            root = Path(tmp) / (args.rev or "working-tree")
             for name in ["results", "logs", "models"]:
                 shutil.copytree(root / name, args.keep / name, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"))
