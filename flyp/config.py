@@ -148,6 +148,15 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
             if run.get(stage, {}).get(key) is None and (stage == "finetune" or
                                                         not run["model"].get("pretrained")):
                 raise UserError(f"{source}: presets.{benchmark}.{stage}.{key}: no value set")
+    if "seeds" in run.get("finetune", {}):
+        raise UserError(f"{source}: presets.{benchmark}.finetune.seeds: finetuning seeds are the "
+                        f"top-level `seeds`")
+    # The pretraining seeds: one CLIP pretrained here per seed (none when released weights are
+    # exported). With several, run i of each method (seed i, or few-shot draw i) starts from the
+    # (i mod n)-th (Snakefile: pretrained_model).
+    pretrain = run.get("pretrain", {})
+    run["pretrain_seeds"] = ([] if run["model"].get("pretrained") else
+                             list(pretrain.pop("seeds", None) or [pretrain.get("seed", 0)]))
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     for kind in JOB_KINDS:

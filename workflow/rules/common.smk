@@ -29,6 +29,14 @@ EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed 
 MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
+# One CLIP pretrained here per pretraining seed (flyp.config.resolve), shared by every method; with
+# several, each run of a method starts from one of them (pretrain_seed), so that a method's mean
+# and std over its runs take in the pretraining's variance too. Released weights are one model.
+PRETRAIN_SEEDS = RUN["pretrain_seeds"] or [None]
+SEVERAL_PRETRAINED = len(PRETRAIN_SEEDS) > 1
+PER_PRETRAINED = "-seed{pseed}" if SEVERAL_PRETRAINED else ""  # in the names of what each has
+PRETRAINED = f"{MODELS}/pretrained{PER_PRETRAINED}.safetensors"
+FEATURES = f"{MODELS}/features{PER_PRETRAINED}.safetensors"  # the linear probe's
 
 # A run of a method is either a full run with one seed ("seed0") or one draw of the few-shot
 # protocol ("k4-draw0": 4 images per class, draw 0); only presets with a `fewshot` have draws.
@@ -50,6 +58,7 @@ SWEEP_RUN_NAMES = "|".join(sorted({re.escape(r) for runs in SWEEP_RUNS.values() 
 
 wildcard_constraints:
     method="|".join(METHODS),
+    pseed=r"\d+",
     run=r"seed\d+|k\d+-draw\d+" + (f"|{SWEEP_RUN_NAMES}" if SWEEP else ""),
 
 
@@ -226,6 +235,18 @@ def parse_run(run):
     return int(draw), int(shots), int(draw)
 
 
+def pretrain_seed(run):
+    """The pretraining seed of the model a run starts from: with several, run i (seed i of
+    `seeds`, few-shot draw i; a sweep's grid run as its full run) takes the (i mod n)-th."""
+    seed, shots, draw = parse_run(sweep_base(run))
+    index = draw if shots is not None else RUN["seeds"].index(seed)
+    return PRETRAIN_SEEDS[index % len(PRETRAIN_SEEDS)]
+
+
+def pretrained_model(run):
+    return PRETRAINED.format(pseed=pretrain_seed(run))
+
+
 def sweep_base(run):
     """The full run a sweep's grid run stands beside ("sweep-lr1e-05-seed0" -> "seed0")."""
     return run.rsplit("-", 1)[1] if run.startswith(SWEEP_PREFIX) else run
@@ -303,7 +324,8 @@ def finetune_config(method, run):
 # linear probe) is run once, for the first seed; what another seed's run would have made is that
 # run's (its result files are copied by evaluate.smk's reuse_seedless, so the table keeps a row per
 # seed set).
-SEEDLESS = [m for m in METHODS if not method_info(m).seeded]
+# With several pretraining seeds no method is: each seed's run starts from its own pretrained model.
+SEEDLESS = [m for m in METHODS if not method_info(m).seeded] if not SEVERAL_PRETRAINED else []
 
 
 def full_run(method, run):
@@ -313,12 +335,17 @@ def full_run(method, run):
     return run
 
 
+def pretrained_inputs(wildcards):
+    """The pretrained model a run starts from, and the linear probe's features of it."""
+    return {"pretrained": pretrained_model(wildcards.run)}
+
+
 def method_inputs(wildcards):
     """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
     files = {}
     for option, kind in method_info(wildcards.method).inputs.items():
         if kind == "features":
-            files[option] = f"{MODELS}/features.safetensors"
+            files[option] = FEATURES.format(pseed=pretrain_seed(wildcards.run))
         else:  # "method:<name>": that method's checkpoint of the same run
             other = kind.split(":", 1)[1]
             run = full_run(other, sweep_base(wildcards.run))

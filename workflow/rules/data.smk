@@ -57,7 +57,7 @@ rule captions:
 # (uint8 arrays that evaluation memory-maps) instead of once per evaluation job and alpha.
 rule eval_cache:
     input:
-        pretrained=f"{MODELS}/pretrained.safetensors",
+        pretrained=PRETRAINED.format(pseed=PRETRAIN_SEEDS[0]),  # its preprocessing
         tables=TABLES,
     output:
         cache=directory(EVAL_CACHE),

@@ -4,10 +4,10 @@
 
 rule features:
     input:
-        pretrained=f"{MODELS}/pretrained.safetensors",
+        pretrained=PRETRAINED,
         tables=TABLES,
     output:
-        f"{MODELS}/features.safetensors",
+        FEATURES,
     params:
         code=step_code("features"),
     threads: job_threads("infer", gpus=1)
@@ -19,7 +19,7 @@ rule features:
     conda:
         ENV
     log:
-        f"logs/{BENCHMARK}/features.log",
+        f"logs/{BENCHMARK}/features{PER_PRETRAINED}.log",
     shell:
         "flyp features --checkpoint {input.pretrained} --data {input.tables} --out {output} "
         "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} 2> {log}"
@@ -29,7 +29,7 @@ rule finetune:
     input:
         unpack(method_inputs),
         unpack(sweep_selection),
-        pretrained=f"{MODELS}/pretrained.safetensors",
+        unpack(pretrained_inputs),
         tables=TABLES,
         captions=rules.captions.output.captions,
         templates=rules.captions.output.templates,

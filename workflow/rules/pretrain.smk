@@ -21,13 +21,17 @@ rule pretrain:
     input:
         tables=TABLES if TRAINED_HERE else [],
     output:
-        model=f"{MODELS}/pretrained.safetensors",
-        log_csv=f"{MODELS}/pretrain_log.csv",
+        model=PRETRAINED,
+        log_csv=f"{MODELS}/pretrain_log{PER_PRETRAINED}.csv",
     params:
         benchmark=BENCHMARK,
         model=RUN["model"]["name"],
         pretrained=RUN["model"]["pretrained"] or "",
-        train=train_args(RUN["pretrain"]) if TRAINED_HERE else "",
+        train=lambda wildcards: (
+            train_args({**RUN["pretrain"], "seed": wildcards.get("pseed", PRETRAIN_SEEDS[0])})
+            if TRAINED_HERE
+            else ""
+        ),
         launch=TRAIN_LAUNCH,
         speed=SPEED_ARGS if TRAINED_HERE else "",
         classnames=BENCH.classnames,  # for the zero-shot score it logs
@@ -42,6 +46,6 @@ rule pretrain:
     conda:
         ENV
     log:
-        f"logs/{BENCHMARK}/pretrain.log",
+        f"logs/{BENCHMARK}/pretrain{PER_PRETRAINED}.log",
     shell:
         PRETRAIN_CMD

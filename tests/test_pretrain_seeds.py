@@ -1,0 +1,88 @@
+"""Several pretraining seeds (issue 11, item 2): one CLIP pretrained per seed, shared by every
+method; run i of each method (seed i, few-shot draw i) starts from the (i mod n)-th, so that the
+table's mean and std over a method's runs take in the pretraining's variance. One seed (the
+default) leaves the DAG as it was."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from flyp.config import load_params
+from flyp.io import UserError
+from tests.conftest import ROOT
+from tests.test_sweep import dry_run
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
+
+
+@pytest.fixture()
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_the_pretraining_seeds_are_a_list_or_the_one_seed(params):
+    assert load_params(params, SCHEMA)["pretrain_seeds"] == [0]
+    params["presets"]["embedded"]["pretrain"]["seeds"] = [3, 1]
+    assert load_params(params, SCHEMA)["pretrain_seeds"] == [3, 1]
+    params["benchmark"] = "imagenet"  # released weights: nothing pretrained here
+    assert load_params(params, SCHEMA)["pretrain_seeds"] == []
+
+
+@pytest.mark.parametrize("where, value, expected", [
+    ("pretrain", [], "pretrain.seeds: [] should be non-empty"),
+    ("pretrain", [1, 1], "pretrain.seeds: [1, 1] has non-unique elements"),
+    ("finetune", [0, 1], "finetune.seeds: finetuning seeds are the top-level `seeds`"),
+])
+def test_bad_pretraining_seeds_are_one_line(params, where, value, expected):
+    params["presets"]["embedded"][where]["seeds"] = value
+    with pytest.raises(UserError, match=re.escape(expected)) as err:
+        load_params(params, SCHEMA)
+    assert "\n" not in str(err.value)
+
+
+def _project(root, pretrain_seeds=None):
+    root.mkdir(parents=True)
+    shutil.copy(ROOT / "Snakefile", root)
+    shutil.copytree(ROOT / "workflow", root / "workflow")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if pretrain_seeds is not None:
+        params["presets"]["embedded"]["pretrain"]["seeds"] = pretrain_seeds
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _commands(jobs, command):
+    return [line.split("Shell command: ", 1)[1] for job in jobs for line in job.splitlines()
+            if line.startswith("Shell command: ") and f" {command} " in line]
+
+
+def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
+    default = dry_run(_project(tmp_path / "default"))
+    assert dry_run(_project(tmp_path / "one", pretrain_seeds=[0])) == default
+    jobs = dry_run(_project(tmp_path / "three", pretrain_seeds=[0, 1, 2]))
+
+    pretrained = {re.search(r"--out (\S+)", c).group(1): re.search(r"--seed (\d+)", c).group(1)
+                  for c in _commands(jobs, "pretrain")}
+    assert pretrained == {f"models/embedded/pretrained-seed{s}.safetensors": str(s)
+                          for s in range(3)}
+    starts = {}
+    for command in _commands(jobs, "finetune"):
+        run = re.search(r"--out models/embedded/\w+/([\w-]+)/best", command).group(1)
+        index = int(run[-1])  # seedN, kK-drawN
+        model = re.search(r"--pretrained (\S+)", command).group(1)
+        assert model == f"models/embedded/pretrained-seed{index}.safetensors", command
+        if features := re.search(r"-o features=(\S+)", command):
+            assert features.group(1) == f"models/embedded/features-seed{index}.safetensors"
+        starts[run] = model
+    assert len(set(starts.values())) == 3
+    # Zero-shot and the linear probe now depend on the seed: each seed runs its own, and each
+    # run's weight ensemble mixes with the zero-shot model of its own pretraining.
+    assert not [j for j in jobs if j.startswith(("rule reuse_seedless", "localrule reuse"))]
+    for command in _commands(jobs, "evaluate"):
+        if "--ensemble-with" in command:
+            run = re.search(r"--checkpoint models/embedded/\w+/(seed\d)/", command).group(1)
+            assert f"--ensemble-with models/embedded/zeroshot/{run}/best" in command
