@@ -86,3 +86,43 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
         if "--ensemble-with" in command:
             run = re.search(r"--checkpoint models/embedded/\w+/(seed\d)/", command).group(1)
             assert f"--ensemble-with models/embedded/zeroshot/{run}/best" in command
+
+
+@pytest.mark.slow
+def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(tmp_path):
+    """Smoke scale, end to end: two pretrained models, each method's run i from the i-th; the
+    table's rows pool both, and the miniature check counts two pretrained models."""
+    import json
+    import os
+    import subprocess
+
+    import pandas as pd
+
+    from tests.test_miniature import miniature
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ["Snakefile", "params.yaml", "workflow", "flyp"]:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft"],
+                  alphas=[0.0, 0.5, 1.0])
+    del params["presets"]["embedded"]["fewshot"]
+    params["presets"]["embedded"]["pretrain"]["seeds"] = [0, 1]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(["snakemake", "--cores", "2", "results/table.csv"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    models = [root / f"models/embedded/pretrained-seed{s}.safetensors" for s in (0, 1)]
+    assert models[0].read_bytes() != models[1].read_bytes()
+    table = pd.read_csv(root / "results/table.csv").set_index("method")
+    for method in ["zeroshot", "lp", "ft"]:
+        assert table.loc[method, "runs"] == 2
+        assert len(table.loc[method, "pretrained_sha256"].split(";")) == 2
+        provs = [json.loads((root / f"results/embedded/{method}/seed{s}/provenance.json")
+                            .read_text()) for s in (0, 1)]
+        assert provs[0]["pretrained_sha256"] != provs[1]["pretrained_sha256"]
+    rows = miniature.check([root / "results/embedded"], root / "data/embedded/tables")
+    assert ("pretraining seeds >= 3", "2", False) in rows
