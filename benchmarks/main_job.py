@@ -125,12 +125,10 @@ def same_numbers(old: str, new: str) -> str:
 
 def print_criteria(root: Path) -> None:
     """The fair-miniature criteria (benchmarks/miniature.py) on the run in ``root``."""
-    from miniature import check  # this script's folder is on sys.path
+    from miniature import check, report  # this script's folder is on sys.path
 
     print("miniature criteria (benchmarks/miniature.py):")
-    for criterion, value, holds in check([root / "results/embedded"],
-                                         root / "data/embedded/tables"):
-        print(f"  {'met ' if holds else 'FAIL'}  {criterion}: {value}")
+    print(report(check([root / "results/embedded"], root / "data/embedded/tables")))
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from statistics import mean
 
 import pyarrow.parquet as pq
 
@@ -54,10 +55,6 @@ def pretrained_of(provenance: Path) -> str | None:
     if not provenance.is_file():
         return None
     return json.loads(provenance.read_text()).get("pretrained_sha256")
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def spread(values: list[float]) -> str:
@@ -115,6 +112,15 @@ def check(results: list[Path], tables: Path,
     return rows
 
 
+def report(rows: list[tuple[str, str, bool]]) -> str:
+    """One line per criterion (met or FAIL, the criterion, its value), then the count met."""
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'met ' if holds else 'FAIL'}  {criterion.ljust(width)}  {value}"
+             for criterion, value, holds in rows]
+    met = sum(holds for _, _, holds in rows)
+    return "\n".join([*lines, f"{met} of {len(rows)} criteria met"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, action="append",
@@ -129,12 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     results = args.results or [ROOT / "results/embedded"]
     rows = check(results, args.data, args.pretrain_seeds)
-    width = max(len(row[0]) for row in rows)
-    for criterion, value, holds in rows:
-        print(f"{'met ' if holds else 'FAIL'}  {criterion.ljust(width)}  {value}")
-    failed = sum(not holds for _, _, holds in rows)
-    print(f"{len(rows) - failed} of {len(rows)} criteria met")
-    if args.strict and failed:
+    print(report(rows))
+    if args.strict and not all(holds for _, _, holds in rows):
         sys.exit(1)
 
 

@@ -153,7 +153,7 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
                         f"top-level `seeds`")
     # The pretraining seeds: one CLIP pretrained here per seed (none when released weights are
     # exported). With several, run i of each method (seed i, or few-shot draw i) starts from the
-    # (i mod n)-th (Snakefile: pretrained_model).
+    # (i mod n)-th (common.smk: pretrain_seed).
     pretrain = run.get("pretrain", {})
     run["pretrain_seeds"] = ([] if run["model"].get("pretrained") else
                              list(pretrain.pop("seeds", None) or [pretrain.get("seed", 0)]))

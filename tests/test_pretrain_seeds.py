@@ -5,16 +5,20 @@ default) leaves the DAG as it was."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
+import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
 from flyp.config import load_params
 from flyp.io import UserError
 from tests.conftest import ROOT
-from tests.test_sweep import dry_run
+from tests.test_miniature import miniature
+from tests.test_sweep import _project, dry_run
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
 
@@ -42,17 +46,6 @@ def test_bad_pretraining_seeds_are_one_line(params, where, value, expected):
     with pytest.raises(UserError, match=re.escape(expected)) as err:
         load_params(params, SCHEMA)
     assert "\n" not in str(err.value)
-
-
-def _project(root, pretrain_seeds=None):
-    root.mkdir(parents=True)
-    shutil.copy(ROOT / "Snakefile", root)
-    shutil.copytree(ROOT / "workflow", root / "workflow")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    if pretrain_seeds is not None:
-        params["presets"]["embedded"]["pretrain"]["seeds"] = pretrain_seeds
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return root
 
 
 def _commands(jobs, command):
@@ -92,25 +85,9 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
 def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(tmp_path):
     """Smoke scale, end to end: two pretrained models, each method's run i from the i-th; the
     table's rows pool both, and the miniature check counts two pretrained models."""
-    import json
-    import os
-    import subprocess
-
-    import pandas as pd
-
-    from tests.test_miniature import miniature
-
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ["Snakefile", "params.yaml", "workflow", "flyp"]:
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params.update(scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft"],
-                  alphas=[0.0, 0.5, 1.0])
-    del params["presets"]["embedded"]["fewshot"]
-    params["presets"]["embedded"]["pretrain"]["seeds"] = [0, 1]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    root = _project(tmp_path, scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft"],
+                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(["snakemake", "--cores", "2", "results/table.csv"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -150,7 +150,8 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
 # --- the DAG (`snakemake -n`) ---------------------------------------------------------------
 
 def _project(tmp_path, **change):
-    """A copy of the workflow, its params.yaml changed (``sweep``: the embedded preset's)."""
+    """A copy of the workflow, its params.yaml changed (``sweep``, ``pretrain_seeds``: the
+    embedded preset's)."""
     root = tmp_path / "project"
     root.mkdir(parents=True)
     shutil.copy(ROOT / "Snakefile", root)
@@ -158,9 +159,12 @@ def _project(tmp_path, **change):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     sweep = change.pop("sweep", None)
     fewshot = change.pop("fewshot", True)
+    pretrain_seeds = change.pop("pretrain_seeds", None)
     params.update(change)
     if sweep is not None:
         params["presets"]["embedded"]["sweep"] = sweep
+    if pretrain_seeds is not None:
+        params["presets"]["embedded"]["pretrain"]["seeds"] = pretrain_seeds
     if not fewshot:
         del params["presets"]["embedded"]["fewshot"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

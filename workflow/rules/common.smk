@@ -243,8 +243,9 @@ def pretrain_seed(run):
     return PRETRAIN_SEEDS[index % len(PRETRAIN_SEEDS)]
 
 
-def pretrained_model(run):
-    return PRETRAINED.format(pseed=pretrain_seed(run))
+def of_pretraining(path, run):
+    """``path`` (PRETRAINED, FEATURES) for the pretrained model run ``run`` starts from."""
+    return path.format(pseed=pretrain_seed(run))
 
 
 def sweep_base(run):
@@ -335,17 +336,12 @@ def full_run(method, run):
     return run
 
 
-def pretrained_inputs(wildcards):
-    """The pretrained model a run starts from, and the linear probe's features of it."""
-    return {"pretrained": pretrained_model(wildcards.run)}
-
-
 def method_inputs(wildcards):
     """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
     files = {}
     for option, kind in method_info(wildcards.method).inputs.items():
         if kind == "features":
-            files[option] = FEATURES.format(pseed=pretrain_seed(wildcards.run))
+            files[option] = of_pretraining(FEATURES, wildcards.run)
         else:  # "method:<name>": that method's checkpoint of the same run
             other = kind.split(":", 1)[1]
             run = full_run(other, sweep_base(wildcards.run))

@@ -29,7 +29,7 @@ rule finetune:
     input:
         unpack(method_inputs),
         unpack(sweep_selection),
-        unpack(pretrained_inputs),
+        pretrained=lambda wildcards: of_pretraining(PRETRAINED, wildcards.run),
         tables=TABLES,
         captions=rules.captions.output.captions,
         templates=rules.captions.output.templates,
