@@ -101,9 +101,9 @@ class Distribution:
 _ID_COLORS = {"red": 3, "green": 2, "blue": 3, "yellow": 2, "purple": 1, "orange": 1,
               "pink": 1, "brown": 1, "white": 1, "black": 1}
 ID_WORLD = Distribution(
-    styles={"photo": 1.0}, colors=_ID_COLORS, sizes={"small": 1, "medium": 2, "large": 2},
+    styles={"photo": 1.0}, colors=_ID_COLORS, sizes={"small": 1, "medium": 2, "large": 3},
     backgrounds={"plain": 1, "gradient": 1, "texture": 1}, rotated=0.0, clutter=0.1,
-    occlusion=0.0,
+    occlusion=0.0, noise=0.03,
 )
 DISTRIBUTIONS = {
     # Web-like pretraining data: every style, every attribute, any pose.
@@ -117,10 +117,10 @@ DISTRIBUTIONS = {
                   sizes={"small": 2, "medium": 2, "large": 1}, noise=0.06),
     "sketch": replace(ID_WORLD, styles={"sketch": 1.0}),
     "r": replace(ID_WORLD, styles={"cartoon": 1.0, "painting": 1.0, "pixel": 1.0}, max_rotation=45),
-    "a": replace(ID_WORLD, sizes={"tiny": 2, "small": 1, "medium": 1}, clutter=1.0, occlusion=0.5,
-                 backgrounds={"texture": 2, "gradient": 1}, noise=0.07),
-    "objectnet": replace(ID_WORLD, backgrounds={"stripes": 1, "checker": 1}, rotated=1.0,
-                         center_jitter=0.25, squash=0.35),
+    "a": replace(ID_WORLD, sizes={"small": 2, "medium": 1}, clutter=0.8, occlusion=0.3,
+                 backgrounds={"texture": 2, "gradient": 1}, noise=0.05),
+    "objectnet": replace(ID_WORLD, backgrounds={"stripes": 1, "checker": 1}, rotated=0.5,
+                         center_jitter=0.2, squash=0.25),
 }
 EVAL_SETS = [
     EvalSet("test", ood=False, description="ID test: photo-like, same distribution as train"),
@@ -402,16 +402,24 @@ _CAPTION_FORMS = [
     "the {cls} is {color}",
     "a {cls}",
 ]
+MISLABELLED = 0.03  # captions that name the wrong object
+UNNAMED = 0.06  # captions that name no object
 _BG_WORDS = {"plain": "plain", "gradient": "smooth", "texture": "textured", "stripes": "striped",
              "checker": "checkered"}
 
 
 def caption(rng: np.random.Generator, scene: Scene) -> str:
-    cls = scene.cls if rng.random() < 0.9 else str(rng.choice(SYNONYMS[scene.cls]))
+    draw = rng.random()
+    if draw < MISLABELLED:  # alt-text that names another object
+        cls = str(rng.choice([c for c in CLASSNAMES if c != scene.cls]))
+    elif draw < MISLABELLED + 0.1:
+        cls = str(rng.choice(SYNONYMS[scene.cls]))
+    else:
+        cls = scene.cls
     color = "grey" if scene.style == "sketch" else scene.color  # sketches have no colour
     words = dict(cls=cls, color=color, size=scene.size,
                  style=str(rng.choice(STYLE_WORDS[scene.style])), bg=_BG_WORDS[scene.background])
-    if rng.random() < 0.04:  # alt-text that never names the object
+    if rng.random() < UNNAMED:  # alt-text that never names the object
         return f"a {words['style']} with {color} colors"
     text = str(rng.choice(_CAPTION_FORMS)).format(**words)
     if scene.rotated and rng.random() < 0.5:
