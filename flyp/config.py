@@ -165,6 +165,11 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
                             f"{{threads: N, mem_mb: N, runtime: minutes}}")
     run.setdefault("method_options", {})
     run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
+    # A top-level finetuning key (`dvc exp run -S lr=1e-5`) sets it for every method: no grid
+    # varies it any more (a grid left with no key: the method is not swept).
+    fixed = {key for key in TOP_LEVEL_FINETUNE_KEYS if params.get(key) is not None}
+    run["sweep"] = {method: kept for method, grid in run["sweep"].items()
+                    if (kept := {k: v for k, v in grid.items() if k not in fixed})}
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},
                             run.get("fewshot") or {})

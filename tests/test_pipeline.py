@@ -52,6 +52,11 @@ def project(tmp_path_factory):
             shutil.copy2(src, dst)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update(scale="smoke", seeds=[0], methods=SMOKE_METHODS, alphas=[0.0, 0.5, 1.0])
+    # One pretrained model and no sweep (tests/test_pretrain_seeds.py and test_sweep.py run those
+    # end to end): the runs below retrain and compare one model.
+    embedded = params["presets"]["embedded"]
+    del embedded["sweep"], embedded["pretrain"]["seeds"]
+    embedded["pretrain"]["seed"] = 0
     params["presets"]["embedded"]["fewshot"] = {
         "shots": [2], "draws": 1, "methods": ["flyp"],
         "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0}}

@@ -1,7 +1,7 @@
 """Several pretraining seeds (issue 11, item 2): one CLIP pretrained per seed, shared by every
 method; run i of each method (seed i, few-shot draw i) starts from the (i mod n)-th, so that the
-table's mean and std over a method's runs take in the pretraining's variance. One seed (the
-default) leaves the DAG as it was."""
+table's mean and std over a method's runs take in the pretraining's variance (the embedded
+default: three). One seed leaves the DAG as it was before there were several."""
 
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ def params():
 
 
 def test_the_pretraining_seeds_are_a_list_or_the_one_seed(params):
-    assert load_params(params, SCHEMA)["pretrain_seeds"] == [0]
+    assert load_params(params, SCHEMA)["pretrain_seeds"] == [0, 1, 2]
     params["presets"]["embedded"]["pretrain"]["seeds"] = [3, 1]
     assert load_params(params, SCHEMA)["pretrain_seeds"] == [3, 1]
+    del params["presets"]["embedded"]["pretrain"]["seeds"]
+    params["presets"]["embedded"]["pretrain"]["seed"] = 4
+    assert load_params(params, SCHEMA)["pretrain_seeds"] == [4]
     params["benchmark"] = "imagenet"  # released weights: nothing pretrained here
     assert load_params(params, SCHEMA)["pretrain_seeds"] == []
 
@@ -54,9 +57,10 @@ def _commands(jobs, command):
 
 
 def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
-    default = dry_run(_project(tmp_path / "default"))
-    assert dry_run(_project(tmp_path / "one", pretrain_seeds=[0])) == default
-    jobs = dry_run(_project(tmp_path / "three", pretrain_seeds=[0, 1, 2]))
+    one = dry_run(_project(tmp_path / "one", sweep={}, pretrain_seeds=0))
+    assert dry_run(_project(tmp_path / "list", sweep={}, pretrain_seeds=[0])) == one
+    assert not any("seed0.safetensors" in job for job in one)  # the one-seed names
+    jobs = dry_run(_project(tmp_path / "three", sweep={}, pretrain_seeds=[0, 1, 2]))
 
     pretrained = {re.search(r"--out (\S+)", c).group(1): re.search(r"--seed (\d+)", c).group(1)
                   for c in _commands(jobs, "pretrain")}
@@ -86,7 +90,7 @@ def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(tmp_pa
     """Smoke scale, end to end: two pretrained models, each method's run i from the i-th; the
     table's rows pool both, and the miniature check counts two pretrained models."""
     root = _project(tmp_path, scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft"],
-                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1])
+                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1], sweep={})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(["snakemake", "--cores", "2", "results/table.csv"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=1200)

@@ -42,10 +42,29 @@ def test_grid_points_are_the_product_in_the_order_written():
     assert is_swept({"lr": [1e-5, 1e-4]}) and not is_swept({"lr": [1e-5]}) and not is_swept({})
 
 
-def test_no_preset_sweeps_by_default(params):
+def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(params):
+    """The real presets' default is the paper's setting (the sweep one parameter away); the
+    embedded benchmark picks every finetuned method's lr on ID-val, from the same grid."""
     for name in params["presets"]:
         params["benchmark"] = name
-        assert load_params(params, SCHEMA)["sweep"] == {}
+        run = load_params(params, SCHEMA)
+        if name != "embedded":
+            assert run["sweep"] == {}, name
+            continue
+        trained = [m for m in run["methods"] if m not in ("zeroshot", "lp")]
+        assert sorted(run["sweep"]) == sorted(trained)
+        assert all(is_swept(grid) and list(grid) == ["lr"] for grid in run["sweep"].values())
+        assert len({json.dumps(grid) for grid in run["sweep"].values()}) == 1
+
+
+def test_a_top_level_key_fixes_that_setting_for_every_method(params):
+    """`dvc exp run -S lr=1e-5` trains every method at 1e-5: no grid varies lr any more."""
+    params["presets"]["embedded"]["sweep"] = {"flyp": {"lr": [1e-5, 1e-4]},
+                                              "l2sp": {"lr": [1e-5, 1e-4], "lambda": [0.01, 0.1]}}
+    params["lr"] = 1e-5
+    run = load_params(params, SCHEMA)
+    assert run["sweep"] == {"l2sp": {"lambda": [0.01, 0.1]}}
+    assert run["finetune"]["lr"] == 1e-5
 
 
 def test_dvc_style_string_values_of_a_grid_are_numbers(params):
@@ -151,7 +170,7 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
 
 def _project(tmp_path, **change):
     """A copy of the workflow, its params.yaml changed (``sweep``, ``pretrain_seeds``: the
-    embedded preset's)."""
+    embedded preset's; ``sweep={}``: none; ``pretrain_seeds``: a list, or one seed as ``seed``)."""
     root = tmp_path / "project"
     root.mkdir(parents=True)
     shutil.copy(ROOT / "Snakefile", root)
@@ -161,10 +180,16 @@ def _project(tmp_path, **change):
     fewshot = change.pop("fewshot", True)
     pretrain_seeds = change.pop("pretrain_seeds", None)
     params.update(change)
+    embedded = params["presets"]["embedded"]
     if sweep is not None:
-        params["presets"]["embedded"]["sweep"] = sweep
-    if pretrain_seeds is not None:
-        params["presets"]["embedded"]["pretrain"]["seeds"] = pretrain_seeds
+        embedded["sweep"] = sweep
+    if sweep == {}:
+        del embedded["sweep"]
+    if isinstance(pretrain_seeds, int):
+        embedded["pretrain"].pop("seeds", None)
+        embedded["pretrain"]["seed"] = pretrain_seeds
+    elif pretrain_seeds is not None:
+        embedded["pretrain"]["seeds"] = pretrain_seeds
     if not fewshot:
         del params["presets"]["embedded"]["fewshot"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -198,9 +223,10 @@ def _jobs_of(jobs, rule):
 def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
     """No grid, or a grid of one point at the preset's value: the same jobs and commands, and
     none of the sweep's."""
-    default = dry_run(_project(tmp_path / "a"))
+    default = dry_run(_project(tmp_path / "a", sweep={}, pretrain_seeds=0))
     lr = params["presets"]["embedded"]["finetune"]["lr"]
-    assert dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}})) == default
+    assert dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}},
+                            pretrain_seeds=0)) == default
     text = "\n".join(default)
     assert "sweep" not in text
     runs = set(re.findall(r"run=([^,\s]+)", text))
@@ -209,8 +235,8 @@ def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
 
 def test_a_two_point_grid_adds_its_runs_for_the_first_seed_only(tmp_path):
     smoke = dict(scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "lpft", "flyp"],
-                 alphas=[0.0, 0.5, 1.0], fewshot=False)
-    off = dry_run(_project(tmp_path / "off", **smoke))
+                 alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=0)
+    off = dry_run(_project(tmp_path / "off", sweep={}, **smoke))
     on = dry_run(_project(tmp_path / "on", sweep={"flyp": {"lr": [1e-5, 1e-3]},
                                                   "lpft": {"lr": [3e-5]}}, **smoke))
     grid = _jobs_of(on, "finetune_sweep")
@@ -244,7 +270,8 @@ def test_the_sweep_end_to_end_on_the_smoke_scale(tmp_path):
     """The smoke world with a 2-point lr grid for FLYP: the pick is the grid run with the best
     ID-val score, the full runs train at it, the table and the figure say so."""
     root = _project(tmp_path, scale="smoke", seeds=[0, 1], methods=["zeroshot", "flyp"],
-                    alphas=[0.0, 1.0], fewshot=False, sweep={"flyp": {"lr": [1e-5, 1e-3]}})
+                    alphas=[0.0, 1.0], fewshot=False, sweep={"flyp": {"lr": [1e-5, 1e-3]}},
+                    pretrain_seeds=0)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(["snakemake", "-p", "--cores", "2", "results/table.csv"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=900)
