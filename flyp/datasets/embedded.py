@@ -9,7 +9,7 @@ web data. The *ID set* is one style (photo-like) with train/val/test splits, lik
 v2         same style as ID, re-drawn with shifted attribute frequencies (ImageNetV2)
 sketch     grey pencil outlines on paper (ImageNet-Sketch)
 r          renditions: cartoon, painting and pixel-art styles (ImageNet-R)
-a          hard photos: clutter, occluders, tiny objects (ImageNet-A)
+a          hard photos: clutter, occluders, small objects, noise (ImageNet-A)
 objectnet  new backgrounds, any rotation, off-centre and squashed objects (ObjectNet)
 ========== ================================================================================
 
@@ -128,7 +128,7 @@ EVAL_SETS = [
             description="re-drawn ID with shifted attribute frequencies (ImageNetV2)"),
     EvalSet("sketch", ood=True, description="pencil sketches (ImageNet-Sketch)"),
     EvalSet("r", ood=True, description="cartoon, painting and pixel-art renditions (ImageNet-R)"),
-    EvalSet("a", ood=True, description="clutter, occlusion and tiny objects (ImageNet-A)"),
+    EvalSet("a", ood=True, description="clutter, occlusion, small objects and noise (ImageNet-A)"),
     EvalSet("objectnet", ood=True, description="new backgrounds, poses, viewpoints (ObjectNet)"),
 ]
 # Table name -> stable id used in the random seed (never reorder).
