@@ -54,10 +54,10 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
         trained = [m for m in run["methods"] if m not in ("zeroshot", "lp")]
         assert sorted(run["sweep"]) == sorted(trained)
         assert all(is_swept(grid) and list(grid) == ["lr"] for grid in run["sweep"].values())
-        # one grid for all, LP-FT's at its smaller lr (a grid's lr is the one a method trains at)
+        # one grid for all, LP-FT's with its smaller lrs too (a grid's lr is the one it trains at)
         lrs = {m: grid["lr"] for m, grid in run["sweep"].items()}
         scale = run["method_options"]["lpft"]["lr_scale"]
-        assert lrs.pop("lpft") == pytest.approx([scale * lr for lr in lrs["ft"]])
+        assert lrs.pop("lpft") == pytest.approx([scale * lr for lr in lrs["ft"]] + lrs["ft"])
         assert all(lr == lrs["ft"] for lr in lrs.values())
 
 
