@@ -140,9 +140,8 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
                         f"expected one of {sorted(params['scales'])}")
     run = _merge(params["presets"][benchmark], params["scales"][scale])
     run.setdefault("finetune", {})
-    for key in TOP_LEVEL_FINETUNE_KEYS:
-        if params.get(key) is not None:
-            run["finetune"][key] = params[key]
+    fixed = {key: params[key] for key in TOP_LEVEL_FINETUNE_KEYS if params.get(key) is not None}
+    run["finetune"].update(fixed)
     for stage in ("pretrain", "finetune"):
         for key in ("epochs", "lr", "wd", "batch_size"):
             if run.get(stage, {}).get(key) is None and (stage == "finetune" or
@@ -167,7 +166,6 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
     # A top-level finetuning key (`dvc exp run -S lr=1e-5`) sets it for every method: no grid
     # varies it any more (a grid left with no key: the method is not swept).
-    fixed = {key for key in TOP_LEVEL_FINETUNE_KEYS if params.get(key) is not None}
     run["sweep"] = {method: kept for method, grid in run["sweep"].items()
                     if (kept := {k: v for k, v in grid.items() if k not in fixed})}
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.

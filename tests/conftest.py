@@ -12,6 +12,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def set_embedded(params: dict, *, sweep: dict | None = None, pretrain_seeds=None) -> dict:
+    """``params`` with the embedded preset's ``sweep`` (``{}``: none) and pretraining seeds (a
+    list, or one seed as ``seed``) set; None leaves a setting as params.yaml has it."""
+    embedded = params["presets"]["embedded"]
+    if sweep == {}:
+        embedded.pop("sweep", None)
+    elif sweep is not None:
+        embedded["sweep"] = sweep
+    if isinstance(pretrain_seeds, int):
+        embedded["pretrain"].pop("seeds", None)
+        embedded["pretrain"]["seed"] = pretrain_seeds
+    elif pretrain_seeds is not None:
+        embedded["pretrain"]["seeds"] = pretrain_seeds
+    return params
+
+
 TINY = dict(seed=0, image_size=32, pretrain_size=300, train_size=96, val_size=48, test_size=48,
             ood_size=24)
 

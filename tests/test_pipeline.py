@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_embedded
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,7 @@ def project(tmp_path_factory):
     params.update(scale="smoke", seeds=[0], methods=SMOKE_METHODS, alphas=[0.0, 0.5, 1.0])
     # One pretrained model and no sweep (tests/test_pretrain_seeds.py and test_sweep.py run those
     # end to end): the runs below retrain and compare one model.
-    embedded = params["presets"]["embedded"]
-    del embedded["sweep"], embedded["pretrain"]["seeds"]
-    embedded["pretrain"]["seed"] = 0
+    set_embedded(params, sweep={}, pretrain_seeds=0)
     params["presets"]["embedded"]["fewshot"] = {
         "shots": [2], "draws": 1, "methods": ["flyp"],
         "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0}}

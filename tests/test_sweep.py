@@ -23,7 +23,7 @@ from flyp.io import UserError
 from flyp.models import save_checkpoint
 from flyp.report import write_report
 from flyp.sweep import grid_points, is_swept, run_name, select
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_embedded
 from tests.test_report import SETS, _write
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -184,16 +184,7 @@ def _project(tmp_path, **change):
     fewshot = change.pop("fewshot", True)
     pretrain_seeds = change.pop("pretrain_seeds", None)
     params.update(change)
-    embedded = params["presets"]["embedded"]
-    if sweep is not None:
-        embedded["sweep"] = sweep
-    if sweep == {}:
-        del embedded["sweep"]
-    if isinstance(pretrain_seeds, int):
-        embedded["pretrain"].pop("seeds", None)
-        embedded["pretrain"]["seed"] = pretrain_seeds
-    elif pretrain_seeds is not None:
-        embedded["pretrain"]["seeds"] = pretrain_seeds
+    set_embedded(params, sweep=sweep, pretrain_seeds=pretrain_seeds)
     if not fewshot:
         del params["presets"]["embedded"]["fewshot"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

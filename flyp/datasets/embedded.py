@@ -403,6 +403,7 @@ _CAPTION_FORMS = [
     "a {cls}",
 ]
 MISLABELLED = 0.03  # captions that name the wrong object
+SYNONYMOUS = 0.1  # captions that name the object by a synonym
 UNNAMED = 0.06  # captions that name no object
 _BG_WORDS = {"plain": "plain", "gradient": "smooth", "texture": "textured", "stripes": "striped",
              "checker": "checkered"}
@@ -412,7 +413,7 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
     draw = rng.random()
     if draw < MISLABELLED:  # alt-text that names another object
         cls = str(rng.choice([c for c in CLASSNAMES if c != scene.cls]))
-    elif draw < MISLABELLED + 0.1:
+    elif draw < MISLABELLED + SYNONYMOUS:
         cls = str(rng.choice(SYNONYMS[scene.cls]))
     else:
         cls = scene.cls
