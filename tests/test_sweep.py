@@ -53,11 +53,17 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
             continue
         trained = [m for m in run["methods"] if m not in ("zeroshot", "lp")]
         assert sorted(run["sweep"]) == sorted(trained)
-        assert all(is_swept(grid) and list(grid) == ["lr"] for grid in run["sweep"].values())
+        assert all(is_swept(grid) and list(grid)[0] == "lr" for grid in run["sweep"].values())
+        # L2-SP also picks its own option, the weight of its penalty
+        assert {m: list(grid)[1:] for m, grid in run["sweep"].items() if len(grid) > 1} == {
+            "l2sp": ["lambda"]}
         # one grid for all, LP-FT's with its smaller lrs too (a grid's lr is the one it trains at)
         lrs = {m: grid["lr"] for m, grid in run["sweep"].items()}
         scale = run["method_options"]["lpft"]["lr_scale"]
-        assert lrs.pop("lpft") == pytest.approx([scale * lr for lr in lrs["ft"]] + lrs["ft"])
+        lpft = lrs.pop("lpft")
+        assert lpft[-len(lrs["ft"]):] == lrs["ft"]
+        assert all(any(lr == pytest.approx(scale * shared) for shared in lrs["ft"])
+                   for lr in lpft[:-len(lrs["ft"])])
         assert all(lr == lrs["ft"] for lr in lrs.values())
 
 
