@@ -60,10 +60,10 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
         # one grid for all, LP-FT's with its smaller lrs too (a grid's lr is the one it trains at)
         lrs = {m: grid["lr"] for m, grid in run["sweep"].items()}
         scale = run["method_options"]["lpft"]["lr_scale"]
-        lpft = lrs.pop("lpft")
-        assert lpft[-len(lrs["ft"]):] == lrs["ft"]
-        assert all(any(lr == pytest.approx(scale * shared) for shared in lrs["ft"])
-                   for lr in lpft[:-len(lrs["ft"])])
+        lpft, shared = lrs.pop("lpft"), lrs["ft"]
+        own, rest = lpft[:-len(shared)], lpft[-len(shared):]
+        assert rest == shared
+        assert all(any(lr == pytest.approx(scale * s) for s in shared) for lr in own)
         assert all(lr == lrs["ft"] for lr in lrs.values())
 
 
