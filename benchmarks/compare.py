@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import cache
 from pathlib import Path
 from statistics import mean
 
@@ -32,8 +33,10 @@ ID, OOD = "test", "avg_ood"
 WISE = "+wise"
 
 
+@cache
 def load_runs(results: Path, method: str) -> dict[str, dict[str, float]]:
-    """{pretrained model hash: accuracies in points} for every seed run of ``method``."""
+    """{pretrained model hash: accuracies in points} for every seed run of ``method`` (read once
+    per method: every pair and column it is part of reuses it)."""
     name, wise = method.removesuffix(WISE), method.endswith(WISE)
     found = {}
     for metrics in sorted((results / name).glob("seed*/metrics.json")):
