@@ -296,9 +296,32 @@ def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, tit
     save_figure(fig, out, curve, csv_out)
 
 
+def sweep_x_key(grid: dict) -> str:
+    """The grid key a sweep's figure puts along x: lr where the grid has it, else its first."""
+    return "lr" if "lr" in grid else next(iter(grid))
+
+
+def sweep_lines(selection: dict) -> list[tuple[str, list, list[float], list[bool]]]:
+    """A swept method's grid as lines to draw: its first key (lr where the grid has it) along x,
+    one line per combination of the other keys' values, each ``(label, x values, ID-val scores,
+    picked flags)`` in grid order; the label names the other keys' values ("" for a one-key
+    grid)."""
+    x_key = sweep_x_key(selection["grid"])
+    others = [k for k in selection["grid"] if k != x_key]
+    lines: dict[str, tuple[list, list[float], list[bool]]] = {}
+    for r in selection["runs"]:
+        label = describe({k: r["setting"][k] for k in others})
+        xs, ys, picked = lines.setdefault(label, ([], [], []))
+        xs.append(r["setting"][x_key])
+        ys.append(r["val_score"])
+        picked.append(r["run"] == selection["picked_run"])
+    return [(label, *line) for label, line in lines.items()]
+
+
 def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, title: str):
     """Each swept method's ID-val score at every point of its grid (the first seed's runs), the
-    picked point circled: one panel per method, the points in grid order."""
+    picked point circled: one panel per method, its first grid key (lr) along x (a log axis when
+    every value is positive), one line per value of its other keys (L2-SP's lambda)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,15 +333,19 @@ def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, tit
             for m, s in selections.items() for r in s["runs"]]
     data = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, len(selections), figsize=(4.5 * len(selections), 4), squeeze=False)
-    for ax, (m, group) in zip(axes[0], data.groupby("method", sort=False), strict=True):
-        x = np.arange(len(group))
-        ax.plot(x, 100 * group["val_score"], "o-", ms=5)
-        best = group["picked"].to_numpy()
-        ax.plot(x[best], 100 * group["val_score"].to_numpy()[best], "o", ms=12, mfc="none",
+    for ax, (m, s) in zip(axes[0], selections.items(), strict=True):
+        lines = sweep_lines(s)
+        for label, xs, ys, _ in lines:
+            ax.plot(xs, 100 * np.asarray(ys), "o-", ms=5, label=label or None)
+        best = [(x, y) for _, xs, ys, picked in lines
+                for x, y, p in zip(xs, ys, picked, strict=True) if p]
+        ax.plot([x for x, _ in best], [100 * y for _, y in best], "o", ms=12, mfc="none",
                 color="red", label="picked")
-        ax.set_xticks(x, group["setting"], rotation=45, ha="right", fontsize=7)
+        if all(isinstance(x, int | float) and x > 0 for _, xs, _, _ in lines for x in xs):
+            ax.set_xscale("log")
+        ax.set_xlabel(sweep_x_key(s["grid"]), fontsize=8)
         ax.set_title(m, fontsize=9)
-        ax.set_ylabel(f"ID-val {group['val_metric'].iloc[0]} (%)")
+        ax.set_ylabel(f"ID-val {s['val_metric']} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: the sweep, ID-val per grid point (first seed)", fontsize=9)

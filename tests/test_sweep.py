@@ -21,7 +21,7 @@ from flyp.cli import main
 from flyp.config import load_params
 from flyp.io import UserError
 from flyp.models import save_checkpoint
-from flyp.report import write_report
+from flyp.report import sweep_lines, write_report
 from flyp.sweep import grid_points, is_swept, run_name, select
 from tests.conftest import ROOT, set_embedded
 from tests.test_report import SETS, _write
@@ -175,6 +175,27 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
     assert list(curve["setting"]) == ["lr=1e-05", "lr=0.0001"]
     assert list(curve["val_score"]) == [60.0, 70.0] and list(curve["picked"]) == [False, True]
 
+
+
+def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key():
+    grid = {"lambda": [0.1, 0.01], "lr": [1e-4, 1e-3, 1e-2]}
+    points = grid_points(grid)
+    runs = [{"run": run_name(p, 0), "setting": p, "val_score": p["lr"] * 10 + p["lambda"]}
+            for p in points]
+    picked = next(r["run"] for r in runs if r["setting"] == {"lambda": 0.01, "lr": 1e-3})
+    lines = sweep_lines({"grid": grid, "runs": runs, "picked_run": picked})
+    # lr along x wherever the grid has it, whatever its key order; a line per lambda
+    assert [label for label, *_ in lines] == ["lambda=0.1", "lambda=0.01"]
+    for label, xs, ys, flags in lines:
+        lam = float(label.split("=")[1])
+        assert xs == [1e-4, 1e-3, 1e-2]
+        assert ys == pytest.approx([x * 10 + lam for x in xs])
+        assert flags == [label == "lambda=0.01" and x == 1e-3 for x in xs]
+    one_key = sweep_lines({"grid": {"lr": [1e-5, 1e-4]}, "picked_run": runs[0]["run"],
+                           "runs": [dict(runs[0], setting={"lr": 1e-5}),
+                                    dict(runs[1], setting={"lr": 1e-4})]})
+    assert one_key == [("", [1e-5, 1e-4], [runs[0]["val_score"], runs[1]["val_score"]],
+                        [True, False])]
 
 # --- the DAG (`snakemake -n`) ---------------------------------------------------------------
 
