@@ -5,6 +5,7 @@ pretrained model, and how far a rebuilt table moved from another one (issue 11, 
     python benchmarks/compare.py --base ft --method flyp --method flyp+wise
     git show REV:results/metrics.json > old.json
     python benchmarks/compare.py --against old.json     # how far this table moved from REV's
+    python benchmarks/compare.py --wise                 # where each weight-ensembling curve peaks
 
 **Paired differences.** Run i of every method starts from the i-th pretrained CLIP, so the
 difference between two methods is taken run by run (paired by the pretrained model's hash that
@@ -12,6 +13,11 @@ each run's provenance records), which removes the pretraining draw that both sha
 gives the mean difference in points over the pairs, their range, and "all +" or "all -" where
 every pair agrees in sign ("mixed" otherwise): the README states a difference only where the
 pairs agree. "<method>+wise" is the method with weight ensembling at the alpha picked on ID-val.
+
+**Weight-ensembling curves.** ``--wise`` reads every run's ``wise_curve.csv`` (alpha 0: the
+zero-shot model, 1: the finetuned one) and gives, per method, the alpha of each run's best OOD
+average, best ID test score and the alpha picked on ID-val, then how many curves peak on OOD at
+each alpha, over the finetuned methods but the linear probe (whose ensemble mixes heads only).
 
 **Against another table.** ``--against`` compares ``results/metrics.json`` (mean and std over the
 runs of each method and test set) with another one, for instance the committed table rebuilt on
@@ -22,8 +28,10 @@ other table's std over runs (within 2 std: inside its interval).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+from collections import Counter
 from functools import cache
 from pathlib import Path
 from statistics import mean
@@ -80,6 +88,41 @@ def paired_lines(results: Path, methods: list[str], bases: list[str]) -> list[st
     return lines
 
 
+def wise_peaks(curve: Path) -> dict[str, float]:
+    """The alpha of a weight-ensembling curve's best OOD average and best ID test score (the
+    first, smallest alpha on a tie) and the alpha picked on ID-val (``wise_metrics.json``)."""
+    with curve.open() as f:
+        rows = [{k: float(v) for k, v in row.items() if k != "val_metric"}
+                for row in csv.DictReader(f)]
+    if not rows:
+        raise SystemExit(f"{curve}: no alpha in the curve")
+    picked = json.loads(curve.with_name("wise_metrics.json").read_text())["alpha"]
+    return {"ood": max(rows, key=lambda r: r[OOD])["alpha"],
+            "id": max(rows, key=lambda r: r[ID])["alpha"], "picked": picked}
+
+
+def wise_lines(results: Path, methods: list[str]) -> list[str]:
+    """Per method and run, where its weight-ensembling curve peaks; then the OOD peaks counted
+    over the methods but zero-shot and the linear probe."""
+    lines = [f"weight-ensembling curves ({results}); alpha of each run's best OOD average, best "
+             "ID test, picked on ID-val", f"{'method':22}{'best OOD':<18}{'best ID':<18}picked"]
+    counted = Counter()
+    for method in methods:
+        curves = sorted((results / method).glob("seed*/wise_curve.csv"))
+        if method == "zeroshot" or not curves:
+            continue
+        peaks = [wise_peaks(c) for c in curves]
+        ood, id_, picked = (" ".join(f"{p[k]:g}" for p in peaks) for k in ("ood", "id", "picked"))
+        lines.append(f"{method:22}{ood:<18}{id_:<18}{picked}")
+        if method != "lp":
+            counted.update(p["ood"] for p in peaks)
+    total = sum(counted.values())
+    lines.append("best OOD average at alpha " + ", ".join(
+        f"{alpha:g}: {n} of {total} curves" for alpha, n in sorted(counted.items()))
+        + " (every method but zero-shot and the linear probe)")
+    return lines
+
+
 def against_lines(new: dict, old: dict) -> list[str]:
     """Per method, the largest move over the test sets from ``old`` to ``new``."""
     lines = [f"{'method':22}{'largest move':>14}  {'in old std':>10}  where"]
@@ -114,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", action="append", help="(default: ft and zeroshot)")
     parser.add_argument("--metrics", type=Path, default=ROOT / "results" / "metrics.json")
     parser.add_argument("--against", type=Path, help="another metrics.json to compare with")
+    parser.add_argument("--wise", action="store_true",
+                        help="where each weight-ensembling curve peaks, instead of the pairs")
     args = parser.parse_args(argv)
+    if args.wise:
+        methods = args.method or sorted(m.name for m in args.results.iterdir() if m.is_dir())
+        print("\n".join(wise_lines(args.results, methods)))
+        return 0
     if args.against:
         new, old = (json.loads(Path(p).read_text()) for p in (args.metrics, args.against))
         print("\n".join(against_lines(new, old)))

@@ -72,3 +72,29 @@ def test_a_rebuilt_table_is_measured_in_the_other_tables_std():
     assert lines[1].split() == ["ft", "-5.00", "-2.50", "v2"]
     assert lines[-1].endswith("2.50 (outside 2 std)")
     assert compare.against_lines(old, old)[-1].endswith("0.00 (inside 2 std)")
+
+
+def write_curve(results: Path, method: str, seed: int, points: list[tuple[float, float, float]],
+                picked: float):
+    """``points``: (alpha, ID test, OOD average) of one run's weight-ensembling curve."""
+    folder = results / method / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["alpha,val_metric,val_score,test,avg_ood"]
+    rows += [f"{a},accuracy,0.5,{i},{o}" for a, i, o in points]
+    (folder / "wise_curve.csv").write_text("\n".join(rows) + "\n")
+    (folder / "wise_metrics.json").write_text(json.dumps({"alpha": picked}))
+
+
+def test_wise_counts_where_each_curve_peaks_on_ood_leaving_out_lp(tmp_path, capsys):
+    write_curve(tmp_path, "ft", 0, [(0.0, 0.6, 0.5), (0.5, 0.7, 0.6), (1.0, 0.8, 0.55)], 1.0)
+    write_curve(tmp_path, "ft", 1, [(0.0, 0.6, 0.5), (0.5, 0.8, 0.5), (1.0, 0.7, 0.6)], 0.5)
+    write_curve(tmp_path, "lp", 0, [(0.0, 0.6, 0.7), (1.0, 0.8, 0.5)], 1.0)
+    write_curve(tmp_path, "zeroshot", 0, [(0.0, 0.6, 0.5)], 0.0)
+    assert compare.wise_peaks(tmp_path / "ft/seed1/wise_curve.csv") == {
+        "ood": 1.0, "id": 0.5, "picked": 0.5}
+    assert compare.main(["--results", str(tmp_path), "--wise"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["ft", "0.5", "1", "1", "0.5", "1", "0.5"]
+    assert lines[3].split() == ["lp", "0", "1", "1"]  # listed, not counted
+    assert not any(line.startswith("zeroshot") for line in lines)
+    assert lines[-1].startswith("best OOD average at alpha 0.5: 1 of 2 curves, 1: 1 of 2 curves")
