@@ -106,6 +106,24 @@ def test_every_file_a_job_reads_is_made_in_the_dag_or_a_raw_archive(dag, stage):
             assert path in written or path.startswith(RAW), f"{job['rule']} reads {path}"
 
 
+
+def plotted_files(benchmark: str) -> list[str]:
+    """Every file dvc.yaml's top-level plots name (``${benchmark}`` filled in)."""
+    files = []
+    for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]:
+        (name, spec), = entry.items()
+        y = (spec or {}).get("y")
+        files += list(y) if isinstance(y, dict) else [name]
+    return [f.replace("${benchmark}", benchmark) for f in files]
+
+
+def test_every_plotted_file_is_written_by_the_main_job():
+    written = [p for job in dag_jobs() for p in job["output"]]
+    files = plotted_files("embedded")
+    assert sum("pretrain_log" in f for f in files) == 3  # one curve per pretraining seed
+    for path in files:
+        assert any(under(path, [w]) for w in written), f"dvc.yaml plots {path}; no job writes it"
+
 def test_dvc_depends_on_all_parameters_and_all_code(stage):
     # all of params.yaml (no key list), which is the Snakefile's only config file
     assert stage["params"] == {"params.yaml": []}
