@@ -5,6 +5,7 @@ the code its command runs."""
 
 import re
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ RAW = "data/raw/"
 JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
+@cache
 def dag_jobs(*config: str) -> list[dict]:
     """Every job of the DAG for results/table.csv, forced (rule, input and output files), as
-    `snakemake -n` lists them; ``config``: KEY=VALUE overrides of params.yaml."""
+    `snakemake -n` lists them; ``config``: KEY=VALUE overrides of params.yaml. Listed once per
+    configuration (a dry run takes seconds); callers only read it."""
     extra = ["--config", *config] if config else []
     out = subprocess.run(["snakemake", "-n", "--forceall", "--cores", "1", *extra, "--",
                           "results/table.csv"], cwd=ROOT, capture_output=True, text=True,
@@ -106,7 +109,6 @@ def test_every_file_a_job_reads_is_made_in_the_dag_or_a_raw_archive(dag, stage):
             assert path in written or path.startswith(RAW), f"{job['rule']} reads {path}"
 
 
-
 def plotted_files(benchmark: str) -> list[str]:
     """Every file dvc.yaml's top-level plots name (``${benchmark}`` filled in)."""
     files = []
@@ -123,6 +125,7 @@ def test_every_plotted_file_is_written_by_the_main_job():
     assert sum("pretrain_log" in f for f in files) == 3  # one curve per pretraining seed
     for path in files:
         assert any(under(path, [w]) for w in written), f"dvc.yaml plots {path}; no job writes it"
+
 
 def test_dvc_depends_on_all_parameters_and_all_code(stage):
     # all of params.yaml (no key list), which is the Snakefile's only config file

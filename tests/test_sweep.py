@@ -176,7 +176,6 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
     assert list(curve["val_score"]) == [60.0, 70.0] and list(curve["picked"]) == [False, True]
 
 
-
 def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key():
     grid = {"lambda": [0.1, 0.01], "lr": [1e-4, 1e-3, 1e-2]}
     points = grid_points(grid)
@@ -196,6 +195,7 @@ def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key
                                     dict(runs[1], setting={"lr": 1e-4})]})
     assert one_key == [("", [1e-5, 1e-4], [runs[0]["val_score"], runs[1]["val_score"]],
                         [True, False])]
+
 
 # --- the DAG (`snakemake -n`) ---------------------------------------------------------------
 
