@@ -9,6 +9,7 @@ and activation the weights expect travel in the file's metadata. Nothing is pick
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -163,8 +164,18 @@ def quickgelu_weights_file(path: str) -> bool:
     return False
 
 
+@functools.cache  # its vocabulary is read once a process, and prompt_tokens' cache is shared
 def get_tokenizer(model_name: str):
     return open_clip.get_tokenizer(model_name)
+
+
+@functools.lru_cache(maxsize=4)
+def prompt_tokens(tokenizer, prompts: tuple[str, ...]) -> torch.Tensor:
+    """``tokenizer(prompts)``, kept for the next head built from the same prompts in this process
+    (each epoch's validation of a method whose head comes from the text tower, each alpha of its
+    weight ensemble). open_clip's tokenizer is plain Python: ImageNet's 1000 classes x 80
+    templates take seconds each time; the tokens take 49 MB (int64, 77 a prompt)."""
+    return tokenizer(list(prompts))
 
 
 def image_transforms(model: nn.Module):
@@ -234,12 +245,12 @@ def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str], temp
     clip.eval()
     device = next(clip.parameters()).device
     n_templates, n_prompts = len(templates), len(classnames) * len(templates)
+    # class-major order: prompt i is template i % T of class i // T
+    tokens = prompt_tokens(tokenizer, tuple(t.format(c) for c in classnames for t in templates))
     sums = None  # (C, D) sum over each class's templates of the normalised prompt embeddings
     for start in range(0, n_prompts, prompts_per_forward):
-        stop = min(start + prompts_per_forward, n_prompts)  # prompts are in class-major order
-        prompts = [templates[i % n_templates].format(classnames[i // n_templates])
-                   for i in range(start, stop)]
-        emb = F.normalize(clip.encode_text(tokenizer(prompts).to(device)), dim=-1).float()  # (P, D)
+        stop = min(start + prompts_per_forward, n_prompts)
+        emb = F.normalize(clip.encode_text(tokens[start:stop].to(device)), dim=-1).float()  # (P, D)
         if sums is None:
             sums = emb.new_zeros(len(classnames), emb.shape[1])
         sums.index_add_(0, torch.arange(start, stop, device=device) // n_templates, emb)

@@ -20,7 +20,7 @@ from flyp.datasets import table_path
 from flyp.datasets.tables import read_table
 from flyp.io import UserError
 from flyp.methods import Context, Method, register_method
-from flyp.models import ImageClassifier
+from flyp.models import ImageClassifier, prompt_tokens
 
 
 def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tens
     classnames = captions.drop_duplicates("label").set_index("label")["classname"]
     names = [classnames.get(c, ctx.benchmark.classnames[c])
              for c in range(len(ctx.benchmark.classnames))]
-    tokens = ctx.tokenizer([t.format(c) for c in names for t in texts])  # (C*T, L)
+    tokens = prompt_tokens(ctx.tokenizer, tuple(t.format(c) for c in names for t in texts))
     tokens = tokens.view(len(names), len(texts), -1)
     return torch.tensor(captions["label"].to_numpy()), tokens
 
