@@ -338,29 +338,74 @@ def pretrained(model_name, pretrained, out, log_csv):
     _log(f"wrote {out}")
 
 
+def _finetune_options(f):
+    """The options of `flyp finetune`, which `flyp fewshot` shares."""
+    options = [
+        benchmark_option,
+        data_option,
+        captions_option,
+        click.option("--pretrained", "pretrained_path", required=True,
+                     type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--method", "method_name", required=True),
+        lambda f: _train_options(f, required=False),
+        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+                     help="A method-specific setting (repeatable)."),
+        click.option("--shots", type=click.IntRange(min=1), default=None,
+                     help="Few-shot protocol: train on k images per class, select on k per "
+                     "class."),
+        click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Which few-shot draw (seeds the k-per-class sample)."),
+        click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
+                     help="Read ID-val from this `flyp evalcache` folder instead of decoding it."),
+        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--log-csv", required=True,
+                     type=click.Path(dir_okay=False, path_type=Path)),
+        threads_option,
+        train_device_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command()
-@benchmark_option
-@data_option
-@captions_option
-@click.option("--pretrained", "pretrained_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--method", "method_name", required=True)
-@lambda f: _train_options(f, required=False)
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A method-specific setting (repeatable).")
-@click.option("--shots", type=click.IntRange(min=1), default=None,
-              help="Few-shot protocol: train on k images per class, select on k per class.")
-@click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Which few-shot draw (seeds the k-per-class sample).")
-@click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
-              help="Read ID-val from this `flyp evalcache` folder instead of decoding it.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@threads_option
-@train_device_option
-def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
-             draw, eval_cache, out, log_csv, threads, device, **train):
+@_finetune_options
+def finetune(**settings):
     """Finetune the pretrained CLIP with one method; write the ID-val-selected checkpoint."""
+    _finetune(**settings)
+
+
+@main.command()
+@_finetune_options
+@click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--provenance-out", required=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--eval-precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
+              show_default=True, help="Evaluation arithmetic on CUDA (as `flyp evaluate "
+              "--precision`).")
+def fewshot(metrics_out, provenance_out, eval_precision, **settings):
+    """One few-shot draw (--shots, --draw): finetune, then score the kept checkpoint on the
+    benchmark's ID test set and every OOD set, as `flyp finetune` then `flyp evaluate` do, in one
+    process (a preset can run hundreds of draws; each would pay the start-up twice)."""
+    if settings["shots"] is None:
+        raise click.UsageError("flyp fewshot: --shots is required (a full run: flyp finetune, "
+                               "then flyp evaluate)")
+    here = _finetune(**settings)
+    if here is None:  # not rank 0 of a run over several processes
+        return
+    from flyp.evaluation import evaluate_checkpoint
+    from flyp.loading import resolve_workers
+
+    workers = resolve_workers(settings["workers"], _threads_per_rank(settings["threads"]))
+    evaluate_checkpoint(settings["benchmark_name"], settings["data_dir"], settings["out"],
+                        metrics_out=metrics_out, provenance_out=provenance_out,
+                        num_workers=workers, device=here, precision=eval_precision,
+                        eval_cache=settings["eval_cache"], log=_log)
+
+
+def _finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
+              draw, eval_cache, out, log_csv, threads, device, **train):
+    """`flyp finetune`: the device it ran on (None on a rank other than 0 of several)."""
     threads = _threads_per_rank(threads)
     _setup_torch(threads)
     from flyp.distributed import is_main, process_group
@@ -377,10 +422,11 @@ def finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_nam
                      options=_parse_options(options), out=out, log_csv=log_csv, device=here,
                      shots=shots, draw=draw, eval_cache=eval_cache, log=_log)
         if not is_main():
-            return
+            return None
     val = result["best_val"] or {}
     _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
          f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")
+    return here
 
 
 @main.command()

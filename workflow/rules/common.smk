@@ -104,6 +104,16 @@ def finetune_code(method):
     return step_code("finetune", method_info(method).entry)
 
 
+@cache
+def fewshot_code_of(method):
+    """A few-shot draw's job trains and evaluates (flyp fewshot)."""
+    return step_code("fewshot", method_info(method).entry, *EVAL_CODE)
+
+
+def fewshot_code(wildcards):
+    return fewshot_code_of(wildcards.method)
+
+
 # Where and how fast a job runs, not what it computes: passed as resources, not `params:`, so
 # that changing the machine or --cores reruns nothing.
 DEVICE = RUN["runtime"]["device"]

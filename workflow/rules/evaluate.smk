@@ -1,39 +1,8 @@
-# Each checkpoint on the ID test set and every OOD set. A full run's checkpoint is also weight-
-# ensembled (WiSE-FT) with the zero-shot checkpoint of the same run over the alpha grid, in the
-# same job (one model load and one process start fewer per checkpoint). Images are read from the
-# evaluation cache (data.smk: eval_cache), not decoded again.
-
-
-rule evaluate:
-    input:
-        model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
-        tables=TABLES,
-        cache=EVAL_CACHE,
-    output:
-        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
-        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
-    wildcard_constraints:
-        run=r"k\d+-draw\d+",
-    params:
-        benchmark=BENCHMARK,
-        bench=BENCH_SPEC,
-        code=step_code("evaluate", *EVAL_CODE),
-        precision=EVAL_PRECISION,
-    threads: job_threads("infer", gpus=1)
-    resources:
-        **GPU,
-        **job_size("infer"),
-        device=JOB_DEVICE,
-        workers=WORKERS,
-    conda:
-        ENV
-    log:
-        f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
-    shell:
-        "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
-        "--checkpoint {input.model} --eval-cache {input.cache} --metrics-out {output.metrics} "
-        "--provenance-out {output.provenance} --precision {params.precision:q} --threads {threads} "
-        "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
+# A full run's checkpoint on the ID test set and every OOD set, and weight-ensembled (WiSE-FT)
+# with the zero-shot checkpoint of the same run over the alpha grid, in the same job (one model
+# load and one process start fewer per checkpoint). Images are read from the evaluation cache
+# (data.smk: eval_cache), not decoded again. A few-shot draw is scored by its own job
+# (finetune.smk: finetune_fewshot).
 
 
 rule evaluate_ensemble:

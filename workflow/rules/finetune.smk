@@ -50,6 +50,8 @@ rule finetune:
         launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
         bench=BENCH_SPEC,
         code=method_code,
+        step="finetune",
+        evaluate="",  # finetune_fewshot: its test-set evaluation, in the same process
     threads: finetune_threads
     resources:
         **FINETUNE_GPU,  # runtime.gpus_per_job for a method that trains, else 1
@@ -62,23 +64,35 @@ rule finetune:
     log:
         f"logs/{BENCHMARK}/finetune_{{method}}_{{run}}.log",
     shell:
-        "{params.launch} finetune --benchmark {params.benchmark:q} --data {input.tables} "
+        "{params.launch} {params.step:q} --benchmark {params.benchmark:q} --data {input.tables} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
         "--method {wildcards.method:q} {params.args} {params.speed} "
         "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} "
         "--threads {threads} --checkpoint-minutes {resources.checkpoint_minutes:q} "
-        "--device {resources.device:q} --workers {resources.workers:q} 2> {log}"
+        "--device {resources.device:q} --workers {resources.workers:q}{params.evaluate} 2> {log}"
 
 
-# A few-shot draw: the same job, but its checkpoint is intermediate (temp): deleted once
-# evaluated, since a preset runs hundreds of draws (SST2: 3 k x 50 draws x 3 methods of ViT-B/16);
-# its log, metrics and provenance stay. DVC's report stage runs the draws.
+# A few-shot draw: the same training, then its evaluation on the test sets in the same process
+# (`flyp fewshot`: a preset runs hundreds of draws, SST2 3 k x 50 draws x 3 methods, and each
+# process pays seconds of start-up). Its checkpoint is intermediate (temp), deleted once the job
+# has scored it; its log, metrics and provenance stay. A change to test-time evaluation reruns the
+# draws' training too (their checkpoints are gone). DVC's report stage runs the draws.
 use rule finetune as finetune_fewshot with:
     output:
         model=temp(f"{MODELS}/{{method}}/{{run}}/best.safetensors"),
         log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
+        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
+        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
     wildcard_constraints:
         run=r"k\d+-draw\d+",
+    params:
+        code=fewshot_code,
+        step="fewshot",
+        evaluate=lambda wildcards, output: (
+            f" --metrics-out {shlex.quote(output.metrics)} "
+            f"--provenance-out {shlex.quote(output.provenance)} "
+            f"--eval-precision {shlex.quote(EVAL_PRECISION)}"
+        ),
 
 
 # The sweep (common.smk: SWEEP): each grid point of a swept method, trained once with the first seed
