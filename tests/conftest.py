@@ -9,7 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores shared among pytest-xdist's workers (one each on two cores), so that they do not fight
+# over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +31,21 @@ def set_embedded(params: dict, *, sweep: dict | None = None, pretrain_seeds=None
     elif pretrain_seeds is not None:
         embedded["pretrain"]["seeds"] = pretrain_seeds
     return params
+
+
+def training_methods(names=None) -> set[str]:
+    """The registered methods (or those of ``names``) that train (flyp.methods.Method.trains),
+    read from the registry, so that a new method file needs no test edit."""
+    from flyp.catalog import method_info, method_names
+
+    return {m for m in (names if names is not None else method_names()) if method_info(m).trains}
+
+
+def seeded_methods(names=None) -> set[str]:
+    """The registered methods (or those of ``names``) whose full run depends on its seed."""
+    from flyp.catalog import method_info, method_names
+
+    return {m for m in (names if names is not None else method_names()) if method_info(m).seeded}
 
 
 TINY = dict(seed=0, image_size=32, pretrain_size=300, train_size=96, val_size=48, test_size=48,
@@ -67,6 +85,28 @@ def tiny_pretrained(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "pretrained.safetensors"
     save_checkpoint(path, "flyp-tiny-rn10t", create_clip("flyp-tiny-rn10t"), info={"stage": "test"})
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_seeds_and_sweep(tmp_path_factory):
+    """One smoke-scale project built to the table (Snakemake, as a user runs it): two pretraining
+    seeds (run i of each method starts from the i-th), two finetuning seeds and a two-point lr
+    grid for FLYP, no few-shot runs. Read by the end-to-end tests of tests/test_pretrain_seeds.py
+    and tests/test_sweep.py (xdist group "smoke-seeds-sweep": one build for both). Returns the
+    project, its environment and the finished `snakemake -p` run."""
+    import subprocess
+
+    from tests.test_sweep import _project
+
+    base = tmp_path_factory.mktemp("seeds-sweep")
+    root = _project(base, scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft", "flyp"],
+                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1],
+                    sweep={"flyp": {"lr": [1e-5, 1e-3]}})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(base / "cache")}
+    done = subprocess.run(["snakemake", "-p", "--cores", "2", "results/table.csv"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return root, env, done
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, seeded_methods
 
 # Raw archives and what they unpack to (data/raw/): deliberately not DVC outputs (hundreds of GB,
 # licensed data that must not be pushed to a remote); their checksums are parameters (params.yaml),
@@ -85,6 +85,7 @@ def test_the_stage_runs_the_whole_snakefile(stage):
     assert re.search(r"rule all:\s+input:\s+\"results/table.csv\"", snakefile)
 
 
+@pytest.mark.slow
 def test_every_file_a_job_writes_is_a_dvc_output(dag, stage):
     for job in dag:
         for path in job["output"]:
@@ -94,12 +95,14 @@ def test_every_file_a_job_writes_is_a_dvc_output(dag, stage):
             assert under(path, stage["outs"]), f"{path} ({job['rule']}) is not versioned by DVC"
 
 
+@pytest.mark.slow
 def test_every_dvc_output_is_written_by_a_job(dag, stage):
     written = [p for job in dag for p in job["output"]]
     for out in stage["outs"]:
         assert any(under(p, [out]) for p in written), f"DVC declares {out}; no job writes it"
 
 
+@pytest.mark.slow
 def test_every_file_a_job_reads_is_made_in_the_dag_or_a_raw_archive(dag, stage):
     written = {p for job in dag for p in job["output"]}
     for job in dag:
@@ -119,6 +122,7 @@ def plotted_files(benchmark: str) -> list[str]:
     return [f.replace("${benchmark}", benchmark) for f in files]
 
 
+@pytest.mark.slow
 def test_every_plotted_file_is_written_by_the_main_job():
     written = [p for job in dag_jobs() for p in job["output"]]
     files = plotted_files("embedded")
@@ -158,9 +162,9 @@ def reached_modules(*entries) -> set[str]:
 
 
 def test_training_does_not_reach_test_time_evaluation():
-    from flyp.methods import get_method
+    from flyp.methods import get_method, method_names
 
-    for method in ["zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "flyp_no_collisions"]:
+    for method in method_names():
         reached = reached_modules("flyp.cli:finetune", type(get_method(method)))
         assert "flyp.training" in reached and "flyp.scoring" in reached  # selection on ID-val
         assert not {"flyp.evaluation", "flyp.ensemble", "flyp.report"} & reached, method
@@ -253,6 +257,7 @@ def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
     assert list(ordered) == ["z", "data", "a"] and list(ordered["data"]) == ["seed", "ood_size"]
 
 
+@pytest.mark.slow
 def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
     """Zero-shot and the linear probe do not depend on the seed (Method.seeded): with one
     pretrained model their full run is made and evaluated for the first seed only; the other
@@ -276,10 +281,12 @@ def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
                 job["output"]:
             assert "models/embedded/zeroshot/seed0/best.safetensors" in job["input"]
             assert "results/embedded/zeroshot/seed0/metrics.json" in job["input"]
-    # the seven seeded methods per seed, two seedless once (a swept method's first seed is its
-    # picked grid run, reused)
+    # the seeded methods once per seed, the seedless ones once (a swept method's first seed is
+    # its picked grid run, reused)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seeded = seeded_methods(params["methods"])
     trained = [j for j in jobs if j["rule"] in ("finetune", "reuse_sweep_run")]
-    assert len(trained) == 7 * 3 + 2
+    assert len(trained) == len(seeded) * len(params["seeds"]) + len(params["methods"]) - len(seeded)
 
 
 def test_a_run_holds_dvcs_lock_so_no_dvc_command_starts(tmp_path):

@@ -14,14 +14,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, training_methods
 
 PROFILES = ROOT / "workflow" / "profiles"
 SIZES = yaml.safe_load((ROOT / "params.yaml").read_text())["presets"]["imagenet"]["resources"]
 KIND = {"download": "fetch", "extract": "fetch", "prepare_data": "prepare", "pretrain": "pretrain",
         "captions": "light", "report": "light", "reuse_seedless": "light", "eval_cache": "infer",
-        "features": "infer", "evaluate": "infer", "evaluate_ensemble": "infer"}
-TRAINING = {"ft", "lpft", "l2sp", "flyp", "ce_both_towers", "flyp_image_only", "flyp_no_collisions"}
+        "features": "infer", "evaluate_ensemble": "infer"}
+TRAINING = training_methods()  # the registered methods that train
 # A dry run gives every job at most --cores cores (1 when unset); a SLURM run caps none.
 SLURM_CORES = "256"
 
