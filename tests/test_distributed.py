@@ -163,6 +163,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_two_ranks_at_half_the_batch_give_the_loss_and_gradients_of_one(method, paths,
                                                                         two_ranks):
@@ -175,6 +176,7 @@ def test_two_ranks_at_half_the_batch_give_the_loss_and_gradients_of_one(method, 
         assert max(errors.values()) < 1e-5, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_two_ranks_train_to_the_weights_of_one(method, paths, two_ranks, tmp_path):
     train(method, vit_context(*paths), tmp_path)
@@ -191,6 +193,7 @@ def test_two_ranks_train_to_the_weights_of_one(method, paths, two_ranks, tmp_pat
     assert losses[1] == pytest.approx(losses[0], abs=2e-5)
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_a_run_where_one_stopped(paths, two_ranks, tmp_path):
     train("ft", vit_context(*paths), tmp_path)
     one = load_file(tmp_path / "ft.safetensors")

@@ -243,7 +243,7 @@ def test_device_cuda_without_a_gpu_stops_before_any_work(monkeypatch, tmp_path):
 
 # Shell values built from several arguments, each quoted where it is built (workflow/rules/*.smk)
 PREQUOTED = {"params.args", "params.train", "params.options", "params.source", "params.sums",
-             "params.speed", "params.zeroshot_scores", "params.sweep",
+             "params.speed", "params.zeroshot_scores", "params.sweep", "params.evaluate",
              "params.launch"}  # launch: torchrun and its integer arguments, or flyp
 
 

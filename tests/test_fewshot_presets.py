@@ -42,3 +42,40 @@ def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):
     k32 = next(line for line in out.splitlines()
                if "--shots 32 --draw 49" in line and "--method flyp" in line)
     assert "--batch-size 64 " in k32 and "--lr 1e-05 " in k32 and "--wd 0.2 " in k32
+
+
+def test_the_smoke_scale_plans_the_main_jobs_dag_with_the_default_params(tmp_path):
+    """`--config scale=smoke` (the tiny world the tests build) with params.yaml as it is: the same
+    jobs as the main job, few-shot draws included (`snakemake -n`)."""
+    work = workflow_copy(tmp_path)
+    main = job_counts(dry_run(work, "embedded"))
+    smoke = job_counts(dry_run(work, "embedded", "scale=smoke"))
+    assert smoke == main and smoke["finetune_fewshot"] > 0
+
+
+def test_every_class_of_the_smoke_world_has_the_smoke_scales_k(tmp_path):
+    """The few-shot k of the smoke scale fits its world: every class has k train and k val images
+    for every k (the check a few-shot job makes before it trains)."""
+    import yaml
+
+    from flyp.config import load_params
+    from flyp.datasets import get_benchmark, table_path
+    from flyp.datasets.tables import read_table
+    from flyp.methods import Context
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["scale"] = "smoke"
+    run = load_params(params, ROOT / "workflow/schemas/params.schema.yaml")
+    bench = get_benchmark("embedded")
+    bench.prepare(tmp_path, **run["data"])
+    assert run["fewshot"]["shots"] and run["fewshot"]["draws"]
+    for split in ("train", "val"):
+        labels = read_table(table_path(tmp_path, split), columns=["label"])["label"].to_numpy()
+        for k in run["fewshot"]["shots"]:
+            for draw in range(run["fewshot"]["draws"]):
+                ctx = Context(benchmark=bench, pretrained=None, data_dir=tmp_path,
+                              captions_dir=None, device=None, tokenizer=None,
+                              train_transform=None, eval_transform=None, seed=0, shots=k,
+                              draw=draw)
+                assert len(ctx.subset(labels, split)) == k * len(bench.classnames)

@@ -4,7 +4,8 @@ URLs and checked against their stated sums, then unpacked by the same rules as t
 to results/table.csv with the benchmark's columns.
 
 Runs in a temporary copy of the project; the method list is shortened (one method per kind: no
-training, a linear probe, end-to-end finetuning, FLYP) to keep each preset within minutes.
+training, a linear probe, end-to-end finetuning, FLYP) to keep each preset within minutes. ImageNet
+runs in the fast tier (`pytest`), the other presets in the slow one (`pytest -m slow`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from flyp.datasets import get_benchmark
 from flyp.datasets.download import archive_filename, get_download
 from flyp.fixtures import fixture_names
 from tests.conftest import ROOT
-
-pytestmark = pytest.mark.slow
 
 METHODS = ["zeroshot", "lp", "ft", "flyp"]
 PROJECT_FILES = ["Snakefile", "params.yaml", "pyproject.toml", "workflow", "flyp"]
@@ -67,8 +66,13 @@ def fewshot_rows(preset: str, project: Path, out: Path) -> list[str]:
     return [f"{m}@{k}shot" for m in params["fewshot"]["methods"] for k in sorted(shots)]
 
 
+FAST_PRESET = "imagenet"
+
+
 # (not `benchmark`: pytest-benchmark owns that fixture name)
-@pytest.mark.parametrize("preset", fixture_names())
+@pytest.mark.parametrize("preset", [
+    pytest.param(name, marks=() if name == FAST_PRESET else pytest.mark.slow)
+    for name in fixture_names()])
 def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
     project = tmp_path / "project"
     copy_project(project)

@@ -9,8 +9,8 @@ import pytest
 from flyp.training import claim_gpu
 from tests.test_imagenet import dry_run, workflow_copy
 
-GPU_RULES = {"features", "finetune", "finetune_fewshot", "evaluate", "evaluate_ensemble"}
-# (ImageNet has no few-shot runs, so neither finetune_fewshot nor evaluate, which scores draws)
+GPU_RULES = {"features", "finetune", "finetune_fewshot", "evaluate_ensemble"}
+# (ImageNet has no few-shot runs, so no finetune_fewshot, which trains and scores a draw)
 IMAGENET_GPU_RULES = {"features", "finetune", "evaluate_ensemble"}
 SMALL = ["seeds=[0]", "methods=[zeroshot,lp,ft,flyp]"]
 

@@ -25,7 +25,8 @@ import yaml
 
 from tests.conftest import ROOT, set_embedded
 
-pytestmark = pytest.mark.slow
+# One worker runs every test of this module, in order: they share (and some edit) one project.
+pytestmark = pytest.mark.xdist_group("pipeline")
 
 SMOKE_METHODS = ["zeroshot", "lp", "lpft", "flyp"]
 # What a fresh clone holds (outputs of earlier runs are left behind).
@@ -55,7 +56,8 @@ def project(tmp_path_factory):
     # One pretrained model and no sweep (tests/test_pretrain_seeds.py and test_sweep.py run those
     # end to end): the runs below retrain and compare one model.
     set_embedded(params, sweep={}, pretrain_seeds=0)
-    params["presets"]["embedded"]["fewshot"] = {
+    # One draw of one k for FLYP (set on the scale, whose few-shot k overrides the preset's).
+    params["scales"]["smoke"]["fewshot"] = {
         "shots": [2], "draws": 1, "methods": ["flyp"],
         "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -120,41 +122,7 @@ def test_second_run_does_nothing(built):
     assert (root / "results/table.csv").stat().st_mtime_ns == before
 
 
-def test_a_rerun_from_pretraining_gives_the_same_table_and_nothing_runs_over_it(built):
-    """The same seed rebuilds the same table from pretraining on; and while that run builds, a
-    second Snakemake run that would write the table is refused (Snakemake's lock), and so is
-    `dvc exp run` (DVC's own lock, which the run holds), before it rewrites params.yaml or touches
-    an output (issue 12, item 2)."""
-    root, env, _ = built
-    before = pd.read_csv(root / "results/table.csv")
-    params = (root / "params.yaml").read_bytes()
-    log = root / "logs/embedded/pretrain.log"
-    stamp = log.stat().st_mtime_ns
-    rerun = subprocess.Popen(["snakemake", "--cores", "2", "--forcerun", "pretrain", "--",
-                              "results/table.csv"], cwd=root, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        while mtime(log) in (stamp, None):  # Snakemake deletes the log, the job rewrites it
-            assert time.time() < deadline and rerun.poll() is None, "pretraining never started"
-            time.sleep(0.5)
-        second = run(["snakemake", "--cores", "1", "--forcerun", "report", "--",
-                      "results/table.csv"], root, env, check=False)
-        assert second.returncode != 0
-        assert "cannot be locked" in second.stdout + second.stderr
-        exp = run(["dvc", "exp", "run", "-S", "lr=3e-4"], root, env, check=False)
-        assert exp.returncode != 0
-        assert "Unable to acquire lock" in exp.stdout + exp.stderr
-        assert (root / "params.yaml").read_bytes() == params
-        assert rerun.poll() is None, "the run ended before the checks"
-    finally:
-        out, _ = rerun.communicate(timeout=900)
-    assert rerun.returncode == 0, out
-    assert (root / "params.yaml").read_bytes() == params
-    pd.testing.assert_frame_equal(before, pd.read_csv(root / "results/table.csv"))
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env).stdout
-
-
+@pytest.mark.slow
 def test_a_failed_dvc_recording_quotes_dvcs_reason(built):
     """When DVC cannot record a run, the note quotes DVC's own error, not "unknown" (issue 12,
     item 6); the next run that can record does."""
@@ -175,12 +143,14 @@ def test_a_failed_dvc_recording_quotes_dvcs_reason(built):
     assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env).stdout
 
 
-def mtime(path: Path) -> int | None:
-    """The file's modification time in ns, or None while it does not exist."""
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same tensors (names, dtypes, shapes, values)."""
+    import torch
+    from safetensors.torch import load_file
+
+    left, right = load_file(str(a)), load_file(str(b))
+    return left.keys() == right.keys() and all(
+        left[k].dtype == right[k].dtype and torch.equal(left[k], right[k]) for k in left)
 
 
 def jobs_to_run(root: Path, env: dict) -> dict[str, int]:
@@ -212,25 +182,26 @@ def edited(path: Path, old: str, new: str):
     return edit()
 
 
-# The few-shot draws' checkpoints are temp files (hundreds of draws on SST2): re-evaluating a draw
-# retrains it, so finetune_fewshot follows evaluate.
+# A few-shot draw's job trains and evaluates (its checkpoint is a temp file: hundreds of draws on
+# SST2), so a change to test-time evaluation reruns finetune_fewshot.
 CODE_CHANGES = {
     "test-time evaluation": (
         "flyp/evaluation.py", "    ood = [metrics[s.name] for s in bench.ood_sets]",
         "    ood = [metrics[s.name] for s in bench.ood_sets if s.ood]",
-        {"evaluate", "evaluate_ensemble", "finetune_fewshot", "report"}),
+        {"evaluate_ensemble", "finetune_fewshot", "report"}),
     "the training loop": (
         "flyp/training.py", "    def factor(step: int) -> float:",
         "    assert total_steps >= 0\n\n    def factor(step: int) -> float:",
-        {"pretrain", "features", "eval_cache", "finetune", "finetune_fewshot", "evaluate",
+        {"pretrain", "features", "eval_cache", "finetune", "finetune_fewshot",
          "evaluate_ensemble", "report"}),
     "a caption template": (
         "flyp/datasets/embedded.py", '    "a small {}.",', '    "a small {}.",\n    "a tiny {}.",',
-        {"captions", "finetune", "finetune_fewshot", "evaluate", "evaluate_ensemble", "report"}),
+        {"captions", "finetune", "finetune_fewshot", "evaluate_ensemble", "report"}),
     "a comment": ("flyp/scoring.py", "def accuracy(", "# a comment\ndef accuracy(", set()),
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(CODE_CHANGES))
 def test_code_changes_rerun_what_they_touch_and_nothing_else(built, change):
     root, env, _ = built
@@ -244,6 +215,7 @@ def test_code_changes_rerun_what_they_touch_and_nothing_else(built, change):
 DATA_AND_MODEL_RULES = r"^(?:local)?rule (prepare_data|captions|pretrain|features|eval_cache):"
 
 
+@pytest.mark.slow
 def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     root, env, _ = built
     run(["git", "add", "-A"], root, env)
@@ -276,6 +248,7 @@ def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     run(["git", "commit", "-qm", "lr=3e-4"], root, env)
 
 
+@pytest.mark.slow
 def test_queued_experiments_run_the_grid_from_the_recorded_outputs(built):
     root, env, _ = built
     run(["dvc", "exp", "run", "--queue", "-S", "lr=1e-4,2e-4"], root, env)
@@ -316,6 +289,7 @@ def clone(root: Path, env: dict, dest: Path) -> tuple[Path, dict]:
     return dest, {**env, "PYTHONPATH": str(dest)}
 
 
+@pytest.mark.slow
 def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(remote, tmp_path):
     root, env = remote
     here, env = clone(root, env, tmp_path / "clone")
@@ -327,15 +301,73 @@ def test_dvc_pull_in_a_fresh_clone_leaves_nothing_to_do(remote, tmp_path):
     assert "Data and pipelines are up to date" in run(["dvc", "status"], here, env).stdout
 
 
-def test_a_fresh_clone_rebuilds_the_committed_numbers(remote, tmp_path):
+@pytest.fixture(scope="module")
+def rebuilt(remote, tmp_path_factory):
+    """The README's main command on a fresh clone of the pushed project (no remote pulled): it
+    rebuilds everything from pretraining on. While it builds, a second Snakemake run that would
+    write the table and `dvc exp run` are tried in the clone; what they said is returned with the
+    clone. (The rebuild and the tests reading it share one build.)"""
+    root, env = remote
+    here, env = clone(root, env, tmp_path_factory.mktemp("rebuild") / "project")
+    params = (here / "params.yaml").read_bytes()
+    build = subprocess.Popen(["snakemake", "--cores", "2", "results/table.csv"], cwd=here,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        log = here / "logs/embedded/pretrain.log"
+        while not log.exists():
+            assert time.time() < deadline and build.poll() is None, "pretraining never started"
+            time.sleep(0.5)
+        second = run(["snakemake", "--cores", "1", "--forcerun", "report", "--",
+                      "results/table.csv"], here, env, check=False)
+        exp = run(["dvc", "exp", "run", "-S", "lr=2e-4"], here, env, check=False)
+        params_during = (here / "params.yaml").read_bytes()
+        still_running = build.poll() is None
+    finally:
+        out, _ = build.communicate(timeout=900)
+    assert build.returncode == 0, out
+    return here, env, {"second": second, "exp": exp, "params": params,
+                       "params_during": params_during, "still_running": still_running}
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_rebuilds_the_committed_numbers(rebuilt):
     """The README's main command on a fresh clone (no remote pulled) rebuilds the table, and
     `dvc metrics diff` finds the numbers equal to the committed ones (same machine)."""
-    root, env = remote
-    here, env = clone(root, env, tmp_path / "rebuild")
-    run(["snakemake", "--cores", "2", "results/table.csv"], here, env)
+    here, env, _ = rebuilt
     # rebuilt, not taken as up to date because the committed table is there
     assert (here / "models/embedded/pretrained.safetensors").is_file()
     assert (here / "results/embedded/table_inputs.json").is_file()
     diff = run(["dvc", "metrics", "diff", "--json"], here, env)
     assert json.loads(diff.stdout or "{}") == {}, diff.stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], here, env).stdout
+
+
+@pytest.mark.slow
+def test_a_rerun_from_pretraining_gives_the_same_table_and_nothing_runs_over_it(remote, rebuilt):
+    """The same seeds rebuild the same table from pretraining on (the fresh clone's rebuild:
+    every number, checkpoint and hash as committed); and while that run builds, a second Snakemake
+    run that would write the table is refused (Snakemake's lock), and so is `dvc exp run` (DVC's
+    own lock, which the run holds), before it rewrites params.yaml or touches an output."""
+    root, _ = remote
+    here, env, during = rebuilt
+    assert during["still_running"], "the run ended before the checks"
+    assert during["second"].returncode != 0
+    assert "cannot be locked" in during["second"].stdout + during["second"].stderr
+    assert during["exp"].returncode != 0
+    assert "Unable to acquire lock" in during["exp"].stdout + during["exp"].stderr
+    assert during["params_during"] == during["params"] == (here / "params.yaml").read_bytes()
+    committed = pd.read_csv(root / "results/table.csv")
+    again = pd.read_csv(here / "results/table.csv")
+    # What differs: the commit each was made at (the clone's has the results committed), which
+    # every checkpoint's header records too, so the files' hashes differ but not their tensors;
+    # and the experiment (the committed table was made under `dvc exp run`, named after it).
+    assert list(again.columns) == list(committed.columns)
+    same = [c for c in committed.columns if c not in (
+        "git_revision", "eval_revision", "experiment", "checkpoint_sha256", "pretrained_sha256")]
+    pd.testing.assert_frame_equal(committed[same], again[same])
+    checkpoints = sorted(p.relative_to(root) for p in root.glob("models/**/*.safetensors"))
+    assert checkpoints == sorted(p.relative_to(here) for p in here.glob("models/**/*.safetensors"))
+    for path in checkpoints:
+        assert same_tensors(root / path, here / path), path
     assert "Data and pipelines are up to date" in run(["dvc", "status"], here, env).stdout

@@ -64,6 +64,7 @@ def log_without_times(path: Path) -> list[list[str]]:
     return [line.split(",")[:-1] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -9", "SIGTERM", "SIGUSR1"])
 def test_an_interrupted_run_resumes_mid_epoch_to_the_same_checkpoint(
         how, straight, tiny_tables, tiny_captions, tiny_pretrained, tmp_path):
@@ -175,6 +176,7 @@ def test_a_process_that_exits_while_its_workers_run_ends():
     assert "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_two_ranks_stop_together_on_sigterm_and_resume_to_the_same_checkpoint(
         tiny_tables, tiny_captions, tiny_pretrained, tmp_path):
     """torchrun passes SIGTERM on to its ranks: they stop after the same step, rank 0 writes the

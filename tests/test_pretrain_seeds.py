@@ -6,9 +6,7 @@ default: three). One seed leaves the DAG as it was before there were several."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 
 import pandas as pd
 import pytest
@@ -67,7 +65,7 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
     assert pretrained == {f"models/embedded/pretrained-seed{s}.safetensors": str(s)
                           for s in range(3)}
     starts = {}
-    for command in _commands(jobs, "finetune"):
+    for command in _commands(jobs, "finetune") + _commands(jobs, "fewshot"):  # full runs, draws
         run = re.search(r"--out models/embedded/\w+/([\w-]+)/best", command).group(1)
         index = int(run[-1])  # seedN, kK-drawN
         model = re.search(r"--pretrained (\S+)", command).group(1)
@@ -86,15 +84,11 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(tmp_path):
+@pytest.mark.xdist_group("smoke-seeds-sweep")
+def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(smoke_seeds_and_sweep):
     """Smoke scale, end to end: two pretrained models, each method's run i from the i-th; the
     table's rows pool both, and the miniature check counts two pretrained models."""
-    root = _project(tmp_path, scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft"],
-                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1], sweep={})
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(["snakemake", "--cores", "2", "results/table.csv"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+    root, _, _ = smoke_seeds_and_sweep
 
     models = [root / f"models/embedded/pretrained-seed{s}.safetensors" for s in (0, 1)]
     assert models[0].read_bytes() != models[1].read_bytes()
