@@ -53,8 +53,11 @@ def load_runs(results: Path, method: str) -> dict[str, dict[str, float]]:
         prov = metrics.with_name("provenance.json")
         prov = json.loads(prov.read_text()) if prov.is_file() else {}
         key = prov.get("pretrained_sha256") or metrics.parent.name  # else: run i with run i
-        found[key] = {k: 100 * v for k, v in json.loads(metrics.read_text()).items()
-                      if isinstance(v, float) and k != "alpha"}
+        found[key] = {
+            k: 100 * v
+            for k, v in json.loads(metrics.read_text()).items()
+            if isinstance(v, float) and k != "alpha"
+        }
     if not found:
         raise SystemExit(f"{results / name}: no seed*/metrics.json (has the main job run?)")
     return found
@@ -70,20 +73,30 @@ def paired(results: Path, method: str, base: str, column: str) -> list[float]:
 
 
 def describe(diffs: list[float]) -> str:
-    signs = ("all +" if all(d > 0 for d in diffs) else "all -" if all(d < 0 for d in diffs)
-             else "all 0" if not any(diffs) else "mixed")
+    signs = (
+        "all +"
+        if all(d > 0 for d in diffs)
+        else "all -"
+        if all(d < 0 for d in diffs)
+        else "all 0"
+        if not any(diffs)
+        else "mixed"
+    )
     return f"{mean(diffs):+6.2f} ({min(diffs):+.2f} to {max(diffs):+.2f}, {signs})"
 
 
 def paired_lines(results: Path, methods: list[str], bases: list[str]) -> list[str]:
-    lines = [f"paired by pretrained model ({results}); points, mean (range, signs)",
-             f"{'':26}{'ID':<34}OOD average"]
+    lines = [
+        f"paired by pretrained model ({results}); points, mean (range, signs)",
+        f"{'':26}{'ID':<34}OOD average",
+    ]
     for base in bases:
         for method in methods:
             if method == base:
                 continue
-            id_diff, ood_diff = (describe(paired(results, method, base, column))
-                                 for column in (ID, OOD))
+            id_diff, ood_diff = (
+                describe(paired(results, method, base, column)) for column in (ID, OOD)
+            )
             lines.append(f"{method + ' - ' + base:26}{id_diff:<34}{ood_diff}")
     return lines
 
@@ -92,20 +105,27 @@ def wise_peaks(curve: Path) -> dict[str, float]:
     """The alpha of a weight-ensembling curve's best OOD average and best ID test score (the
     first, smallest alpha on a tie) and the alpha picked on ID-val (``wise_metrics.json``)."""
     with curve.open() as f:
-        rows = [{k: float(v) for k, v in row.items() if k != "val_metric"}
-                for row in csv.DictReader(f)]
+        rows = [
+            {k: float(v) for k, v in row.items() if k != "val_metric"} for row in csv.DictReader(f)
+        ]
     if not rows:
         raise SystemExit(f"{curve}: no alpha in the curve")
     picked = json.loads(curve.with_name("wise_metrics.json").read_text())["alpha"]
-    return {"ood": max(rows, key=lambda r: r[OOD])["alpha"],
-            "id": max(rows, key=lambda r: r[ID])["alpha"], "picked": picked}
+    return {
+        "ood": max(rows, key=lambda r: r[OOD])["alpha"],
+        "id": max(rows, key=lambda r: r[ID])["alpha"],
+        "picked": picked,
+    }
 
 
 def wise_lines(results: Path, methods: list[str]) -> list[str]:
     """Per method and run, where its weight-ensembling curve peaks; then the OOD peaks counted
     over the methods but zero-shot and the linear probe."""
-    lines = [f"weight-ensembling curves ({results}); alpha of each run's best OOD average, best "
-             "ID test, picked on ID-val", f"{'method':22}{'best OOD':<18}{'best ID':<18}picked"]
+    lines = [
+        f"weight-ensembling curves ({results}); alpha of each run's best OOD average, best "
+        "ID test, picked on ID-val",
+        f"{'method':22}{'best OOD':<18}{'best ID':<18}picked",
+    ]
     counted = Counter()
     for method in methods:
         curves = sorted((results / method).glob("seed*/wise_curve.csv"))
@@ -117,9 +137,11 @@ def wise_lines(results: Path, methods: list[str]) -> list[str]:
         if method != "lp":
             counted.update(p["ood"] for p in peaks)
     total = sum(counted.values())
-    lines.append("best OOD average at alpha " + ", ".join(
-        f"{alpha:g}: {n} of {total} curves" for alpha, n in sorted(counted.items()))
-        + " (every method but zero-shot and the linear probe)")
+    lines.append(
+        "best OOD average at alpha "
+        + ", ".join(f"{alpha:g}: {n} of {total} curves" for alpha, n in sorted(counted.items()))
+        + " (every method but zero-shot and the linear probe)"
+    )
     return lines
 
 
@@ -144,21 +166,30 @@ def against_lines(new: dict, old: dict) -> list[str]:
         _, in_std, key, diff = max(moves, key=lambda m: (abs(m[1]), m[0]))
         worst = max(worst, abs(in_std))
         lines.append(f"{method:22}{diff:+14.2f}  {in_std:+10.2f}  {key}")
-    lines.append(f"largest move in units of the other table's std: {worst:.2f} "
-                 f"({'inside' if worst <= 2 else 'outside'} 2 std)")
+    lines.append(
+        f"largest move in units of the other table's std: {worst:.2f} "
+        f"({'inside' if worst <= 2 else 'outside'} 2 std)"
+    )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "embedded")
-    parser.add_argument("--method", action="append", help="(default: every method in the folder,"
-                        " and <method>+wise where it was ensembled with zero-shot)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        help="(default: every method in the folder,"
+        " and <method>+wise where it was ensembled with zero-shot)",
+    )
     parser.add_argument("--base", action="append", help="(default: ft and zeroshot)")
     parser.add_argument("--metrics", type=Path, default=ROOT / "results" / "metrics.json")
     parser.add_argument("--against", type=Path, help="another metrics.json to compare with")
-    parser.add_argument("--wise", action="store_true",
-                        help="where each weight-ensembling curve peaks, instead of the pairs")
+    parser.add_argument(
+        "--wise",
+        action="store_true",
+        help="where each weight-ensembling curve peaks, instead of the pairs",
+    )
     args = parser.parse_args(argv)
     if args.wise:
         methods = args.method or sorted(m.name for m in args.results.iterdir() if m.is_dir())
@@ -169,10 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(against_lines(new, old)))
         return 0
     methods = args.method or [
-        m.name + suffix for m in sorted(args.results.iterdir())
+        m.name + suffix
+        for m in sorted(args.results.iterdir())
         if m.is_dir() and any(m.glob("seed*/metrics.json"))
         for suffix in ("", WISE)
-        if not suffix or (m.name != "zeroshot" and any(m.glob("seed*/wise_metrics.json")))]
+        if not suffix or (m.name != "zeroshot" and any(m.glob("seed*/wise_metrics.json")))
+    ]
     print("\n".join(paired_lines(args.results, methods, args.base or ["ft", "zeroshot"])))
     return 0
 

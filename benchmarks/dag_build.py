@@ -33,8 +33,9 @@ def copy_tree(dst: Path, rev: str | None) -> None:
             else:
                 shutil.copy2(src, dst / name)
         return
-    archive = subprocess.run(["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dst)], input=archive, check=True)
 
 
@@ -58,7 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         for label, rev in ([(args.against, args.against)] if args.against else []) + [
-                ("working tree", None)]:
+            ("working tree", None)
+        ]:
             root = Path(tmp) / label.replace(" ", "-")
             copy_tree(root, rev)
             env = {**os.environ, "PYTHONPATH": str(root), "FLYP_CACHE": str(cache)}

@@ -36,15 +36,22 @@ from flyp.loading import make_loader, to_device
 from flyp.models import normalise_images, preprocess_transforms
 
 # ViT-B/16's preprocessing (OpenAI's mean and std, 224 px, bicubic, shortest-side resize).
-CFG = {"size": 224, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
-       "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
-       "resize_mode": "shortest", "fill_color": 0}
+CFG = {
+    "size": 224,
+    "mode": "RGB",
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+    "fill_color": 0,
+}
 
 
 def photo(rng: np.random.Generator, size=(400, 350)) -> Image.Image:
     """A photo-like image: smooth shapes plus sensor-like noise (JPEG sizes like ImageNet's)."""
     base = Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).resize(
-        size, Image.BICUBIC)
+        size, Image.BICUBIC
+    )
     noise = rng.normal(0, 12, (size[1], size[0], 3))
     return Image.fromarray(np.clip(np.asarray(base) + noise, 0, 255).astype(np.uint8))
 
@@ -56,9 +63,16 @@ def jpeg_table(folder: Path, n: int, seed: int = 0) -> Path:
     for i in range(n):
         photo(rng).save(folder / "images" / f"{i}.jpg", quality=90)
     table = folder / "jpegs.parquet"
-    write_table(pd.DataFrame({"image_id": [str(i) for i in range(n)],
-                              "label": rng.integers(0, 10, n),
-                              "path": [f"images/{i}.jpg" for i in range(n)]}), table)
+    write_table(
+        pd.DataFrame(
+            {
+                "image_id": [str(i) for i in range(n)],
+                "label": rng.integers(0, 10, n),
+                "path": [f"images/{i}.jpg" for i in range(n)],
+            }
+        ),
+        table,
+    )
     return table
 
 
@@ -77,9 +91,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(table: Path, transform, workers: int, normalise: bool,
-                      batch_size: int, dataset=None, *, device=CPU,
-                      shuffle: bool = False, consume=None) -> float:
+def images_per_second(
+    table: Path,
+    transform,
+    workers: int,
+    normalise: bool,
+    batch_size: int,
+    dataset=None,
+    *,
+    device=CPU,
+    shuffle: bool = False,
+    consume=None,
+) -> float:
     """Every image of ``table`` (or of ``dataset``) through a loader to the consumer on
     ``device`` (normalised there if ``normalise``, then given to ``consume(images, labels)`` if
     set), after one warm-up batch (worker start-up is not counted). ``shuffle``: in a seeded
@@ -87,9 +110,14 @@ def images_per_second(table: Path, transform, workers: int, normalise: bool,
     dataset = ImageTable(table, transform) if dataset is None else dataset
     mean = torch.tensor(CFG["mean"], device=device).view(-1, 1, 1)
     std = torch.tensor(CFG["std"], device=device).view(-1, 1, 1)
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device,
-                         shuffle=shuffle,
-                         generator=torch.Generator().manual_seed(0) if shuffle else None)
+    loader = make_loader(
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(0) if shuffle else None,
+    )
     batches = iter(loader)
     next(batches)
     sync(device)
@@ -111,8 +139,12 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="old and new alternate; the fastest of each is kept (shared CPUs)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="old and new alternate; the fastest of each is kept (shared CPUs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     old_train, old_eval = old_transforms(CFG)
@@ -120,21 +152,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table = jpeg_table(Path(tmp), args.images + args.batch_size)
         size = sum(f.stat().st_size for f in (Path(tmp) / "images").iterdir())
-        print(f"{args.images} JPEGs of 400x350 (quality 90, mean {size / 1e3 / args.images:.0f}"
-              f" KB), 224 px, batch {args.batch_size}, {args.threads} torch thread(s)")
+        print(
+            f"{args.images} JPEGs of 400x350 (quality 90, mean {size / 1e3 / args.images:.0f}"
+            f" KB), 224 px, batch {args.batch_size}, {args.threads} torch thread(s)"
+        )
         print(f"{'transform':<10}{'workers':>8}{'old img/s':>11}{'new img/s':>11}{'ratio':>8}")
         for name, old, new in (("train", old_train, new_train), ("eval", old_eval, new_eval)):
             for workers in (int(w) for w in args.workers.split(",")):
                 before = after = 0.0
                 for _ in range(args.repeats):
                     torch.manual_seed(0)
-                    before = max(before, images_per_second(table, old, workers, False,
-                                                           args.batch_size))
+                    before = max(
+                        before, images_per_second(table, old, workers, False, args.batch_size)
+                    )
                     torch.manual_seed(0)
-                    after = max(after, images_per_second(table, new, workers, True,
-                                                         args.batch_size))
-                print(f"{name:<10}{workers:>8}{before:>11.1f}{after:>11.1f}"
-                      f"{after / before:>8.2f}", flush=True)
+                    after = max(
+                        after, images_per_second(table, new, workers, True, args.batch_size)
+                    )
+                print(
+                    f"{name:<10}{workers:>8}{before:>11.1f}{after:>11.1f}{after / before:>8.2f}",
+                    flush=True,
+                )
         eval_cache(table, Path(tmp), old_eval, new_eval, args)
 
 
@@ -143,8 +181,9 @@ def eval_cache(table: Path, folder: Path, old_eval, new_eval, args) -> None:
     workers 0: one core) against reading the cached uint8 images (always read in the main
     process: ``flyp.loading.make_loader``)."""
     start = time.perf_counter()
-    write_images(ImageTable(table, new_eval), folder / "cache.npy", batch_size=args.batch_size,
-                 num_workers=0)
+    write_images(
+        ImageTable(table, new_eval), folder / "cache.npy", batch_size=args.batch_size, num_workers=0
+    )
     made = (time.perf_counter() - start) * 1e3 / len(ImageTable(table))
     cached = CachedImages(np.load(folder / "cache.npy", mmap_mode="r"), ImageTable(table).df)
     old = new = read = raw = 0.0
@@ -153,10 +192,13 @@ def eval_cache(table: Path, folder: Path, old_eval, new_eval, args) -> None:
         new = max(new, images_per_second(table, new_eval, 0, True, args.batch_size))
         read = max(read, images_per_second(table, None, 0, True, args.batch_size, cached))
         raw = max(raw, images_per_second(table, None, 0, False, args.batch_size, cached))
-    print(f"eval cache (made once: {made:.1f} ms an image), workers 0: old {old:.1f} img/s, "
-          f"new {new:.1f} img/s, cache {read:.1f} img/s; cache/old {read / old:.1f}x, "
-          f"cache/new {read / new:.1f}x; the cache's batches alone, not normalised (on a GPU "
-          f"the device normalises): {raw:.1f} img/s", flush=True)
+    print(
+        f"eval cache (made once: {made:.1f} ms an image), workers 0: old {old:.1f} img/s, "
+        f"new {new:.1f} img/s, cache {read:.1f} img/s; cache/old {read / old:.1f}x, "
+        f"cache/new {read / new:.1f}x; the cache's batches alone, not normalised (on a GPU "
+        f"the device normalises): {raw:.1f} img/s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,14 @@ def sync(device: torch.device) -> None:
 
 
 def rank_main(rank: int, world: int, port: int, args, out: Path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(args.threads)
     # open_clip's gathering calls torch.distributed.nn.all_gather, which torch calls deprecated
     warnings.filterwarnings("ignore", category=FutureWarning, module="open_clip")
@@ -89,8 +95,15 @@ def rank_main(rank: int, world: int, port: int, args, out: Path) -> None:
         seconds = time.perf_counter() - start
         if distributed.is_main():
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-            out.write_text(json.dumps({"seconds": seconds, "device": name,
-                                       "backend": "nccl" if device.type == "cuda" else "gloo"}))
+            out.write_text(
+                json.dumps(
+                    {
+                        "seconds": seconds,
+                        "device": name,
+                        "backend": "nccl" if device.type == "cuda" else "gloo",
+                    }
+                )
+            )
 
 
 def free_port() -> int:
@@ -106,8 +119,12 @@ def measure(world: int, args) -> dict:
         mp.spawn(rank_main, args=(world, free_port(), args, out), nprocs=world)
         result = json.loads(out.read_text())
     images = args.steps * args.batch_per_rank * world
-    return {"ranks": world, "global_batch": args.batch_per_rank * world,
-            "images_per_s": images / result["seconds"], **result}
+    return {
+        "ranks": world,
+        "global_batch": args.batch_per_rank * world,
+        "images_per_s": images / result["seconds"],
+        **result,
+    }
 
 
 def main() -> None:
@@ -130,18 +147,23 @@ def main() -> None:
     base = rows[0]["images_per_s"]
     for row in rows:
         row["efficiency"] = row["images_per_s"] / (row["ranks"] * base)
-    print(f"FLYP step throughput: {args.model} at {args.image_size} px, {args.batch_per_rank} "
-          f"images per rank, {rows[0]['backend']} on {rows[0]['device']} "
-          f"({args.threads} thread(s) per rank; {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"{args.steps} steps after {args.warmup}")
+    print(
+        f"FLYP step throughput: {args.model} at {args.image_size} px, {args.batch_per_rank} "
+        f"images per rank, {rows[0]['backend']} on {rows[0]['device']} "
+        f"({args.threads} thread(s) per rank; {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{args.steps} steps after {args.warmup}"
+    )
     print(f"{'ranks':>5}  {'global batch':>12}  {'images/s':>9}  {'scaling efficiency':>18}")
     for row in rows:
-        print(f"{row['ranks']:>5}  {row['global_batch']:>12}  {row['images_per_s']:>9.1f}  "
-              f"{row['efficiency']:>18.2f}")
+        print(
+            f"{row['ranks']:>5}  {row['global_batch']:>12}  {row['images_per_s']:>9.1f}  "
+            f"{row['efficiency']:>18.2f}"
+        )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "rows": rows}, indent=1))
+        args.json_out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

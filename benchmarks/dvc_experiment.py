@@ -27,10 +27,21 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["Snakefile", "params.yaml", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore",
-         "workflow", "flyp", ".dvc/config", ".dvc/.gitignore"]
-SMOKE = dict(scale="smoke", seeds=[0], methods=["zeroshot", "lp", "lpft", "flyp"],
-             alphas=[0.0, 0.5, 1.0])
+FILES = [
+    "Snakefile",
+    "params.yaml",
+    "dvc.yaml",
+    "pyproject.toml",
+    ".gitignore",
+    ".dvcignore",
+    "workflow",
+    "flyp",
+    ".dvc/config",
+    ".dvc/.gitignore",
+]
+SMOKE = dict(
+    scale="smoke", seeds=[0], methods=["zeroshot", "lp", "lpft", "flyp"], alphas=[0.0, 0.5, 1.0]
+)
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
@@ -65,9 +76,15 @@ def main() -> None:
         params.update(SMOKE)
         params["presets"]["embedded"]["fewshot"] = {"shots": [], "draws": 0, "methods": []}
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        env = {**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1",
-               "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.org",
-               "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.org"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "b",
+            "GIT_AUTHOR_EMAIL": "b@example.org",
+            "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@example.org",
+        }
         env.pop("DVC_STAGE", None)
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "p"]):
             sh(cmd, root, env)
@@ -86,8 +103,9 @@ def main() -> None:
         smk_s, smk_log = sh(["snakemake", "--cores", args.cores, "results/table.csv"], root, env)
 
         print(f"dvc exp run -S lr={args.lr}: {dvc_s:.1f} s ({jobs(dvc_log)})")
-        print(f"snakemake --cores {args.cores} after the same change: {smk_s:.1f} s "
-              f"({jobs(smk_log)})")
+        print(
+            f"snakemake --cores {args.cores} after the same change: {smk_s:.1f} s ({jobs(smk_log)})"
+        )
         print(f"ratio dvc / snakemake: {dvc_s / smk_s:.2f} (target <= 1.2)")
 
 

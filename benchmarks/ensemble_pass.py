@@ -58,8 +58,9 @@ def old_curve(zs, ft, alphas, bench, data_dir, known) -> list[dict]:
         metrics = {}
         for eval_set in bench.eval_sets:
             if eval_set.name not in cache:
-                cache[eval_set.name] = maybe_cached(ImageTable(
-                    table_path(data_dir, eval_set.name), eval_tf))
+                cache[eval_set.name] = maybe_cached(
+                    ImageTable(table_path(data_dir, eval_set.name), eval_tf)
+                )
             dataset = cache[eval_set.name]
             logits, labels = predict(classifier, dataset)
             metrics[eval_set.name] = flyp.scoring.score(logits, labels, eval_set, dataset.df)
@@ -71,14 +72,23 @@ def old_curve(zs, ft, alphas, bench, data_dir, known) -> list[dict]:
 def new_curve(zs, ft, alphas, bench, data_dir, known) -> list[dict]:
     _, eval_tf = checkpoint_transforms(ft)
     val = ImageTable(table_path(data_dir, "val"), eval_tf)
-    return ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,
-                          log=lambda m: None)
+    return ensemble_curve(
+        zs, ft, alphas, bench, data_dir, val_set=val, known=known, log=lambda m: None
+    )
 
 
 def embedded_tables(folder: Path, images: int) -> Path:
     bench = get_benchmark("embedded")
-    bench.prepare(folder, seed=0, image_size=32, pretrain_size=2, train_size=24,
-                  val_size=images, test_size=images, ood_size=images)
+    bench.prepare(
+        folder,
+        seed=0,
+        image_size=32,
+        pretrain_size=2,
+        train_size=24,
+        val_size=images,
+        test_size=images,
+        ood_size=images,
+    )
     return folder
 
 
@@ -96,11 +106,12 @@ def checkpoints() -> tuple[Checkpoint, Checkpoint]:
     torch.manual_seed(0)
     clip = create_clip("flyp-tiny-rn10t")
     zs = {k: v.detach().clone() for k, v in clip.state_dict().items()}
-    ft = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v
-          for k, v in zs.items()}
+    ft = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in zs.items()}
     heads = [{"weight": torch.randn(12, 128), "bias": torch.zeros(12)} for _ in range(2)]
-    return (Checkpoint("flyp-tiny-rn10t", zs, heads[0]),
-            Checkpoint("flyp-tiny-rn10t", ft, heads[1]))
+    return (
+        Checkpoint("flyp-tiny-rn10t", zs, heads[0]),
+        Checkpoint("flyp-tiny-rn10t", ft, heads[1]),
+    )
 
 
 def in_child(curve, *args) -> tuple[list[dict], float, float]:
@@ -126,20 +137,29 @@ def main() -> None:
     parser.add_argument("--data", default="embedded,jpeg")
     parser.add_argument("--images", type=int, default=100, help="images a set (7 sets)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="old and new alternate; the fastest of each is kept (shared CPUs)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="old and new alternate; the fastest of each is kept (shared CPUs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench = get_benchmark("embedded")
     zs, ft = checkpoints()
-    print(f"{len(ALPHAS)} alphas, ID-val + {len(bench.eval_sets)} eval sets of "
-          f"{args.images} images, flyp-tiny-rn10t at 32 px, {args.threads} torch thread(s)")
-    print(f"{'data':<10}{'old s':>9}{'new s':>9}{'ratio':>8}{'old MiB':>12}{'new MiB':>12}"
-          "  same curve")
+    print(
+        f"{len(ALPHAS)} alphas, ID-val + {len(bench.eval_sets)} eval sets of "
+        f"{args.images} images, flyp-tiny-rn10t at 32 px, {args.threads} torch thread(s)"
+    )
+    print(
+        f"{'data':<10}{'old s':>9}{'new s':>9}{'ratio':>8}{'old MiB':>12}{'new MiB':>12}"
+        "  same curve"
+    )
     for data in args.data.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            folder = {"embedded": embedded_tables, "jpeg": jpeg_tables}[data](Path(tmp),
-                                                                              args.images)
+            folder = {"embedded": embedded_tables, "jpeg": jpeg_tables}[data](
+                Path(tmp), args.images
+            )
             # The old code cached the embedded sets; ImageNet's were too large (decoded per alpha).
             flyp.scoring.CACHE_BYTES = 1 << 30 if data == "embedded" else 0
             runs = {old_curve: [], new_curve: []}  # (rows, seconds, peak RSS MiB) of each run
@@ -148,9 +168,13 @@ def main() -> None:
                     runs[curve].append(in_child(curve, zs, ft, ALPHAS, bench, folder, {}))
         (old, old_s, old_mib), (new, new_s, new_mib) = (
             (runs[c][0][0], min(r[1] for r in runs[c]), max(r[2] for r in runs[c]))
-            for c in (old_curve, new_curve))
-        print(f"{data:<10}{old_s:>9.1f}{new_s:>9.1f}{old_s / new_s:>8.2f}{old_mib:>12.0f}"
-              f"{new_mib:>12.0f}  {old == new}", flush=True)
+            for c in (old_curve, new_curve)
+        )
+        print(
+            f"{data:<10}{old_s:>9.1f}{new_s:>9.1f}{old_s / new_s:>8.2f}{old_mib:>12.0f}"
+            f"{new_mib:>12.0f}  {old == new}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

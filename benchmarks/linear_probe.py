@@ -68,23 +68,34 @@ def main() -> None:
     args = parser.parse_args()
     x, y = features(args.n + args.n // 4, args.dim, args.classes, seed=0)
     x, y, xv, yv = x[: args.n], y[: args.n], x[args.n :], y[args.n :]  # train, val (a quarter)
-    print(f"{args.n} x {args.dim} features, {args.classes} classes, {len(yv)} val rows, "
-          f"C grid {C_GRID}, tol {TOL}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.n} x {args.dim} features, {args.classes} classes, {len(yv)} val rows, "
+        f"C grid {C_GRID}, tol {TOL}, torch threads {torch.get_num_threads()}"
+    )
     new = time_new(x, y, xv, yv, args.classes)
     old = None if args.skip_old else time_old(x, y, xv, yv)
-    print(f"{'C':>8} {'old s':>8} {'old it':>7} {'old acc':>8} {'new s':>8} {'new it':>7} "
-          f"{'new acc':>8} {'same pred':>9}")
+    print(
+        f"{'C':>8} {'old s':>8} {'old it':>7} {'old acc':>8} {'new s':>8} {'new it':>7} "
+        f"{'new acc':>8} {'same pred':>9}"
+    )
     for c in C_GRID:
         o = old[c] if old else (float("nan"), 0, float("nan"), None)
         s, it, acc, pred = new[c]
         same = float((o[3] == pred).mean()) if old else float("nan")
-        print(f"{c:>8g} {o[0]:>8.1f} {o[1]:>7d} {o[2]:>8.4f} {s:>8.1f} {it:>7d} {acc:>8.4f} "
-              f"{same:>9.4f}")
-    best = {name: max(C_GRID, key=lambda c, r=r: r[c][2]) for name, r in
-            (("old", old), ("new", new)) if r}
+        print(
+            f"{c:>8g} {o[0]:>8.1f} {o[1]:>7d} {o[2]:>8.4f} {s:>8.1f} {it:>7d} {acc:>8.4f} "
+            f"{same:>9.4f}"
+        )
+    best = {
+        name: max(C_GRID, key=lambda c, r=r: r[c][2])
+        for name, r in (("old", old), ("new", new))
+        if r
+    }
     total_old = sum(r[0] for r in old.values()) if old else float("nan")
-    print(f"total: old {total_old:.1f} s, new {sum(r[0] for r in new.values()):.1f} s; "
-          f"chosen C: {best}")
+    print(
+        f"total: old {total_old:.1f} s, new {sum(r[0] for r in new.values()):.1f} s; "
+        f"chosen C: {best}"
+    )
 
 
 if __name__ == "__main__":

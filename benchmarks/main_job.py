@@ -61,11 +61,14 @@ def copy_tree(dst: Path, rev: str | None) -> None:
         for name in FILES:
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(
-                src, dst / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                    if src.is_dir() else {}))
+                src,
+                dst / name,
+                **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}),
+            )
         return
-    archive = subprocess.run(["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dst)], input=archive, check=True)
 
 
@@ -84,13 +87,21 @@ def run_job(root: Path, args) -> tuple[float, str, str]:
     env = {**os.environ, "PYTHONPATH": str(root), "FLYP_CACHE": str(root / ".flyp-cache")}
     env.pop("DVC_STAGE", None)
     t0 = time.time()
-    done = subprocess.run(["snakemake", "--cores", args.cores, "results/table.csv"],
-                          cwd=root, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["snakemake", "--cores", args.cores, "results/table.csv"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     total = time.time() - t0
     if done.returncode != 0:
         logs = re.findall(r"log: (\S+) \(check log file", done.stdout + done.stderr)
-        tails = [f"--- {log}:\n" + "\n".join((root / log).read_text().splitlines()[-15:])
-                 for log in logs if (root / log).is_file()]
+        tails = [
+            f"--- {log}:\n" + "\n".join((root / log).read_text().splitlines()[-15:])
+            for log in logs
+            if (root / log).is_file()
+        ]
         raise SystemExit("\n".join([done.stdout + done.stderr, *tails]))
     return total, done.stdout + done.stderr, (root / "results/table.csv").read_text()
 
@@ -113,14 +124,18 @@ def same_numbers(old: str, new: str) -> str:
 
     a, b = pd.read_csv(io.StringIO(old)), pd.read_csv(io.StringIO(new))
     cols = [c for c in a.select_dtypes("number").columns if c in b.columns]
-    merged = a[["method", *cols]].merge(b[["method", *cols]], on="method",
-                                        suffixes=("_old", "_new"))
+    merged = a[["method", *cols]].merge(
+        b[["method", *cols]], on="method", suffixes=("_old", "_new")
+    )
     if len(merged) != len(a) or len(merged) != len(b):
         return f"different rows ({len(a)} vs {len(b)}, {len(merged)} in common)"
     diffs = {c: (merged[f"{c}_old"] - merged[f"{c}_new"]).abs().max() for c in cols}
     worst = max(diffs, key=diffs.get)
-    return ("the same in every numeric column" if diffs[worst] == 0
-            else f"largest difference {diffs[worst]:.4g} (column {worst})")
+    return (
+        "the same in every numeric column"
+        if diffs[worst] == 0
+        else f"largest difference {diffs[worst]:.4g} (column {worst})"
+    )
 
 
 def print_criteria(root: Path) -> None:
@@ -136,19 +151,31 @@ def main() -> None:
     parser.add_argument("--scale", default="full")
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", type=Path, help="Copy the run's results/ and logs/ here.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
-                        help="Override a key of params.yaml, dotted (repeatable).")
-    parser.add_argument("--against", metavar="REV",
-                        help="Also run this commit's job first and compare (time and numbers).")
-    parser.add_argument("--rev", metavar="REV",
-                        help="Run this commit's job instead of the working tree's.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="Override a key of params.yaml, dotted (repeatable).",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="Also run this commit's job first and compare (time and numbers).",
+    )
+    parser.add_argument(
+        "--rev", metavar="REV", help="Run this commit's job instead of the working tree's."
+    )
     args = parser.parse_args()
-    print(f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs), "
-          f"{datetime.now():%Y-%m-%d %H:%M}")
+    print(
+        f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs), "
+        f"{datetime.now():%Y-%m-%d %H:%M}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for label, rev in ([(args.against, args.against)] if args.against else []) + [
-                (args.rev or "working tree", args.rev)]:
+            (args.rev or "working tree", args.rev)
+        ]:
             root = Path(tmp) / label.replace(" ", "-")
             copy_tree(root, rev)
             runs[label] = run_job(root, args)
@@ -156,16 +183,22 @@ def main() -> None:
         new_total, _, table = runs[args.rev or "working tree"]
         if args.against:
             old_total, _, old_table = runs[args.against]
-            print(f"speed-up: {old_total / new_total:.2f}x ({old_total:.0f} s -> "
-                  f"{new_total:.0f} s); numbers: {same_numbers(old_table, table)}")
+            print(
+                f"speed-up: {old_total / new_total:.2f}x ({old_total:.0f} s -> "
+                f"{new_total:.0f} s); numbers: {same_numbers(old_table, table)}"
+            )
         print(table)
         root = Path(tmp) / (args.rev or "working-tree")
         if (root / "results/embedded").is_dir():  # the embedded benchmark's miniature criteria
             print_criteria(root)
         if args.keep:
             for name in ["results", "logs", "models"]:
-                shutil.copytree(root / name, args.keep / name, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"))
+                shutil.copytree(
+                    root / name,
+                    args.keep / name,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.parquet"),
+                )
 
 
 if __name__ == "__main__":

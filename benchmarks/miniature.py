@@ -66,20 +66,24 @@ def spread(values: list[float]) -> str:
 
 def standard_errors(acc: dict[str, float], sizes: dict[str, int], ood: list[str]) -> tuple:
     """Binomial sampling standard errors (points) of the ID accuracy and of the OOD average."""
+
     def var(name):
         p = acc[name] / 100
         return p * (1 - p) / sizes[name]
-    return (100 * math.sqrt(var("test")),
-            100 * math.sqrt(sum(var(name) for name in ood)) / len(ood))
+
+    return (
+        100 * math.sqrt(var("test")),
+        100 * math.sqrt(sum(var(name) for name in ood)) / len(ood),
+    )
 
 
-def check(results: list[Path], tables: Path,
-          pretrain_seeds: int | None = None) -> list[tuple[str, str, bool]]:
+def check(
+    results: list[Path], tables: Path, pretrain_seeds: int | None = None
+) -> list[tuple[str, str, bool]]:
     """(criterion, measured value, holds) for each criterion. ``pretrain_seeds``: how many
     pretrained models the runs start from; by default, the distinct pretrained hashes of their
     provenance (one per --results directory where none is recorded)."""
-    sizes = {path.stem: pq.ParquetFile(path).metadata.num_rows
-             for path in tables.glob("*.parquet")}
+    sizes = {path.stem: pq.ParquetFile(path).metadata.num_rows for path in tables.glob("*.parquet")}
     zeroshot, ft = runs(results, "zeroshot"), runs(results, "ft")
     ood = [name for name in zeroshot[0] if name not in ("test", "avg_ood", PRETRAINED)]
     if pretrain_seeds is None:
@@ -91,46 +95,80 @@ def check(results: list[Path], tables: Path,
     zs_id = [run["test"] for run in zeroshot]
     gain = mean([run["test"] for run in ft]) - mean(zs_id)
     rows = [
-        (f"zero-shot ID accuracy in [{ZS_ID[0]:g}, {ZS_ID[1]:g}]", spread(zs_id),
-         ZS_ID[0] <= mean(zs_id) <= ZS_ID[1]),
-        (f"ft gains >= {FT_GAIN:g} points ID over zero-shot",
-         f"{gain:+.1f} (ft {spread([run['test'] for run in ft])})", gain >= FT_GAIN),
+        (
+            f"zero-shot ID accuracy in [{ZS_ID[0]:g}, {ZS_ID[1]:g}]",
+            spread(zs_id),
+            ZS_ID[0] <= mean(zs_id) <= ZS_ID[1],
+        ),
+        (
+            f"ft gains >= {FT_GAIN:g} points ID over zero-shot",
+            f"{gain:+.1f} (ft {spread([run['test'] for run in ft])})",
+            gain >= FT_GAIN,
+        ),
     ]
     for name in ood:
         values = [run[name] for run in zeroshot]
-        rows.append((f"zero-shot {name} accuracy in [{ZS_OOD[0]:g}, {ZS_OOD[1]:g}]",
-                     spread(values), ZS_OOD[0] <= mean(values) <= ZS_OOD[1]))
+        rows.append(
+            (
+                f"zero-shot {name} accuracy in [{ZS_OOD[0]:g}, {ZS_OOD[1]:g}]",
+                spread(values),
+                ZS_OOD[0] <= mean(values) <= ZS_OOD[1],
+            )
+        )
     for label, group in (("zero-shot", zeroshot), ("ft", ft)):
         errors = [standard_errors(run, sizes, ood) for run in group]
         id_se, ood_se = max(e[0] for e in errors), max(e[1] for e in errors)
-        rows.append((f"{label} standard error <= {MAX_SE:g} point, ID / OOD average",
-                     f"{id_se:.2f} / {ood_se:.2f} (n = {sizes['test']} ID, "
-                     f"{min(sizes[name] for name in ood)} per OOD set)",
-                     max(id_se, ood_se) <= MAX_SE))
-    rows.append((f"pretraining seeds >= {MIN_PRETRAIN_SEEDS}", str(pretrain_seeds),
-                 pretrain_seeds >= MIN_PRETRAIN_SEEDS))
+        rows.append(
+            (
+                f"{label} standard error <= {MAX_SE:g} point, ID / OOD average",
+                f"{id_se:.2f} / {ood_se:.2f} (n = {sizes['test']} ID, "
+                f"{min(sizes[name] for name in ood)} per OOD set)",
+                max(id_se, ood_se) <= MAX_SE,
+            )
+        )
+    rows.append(
+        (
+            f"pretraining seeds >= {MIN_PRETRAIN_SEEDS}",
+            str(pretrain_seeds),
+            pretrain_seeds >= MIN_PRETRAIN_SEEDS,
+        )
+    )
     return rows
 
 
 def report(rows: list[tuple[str, str, bool]]) -> str:
     """One line per criterion (met or FAIL, the criterion, its value), then the count met."""
     width = max(len(row[0]) for row in rows)
-    lines = [f"{'met ' if holds else 'FAIL'}  {criterion.ljust(width)}  {value}"
-             for criterion, value, holds in rows]
+    lines = [
+        f"{'met ' if holds else 'FAIL'}  {criterion.ljust(width)}  {value}"
+        for criterion, value, holds in rows
+    ]
     met = sum(holds for _, _, holds in rows)
     return "\n".join([*lines, f"{met} of {len(rows)} criteria met"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, action="append",
-                        help="a directory of zeroshot/ and ft/ runs, one per pretraining seed "
-                             "(default: results/embedded)")
-    parser.add_argument("--data", type=Path, default=ROOT / "data/embedded/tables",
-                        help="the benchmark's tables (their row counts are the set sizes)")
-    parser.add_argument("--pretrain-seeds", type=int, default=None,
-                        help="pretrained models behind the runs (default: the distinct "
-                             "pretrained hashes in the runs' provenance.json)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        help="a directory of zeroshot/ and ft/ runs, one per pretraining seed "
+        "(default: results/embedded)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data/embedded/tables",
+        help="the benchmark's tables (their row counts are the set sizes)",
+    )
+    parser.add_argument(
+        "--pretrain-seeds",
+        type=int,
+        default=None,
+        help="pretrained models behind the runs (default: the distinct "
+        "pretrained hashes in the runs' provenance.json)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit with 1 when one fails")
     args = parser.parse_args()
     results = args.results or [ROOT / "results/embedded"]

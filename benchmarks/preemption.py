@@ -26,11 +26,36 @@ from flyp.datasets.manifest import write_manifest
 
 
 def pretrain_cmd(tables: Path, out: Path, args) -> list[str]:
-    return ["flyp", "pretrain", "--benchmark", "embedded", "--data", str(tables),
-            "--model", "flyp-tiny-rn10t", "--epochs", "3", "--lr", "1e-3", "--wd", "0.1",
-            "--batch-size", str(args.batch_size), "--warmup-steps", "10", "--seed", "0",
-            "--out", str(out / "pretrained.safetensors"), "--log-csv", str(out / "log.csv"),
-            "--threads", str(args.threads), "--device", "cpu"]
+    return [
+        "flyp",
+        "pretrain",
+        "--benchmark",
+        "embedded",
+        "--data",
+        str(tables),
+        "--model",
+        "flyp-tiny-rn10t",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--wd",
+        "0.1",
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup-steps",
+        "10",
+        "--seed",
+        "0",
+        "--out",
+        str(out / "pretrained.safetensors"),
+        "--log-csv",
+        str(out / "log.csv"),
+        "--threads",
+        str(args.threads),
+        "--device",
+        "cpu",
+    ]
 
 
 def main() -> None:
@@ -39,16 +64,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--signal", choices=["TERM", "USR1"], default="TERM")
-    parser.add_argument("--delay", type=float, default=2.0,
-                        help="seconds into the second epoch at which the signal is sent")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=2.0,
+        help="seconds into the second epoch at which the signal is sent",
+    )
     args = parser.parse_args()
     signum = getattr(signal, f"SIG{args.signal}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tables = tmp / "tables"
-        sizes = dict(seed=0, image_size=32, pretrain_size=args.pretrain_size, train_size=96,
-                     val_size=200, test_size=48, ood_size=24)
+        sizes = dict(
+            seed=0,
+            image_size=32,
+            pretrain_size=args.pretrain_size,
+            train_size=96,
+            val_size=200,
+            test_size=48,
+            ood_size=24,
+        )
         bench = get_benchmark("embedded")
         bench.prepare(tables, **sizes)
         write_manifest(tables, bench, sizes)
@@ -60,8 +96,12 @@ def main() -> None:
 
         out = tmp / "run"
         state = out / ".pretrained.safetensors.resume" / "state.pt"
-        proc = subprocess.Popen(pretrain_cmd(tables, out, args), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            pretrain_cmd(tables, out, args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while not state.exists():  # the first epoch's end
             if proc.poll() is not None:
                 raise SystemExit(f"the run ended first: {proc.stderr.read()}")
@@ -77,17 +117,24 @@ def main() -> None:
         t0 = time.time()
         subprocess.run(pretrain_cmd(tables, out, args), check=True, capture_output=True)
         resumed = time.time() - t0
-        same = ((out / "pretrained.safetensors").read_bytes()
-                == (straight / "pretrained.safetensors").read_bytes())
+        same = (out / "pretrained.safetensors").read_bytes() == (
+            straight / "pretrained.safetensors"
+        ).read_bytes()
 
-    print(f"flyp pretrain, flyp-tiny-rn10t at 32 px, {args.pretrain_size} images, batch "
-          f"{args.batch_size}, 3 epochs, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"SIG{args.signal} {args.delay:g} s into epoch 2: stopped after step "
-          f"{saved['step']} of epoch {saved['epoch'] + 1}, exit status {proc.returncode}, "
-          f"{stopped:.2f} s from the signal to the exit, state {size_mb:.0f} MB")
+    print(
+        f"flyp pretrain, flyp-tiny-rn10t at 32 px, {args.pretrain_size} images, batch "
+        f"{args.batch_size}, 3 epochs, {args.threads} thread(s), torch {torch.__version__}"
+    )
+    print(
+        f"SIG{args.signal} {args.delay:g} s into epoch 2: stopped after step "
+        f"{saved['step']} of epoch {saved['epoch'] + 1}, exit status {proc.returncode}, "
+        f"{stopped:.2f} s from the signal to the exit, state {size_mb:.0f} MB"
+    )
     print(f"  its line: {err.strip().splitlines()[-1]}")
-    print(f"uninterrupted run {whole:.1f} s; the resumed remainder {resumed:.1f} s; "
-          f"checkpoints byte-identical: {same}")
+    print(
+        f"uninterrupted run {whole:.1f} s; the resumed remainder {resumed:.1f} s; "
+        f"checkpoints byte-identical: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,26 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = {"scale": "smoke", "seeds": [0], "methods": ["zeroshot"],
-         "presets": {"embedded": {"pretrain": {"seeds": [0]}, "sweep": {}}}}
-TARGETS = ["models/embedded/pretrained.safetensors", "data/embedded/evalcache",
-           "data/embedded/captions/captions.parquet"]
-IMPORTS = ["pass", "import torch", "import torch, torch._dynamo", "import torch, torchvision",
-           "import torch, timm", "import open_clip", "import pandas, pyarrow.parquet"]
+SMOKE = {
+    "scale": "smoke",
+    "seeds": [0],
+    "methods": ["zeroshot"],
+    "presets": {"embedded": {"pretrain": {"seeds": [0]}, "sweep": {}}},
+}
+TARGETS = [
+    "models/embedded/pretrained.safetensors",
+    "data/embedded/evalcache",
+    "data/embedded/captions/captions.parquet",
+]
+IMPORTS = [
+    "pass",
+    "import torch",
+    "import torch, torch._dynamo",
+    "import torch, torchvision",
+    "import torch, timm",
+    "import open_clip",
+    "import pandas, pyarrow.parquet",
+]
 
 
 def build_workspace(ws: Path) -> None:
@@ -51,16 +65,21 @@ def build_workspace(ws: Path) -> None:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, ws / name)
     (ws / "smoke.yaml").write_text(yaml.safe_dump(SMOKE))
-    subprocess.run(["snakemake", "--cores", "2", "--configfile", "params.yaml", "smoke.yaml",
-                    "--", *TARGETS], cwd=ws, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        ["snakemake", "--cores", "2", "--configfile", "params.yaml", "smoke.yaml", "--", *TARGETS],
+        cwd=ws,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def code_tree(rev: str, dest: Path) -> Path:
     """The flyp package as of ``rev``."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", rev, "flyp"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", rev, "flyp"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
@@ -79,34 +98,103 @@ def flyp(*args: str) -> list[str]:
     return [sys.executable, "-m", "flyp.cli", *args]
 
 
-COMMON = ["--benchmark", "embedded", "--data", "data/embedded/tables", "--captions",
-          "data/embedded/captions", "--pretrained", "models/embedded/pretrained.safetensors",
-          "--eval-cache", "data/embedded/evalcache", "--threads", "1", "--device", "cpu"]
+COMMON = [
+    "--benchmark",
+    "embedded",
+    "--data",
+    "data/embedded/tables",
+    "--captions",
+    "data/embedded/captions",
+    "--pretrained",
+    "models/embedded/pretrained.safetensors",
+    "--eval-cache",
+    "data/embedded/evalcache",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def zeroshot_job(out: Path) -> list[list[str]]:
-    return [flyp("finetune", *COMMON, "--method", "zeroshot", "--seed", "0", "--out",
-                 str(out / "best.safetensors"), "--log-csv", str(out / "train_log.csv"))]
+    return [
+        flyp(
+            "finetune",
+            *COMMON,
+            "--method",
+            "zeroshot",
+            "--seed",
+            "0",
+            "--out",
+            str(out / "best.safetensors"),
+            "--log-csv",
+            str(out / "train_log.csv"),
+        )
+    ]
 
 
-DRAW = ["--method", "flyp", "--epochs", "2", "--lr", "1e-4", "--wd", "0.1", "--batch-size",
-        "24", "--seed", "0", "--shots", "2", "--draw", "0"]
+DRAW = [
+    "--method",
+    "flyp",
+    "--epochs",
+    "2",
+    "--lr",
+    "1e-4",
+    "--wd",
+    "0.1",
+    "--batch-size",
+    "24",
+    "--seed",
+    "0",
+    "--shots",
+    "2",
+    "--draw",
+    "0",
+]
 
 
 def draw_two_processes(out: Path) -> list[list[str]]:
     ckpt = str(out / "best.safetensors")
-    return [flyp("finetune", *COMMON, *DRAW, "--out", ckpt, "--log-csv",
-                 str(out / "train_log.csv")),
-            flyp("evaluate", "--benchmark", "embedded", "--data", "data/embedded/tables",
-                 "--checkpoint", ckpt, "--eval-cache", "data/embedded/evalcache",
-                 "--metrics-out", str(out / "metrics.json"), "--provenance-out",
-                 str(out / "provenance.json"), "--threads", "1", "--device", "cpu")]
+    return [
+        flyp("finetune", *COMMON, *DRAW, "--out", ckpt, "--log-csv", str(out / "train_log.csv")),
+        flyp(
+            "evaluate",
+            "--benchmark",
+            "embedded",
+            "--data",
+            "data/embedded/tables",
+            "--checkpoint",
+            ckpt,
+            "--eval-cache",
+            "data/embedded/evalcache",
+            "--metrics-out",
+            str(out / "metrics.json"),
+            "--provenance-out",
+            str(out / "provenance.json"),
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ),
+    ]
 
 
 def draw_one_process(out: Path) -> list[list[str]]:
-    return [flyp("fewshot", *COMMON, *DRAW, "--out", str(out / "best.safetensors"),
-                 "--log-csv", str(out / "train_log.csv"), "--metrics-out",
-                 str(out / "metrics.json"), "--provenance-out", str(out / "provenance.json"))]
+    return [
+        flyp(
+            "fewshot",
+            *COMMON,
+            *DRAW,
+            "--out",
+            str(out / "best.safetensors"),
+            "--log-csv",
+            str(out / "train_log.csv"),
+            "--metrics-out",
+            str(out / "metrics.json"),
+            "--provenance-out",
+            str(out / "provenance.json"),
+        )
+    ]
 
 
 def compare(name: str, variants: dict, ws: Path, tmp: Path, repeats: int) -> dict:
@@ -120,8 +208,7 @@ def compare(name: str, variants: dict, ws: Path, tmp: Path, repeats: int) -> dic
             shutil.rmtree(out)
     print(f"\n{name} ({repeats} runs each, alternating; seconds)")
     for label, values in times.items():
-        print(f"  {label:<28} median {statistics.median(values):6.2f}   "
-              f"fastest {min(values):6.2f}")
+        print(f"  {label:<28} median {statistics.median(values):6.2f}   fastest {min(values):6.2f}")
     return {label: statistics.median(values) for label, values in times.items()}
 
 
@@ -139,8 +226,14 @@ def import_breakdown(ws: Path, tmp: Path) -> None:
     out.mkdir()
     cmd = zeroshot_job(out)[0]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=ws, env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     per_package = collections.Counter()
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
@@ -168,14 +261,25 @@ def main() -> None:
         old = code_tree(args.old, tmp / "old")
         print(f"machine: {os.cpu_count()} cores; old code: {args.old}; new code: {ROOT}")
         import_floor(args.repeats)
-        zs = compare("smoke zero-shot job", {
-            f"old ({args.old})": (old, zeroshot_job),
-            "new (this tree)": (ROOT, zeroshot_job)}, ws, tmp, args.repeats)
+        zs = compare(
+            "smoke zero-shot job",
+            {f"old ({args.old})": (old, zeroshot_job), "new (this tree)": (ROOT, zeroshot_job)},
+            ws,
+            tmp,
+            args.repeats,
+        )
         old_zs, new_zs = zs.values()
         print(f"  new / old: {new_zs / old_zs:.2f}")
-        draw = compare("a few-shot draw (FLYP, k=2, 2 epochs), this tree's code", {
-            "finetune + evaluate (2 jobs)": (ROOT, draw_two_processes),
-            "fewshot (1 job)": (ROOT, draw_one_process)}, ws, tmp, args.repeats)
+        draw = compare(
+            "a few-shot draw (FLYP, k=2, 2 epochs), this tree's code",
+            {
+                "finetune + evaluate (2 jobs)": (ROOT, draw_two_processes),
+                "fewshot (1 job)": (ROOT, draw_one_process),
+            },
+            ws,
+            tmp,
+            args.repeats,
+        )
         two, one = draw.values()
         print(f"  one / two: {one / two:.2f}")
         import_breakdown(ws, tmp)

@@ -91,8 +91,9 @@ def _proc_kib(field: str) -> int:
 def old_head(clip, tokenizer, classnames, templates) -> torch.Tensor:
     """The previous code: every class x template prompt in one text-tower forward."""
     device = next(clip.parameters()).device
-    weights = open_clip.build_zero_shot_classifier(clip, tokenizer, classnames, templates,
-                                                   num_classes_per_batch=None, device=device)
+    weights = open_clip.build_zero_shot_classifier(
+        clip, tokenizer, classnames, templates, num_classes_per_batch=None, device=device
+    )
     return weights.T * clip.logit_scale.exp()  # (C, D)
 
 
@@ -123,11 +124,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="meta", choices=["meta", "cpu", "cuda"])
     p.add_argument("--classes", default="50,100,200,400", help="Comma-separated class counts.")
-    p.add_argument("--templates", type=int, default=80,
-                   help="The first N of open_clip's 80 ImageNet templates.")
+    p.add_argument(
+        "--templates",
+        type=int,
+        default=80,
+        help="The first N of open_clip's 80 ImageNet templates.",
+    )
     p.add_argument("--prompts-per-forward", type=int, default=PROMPTS_PER_FORWARD)
-    p.add_argument("--old", action="store_true",
-                   help="Also measure the previous single-forward code.")
+    p.add_argument(
+        "--old", action="store_true", help="Also measure the previous single-forward code."
+    )
     p.add_argument("--threads", type=int, default=0, help="Torch CPU threads (0: default).")
     args = p.parse_args()
     if args.threads:
@@ -138,35 +144,53 @@ def main() -> None:
     del clip.visual  # only the text tower is used
     clip = clip.to(args.device)
     tokenizer = open_clip.get_tokenizer(MODEL)
-    templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES][:args.templates]
+    templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES][: args.templates]
     counts = [int(c) for c in args.classes.split(",")]
 
-    variants = {"batched": lambda names: build_zero_shot_head(
-        clip, tokenizer, names, templates, prompts_per_forward=args.prompts_per_forward)}
+    variants = {
+        "batched": lambda names: build_zero_shot_head(
+            clip, tokenizer, names, templates, prompts_per_forward=args.prompts_per_forward
+        )
+    }
     if args.old:
         variants["old (one forward)"] = lambda names: old_head(clip, tokenizer, names, templates)
 
-    print(f"model {MODEL} text tower (random weights), device {args.device}, "
-          f"{len(templates)} templates, {args.prompts_per_forward} prompts per forward")
+    print(
+        f"model {MODEL} text tower (random weights), device {args.device}, "
+        f"{len(templates)} templates, {args.prompts_per_forward} prompts per forward"
+    )
     columns = ["tensors_mib"] + {"cpu": ["rss_mib"], "cuda": ["cuda_mib"]}.get(args.device, [])
-    print(f"{'code':18} {'classes':>7} {'prompts':>7} "
-          + " ".join(f"{'peak ' + c[:-4] + ' MiB':>17}" for c in columns) + f" {'seconds':>8}")
+    print(
+        f"{'code':18} {'classes':>7} {'prompts':>7} "
+        + " ".join(f"{'peak ' + c[:-4] + ' MiB':>17}" for c in columns)
+        + f" {'seconds':>8}"
+    )
     # One forward before measuring: the first one also sets up thread pools, kernels' workspaces
     # and the tokenizer's caches, which are not the head's memory.
     first = -(-args.prompts_per_forward // len(templates))  # classes that fill one forward
-    build_zero_shot_head(clip, tokenizer, list(open_clip.IMAGENET_CLASSNAMES[:first]), templates,
-                         prompts_per_forward=args.prompts_per_forward)
+    build_zero_shot_head(
+        clip,
+        tokenizer,
+        list(open_clip.IMAGENET_CLASSNAMES[:first]),
+        templates,
+        prompts_per_forward=args.prompts_per_forward,
+    )
     for name, build in variants.items():
         peaks = {}
         for c in counts:
             names = list(open_clip.IMAGENET_CLASSNAMES[:c])
             r = measure(lambda b=build, n=names: b(n), args.device)
             peaks[c] = r
-            print(f"{name:18} {c:7d} {c * len(templates):7d} "
-                  + " ".join(f"{r[col]:17.1f}" for col in columns) + f" {r['seconds']:8.1f}")
+            print(
+                f"{name:18} {c:7d} {c * len(templates):7d} "
+                + " ".join(f"{r[col]:17.1f}" for col in columns)
+                + f" {r['seconds']:8.1f}"
+            )
         lo, hi = min(counts), max(counts)
-        print(f"{name:18} ratio {hi}/{lo} classes: "
-              + ", ".join(f"{col[:-4]} {peaks[hi][col] / peaks[lo][col]:.3f}" for col in columns))
+        print(
+            f"{name:18} ratio {hi}/{lo} classes: "
+            + ", ".join(f"{col[:-4]} {peaks[hi][col] / peaks[lo][col]:.3f}" for col in columns)
+        )
 
 
 if __name__ == "__main__":

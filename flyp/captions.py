@@ -15,18 +15,25 @@ from flyp.datasets import Benchmark
 from flyp.datasets.parquet import read_table, write_table
 
 
-def make_caption_tables(benchmark: Benchmark, train_table: Path, captions_out: Path,
-                        templates_out: Path) -> None:
+def make_caption_tables(
+    benchmark: Benchmark, train_table: Path, captions_out: Path, templates_out: Path
+) -> None:
     train = read_table(train_table, columns=["image_id", "label"])
     template_set = benchmark.name
-    captions = pd.DataFrame({
-        "image_id": train["image_id"],
-        "label": train["label"].astype("int64"),
-        "classname": [benchmark.classnames[i] for i in train["label"]],
-        "template_set": template_set,
-    })
-    templates = pd.DataFrame({"template_set": template_set,
-                              "template_id": range(len(benchmark.templates)),
-                              "template": benchmark.templates})
+    captions = pd.DataFrame(
+        {
+            "image_id": train["image_id"],
+            "label": train["label"].astype("int64"),
+            "classname": [benchmark.classnames[i] for i in train["label"]],
+            "template_set": template_set,
+        }
+    )
+    templates = pd.DataFrame(
+        {
+            "template_set": template_set,
+            "template_id": range(len(benchmark.templates)),
+            "template": benchmark.templates,
+        }
+    )
     write_table(templates, templates_out)
     write_table(captions, captions_out)

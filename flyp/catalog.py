@@ -42,8 +42,9 @@ def _read_classes() -> dict:
             "trains": cls.trains,
             "seeded": cls.seeded,
             "inputs": dict(cls.inputs),
-            "options": [[o.name, o.type.__name__, o.default, o.minimum, o.maximum]
-                        for o in cls.options],
+            "options": [
+                [o.name, o.type.__name__, o.default, o.minimum, o.maximum] for o in cls.options
+            ],
             "entry": f"{cls.__module__}:{cls.__qualname__}",
         }
     return out

@@ -48,7 +48,8 @@ def _parse_options(pairs: tuple[str, ...], defaults: dict | None = None) -> dict
                 value = kind(value)
             except ValueError:
                 raise UserError(
-                    f"option {key!r}: expected {kind.__name__}, got {value!r}") from None
+                    f"option {key!r}: expected {kind.__name__}, got {value!r}"
+                ) from None
         out[key] = value
     return out
 
@@ -75,20 +76,36 @@ def _log(msg: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
 
 
-benchmark_option = click.option("--benchmark", "benchmark_name", required=True,
-                                help="Registered benchmark name (see `flyp list`).")
-data_option = click.option("--data", "data_dir", required=True,
-                           type=click.Path(file_okay=False, path_type=Path),
-                           help="Folder with the benchmark's Parquet tables.")
-threads_option = click.option("--threads", type=click.IntRange(min=0), default=0,
-                              help="Torch CPU threads (0: torch's default).")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="auto, cpu, cuda or cuda:N.")
+benchmark_option = click.option(
+    "--benchmark",
+    "benchmark_name",
+    required=True,
+    help="Registered benchmark name (see `flyp list`).",
+)
+data_option = click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with the benchmark's Parquet tables.",
+)
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Torch CPU threads (0: torch's default).",
+)
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+)
 train_device_option = click.option(
-    "--device", default="auto", show_default=True,
+    "--device",
+    default="auto",
+    show_default=True,
     help="auto, cpu, cuda or cuda:N. Launched by torchrun over several processes "
-         "(`torchrun --nproc_per_node N -m flyp.cli ...`): auto or cuda (rank r on cuda:r, "
-         "NCCL) or cpu (gloo); --batch-size is then the global batch, split over the ranks.")
+    "(`torchrun --nproc_per_node N -m flyp.cli ...`): auto or cuda (rank r on cuda:r, "
+    "NCCL) or cpu (gloo); --batch-size is then the global batch, split over the ranks.",
+)
 
 
 class _Workers(click.ParamType):
@@ -109,8 +126,12 @@ class _Workers(click.ParamType):
 
 
 workers_option = click.option(
-    "--workers", type=_Workers(), default=0, show_default=True,
-    help="DataLoader worker processes; auto: one fewer than --threads (0 with one thread).")
+    "--workers",
+    type=_Workers(),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes; auto: one fewer than --threads (0 with one thread).",
+)
 
 
 def _train_options(f, required: bool = True):
@@ -122,47 +143,105 @@ def _train_options(f, required: bool = True):
         click.option("--wd", type=click.FloatRange(min=0), required=required),
         click.option("--batch-size", type=click.IntRange(min=1), required=required),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0,
-                     help="Max gradient norm (0: no clipping)."),
+        click.option(
+            "--grad-clip",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            help="Max gradient norm (0: no clipping).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-                     show_default=True),
-        click.option("--decay", type=click.Choice(["all", "matrices"]), default="all",
-                     show_default=True, help="Weight decay on every parameter (the FLYP "
-                     "reference) or on weight matrices only (not biases, norms, logit_scale)."),
-        click.option("--clamp-logit-scale/--no-clamp-logit-scale", default=False,
-                     show_default=True, help="Clamp CLIP's logit_scale to ln 100 after each step "
-                     "(open_clip's trainer; the FLYP reference does not)."),
+        click.option(
+            "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True
+        ),
+        click.option(
+            "--decay",
+            type=click.Choice(["all", "matrices"]),
+            default="all",
+            show_default=True,
+            help="Weight decay on every parameter (the FLYP "
+            "reference) or on weight matrices only (not biases, norms, logit_scale).",
+        ),
+        click.option(
+            "--clamp-logit-scale/--no-clamp-logit-scale",
+            default=False,
+            show_default=True,
+            help="Clamp CLIP's logit_scale to ln 100 after each step "
+            "(open_clip's trainer; the FLYP reference does not).",
+        ),
         workers_option,
-        click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=10.0,
-                     show_default=True, help="Minutes between mid-epoch resume states (0: every "
-                     "step); one is also written at each epoch's end and on SIGTERM or SIGUSR1, "
-                     "which then stop the run (exit code 128 + the signal's number)."),
-        click.option("--tf32/--no-tf32", default=True, show_default=True,
-                     help="TF32 matmuls and convolutions on CUDA (no effect on a CPU)."),
-        click.option("--compile/--no-compile", "compile_towers", default=False,
-                     show_default=True, help="torch.compile the CLIP's image and text towers."),
-        click.option("--grad-checkpointing/--no-grad-checkpointing", default=False,
-                     show_default=True, help="open_clip's gradient checkpointing (less memory, "
-                     "more compute)."),
+        click.option(
+            "--checkpoint-minutes",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="Minutes between mid-epoch resume states (0: every "
+            "step); one is also written at each epoch's end and on SIGTERM or SIGUSR1, "
+            "which then stop the run (exit code 128 + the signal's number).",
+        ),
+        click.option(
+            "--tf32/--no-tf32",
+            default=True,
+            show_default=True,
+            help="TF32 matmuls and convolutions on CUDA (no effect on a CPU).",
+        ),
+        click.option(
+            "--compile/--no-compile",
+            "compile_towers",
+            default=False,
+            show_default=True,
+            help="torch.compile the CLIP's image and text towers.",
+        ),
+        click.option(
+            "--grad-checkpointing/--no-grad-checkpointing",
+            default=False,
+            show_default=True,
+            help="open_clip's gradient checkpointing (less memory, more compute).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _train_config(epochs, lr, wd, batch_size, warmup_steps, grad_clip, seed, precision, decay,
-                  clamp_logit_scale, workers, checkpoint_minutes, tf32, compile_towers,
-                  grad_checkpointing, *, threads):
+def _train_config(
+    epochs,
+    lr,
+    wd,
+    batch_size,
+    warmup_steps,
+    grad_clip,
+    seed,
+    precision,
+    decay,
+    clamp_logit_scale,
+    workers,
+    checkpoint_minutes,
+    tf32,
+    compile_towers,
+    grad_checkpointing,
+    *,
+    threads,
+):
     from flyp.loading import resolve_workers
     from flyp.training import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, wd=wd, batch_size=batch_size,
-                       warmup_steps=warmup_steps, seed=seed, grad_clip=grad_clip or None,
-                       precision=precision, decay=decay, clamp_logit_scale=clamp_logit_scale,
-                       num_workers=resolve_workers(workers, threads),
-                       checkpoint_minutes=checkpoint_minutes, tf32=tf32,
-                       compile=compile_towers, grad_checkpointing=grad_checkpointing)
+    return TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        wd=wd,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        grad_clip=grad_clip or None,
+        precision=precision,
+        decay=decay,
+        clamp_logit_scale=clamp_logit_scale,
+        num_workers=resolve_workers(workers, threads),
+        checkpoint_minutes=checkpoint_minutes,
+        tf32=tf32,
+        compile=compile_towers,
+        grad_checkpointing=grad_checkpointing,
+    )
 
 
 @click.group(cls=_Group)
@@ -184,14 +263,28 @@ def list_cmd():
 @main.command()
 @benchmark_option
 @click.option("--name", help="Which archive of the benchmark (omit to list them).")
-@click.option("--source", help="Instead of the official URL: an http(s):// or file:// URL, a "
-              "local archive, or a folder it was already extracted to (linked, not copied).")
-@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="Fetch the archive to this file (resumes a partial download; verified).")
-@click.option("--extract", "extract_to", type=click.Path(file_okay=False, path_type=Path),
-              help="Unpack the archive (--archive, or a local --source) into this new folder.")
-@click.option("--size", type=click.IntRange(min=0), help="With --md5/--sha256: the size of "
-              "--source, which then need not be the real archive (its pinned sums are replaced).")
+@click.option(
+    "--source",
+    help="Instead of the official URL: an http(s):// or file:// URL, a "
+    "local archive, or a folder it was already extracted to (linked, not copied).",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Fetch the archive to this file (resumes a partial download; verified).",
+)
+@click.option(
+    "--extract",
+    "extract_to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Unpack the archive (--archive, or a local --source) into this new folder.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=0),
+    help="With --md5/--sha256: the size of "
+    "--source, which then need not be the real archive (its pinned sums are replaced).",
+)
 @click.option("--md5", help="The md5 of --source, replacing the real archive's pinned sums.")
 @click.option("--sha256", help="The sha256 of --source, replacing the real archive's pinned sums.")
 def download(benchmark_name, name, source, archive, extract_to, size, md5, sha256):
@@ -202,8 +295,9 @@ def download(benchmark_name, name, source, archive, extract_to, size, md5, sha25
     bench = get_benchmark(benchmark_name)
     if name is None:
         for d in bench.downloads:
-            click.echo(f"{d.name}: {d.url or 'manual: ' + d.manual} "
-                       f"(source: {source_key(bench, d)})")
+            click.echo(
+                f"{d.name}: {d.url or 'manual: ' + d.manual} (source: {source_key(bench, d)})"
+            )
         return
     stated = {k: v for k, v in dict(size=size, md5=md5, sha256=sha256).items() if v is not None}
     if stated:  # the mapping form of params.yaml (flyp.datasets.download.resolve_source)
@@ -213,8 +307,13 @@ def download(benchmark_name, name, source, archive, extract_to, size, md5, sha25
 
 @main.command()
 @benchmark_option
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the miniature; the printed command also runs the DAG there.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the miniature; the printed command also runs the DAG there.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def fixture(benchmark_name, out_dir, seed):
     """Write a miniature of a real benchmark in its download formats, with a tiny model, and
@@ -234,17 +333,28 @@ def _project_root() -> Path:
     for folder in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (folder / "Snakefile").is_file() and (folder / "params.yaml").is_file():
             return folder.absolute()
-    raise UserError("run `flyp fixture` in the project's folder (where Snakefile and params.yaml "
-                    "are)")
+    raise UserError(
+        "run `flyp fixture` in the project's folder (where Snakefile and params.yaml are)"
+    )
 
 
 @main.command()
 @benchmark_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A benchmark-specific preparation setting (repeatable).")
-@click.option("--workers", type=click.IntRange(min=1), default=1,
-              help="Processes for benchmarks that can prepare in parallel (same output).")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A benchmark-specific preparation setting (repeatable).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Processes for benchmarks that can prepare in parallel (same output).",
+)
 def prepare(benchmark_name, out_dir, options, workers):
     """Generate or download a benchmark and write its Parquet tables and manifest."""
     from flyp.datasets import get_benchmark
@@ -252,8 +362,9 @@ def prepare(benchmark_name, out_dir, options, workers):
 
     bench = get_benchmark(benchmark_name)
     params = inspect.signature(bench.prepare).parameters
-    defaults = {k: p.default for k, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and k != "workers"}
+    defaults = {
+        k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "workers"
+    }
     kwargs = _parse_options(options, defaults)
     _log(f"preparing {benchmark_name} into {out_dir} with {kwargs}")
     t0 = time.time()
@@ -263,24 +374,37 @@ def prepare(benchmark_name, out_dir, options, workers):
     _log(f"done in {time.time() - t0:.1f}s")
 
 
-captions_option = click.option("--captions", "captions_dir", required=True,
-                               type=click.Path(file_okay=False, path_type=Path),
-                               help="Folder with captions.parquet and templates.parquet.")
+captions_option = click.option(
+    "--captions",
+    "captions_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with captions.parquet and templates.parquet.",
+)
 
 
 @main.command()
 @benchmark_option
 @data_option
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for captions.parquet and templates.parquet.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for captions.parquet and templates.parquet.",
+)
 def captions(benchmark_name, data_dir, out_dir):
     """Write the finetuning caption tables (captions.parquet, templates.parquet)."""
     from flyp.captions import make_caption_tables
     from flyp.datasets import get_benchmark, table_path
 
     bench = get_benchmark(benchmark_name)
-    make_caption_tables(bench, table_path(data_dir, "train"), table_path(out_dir, "captions"),
-                        table_path(out_dir, "templates"))
+    make_caption_tables(
+        bench,
+        table_path(data_dir, "train"),
+        table_path(out_dir, "captions"),
+        table_path(out_dir, "templates"),
+    )
     _log(f"wrote {table_path(out_dir, 'captions')} and {table_path(out_dir, 'templates')}")
 
 
@@ -303,8 +427,16 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 
     cfg = _train_config(**train, threads=threads)
     with process_group(device) as here:
-        run(get_benchmark(benchmark_name), data_dir, model_name, cfg, out=out, log_csv=log_csv,
-            device=here, log=_log)
+        run(
+            get_benchmark(benchmark_name),
+            data_dir,
+            model_name,
+            cfg,
+            out=out,
+            log_csv=log_csv,
+            device=here,
+            log=_log,
+        )
 
 
 @main.command()
@@ -319,11 +451,18 @@ def sync(force):
 
 @main.command()
 @click.option("--model", "model_name", required=True, help="open_clip architecture name.")
-@click.option("--pretrained", required=True,
-              help="open_clip pretrained tag (e.g. openai) or a local .bin/.safetensors file.")
+@click.option(
+    "--pretrained",
+    required=True,
+    help="open_clip pretrained tag (e.g. openai) or a local .bin/.safetensors file.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Written with a header only: released weights have no training log here.")
+@click.option(
+    "--log-csv",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Written with a header only: released weights have no training log here.",
+)
 def pretrained(model_name, pretrained, out, log_csv):
     """Export released open_clip weights as the pipeline's pretrained checkpoint."""
     from flyp.io import write_text
@@ -332,8 +471,12 @@ def pretrained(model_name, pretrained, out, log_csv):
 
     clip = create_clip(model_name, pretrained)
     # The weights' own preprocessing and activation travel with every checkpoint made from them.
-    save_checkpoint(out, model_name, clip, info={"stage": "pretrained", "pretrained": pretrained,
-                                                 **weights_info(model_name, clip)})
+    save_checkpoint(
+        out,
+        model_name,
+        clip,
+        info={"stage": "pretrained", "pretrained": pretrained, **weights_info(model_name, clip)},
+    )
     write_text(log_csv, ",".join(LOG_FIELDS) + "\n")
     _log(f"wrote {out}")
 
@@ -344,22 +487,42 @@ def _finetune_options(f):
         benchmark_option,
         data_option,
         captions_option,
-        click.option("--pretrained", "pretrained_path", required=True,
-                     type=click.Path(dir_okay=False, path_type=Path)),
+        click.option(
+            "--pretrained",
+            "pretrained_path",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+        ),
         click.option("--method", "method_name", required=True),
         lambda f: _train_options(f, required=False),
-        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="A method-specific setting (repeatable)."),
-        click.option("--shots", type=click.IntRange(min=1), default=None,
-                     help="Few-shot protocol: train on k images per class, select on k per "
-                     "class."),
-        click.option("--draw", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Which few-shot draw (seeds the k-per-class sample)."),
-        click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
-                     help="Read ID-val from this `flyp evalcache` folder instead of decoding it."),
+        click.option(
+            "-o",
+            "--option",
+            "options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A method-specific setting (repeatable).",
+        ),
+        click.option(
+            "--shots",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Few-shot protocol: train on k images per class, select on k per class.",
+        ),
+        click.option(
+            "--draw",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Which few-shot draw (seeds the k-per-class sample).",
+        ),
+        click.option(
+            "--eval-cache",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Read ID-val from this `flyp evalcache` folder instead of decoding it.",
+        ),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--log-csv", required=True,
-                     type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path)),
         threads_option,
         train_device_option,
     ]
@@ -378,18 +541,22 @@ def finetune(**settings):
 @main.command()
 @_finetune_options
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--provenance-out", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--eval-precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
-              show_default=True, help="Evaluation arithmetic on CUDA (as `flyp evaluate "
-              "--precision`).")
+@click.option("--provenance-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--eval-precision",
+    type=click.Choice(["fp32", "tf32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Evaluation arithmetic on CUDA (as `flyp evaluate --precision`).",
+)
 def fewshot(metrics_out, provenance_out, eval_precision, **settings):
     """One few-shot draw (--shots, --draw): finetune, then score the kept checkpoint on the
     benchmark's ID test set and every OOD set, as `flyp finetune` then `flyp evaluate` do, in one
     process (a preset can run hundreds of draws; each would pay the start-up twice)."""
     if settings["shots"] is None:
-        raise click.UsageError("flyp fewshot: --shots is required (a full run: flyp finetune, "
-                               "then flyp evaluate)")
+        raise click.UsageError(
+            "flyp fewshot: --shots is required (a full run: flyp finetune, then flyp evaluate)"
+        )
     here = _finetune(**settings)
     if here is None:  # not rank 0 of a run over several processes
         return
@@ -397,14 +564,36 @@ def fewshot(metrics_out, provenance_out, eval_precision, **settings):
     from flyp.loading import resolve_workers
 
     workers = resolve_workers(settings["workers"], _threads_per_rank(settings["threads"]))
-    evaluate_checkpoint(settings["benchmark_name"], settings["data_dir"], settings["out"],
-                        metrics_out=metrics_out, provenance_out=provenance_out,
-                        num_workers=workers, device=here, precision=eval_precision,
-                        eval_cache=settings["eval_cache"], log=_log)
+    evaluate_checkpoint(
+        settings["benchmark_name"],
+        settings["data_dir"],
+        settings["out"],
+        metrics_out=metrics_out,
+        provenance_out=provenance_out,
+        num_workers=workers,
+        device=here,
+        precision=eval_precision,
+        eval_cache=settings["eval_cache"],
+        log=_log,
+    )
 
 
-def _finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, options, shots,
-              draw, eval_cache, out, log_csv, threads, device, **train):
+def _finetune(
+    benchmark_name,
+    data_dir,
+    captions_dir,
+    pretrained_path,
+    method_name,
+    options,
+    shots,
+    draw,
+    eval_cache,
+    out,
+    log_csv,
+    threads,
+    device,
+    **train,
+):
     """`flyp finetune`: the device it ran on (None on a rank other than 0 of several)."""
     threads = _threads_per_rank(threads)
     _setup_torch(threads)
@@ -412,20 +601,36 @@ def _finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_na
     from flyp.finetuning import finetune as run
     from flyp.methods import get_method
 
-    missing = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size")
-               if train[k] is None]
+    missing = [
+        f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size") if train[k] is None
+    ]
     if missing and get_method(method_name).trains:
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     cfg = _train_config(**train, threads=threads)
     with process_group(device) as here:
-        result = run(benchmark_name, data_dir, captions_dir, pretrained_path, method_name, cfg,
-                     options=_parse_options(options), out=out, log_csv=log_csv, device=here,
-                     shots=shots, draw=draw, eval_cache=eval_cache, log=_log)
+        result = run(
+            benchmark_name,
+            data_dir,
+            captions_dir,
+            pretrained_path,
+            method_name,
+            cfg,
+            options=_parse_options(options),
+            out=out,
+            log_csv=log_csv,
+            device=here,
+            shots=shots,
+            draw=draw,
+            eval_cache=eval_cache,
+            log=_log,
+        )
         if not is_main():
             return None
     val = result["best_val"] or {}
-    _log(f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
-         f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}")
+    _log(
+        f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
+        f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}"
+    )
     return here
 
 
@@ -434,32 +639,70 @@ def _finetune(benchmark_name, data_dir, captions_dir, pretrained_path, method_na
 @data_option
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--provenance-out", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--provenance-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @workers_option
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
-              show_default=True, help="Evaluation arithmetic on CUDA: fp32, TF32 matmuls, or "
-              "bf16 autocast.")
-@click.option("--ensemble-with", "zeroshot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also weight-ensemble (WiSE-FT) the checkpoint with this zero-shot one.")
-@click.option("--zeroshot-metrics", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ensemble: the zero-shot checkpoint's metrics.json (alpha 0 is read from it, "
-              "not recomputed).")
-@click.option("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
-              show_default=True, help="Mixing weights of the ensemble, in [0, 1].")
-@click.option("--eval-cache", type=click.Path(file_okay=False, path_type=Path),
-              help="Read ID-val and the eval sets' images from this `flyp evalcache` folder "
-              "(made with the checkpoint's preprocessing) instead of decoding them.")
-@click.option("--curve-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ensemble: metrics at every alpha (CSV).")
-@click.option("--wise-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ensemble: metrics at the alpha picked on ID-val (JSON).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Evaluation arithmetic on CUDA: fp32, TF32 matmuls, or bf16 autocast.",
+)
+@click.option(
+    "--ensemble-with",
+    "zeroshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also weight-ensemble (WiSE-FT) the checkpoint with this zero-shot one.",
+)
+@click.option(
+    "--zeroshot-metrics",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ensemble: the zero-shot checkpoint's metrics.json (alpha 0 is read from it, "
+    "not recomputed).",
+)
+@click.option(
+    "--alphas",
+    default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    show_default=True,
+    help="Mixing weights of the ensemble, in [0, 1].",
+)
+@click.option(
+    "--eval-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read ID-val and the eval sets' images from this `flyp evalcache` folder "
+    "(made with the checkpoint's preprocessing) instead of decoding them.",
+)
+@click.option(
+    "--curve-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ensemble: metrics at every alpha (CSV).",
+)
+@click.option(
+    "--wise-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ensemble: metrics at the alpha picked on ID-val (JSON).",
+)
 @threads_option
 @device_option
-def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, batch_size,
-             workers, precision, zeroshot, zeroshot_metrics, eval_cache, alphas, curve_out,
-             wise_out, threads, device):
+def evaluate(
+    benchmark_name,
+    data_dir,
+    checkpoint,
+    metrics_out,
+    provenance_out,
+    batch_size,
+    workers,
+    precision,
+    zeroshot,
+    zeroshot_metrics,
+    eval_cache,
+    alphas,
+    curve_out,
+    wise_out,
+    threads,
+    device,
+):
     """Score a checkpoint on the benchmark's ID test set and every OOD set (and, with
     --ensemble-with, its weight ensembles with the zero-shot checkpoint)."""
     _setup_torch(threads)
@@ -476,36 +719,67 @@ def evaluate(benchmark_name, data_dir, checkpoint, metrics_out, provenance_out, 
     if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
         raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
     device = resolve_device(device)
-    options = dict(batch_size=batch_size, num_workers=resolve_workers(workers, threads),
-                   device=device, precision=precision, eval_cache=eval_cache, log=_log)
+    options = dict(
+        batch_size=batch_size,
+        num_workers=resolve_workers(workers, threads),
+        device=device,
+        precision=precision,
+        eval_cache=eval_cache,
+        log=_log,
+    )
     if zeroshot is not None:
         from flyp.ensemble import check_ensemble_pair, run_ensemble
 
         check_ensemble_pair(zeroshot, checkpoint)
-    evaluate_checkpoint(benchmark_name, data_dir, checkpoint, metrics_out=metrics_out,
-                        provenance_out=provenance_out, **options)
+    evaluate_checkpoint(
+        benchmark_name,
+        data_dir,
+        checkpoint,
+        metrics_out=metrics_out,
+        provenance_out=provenance_out,
+        **options,
+    )
     if zeroshot is not None:
         try:
-            best = run_ensemble(benchmark_name, data_dir, zeroshot, checkpoint, grid,
-                                finetuned_metrics=metrics_out, curve_out=curve_out,
-                                zeroshot_metrics=zeroshot_metrics,
-                                metrics_out=wise_out, **options)
+            best = run_ensemble(
+                benchmark_name,
+                data_dir,
+                zeroshot,
+                checkpoint,
+                grid,
+                finetuned_metrics=metrics_out,
+                curve_out=curve_out,
+                zeroshot_metrics=zeroshot_metrics,
+                metrics_out=wise_out,
+                **options,
+            )
         except BaseException:  # the step failed: none of its outputs may look like a result
             for path in (metrics_out, provenance_out):
                 path.unlink(missing_ok=True)
             raise
-        _log(f"weight ensembling: picked alpha={best['alpha']:g} "
-             f"(ID-val {best['val_metric']} {best['val_score']:.4f})")
+        _log(
+            f"weight ensembling: picked alpha={best['alpha']:g} "
+            f"(ID-val {best['val_metric']} {best['val_score']:.4f})"
+        )
 
 
 @main.command()
 @benchmark_option
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The pretrained checkpoint: its preprocessing (every checkpoint made from it "
-              "carries the same) decides the transform.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The pretrained checkpoint: its preprocessing (every checkpoint made from it "
+    "carries the same) decides the transform.",
+)
 @data_option
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for evalcache.json and each set's <set>.npy and <set>.parquet.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for evalcache.json and each set's <set>.npy and <set>.parquet.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @workers_option
 @threads_option
@@ -517,9 +791,15 @@ def evalcache(benchmark_name, checkpoint, data_dir, out_dir, batch_size, workers
     from flyp.evalcache import write_eval_cache
     from flyp.loading import resolve_workers
 
-    write_eval_cache(get_benchmark(benchmark_name), checkpoint, data_dir, out_dir,
-                     batch_size=batch_size, num_workers=resolve_workers(workers, threads),
-                     log=_log)
+    write_eval_cache(
+        get_benchmark(benchmark_name),
+        checkpoint,
+        data_dir,
+        out_dir,
+        batch_size=batch_size,
+        num_workers=resolve_workers(workers, threads),
+        log=_log,
+    )
     _log(f"wrote {out_dir}")
 
 
@@ -537,18 +817,25 @@ def features(checkpoint, data_dir, out, workers, threads, device):
     from flyp.loading import resolve_workers
     from flyp.training import resolve_device
 
-    write_features(checkpoint, data_dir, out, device=resolve_device(device),
-                   num_workers=resolve_workers(workers, threads))
+    write_features(
+        checkpoint,
+        data_dir,
+        out,
+        device=resolve_device(device),
+        num_workers=resolve_workers(workers, threads),
+    )
     _log(f"wrote {out}")
 
 
 @main.command("sweep-select")
 @click.option("--method", "method_name", required=True)
-@click.option("--grid", required=True,
-              help='The method\'s grid as JSON, e.g. \'{"lr": [1e-05, 0.0001]}\'.')
+@click.option(
+    "--grid", required=True, help="The method's grid as JSON, e.g. '{\"lr\": [1e-05, 0.0001]}'."
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("checkpoints", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
 def sweep_select(method_name, grid, out, checkpoints):
     """Pick a method's setting from its grid runs' checkpoints (one per grid point, in grid
     order) by their recorded ID-val score; ties go to the first point."""
@@ -561,15 +848,21 @@ def sweep_select(method_name, grid, out, checkpoints):
     except json.JSONDecodeError as e:
         raise UserError(f"--grid: not valid JSON ({e.msg})") from None
     picked = write_selection(out, method_name, grid, list(checkpoints))
-    _log(f"{method_name}: picked {describe(picked['picked'])} (ID-val {picked['val_metric']} "
-         f"{picked['val_score']:.4f}) -> {out}")
+    _log(
+        f"{method_name}: picked {describe(picked['picked'])} (ID-val {picked['val_metric']} "
+        f"{picked['val_score']:.4f}) -> {out}"
+    )
 
 
 @main.command()
 @benchmark_option
-@click.option("--results", "results_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Folder with <method>/<run>/{metrics,provenance,wise_metrics}.json.")
+@click.option(
+    "--results",
+    "results_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with <method>/<run>/{metrics,provenance,wise_metrics}.json.",
+)
 @click.option("--methods", required=True, help="Comma-separated methods, in table order.")
 @click.option("--runs", required=True, help="Comma-separated full runs (seed0,seed1,...).")
 @click.option("--wise-methods", default="", help="Methods with a weight-ensembling row.")
@@ -579,36 +872,87 @@ def sweep_select(method_name, grid, out, checkpoints):
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-csv", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--code-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the diffs of uncommitted code the rows name go [default: code/ beside "
-                   "--table].")
-@click.option("--inputs-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the sha256 of every per-run file the table was made from.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the table's numbers as Markdown.")
-@click.option("--sweep-methods", default="",
-              help="Methods whose setting a sweep picked (<method>/sweep.json under --results).")
-@click.option("--sweep-plot", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --sweep-methods: the figure of ID-val against each grid point.")
+@click.option(
+    "--code-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the diffs of uncommitted code the rows name go [default: code/ beside --table].",
+)
+@click.option(
+    "--inputs-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the sha256 of every per-run file the table was made from.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the table's numbers as Markdown.",
+)
+@click.option(
+    "--sweep-methods",
+    default="",
+    help="Methods whose setting a sweep picked (<method>/sweep.json under --results).",
+)
+@click.option(
+    "--sweep-plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --sweep-methods: the figure of ID-val against each grid point.",
+)
 @click.option("--sweep-csv", type=click.Path(dir_okay=False, path_type=Path))
-def report(benchmark_name, results_dir, methods, runs, wise_methods, fewshot_methods,
-           fewshot_runs, table, metrics_out, plot_out, plot_csv, code_dir, inputs_out, markdown,
-           sweep_methods, sweep_plot, sweep_csv):
+def report(
+    benchmark_name,
+    results_dir,
+    methods,
+    runs,
+    wise_methods,
+    fewshot_methods,
+    fewshot_runs,
+    table,
+    metrics_out,
+    plot_out,
+    plot_csv,
+    code_dir,
+    inputs_out,
+    markdown,
+    sweep_methods,
+    sweep_plot,
+    sweep_csv,
+):
     """Collect every method's metrics into the results table, the DVC metrics and the figure."""
     from flyp.report import write_report
 
-    df = write_report(benchmark_name, results_dir, methods=_csv_list(methods),
-                      runs=_csv_list(runs), wise_methods=_csv_list(wise_methods),
-                      fewshot_methods=_csv_list(fewshot_methods),
-                      fewshot_runs=_csv_list(fewshot_runs), table=table,
-                      metrics_out=metrics_out, plot_out=plot_out, plot_csv=plot_csv,
-                      code_dir=code_dir, inputs_out=inputs_out, markdown=markdown,
-                      sweep_methods=_csv_list(sweep_methods), sweep_plot=sweep_plot,
-                      sweep_csv=sweep_csv)
+    df = write_report(
+        benchmark_name,
+        results_dir,
+        methods=_csv_list(methods),
+        runs=_csv_list(runs),
+        wise_methods=_csv_list(wise_methods),
+        fewshot_methods=_csv_list(fewshot_methods),
+        fewshot_runs=_csv_list(fewshot_runs),
+        table=table,
+        metrics_out=metrics_out,
+        plot_out=plot_out,
+        plot_csv=plot_csv,
+        code_dir=code_dir,
+        inputs_out=inputs_out,
+        markdown=markdown,
+        sweep_methods=_csv_list(sweep_methods),
+        sweep_plot=sweep_plot,
+        sweep_csv=sweep_csv,
+    )
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 40):
-        click.echo(df.drop(columns=["checkpoint_sha256", "data_hash", "params_hash",
-                                    "pretrained_sha256", "git_revision", "eval_revision",
-                                    "experiment"]).to_string(index=False))
+        click.echo(
+            df.drop(
+                columns=[
+                    "checkpoint_sha256",
+                    "data_hash",
+                    "params_hash",
+                    "pretrained_sha256",
+                    "git_revision",
+                    "eval_revision",
+                    "experiment",
+                ]
+            ).to_string(index=False)
+        )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,11 @@ class _ModuleInfo:
                 continue
             names = _defined_names(stmt)
             # a statement that defines nothing is named by its content, not its position
-            key = names[0] if names else \
-                f"<statement {hashlib.sha256(ast.dump(stmt).encode()).hexdigest()[:12]}>"
+            key = (
+                names[0]
+                if names
+                else f"<statement {hashlib.sha256(ast.dump(stmt).encode()).hexdigest()[:12]}>"
+            )
             for n in names or [key]:
                 self.definitions.setdefault(n, []).append(stmt)
             if not names or _registers(stmt):
@@ -127,8 +130,11 @@ def _module(name: str) -> _ModuleInfo | None:
 def _references(module: str, name: str | None) -> list[Node]:
     """Nodes that the definition ``name`` of ``module`` (or all of it) refers to."""
     info = _module(module)
-    statements = [s for stmts in info.definitions.values() for s in stmts] if name is None \
+    statements = (
+        [s for stmts in info.definitions.values() for s in stmts]
+        if name is None
         else info.definitions.get(name, [])
+    )
     nodes: list[Node] = []
     if name is not None and name not in info.definitions and name in info.imports:
         nodes.append(info.imports[name])  # a name the module imports from another (re-export)
@@ -164,8 +170,13 @@ def _bound_imports(stmt: ast.Import | ast.ImportFrom, module: str) -> dict[str, 
 def _defined_names(stmt: ast.stmt) -> list[str]:
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return [stmt.name]
-    targets = stmt.targets if isinstance(stmt, ast.Assign) else \
-        [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else []
+    targets = (
+        stmt.targets
+        if isinstance(stmt, ast.Assign)
+        else [stmt.target]
+        if isinstance(stmt, (ast.AnnAssign, ast.AugAssign))
+        else []
+    )
     return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 
@@ -174,8 +185,11 @@ def _registers(stmt: ast.stmt) -> bool:
     code reaching the module uses (``PICKED_BY_NAME`` excepted)."""
     for decorator in getattr(stmt, "decorator_list", []):
         func = decorator.func if isinstance(decorator, ast.Call) else decorator
-        if isinstance(func, ast.Name) and func.id.startswith("register") \
-                and func.id not in PICKED_BY_NAME:
+        if (
+            isinstance(func, ast.Name)
+            and func.id.startswith("register")
+            and func.id not in PICKED_BY_NAME
+        ):
             return True
     return False
 
@@ -184,7 +198,11 @@ def _strip_docstrings(tree: ast.Module) -> ast.Module:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree

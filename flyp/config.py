@@ -23,8 +23,17 @@ TOP_LEVEL_FINETUNE_KEYS = ["lr", "wd", "epochs", "batch_size", "warmup_steps"]
 # Training settings a preset may override for one method under ``method_options.<method>`` (typed
 # by the schema); the workflow moves them out of the method's own options. ``lr_scale`` multiplies
 # the shared lr instead of replacing it.
-METHOD_TRAIN_KEYS = ("epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "precision",
-                     "decay", "clamp_logit_scale")
+METHOD_TRAIN_KEYS = (
+    "epochs",
+    "lr",
+    "wd",
+    "batch_size",
+    "warmup_steps",
+    "grad_clip",
+    "precision",
+    "decay",
+    "clamp_logit_scale",
+)
 METHOD_LR_SCALE = "lr_scale"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -56,9 +65,12 @@ def coerce_numbers(config: dict, validator) -> dict:
         fixed = False
         for error in validator.iter_errors(config):
             for e in [error, *error.context]:
-                if (e.validator == "type" and isinstance(e.instance, str)
-                        and _types(e.validator_value) & {"number", "integer"}
-                        and _NUMBER.match(e.instance.strip())):
+                if (
+                    e.validator == "type"
+                    and isinstance(e.instance, str)
+                    and _types(e.validator_value) & {"number", "integer"}
+                    and _NUMBER.match(e.instance.strip())
+                ):
                     number = float(e.instance)
                     if "integer" in _types(e.validator_value) and number.is_integer():
                         number = int(number)
@@ -133,49 +145,70 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     """The settings of this run: preset of the benchmark, then the scale, then top-level keys."""
     benchmark, scale = params["benchmark"], params["scale"]
     if benchmark not in params["presets"]:
-        raise UserError(f"{source}: benchmark: no preset {benchmark!r} under presets; "
-                        f"expected one of {sorted(params['presets'])}")
+        raise UserError(
+            f"{source}: benchmark: no preset {benchmark!r} under presets; "
+            f"expected one of {sorted(params['presets'])}"
+        )
     if scale not in params["scales"]:
-        raise UserError(f"{source}: scale: unknown scale {scale!r}; "
-                        f"expected one of {sorted(params['scales'])}")
+        raise UserError(
+            f"{source}: scale: unknown scale {scale!r}; expected one of {sorted(params['scales'])}"
+        )
     run = _merge(params["presets"][benchmark], params["scales"][scale])
     run.setdefault("finetune", {})
     fixed = {key: params[key] for key in TOP_LEVEL_FINETUNE_KEYS if params.get(key) is not None}
     run["finetune"].update(fixed)
     for stage in ("pretrain", "finetune"):
         for key in ("epochs", "lr", "wd", "batch_size"):
-            if run.get(stage, {}).get(key) is None and (stage == "finetune" or
-                                                        not run["model"].get("pretrained")):
+            if run.get(stage, {}).get(key) is None and (
+                stage == "finetune" or not run["model"].get("pretrained")
+            ):
                 raise UserError(f"{source}: presets.{benchmark}.{stage}.{key}: no value set")
     if "seeds" in run.get("finetune", {}):
-        raise UserError(f"{source}: presets.{benchmark}.finetune.seeds: finetuning seeds are the "
-                        f"top-level `seeds`")
+        raise UserError(
+            f"{source}: presets.{benchmark}.finetune.seeds: finetuning seeds are the "
+            f"top-level `seeds`"
+        )
     # The pretraining seeds: one CLIP pretrained here per seed (none when released weights are
     # exported). With several, run i of each method (seed i, or few-shot draw i) starts from the
     # (i mod n)-th (common.smk: pretrain_seed).
     pretrain = run.get("pretrain", {})
-    run["pretrain_seeds"] = ([] if run["model"].get("pretrained") else
-                             list(pretrain.pop("seeds", None) or [pretrain.get("seed", 0)]))
+    run["pretrain_seeds"] = (
+        []
+        if run["model"].get("pretrained")
+        else list(pretrain.pop("seeds", None) or [pretrain.get("seed", 0)])
+    )
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     for kind in JOB_KINDS:
         if kind not in run.get("resources", {}):
-            raise UserError(f"{source}: presets.{benchmark}.resources.{kind}: not set; expected "
-                            f"{{threads: N, mem_mb: N, runtime: minutes}}")
+            raise UserError(
+                f"{source}: presets.{benchmark}.resources.{kind}: not set; expected "
+                f"{{threads: N, mem_mb: N, runtime: minutes}}"
+            )
     run.setdefault("method_options", {})
     run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
     # A top-level finetuning key (`dvc exp run -S lr=1e-5`) sets it for every method: no grid
     # varies it any more (a grid left with no key: the method is not swept).
-    run["sweep"] = {method: kept for method, grid in run["sweep"].items()
-                    if (kept := {k: v for k, v in grid.items() if k not in fixed})}
+    run["sweep"] = {
+        method: kept
+        for method, grid in run["sweep"].items()
+        if (kept := {k: v for k, v in grid.items() if k not in fixed})
+    }
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
-    run["fewshot"] = _merge({"shots": [], "draws": 0, "methods": [], "finetune": {}},
-                            run.get("fewshot") or {})
+    run["fewshot"] = _merge(
+        {"shots": [], "draws": 0, "methods": [], "finetune": {}}, run.get("fewshot") or {}
+    )
     alphas = sorted(float(a) for a in params["alphas"])
     if alphas[0] != 0.0 or alphas[-1] != 1.0:
         raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
-    run.update(benchmark=benchmark, scale=scale, seeds=list(params["seeds"]), alphas=alphas,
-               methods=list(params["methods"]), runtime=params["runtime"])
+    run.update(
+        benchmark=benchmark,
+        scale=scale,
+        seeds=list(params["seeds"]),
+        alphas=alphas,
+        methods=list(params["methods"]),
+        runtime=params["runtime"],
+    )
     return run
 
 
@@ -185,20 +218,25 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
     from flyp.datasets import benchmark_names
 
     if run["benchmark"] not in benchmark_names():
-        raise UserError(f"{source}: benchmark: unknown benchmark {run['benchmark']!r}; "
-                        f"expected one of {benchmark_names()}")
+        raise UserError(
+            f"{source}: benchmark: unknown benchmark {run['benchmark']!r}; "
+            f"expected one of {benchmark_names()}"
+        )
     for method in run["methods"]:
         if method not in method_names():
-            raise UserError(f"{source}: methods: unknown method {method!r}; "
-                            f"expected one of {method_names()}")
+            raise UserError(
+                f"{source}: methods: unknown method {method!r}; expected one of {method_names()}"
+            )
     for method in run["method_options"]:
         if method not in method_names():
             raise UserError(f"{source}: method_options: unknown method {method!r}")
     for method in run["fewshot"]["methods"]:
         if method not in method_names():
-            raise UserError(f"{source}: presets.{run['benchmark']}.fewshot.methods: unknown "
-                            f"method {method!r}; "
-                            f"expected one of {method_names()}")
+            raise UserError(
+                f"{source}: presets.{run['benchmark']}.fewshot.methods: unknown "
+                f"method {method!r}; "
+                f"expected one of {method_names()}"
+            )
 
 
 def check_method_options(run: dict, source: str = "params.yaml") -> None:
@@ -215,9 +253,11 @@ def check_method_options(run: dict, source: str = "params.yaml") -> None:
             if key in shared:
                 continue
             if key not in specs:
-                raise UserError(f"{where}: unknown option of method {name}; valid options: "
-                                f"{describe_options(specs.values())}, or a training key "
-                                f"({', '.join(shared)})")
+                raise UserError(
+                    f"{where}: unknown option of method {name}; valid options: "
+                    f"{describe_options(specs.values())}, or a training key "
+                    f"({', '.join(shared)})"
+                )
             try:
                 specs[key].parse(value)
             except UserError as e:

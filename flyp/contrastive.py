@@ -32,8 +32,12 @@ class ContrastiveTask(Task):
         self.model_name = model_name
         self.device = device
         world = distributed.world_size()
-        self.clip_loss = open_clip.ClipLoss(local_loss=world > 1, gather_with_grad=world > 1,
-                                            rank=distributed.rank(), world_size=world)
+        self.clip_loss = open_clip.ClipLoss(
+            local_loss=world > 1,
+            gather_with_grad=world > 1,
+            rank=distributed.rank(),
+            world_size=world,
+        )
 
     def captions(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -41,7 +45,8 @@ class ContrastiveTask(Task):
     def loss(self, batch) -> torch.Tensor:
         images, tokens = self.captions(batch)
         image_features, text_features, logit_scale = self.module(
-            to_device(images, self.device), to_device(tokens, self.device))[:3]
+            to_device(images, self.device), to_device(tokens, self.device)
+        )[:3]
         return self.objective(image_features, text_features, logit_scale, batch)
 
     def objective(self, image_features, text_features, logit_scale, batch) -> torch.Tensor:

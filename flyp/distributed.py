@@ -46,7 +46,7 @@ def local_rows(values: torch.Tensor) -> torch.Tensor:
     """This rank's rows of a tensor drawn for the whole global batch (W*b, ...) -> (b, ...): ranks
     hold consecutive equal slices of each global batch, in rank order."""
     share = len(values) // world_size()
-    return values[rank() * share:(rank() + 1) * share]
+    return values[rank() * share : (rank() + 1) * share]
 
 
 def gather_rows(values: torch.Tensor) -> torch.Tensor:
@@ -86,15 +86,19 @@ def process_group(device: str = "auto"):
         yield resolve_device(device)
         return
     if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device}: a run over {ranks} processes gives each rank a GPU "
-                        f"of its own; use auto, cuda or cpu")
+        raise UserError(
+            f"--device {device}: a run over {ranks} processes gives each rank a GPU "
+            f"of its own; use auto, cuda or cpu"
+        )
     here = resolve_device(device)
     if here.type == "cuda":
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
         if torch.cuda.device_count() < per_node:
-            raise UserError(f"{per_node} processes on this machine, but it has "
-                            f"{torch.cuda.device_count()} CUDA GPU(s): one each is needed "
-                            f"(runtime.gpus_per_job)")
+            raise UserError(
+                f"{per_node} processes on this machine, but it has "
+                f"{torch.cuda.device_count()} CUDA GPU(s): one each is needed "
+                f"(runtime.gpus_per_job)"
+            )
         torch.cuda.set_device(here)
     dist.init_process_group("nccl" if here.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:

@@ -32,36 +32,45 @@ def interpolate_state(zs: dict, ft: dict, a: float) -> dict:
     Written as (1 - a) * zs + a * ft so that a = 0 and a = 1 give exactly zs and ft."""
     if zs.keys() != ft.keys():
         raise ValueError("checkpoints have different weights; not the same architecture")
-    return {k: ((1 - a) * zs[k] + a * ft[k]) if ft[k].is_floating_point() else ft[k].clone()
-            for k in ft}
+    return {
+        k: ((1 - a) * zs[k] + a * ft[k]) if ft[k].is_floating_point() else ft[k].clone() for k in ft
+    }
 
 
 def check_ensemble_pair(zeroshot_path, finetuned_path) -> None:
     """Refuse, from the two files' headers and before any evaluation, a pair that cannot be mixed:
     other architectures, other tensor shapes, or (for a finetuned head that is not rebuilt from
     the text tower) a zero-shot checkpoint without a head of the same shape."""
-    (zs_meta, zs_shapes), (ft_meta, ft_shapes) = (checkpoint_layout(zeroshot_path),
-                                                  checkpoint_layout(finetuned_path))
+    (zs_meta, zs_shapes), (ft_meta, ft_shapes) = (
+        checkpoint_layout(zeroshot_path),
+        checkpoint_layout(finetuned_path),
+    )
     where = f"--ensemble-with {zeroshot_path}"
     if zs_meta["model_name"] != ft_meta["model_name"]:
-        raise UserError(f"{where}: a {zs_meta['model_name']!r} checkpoint, but {finetuned_path} "
-                        f"is {ft_meta['model_name']!r}; weight ensembling needs the same "
-                        f"architecture (the zero-shot checkpoint of the same pretrained model)")
+        raise UserError(
+            f"{where}: a {zs_meta['model_name']!r} checkpoint, but {finetuned_path} "
+            f"is {ft_meta['model_name']!r}; weight ensembling needs the same "
+            f"architecture (the zero-shot checkpoint of the same pretrained model)"
+        )
     parts = ["clip."] if ft_meta["info"].get("head_from_text") else ["clip.", "head."]
     for prefix in parts:
-        mismatch = shape_mismatch({k: v for k, v in ft_shapes.items() if k.startswith(prefix)},
-                                  {k: v for k, v in zs_shapes.items() if k.startswith(prefix)})
+        mismatch = shape_mismatch(
+            {k: v for k, v in ft_shapes.items() if k.startswith(prefix)},
+            {k: v for k, v in zs_shapes.items() if k.startswith(prefix)},
+        )
         if mismatch:
-            raise UserError(f"{where}: its tensors do not fit those of {finetuned_path}: "
-                            f"{mismatch}")
+            raise UserError(
+                f"{where}: its tensors do not fit those of {finetuned_path}: {mismatch}"
+            )
 
 
 def head_from_text(ckpt: Checkpoint) -> bool:
     return bool(ckpt.info.get("head_from_text"))
 
 
-def interpolated_classifier(zs: Checkpoint, ft: Checkpoint, a: float, classnames, templates,
-                            device="cpu") -> ImageClassifier:
+def interpolated_classifier(
+    zs: Checkpoint, ft: Checkpoint, a: float, classnames, templates, device="cpu"
+) -> ImageClassifier:
     if zs.model_name != ft.model_name:
         raise ValueError(f"cannot ensemble {zs.model_name} with {ft.model_name}")
     clip = clip_from_checkpoint(ft)  # the architecture and its preprocessing config
@@ -87,10 +96,23 @@ def models_per_pass(zs: Checkpoint, budget: int = ENSEMBLE_BYTES) -> int:
     return max(1, budget // max(1, size))
 
 
-def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, val_set,
-                   known: dict | None = None, device="cpu", batch_size: int = 256,
-                   num_workers: int = 0, precision: str = "fp32", budget: int = ENSEMBLE_BYTES,
-                   eval_cache=None, log=print) -> list[dict]:
+def ensemble_curve(
+    zs: Checkpoint,
+    ft: Checkpoint,
+    alphas,
+    bench,
+    data_dir,
+    *,
+    val_set,
+    known: dict | None = None,
+    device="cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    budget: int = ENSEMBLE_BYTES,
+    eval_cache=None,
+    log=print,
+) -> list[dict]:
     """One row per alpha: {"alpha", "val_metric", "val_score", "val_loss", <eval set>...,
     "avg_ood"}; the val score is the benchmark's ID metric on ``val_set``. ``known`` maps an alpha
     to an already computed row (a = 0 and a = 1 are the zero-shot and finetuned results).
@@ -106,29 +128,41 @@ def ensemble_curve(zs: Checkpoint, ft: Checkpoint, alphas, bench, data_dir, *, v
     known = known or {}
 
     def identical(a: dict | None, b: dict | None) -> bool:
-        return a is not None and b is not None and a.keys() == b.keys() and all(
-            torch.equal(a[k], b[k]) for k in a)
+        return (
+            a is not None
+            and b is not None
+            and a.keys() == b.keys()
+            and all(torch.equal(a[k], b[k]) for k in a)
+        )
 
     # The same weights and head on both ends (zero-shot with itself): nothing to mix.
     if identical(zs.clip, ft.clip) and identical(zs.head, ft.head) and 1.0 in known:
         return [{"alpha": a, **known[1.0]} for a in alphas]
     todo = [a for a in alphas if a not in known]
     group = models_per_pass(zs, budget)
-    options = dict(batch_size=batch_size, num_workers=num_workers, device=device,
-                   precision=precision)
+    options = dict(
+        batch_size=batch_size, num_workers=num_workers, device=device, precision=precision
+    )
     computed = {}
     for start in range(0, len(todo), group):
-        grid = todo[start:start + group]
-        classifiers = [interpolated_classifier(zs, ft, a, bench.classnames, bench.templates,
-                                               device) for a in grid]
+        grid = todo[start : start + group]
+        classifiers = [
+            interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, device)
+            for a in grid
+        ]
         logits, labels = predict_many(classifiers, val_set, **options)
-        metrics = evaluate_classifiers(classifiers, bench, data_dir, eval_cache=eval_cache,
-                                       log=lambda m: None, **options)
+        metrics = evaluate_classifiers(
+            classifiers, bench, data_dir, eval_cache=eval_cache, log=lambda m: None, **options
+        )
         for a, each, m in zip(grid, logits, metrics, strict=True):
-            computed[a] = {**validation_scores(each, labels, bench.id_set,
-                                               getattr(val_set, "df", None)), **m}
-            log(f"alpha={a:.2f}  val {computed[a]['val_metric']}={computed[a]['val_score']:.4f}"
-                "  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+            computed[a] = {
+                **validation_scores(each, labels, bench.id_set, getattr(val_set, "df", None)),
+                **m,
+            }
+            log(
+                f"alpha={a:.2f}  val {computed[a]['val_metric']}={computed[a]['val_score']:.4f}"
+                "  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items())
+            )
         del classifiers, logits
     return [{"alpha": a, **(known[a] if a in known else computed[a])} for a in alphas]
 
@@ -147,21 +181,37 @@ def curve_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-
-
 def known_row(ckpt: Checkpoint, metrics_path) -> dict:
     """The curve's row of a model already evaluated: its ID-val scores as its checkpoint records
     them (what selected it) and its test metrics (``metrics.json``)."""
     from flyp.io import read_json
 
-    return {"val_metric": ckpt.info["val_metric"], "val_score": ckpt.info["best_val_score"],
-            "val_loss": ckpt.info["best_val_loss"], **read_json(metrics_path)}
+    return {
+        "val_metric": ckpt.info["val_metric"],
+        "val_score": ckpt.info["best_val_score"],
+        "val_loss": ckpt.info["best_val_loss"],
+        **read_json(metrics_path),
+    }
 
 
-def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas, *,
-                 finetuned_metrics=None, zeroshot_metrics=None, curve_out, metrics_out,
-                 device="cpu", batch_size: int = 256, num_workers: int = 0,
-                 precision: str = "fp32", eval_cache=None, log=print) -> dict:
+def run_ensemble(
+    benchmark_name,
+    data_dir,
+    zeroshot_path,
+    finetuned_path,
+    alphas,
+    *,
+    finetuned_metrics=None,
+    zeroshot_metrics=None,
+    curve_out,
+    metrics_out,
+    device="cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    eval_cache=None,
+    log=print,
+) -> dict:
     """Evaluate the alpha grid, write the curve (CSV) and the metrics at the alpha picked on
     ID-val (JSON, with "alpha"); return the picked row. ``finetuned_metrics`` and
     ``zeroshot_metrics``: the ``metrics.json`` of the two ends, whose rows (a = 1 and a = 0)
@@ -186,9 +236,21 @@ def run_ensemble(benchmark_name, data_dir, zeroshot_path, finetuned_path, alphas
     else:
         _, eval_tf = checkpoint_transforms(ft)
         val = ImageTable(table_path(data_dir, "val"), eval_tf)  # read once: no need to cache it
-    rows = ensemble_curve(zs, ft, alphas, bench, data_dir, val_set=val, known=known,
-                          device=device, batch_size=batch_size, num_workers=num_workers,
-                          precision=precision, eval_cache=eval_cache, log=log)
+    rows = ensemble_curve(
+        zs,
+        ft,
+        alphas,
+        bench,
+        data_dir,
+        val_set=val,
+        known=known,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        eval_cache=eval_cache,
+        log=log,
+    )
     best = pick_alpha(rows)
     write_text(curve_out, curve_csv(rows))
     write_json(metrics_out, best)

@@ -49,8 +49,16 @@ def cached_sets(bench) -> list[str]:
     return ["val", *(s.name for s in bench.eval_sets)]
 
 
-def write_eval_cache(bench, checkpoint: Path, data_dir: Path, out_dir: Path, *,
-                     batch_size: int = 256, num_workers: int = 0, log=print) -> None:
+def write_eval_cache(
+    bench,
+    checkpoint: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    log=print,
+) -> None:
     """Transform every set of ``cached_sets(bench)`` with ``checkpoint``'s eval transform and write
     the cache into ``out_dir`` (each file atomically; a previous manifest removed first and the
     new one written last, so a folder without one, or half rewritten, is not a cache)."""
@@ -71,13 +79,16 @@ def write_eval_cache(bench, checkpoint: Path, data_dir: Path, out_dir: Path, *,
         digest = sha256_file(table)  # of the table just read
         if len(dataset) == 0:
             raise UserError(f"{table}: no images; expected at least one to evaluate on")
-        write_images(dataset, out_dir / f"{name}.npy", batch_size=batch_size,
-                     num_workers=num_workers)
+        write_images(
+            dataset, out_dir / f"{name}.npy", batch_size=batch_size, num_workers=num_workers
+        )
         write_rows(dataset.df, out_dir / f"{name}.parquet")
         sets[name] = {"table_sha256": digest, "rows": len(dataset)}
         log(f"{name}: {len(dataset)} images cached")
-    write_json(out_dir / MANIFEST, {"format": FORMAT, "benchmark": bench.name,
-                                    "transform": transform_key(cfg), "sets": sets})
+    write_json(
+        out_dir / MANIFEST,
+        {"format": FORMAT, "benchmark": bench.name, "transform": transform_key(cfg), "sets": sets},
+    )
 
 
 def write_images(dataset, path: Path, *, batch_size: int, num_workers: int) -> None:
@@ -90,7 +101,7 @@ def write_images(dataset, path: Path, *, batch_size: int, num_workers: int) -> N
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         start = 0
         for images, _ in make_loader(dataset, batch_size=batch_size, workers=num_workers):
-            array[start:start + len(images)] = images.numpy()
+            array[start : start + len(images)] = images.numpy()
             start += len(images)
         array.flush()
         del array
@@ -134,19 +145,27 @@ class EvalCache:
         where = f"--eval-cache {self.folder}"
         manifest = self.folder / MANIFEST
         if not manifest.is_file():
-            raise UserError(f"{where}: not an evaluation cache (no {MANIFEST}); make it with "
-                            f"`flyp evalcache`")
+            raise UserError(
+                f"{where}: not an evaluation cache (no {MANIFEST}); make it with `flyp evalcache`"
+            )
         self.manifest = read_json(manifest)
         if self.manifest.get("format") != FORMAT:
-            raise UserError(f"{where}: format {self.manifest.get('format')!r}, expected "
-                            f"{FORMAT!r}; make it again with `flyp evalcache`")
+            raise UserError(
+                f"{where}: format {self.manifest.get('format')!r}, expected "
+                f"{FORMAT!r}; make it again with `flyp evalcache`"
+            )
         made, wanted = self.manifest["transform"], transform_key(preprocess)
         if made != wanted:
-            differ = ", ".join(f"{k} {made.get(k)!r} (model: {wanted[k]!r})"
-                               for k in TRANSFORM_KEYS if made.get(k) != wanted[k])
-            raise UserError(f"{where}: made for another preprocessing than the model's: "
-                            f"{differ}; make it again with `flyp evalcache` from this model's "
-                            f"pretrained checkpoint")
+            differ = ", ".join(
+                f"{k} {made.get(k)!r} (model: {wanted[k]!r})"
+                for k in TRANSFORM_KEYS
+                if made.get(k) != wanted[k]
+            )
+            raise UserError(
+                f"{where}: made for another preprocessing than the model's: "
+                f"{differ}; make it again with `flyp evalcache` from this model's "
+                f"pretrained checkpoint"
+            )
 
     def dataset(self, name: str) -> CachedImages:
         """Set ``name``, after checking it was made from the table as it is now."""
@@ -156,20 +175,27 @@ class EvalCache:
         where = f"--eval-cache {self.folder}"
         entry = self.manifest["sets"].get(name)
         if entry is None:
-            raise UserError(f"{where}: has no set {name!r} (it has "
-                            f"{sorted(self.manifest['sets'])})")
+            raise UserError(
+                f"{where}: has no set {name!r} (it has {sorted(self.manifest['sets'])})"
+            )
         table = table_path(self.data_dir, name)
         if not table.is_file() or sha256_file(table) != entry["table_sha256"]:
-            raise UserError(f"{where}: set {name!r} was made from another {table} than the one "
-                            f"there now; make the cache again with `flyp evalcache`")
+            raise UserError(
+                f"{where}: set {name!r} was made from another {table} than the one "
+                f"there now; make the cache again with `flyp evalcache`"
+            )
         try:
             images = np.load(self.folder / f"{name}.npy", mmap_mode="r")
         except (OSError, ValueError) as e:
-            raise UserError(f"{self.folder / f'{name}.npy'}: not a readable cached array "
-                            f"({e}); make the cache again") from None
+            raise UserError(
+                f"{self.folder / f'{name}.npy'}: not a readable cached array "
+                f"({e}); make the cache again"
+            ) from None
         if images.dtype != np.uint8 or images.ndim != 4 or len(images) != entry["rows"]:
-            raise UserError(f"{self.folder / f'{name}.npy'}: {images.dtype} {images.shape}, "
-                            f"expected uint8 ({entry['rows']}, 3, H, W); make the cache again")
+            raise UserError(
+                f"{self.folder / f'{name}.npy'}: {images.dtype} {images.shape}, "
+                f"expected uint8 ({entry['rows']}, 3, H, W); make the cache again"
+            )
         return CachedImages(images, read_table(self.folder / f"{name}.parquet"))
 
 

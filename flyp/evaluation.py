@@ -7,10 +7,20 @@ import torch
 from flyp.scoring import predict_many, score
 
 
-def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_out, provenance_out,
-                        batch_size: int = 256, num_workers: int = 0,
-                        device: torch.device | None = None, precision: str = "fp32",
-                        eval_cache=None, log=print) -> dict:
+def evaluate_checkpoint(
+    benchmark_name: str,
+    data_dir,
+    checkpoint,
+    *,
+    metrics_out,
+    provenance_out,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+    eval_cache=None,
+    log=print,
+) -> dict:
     """Score ``checkpoint`` on every eval set of the benchmark (images read from ``eval_cache``,
     a ``flyp evalcache`` folder, when given; the same metrics either way).
 
@@ -25,13 +35,23 @@ def evaluate_checkpoint(benchmark_name: str, data_dir, checkpoint, *, metrics_ou
     ckpt = load_checkpoint(checkpoint)
     classes = None if ckpt.head is None else ckpt.head["weight"].shape[0]
     if classes is not None and classes != len(bench.classnames):
-        raise UserError(f"{checkpoint}: its head scores {classes} classes, but benchmark "
-                        f"{bench.name!r} has {len(bench.classnames)}; evaluate a checkpoint "
-                        f"with the benchmark it was finetuned on")
+        raise UserError(
+            f"{checkpoint}: its head scores {classes} classes, but benchmark "
+            f"{bench.name!r} has {len(bench.classnames)}; evaluate a checkpoint "
+            f"with the benchmark it was finetuned on"
+        )
     classifier = classifier_from_checkpoint(ckpt).to(device or "cpu")
-    metrics = evaluate_classifier(classifier, bench, data_dir, batch_size=batch_size,
-                                  num_workers=num_workers, device=device, precision=precision,
-                                  eval_cache=eval_cache, log=log)
+    metrics = evaluate_classifier(
+        classifier,
+        bench,
+        data_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+        eval_cache=eval_cache,
+        log=log,
+    )
     write_json(provenance_out, provenance(ckpt, checkpoint, data_dir))
     write_json(metrics_out, metrics)
     return metrics
@@ -42,9 +62,18 @@ def evaluate_classifier(classifier, bench, data_dir, **options) -> dict:
     return evaluate_classifiers([classifier], bench, data_dir, **options)[0]
 
 
-def evaluate_classifiers(classifiers: list, bench, data_dir, *, batch_size: int = 256,
-                         num_workers: int = 0, device=None, precision: str = "fp32",
-                         eval_cache=None, log=print) -> list[dict]:
+def evaluate_classifiers(
+    classifiers: list,
+    bench,
+    data_dir,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device=None,
+    precision: str = "fp32",
+    eval_cache=None,
+    log=print,
+) -> list[dict]:
     """``evaluate_classifier`` of each classifier, in one pass over each eval set: every batch is
     decoded once and scored by all of them (the alpha grid of a weight ensemble). They must share
     one preprocessing (the transform is that of the first). With ``eval_cache`` (a folder) the
@@ -61,11 +90,19 @@ def evaluate_classifiers(classifiers: list, bench, data_dir, *, batch_size: int 
     cache = open_eval_cache(eval_cache, data_dir, open_clip.get_model_preprocess_cfg(clip))
     results = [{} for _ in classifiers]
     for eval_set in bench.eval_sets:
-        dataset = (cache.dataset(eval_set.name) if cache is not None
-                   else ImageTable(table_path(data_dir, eval_set.name), eval_tf))
-        logits, labels = predict_many(classifiers, dataset, batch_size=batch_size,
-                                      num_workers=num_workers, device=device,
-                                      precision=precision)
+        dataset = (
+            cache.dataset(eval_set.name)
+            if cache is not None
+            else ImageTable(table_path(data_dir, eval_set.name), eval_tf)
+        )
+        logits, labels = predict_many(
+            classifiers,
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            precision=precision,
+        )
         for metrics, each in zip(results, logits, strict=True):
             metrics[eval_set.name] = score(each, labels, eval_set, dataset.df)
         values = ", ".join(f"{m[eval_set.name]:.4f}" for m in results)
@@ -118,7 +155,8 @@ def provenance(ckpt, checkpoint_path, data_dir) -> dict:
         "train_code": revision_label(train_code),  # the code that trained the checkpoint
         "eval_code": revision_label(eval_code),  # the code that evaluated it
         # the diffs (saved beside the table as results/code/<hash>.diff by the report)
-        "code_diffs": {revision_label(r): r["diff"] for r in (train_code, eval_code)
-                       if r.get("diff")},
+        "code_diffs": {
+            revision_label(r): r["diff"] for r in (train_code, eval_code) if r.get("diff")
+        },
         "experiment": experiment_name(),
     }

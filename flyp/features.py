@@ -17,26 +17,29 @@ SPLITS = ["train", "val"]
 
 
 @torch.no_grad()
-def image_features(clip, dataset, batch_size: int = 256, device=None,
-                   num_workers: int = 0) -> torch.Tensor:
+def image_features(
+    clip, dataset, batch_size: int = 256, device=None, num_workers: int = 0
+) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) under the eval transform."""
     device = device or next(clip.parameters()).device
     clip.eval()
     loader = make_loader(dataset, batch_size=batch_size, workers=num_workers, device=device)
-    out = [torch.nn.functional.normalize(clip.encode_image(to_device(x, device)), dim=-1)
-           for x, _ in loader]
+    out = [
+        torch.nn.functional.normalize(clip.encode_image(to_device(x, device)), dim=-1)
+        for x, _ in loader
+    ]
     return torch.cat(out).cpu()
 
 
-def write_features(checkpoint: Path, data_dir: Path, out: Path, device=None,
-                   num_workers: int = 0) -> None:
+def write_features(
+    checkpoint: Path, data_dir: Path, out: Path, device=None, num_workers: int = 0
+) -> None:
     clip = clip_from_checkpoint(load_checkpoint(checkpoint)).to(device or "cpu")
     _, eval_tf = image_transforms(clip)
     tensors = {}
     for split in SPLITS:
         table = ImageTable(table_path(data_dir, split), eval_tf)
-        tensors[f"{split}.x"] = image_features(clip, table, device=device,
-                                               num_workers=num_workers)
+        tensors[f"{split}.x"] = image_features(clip, table, device=device, num_workers=num_workers)
         tensors[f"{split}.y"] = table.labels
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp))

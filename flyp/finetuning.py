@@ -32,11 +32,23 @@ from flyp.training import (
 )
 
 
-def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained_path: Path,
-             method_name: str,
-             cfg: TrainConfig, *, options: dict, out: Path, log_csv: Path, device: torch.device,
-             shots: int | None = None, draw: int = 0, eval_cache: Path | None = None,
-             log: Callable[[str], None] = print) -> dict:
+def finetune(
+    benchmark_name: str,
+    data_dir: Path,
+    captions_dir: Path,
+    pretrained_path: Path,
+    method_name: str,
+    cfg: TrainConfig,
+    *,
+    options: dict,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+    shots: int | None = None,
+    draw: int = 0,
+    eval_cache: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
     ``flyp evalcache`` folder of the pretrained model's preprocessing) when given."""
     bench = get_benchmark(benchmark_name)
@@ -46,19 +58,36 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
     torch.manual_seed(cfg.seed)  # any fresh parameters a method creates
     tokenizer = get_tokenizer(pretrained.model_name)
     train_tf, eval_tf = checkpoint_transforms(pretrained)  # the pretrained weights' preprocessing
-    ctx = Context(benchmark=bench, pretrained=pretrained, data_dir=Path(data_dir),
-                  captions_dir=Path(captions_dir), device=device,
-                  tokenizer=tokenizer, train_transform=train_tf, eval_transform=eval_tf,
-                  seed=cfg.seed, options=options, shots=shots, draw=draw,
-                  workers=cfg.num_workers,
-                  eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)))
-    info = {"method": method_name, "benchmark": benchmark_name, "seed": cfg.seed,
-            "shots": shots, "draw": draw if shots else None,
-            "head_from_text": method.head_from_text,
-            "config": {**result_config(cfg), "options": options},
-            "pretrained": pretrained.info, "pretrained_sha256": sha256_file(pretrained_path),
-            "data_hash": data_hash(data_dir), "code": code_revision(),
-            **carried_info(pretrained)}
+    ctx = Context(
+        benchmark=bench,
+        pretrained=pretrained,
+        data_dir=Path(data_dir),
+        captions_dir=Path(captions_dir),
+        device=device,
+        tokenizer=tokenizer,
+        train_transform=train_tf,
+        eval_transform=eval_tf,
+        seed=cfg.seed,
+        options=options,
+        shots=shots,
+        draw=draw,
+        workers=cfg.num_workers,
+        eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)),
+    )
+    info = {
+        "method": method_name,
+        "benchmark": benchmark_name,
+        "seed": cfg.seed,
+        "shots": shots,
+        "draw": draw if shots else None,
+        "head_from_text": method.head_from_text,
+        "config": {**result_config(cfg), "options": options},
+        "pretrained": pretrained.info,
+        "pretrained_sha256": sha256_file(pretrained_path),
+        "data_hash": data_hash(data_dir),
+        "code": code_revision(),
+        **carried_info(pretrained),
+    }
 
     if not method.trains:  # its result depends on no training setting, so it records none
         if not distributed.is_main():  # nothing to share out: rank 0 alone scores and writes
@@ -68,14 +97,23 @@ def finetune(benchmark_name: str, data_dir: Path, captions_dir: Path, pretrained
         val = ctx.validate(classifier)
         info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)
         save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
-        write_text(log_csv, log_csv_text([{"epoch": 0, "step": 0, **val_columns(val),
-                                       "seconds": "0"}]))
+        write_text(
+            log_csv, log_csv_text([{"epoch": 0, "step": 0, **val_columns(val), "seconds": "0"}])
+        )
         return {"best_epoch": 0, "best_val": val}
 
     task = method.task(ctx)
     info.update(ctx.notes, **selection(shots))
-    result = fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info,
-                 progress=log, **selection(shots))
+    result = fit(
+        task,
+        cfg,
+        out=out,
+        log_csv=log_csv,
+        device=device,
+        info=info,
+        progress=log,
+        **selection(shots),
+    )
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 
 
@@ -86,4 +124,3 @@ def selection(shots: int | None) -> dict:
     if shots is None:
         return {"select": "metric", "include_start": False}
     return {"select": "val_loss", "include_start": True}
-

@@ -52,8 +52,9 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 
 def write_error(path: Path, e: OSError) -> UserError:
-    return UserError(f"{path}: cannot write ({e.strerror or e}); check the folder's permissions "
-                     f"and free space")
+    return UserError(
+        f"{path}: cannot write ({e.strerror or e}); check the folder's permissions and free space"
+    )
 
 
 def new_file_mode() -> int:

@@ -50,7 +50,7 @@ def chunk_loss_grad(x, y, coef, intercept):
     loss = -log_p.gather(1, y[:, None]).double().sum()
     d = log_p.exp_()  # d loss / d logits = softmax - onehot(y)
     d[torch.arange(len(y), device=y.device), y] -= 1
-    d = d[:, -coef.shape[0]:]  # binary: only z = logit 1 - logit 0 is a parameter
+    d = d[:, -coef.shape[0] :]  # binary: only z = logit 1 - logit 0 is a parameter
     return loss, d.T @ x, d.sum(0)  # (), (K', D), (K',)
 
 
@@ -71,9 +71,17 @@ def objective(x, y, coef, intercept, c: float, chunk_rows: int = CHUNK_ROWS):
     return loss / n, g_coef / n, g_intercept / n
 
 
-def fit_logistic(x, y, n_classes: int, c: float, init: LogisticFit | None = None, *,
-                 tol: float = TOL, max_iter: int = MAX_ITER,
-                 chunk_rows: int = CHUNK_ROWS) -> LogisticFit:
+def fit_logistic(
+    x,
+    y,
+    n_classes: int,
+    c: float,
+    init: LogisticFit | None = None,
+    *,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    chunk_rows: int = CHUNK_ROWS,
+) -> LogisticFit:
     """Minimise the objective for one C from ``init`` (zeros when None). x (N, D) float32,
     y (N,) class indices in [0, n_classes), on one device."""
     if n_classes < 2:
@@ -86,8 +94,14 @@ def fit_logistic(x, y, n_classes: int, c: float, init: LogisticFit | None = None
         intercept.copy_(init.intercept)
     coef.requires_grad_(True)
     intercept.requires_grad_(True)
-    opt = torch.optim.LBFGS([coef, intercept], lr=1, max_iter=max_iter, history_size=HISTORY,
-                            tolerance_grad=tol, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [coef, intercept],
+        lr=1,
+        max_iter=max_iter,
+        history_size=HISTORY,
+        tolerance_grad=tol,
+        line_search_fn="strong_wolfe",
+    )
 
     @torch.no_grad()
     def closure():
@@ -100,13 +114,17 @@ def fit_logistic(x, y, n_classes: int, c: float, init: LogisticFit | None = None
         _, g_coef, g_intercept = objective(x, y, coef, intercept, c, chunk_rows)
         grad_max = max(g_coef.abs().max().item(), g_intercept.abs().max().item())
     if n_iter >= max_iter:
-        warnings.warn(f"logistic regression (C={c:g}) stopped at max_iter={max_iter} with "
-                      f"gradient {grad_max:.2e} > tol {tol:g}", stacklevel=2)
+        warnings.warn(
+            f"logistic regression (C={c:g}) stopped at max_iter={max_iter} with "
+            f"gradient {grad_max:.2e} > tol {tol:g}",
+            stacklevel=2,
+        )
     return LogisticFit(coef.detach(), intercept.detach(), n_iter, grad_max)
 
 
-def regularisation_path(x, y, n_classes: int, c_grid,
-                        **solver) -> Iterator[tuple[float, LogisticFit]]:
+def regularisation_path(
+    x, y, n_classes: int, c_grid, **solver
+) -> Iterator[tuple[float, LogisticFit]]:
     """(C, fit) for each C in increasing order (strong to weak regularisation), each fit started
     from the previous solution: a weaker penalty moves the optimum a little, so few iterations."""
     x = x.to(torch.float32)

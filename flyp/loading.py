@@ -35,8 +35,17 @@ def resolve_workers(workers: int | str, threads: int = 0) -> int:
     return max(0, (threads or available_cores()) - 1)
 
 
-def make_loader(dataset, *, batch_size: int | None, workers: int = 0, device=None, shuffle=False,
-                drop_last=False, generator=None, batch_sampler=None) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset,
+    *,
+    batch_size: int | None,
+    workers: int = 0,
+    device=None,
+    shuffle=False,
+    drop_last=False,
+    generator=None,
+    batch_sampler=None,
+) -> torch.utils.data.DataLoader:
     """A loader with ``workers`` processes (none for a set already held as tensors, in memory or
     memory-mapped: a worker would only copy it once more) and pinned batches when they go to a
     CUDA device. A ``batch_sampler`` (training's ``RankBatches``) replaces batch_size, shuffle
@@ -51,11 +60,19 @@ def make_loader(dataset, *, batch_size: int | None, workers: int = 0, device=Non
     if isinstance(dataset, (CachedEvalSet, CachedImages)):
         workers = 0
     cuda = device is not None and torch.device(device).type == "cuda"
-    batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
-                {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last})
-    return torch.utils.data.DataLoader(dataset, **batching, generator=generator,
-                                       num_workers=workers, pin_memory=cuda,
-                                       worker_init_fn=ignore_stop_signals if workers else None)
+    batching = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        **batching,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=cuda,
+        worker_init_fn=ignore_stop_signals if workers else None,
+    )
 
 
 def ignore_stop_signals(worker_id: int) -> None:

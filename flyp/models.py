@@ -38,8 +38,10 @@ FORMAT = "flyp-checkpoint/1"
 def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
     """An open_clip CLIP: random init, an open_clip pretrained tag, or a local weights file."""
     if model_name not in open_clip.list_models():
-        raise UserError(f"unknown model {model_name!r}: not an open_clip architecture nor a config "
-                        f"in {MODEL_CONFIG_DIR}")
+        raise UserError(
+            f"unknown model {model_name!r}: not an open_clip architecture nor a config "
+            f"in {MODEL_CONFIG_DIR}"
+        )
     if pretrained:
         check_quickgelu(model_name, pretrained)
     try:
@@ -56,8 +58,9 @@ def create_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
     except (RuntimeError, AssertionError, KeyError, ValueError) as e:
         # open_clip raises RuntimeError for unknown tags, failed downloads and weights that do not
         # load; the others from resizing or converting weights of another architecture.
-        raise UserError(f"cannot load weights {pretrained!r} for {model_name!r}: "
-                        f"{load_error_summary(e)}") from None
+        raise UserError(
+            f"cannot load weights {pretrained!r} for {model_name!r}: {load_error_summary(e)}"
+        ) from None
     set_preprocess_cfg(model, open_clip.get_model_preprocess_cfg(model))
     model.visual.register_forward_pre_hook(_normalise_uint8_input)
     return model
@@ -127,8 +130,10 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
             tag_cfg = open_clip.get_pretrained_cfg(base, pretrained)
             tag_quick = bool(tag_cfg.get("quick_gelu", False))
     if tag_quick and not uses_quickgelu(model_name):
-        raise UserError(f"pretrained weights {pretrained!r} were trained with QuickGELU but model "
-                        f"{model_name!r} uses GELU; use {model_name}-quickgelu")
+        raise UserError(
+            f"pretrained weights {pretrained!r} were trained with QuickGELU but model "
+            f"{model_name!r} uses GELU; use {model_name}-quickgelu"
+        )
 
 
 def uses_quickgelu(model_name: str) -> bool:
@@ -233,8 +238,14 @@ PROMPTS_PER_FORWARD = 256
 
 
 @torch.no_grad()
-def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str], templates: list[str],
-                         *, prompts_per_forward: int = PROMPTS_PER_FORWARD) -> nn.Linear:
+def build_zero_shot_head(
+    clip: nn.Module,
+    tokenizer,
+    classnames: list[str],
+    templates: list[str],
+    *,
+    prompts_per_forward: int = PROMPTS_PER_FORWARD,
+) -> nn.Linear:
     """Head from averaged, normalised template embeddings (open_clip's zero-shot classifier),
     scaled by the model's temperature, with zero bias.
 
@@ -265,6 +276,7 @@ def build_zero_shot_head(clip: nn.Module, tokenizer, classnames: list[str], temp
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
+
 @dataclass
 class Checkpoint:
     model_name: str
@@ -286,8 +298,13 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
-                    head: nn.Module | dict | None = None, info: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model_name: str,
+    clip: nn.Module | dict,
+    head: nn.Module | dict | None = None,
+    info: dict | None = None,
+) -> None:
     def state(x):
         sd = x.state_dict() if isinstance(x, nn.Module) else x
         # safetensors stores each tensor once: copy views/shared storage into contiguous CPU tensors
@@ -298,9 +315,17 @@ def save_checkpoint(path: str | Path, model_name: str, clip: nn.Module | dict,
         tensors.update({f"head.{k}": v for k, v in state(head).items()})
     # One metadata entry: safetensors writes several in arbitrary order, and the same weights must
     # give the same file bytes (the checkpoint hash is part of each result's provenance).
-    metadata = {"flyp": json.dumps({"format": FORMAT, "model_name": model_name,
-                                    "info": info or {}, "tensors_sha256": tensors_sha256(tensors)},
-                                   sort_keys=True)}
+    metadata = {
+        "flyp": json.dumps(
+            {
+                "format": FORMAT,
+                "model_name": model_name,
+                "info": info or {},
+                "tensors_sha256": tensors_sha256(tensors),
+            },
+            sort_keys=True,
+        )
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -334,8 +359,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     recorded = meta.get("tensors_sha256")  # absent in checkpoints written before it was recorded
     if recorded is not None and recorded != tensors_sha256(tensors):
-        raise UserError(f"{path}: the tensors do not match the content hash the checkpoint "
-                        f"records (damaged or changed after it was written); rebuild it")
+        raise UserError(
+            f"{path}: the tensors do not match the content hash the checkpoint "
+            f"records (damaged or changed after it was written); rebuild it"
+        )
     clip = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
     head = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")} or None
     return Checkpoint(meta["model_name"], clip, head, meta["info"], path)
@@ -346,8 +373,9 @@ def shape_mismatch(expected: dict[str, tuple], got: dict[str, tuple]) -> str | N
     first name of each kind), or None when they fit."""
     missing = sorted(expected.keys() - got.keys())
     unexpected = sorted(got.keys() - expected.keys())
-    reshaped = sorted(k for k in expected.keys() & got.keys()
-                      if tuple(expected[k]) != tuple(got[k]))
+    reshaped = sorted(
+        k for k in expected.keys() & got.keys() if tuple(expected[k]) != tuple(got[k])
+    )
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
@@ -355,8 +383,10 @@ def shape_mismatch(expected: dict[str, tuple], got: dict[str, tuple]) -> str | N
         parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
     if reshaped:
         k = reshaped[0]
-        parts.append(f"{len(reshaped)} of another shape (e.g. {k!r}: {list(got[k])}, expected "
-                     f"{list(expected[k])})")
+        parts.append(
+            f"{len(reshaped)} of another shape (e.g. {k!r}: {list(got[k])}, expected "
+            f"{list(expected[k])})"
+        )
     return ", ".join(parts) or None
 
 
@@ -374,8 +404,10 @@ def weights_info(model_name: str, clip: nn.Module) -> dict:
     """The CARRIED_INFO of a freshly loaded open_clip model: its preprocessing config (size, mean,
     std, interpolation, resize_mode, fill_color; a tag's own, e.g. SigLIP's mean/std and squash
     resize) and whether the architecture uses QuickGELU."""
-    return {"preprocess": dict(open_clip.get_model_preprocess_cfg(clip)),
-            "quick_gelu": uses_quickgelu(model_name)}
+    return {
+        "preprocess": dict(open_clip.get_model_preprocess_cfg(clip)),
+        "quick_gelu": uses_quickgelu(model_name),
+    }
 
 
 def carried_info(ckpt: Checkpoint) -> dict:
@@ -395,15 +427,19 @@ def clip_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     as for an open_clip pretrained model, gives the transforms its weights expect)."""
     recorded = ckpt.info.get("quick_gelu")
     if recorded is not None and recorded != uses_quickgelu(ckpt.model_name):
-        raise UserError(f"checkpoint weights were trained with quick_gelu={recorded} but "
-                        f"{ckpt.model_name!r} has quick_gelu={not recorded}")
+        raise UserError(
+            f"checkpoint weights were trained with quick_gelu={recorded} but "
+            f"{ckpt.model_name!r} has quick_gelu={not recorded}"
+        )
     model = create_clip(ckpt.model_name)
     if ckpt.info.get("preprocess"):
         set_preprocess_cfg(model, ckpt.info["preprocess"])
     mismatch = shape_mismatch(shapes(model.state_dict()), shapes(ckpt.clip))
     if mismatch:  # load_state_dict would list every tensor on a line of its own
-        raise UserError(f"{ckpt.path or 'checkpoint'}: its tensors do not fit its declared "
-                        f"architecture {ckpt.model_name!r}: {mismatch}")
+        raise UserError(
+            f"{ckpt.path or 'checkpoint'}: its tensors do not fit its declared "
+            f"architecture {ckpt.model_name!r}: {mismatch}"
+        )
     model.load_state_dict(ckpt.clip)
     return model
 

@@ -34,14 +34,17 @@ class Option:
                 raise ValueError
         except (TypeError, ValueError):
             raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}") from None
-        if ((self.minimum is not None and parsed < self.minimum)
-                or (self.maximum is not None and parsed > self.maximum)):
+        if (self.minimum is not None and parsed < self.minimum) or (
+            self.maximum is not None and parsed > self.maximum
+        ):
             raise UserError(f"option {self.name!r}: expected {expected}, got {value!r}")
         return parsed
 
     def range(self) -> str:
-        bounds = [f">= {self.minimum:g}" if self.minimum is not None else "",
-                  f"<= {self.maximum:g}" if self.maximum is not None else ""]
+        bounds = [
+            f">= {self.minimum:g}" if self.minimum is not None else "",
+            f"<= {self.maximum:g}" if self.maximum is not None else "",
+        ]
         return "".join(f" {b}" for b in bounds if b)
 
     def describe(self) -> str:

@@ -32,8 +32,9 @@ MONITOR_TEMPLATES = ["a photo of a {}."]
 
 
 class PretrainTask(ContrastiveTask):
-    def __init__(self, clip, model_name, device, train_data, val_set, benchmark, tokenizer,
-                 workers: int = 0):
+    def __init__(
+        self, clip, model_name, device, train_data, val_set, benchmark, tokenizer, workers: int = 0
+    ):
         super().__init__(clip, model_name, device)
         self.train_data, self.val_set = train_data, val_set
         self.benchmark, self.tokenizer, self.workers = benchmark, tokenizer, workers
@@ -42,16 +43,31 @@ class PretrainTask(ContrastiveTask):
         return batch  # (images, tokens)
 
     def validate(self) -> dict:
-        head = build_zero_shot_head(self.module, self.tokenizer, self.benchmark.classnames,
-                                    MONITOR_TEMPLATES)
-        logits, labels = predict(ImageClassifier(self.module, head), self.val_set,
-                                 device=self.device, num_workers=self.workers)
-        return validation_scores(logits, labels, self.benchmark.id_set,
-                                 getattr(self.val_set, "df", None))
+        head = build_zero_shot_head(
+            self.module, self.tokenizer, self.benchmark.classnames, MONITOR_TEMPLATES
+        )
+        logits, labels = predict(
+            ImageClassifier(self.module, head),
+            self.val_set,
+            device=self.device,
+            num_workers=self.workers,
+        )
+        return validation_scores(
+            logits, labels, self.benchmark.id_set, getattr(self.val_set, "df", None)
+        )
 
 
-def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainConfig, *,
-             out: Path, log_csv: Path, device: torch.device, log=print) -> None:
+def pretrain(
+    benchmark: Benchmark,
+    data_dir: Path,
+    model_name: str,
+    cfg: TrainConfig,
+    *,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+    log=print,
+) -> None:
     torch.manual_seed(cfg.seed)  # model initialisation
     clip = create_clip(model_name)
     tokenizer = get_tokenizer(model_name)
@@ -61,9 +77,22 @@ def pretrain(benchmark: Benchmark, data_dir: Path, model_name: str, cfg: TrainCo
         raise UserError(f"{table.path}: a pretraining table needs a 'caption' column")
     tokens = tokenizer(table.df["caption"].tolist())  # (N, L)
     val = maybe_cached(ImageTable(table_path(data_dir, "val"), eval_tf))
-    task = PretrainTask(clip, model_name, device, CaptionedImages(table, tokens), val, benchmark,
-                        tokenizer, cfg.num_workers)
-    info = {"stage": "pretrain", "benchmark": benchmark.name, "model_name": model_name,
-            "seed": cfg.seed, "epochs": cfg.epochs, "code": code_revision()}
-    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last",
-        progress=log)
+    task = PretrainTask(
+        clip,
+        model_name,
+        device,
+        CaptionedImages(table, tokens),
+        val,
+        benchmark,
+        tokenizer,
+        cfg.num_workers,
+    )
+    info = {
+        "stage": "pretrain",
+        "benchmark": benchmark.name,
+        "model_name": model_name,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "code": code_revision(),
+    }
+    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last", progress=log)

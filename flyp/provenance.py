@@ -19,9 +19,11 @@ def code_revision(cwd: Path | None = None) -> dict:
     """{"commit", "diff_sha256", "diff"}: HEAD, and the uncommitted changes to CODE_PATHS (tracked
     files' diff plus untracked files' content) with their hash; diff "" and diff_sha256 None when
     there are none. {"commit": None, ...} outside a git checkout of this project."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -36,7 +38,7 @@ def code_revision(cwd: Path | None = None) -> dict:
 
 
 def revision_label(rev: dict | None) -> str:
-    """"<commit>" or "<commit>+diff.<first 12 of its hash>" (the diff is saved as
+    """ "<commit>" or "<commit>+diff.<first 12 of its hash>" (the diff is saved as
     results/code/<that>.diff); "unknown" outside git."""
     if not rev or not rev.get("commit"):
         return "unknown"

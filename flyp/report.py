@@ -88,18 +88,20 @@ def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, 
         row[label[c]], row[f"{label[c]}_std"] = round(100 * mean, 2), round(100 * std, 2)
         nested[label[c]], nested[f"{label[c]}_std"] = round(mean, 6), round(std, 6)
     row.update(extra or {})
-    row.update({
-        "selected_on": ";".join(sorted({selected_on(p) for p in provs})),
-        "best_epoch": ";".join(str(p["best_epoch"]) for p in provs),
-        "seed": ";".join(str(p["seed"]) for p in provs),
-        "checkpoint_sha256": ";".join(p["checkpoint_sha256"][:12] for p in provs),
-        "data_hash": ";".join(sorted({p["data_hash"][:12] for p in provs})),
-        "params_hash": ";".join(p["params_hash"][:12] for p in provs),
-        "pretrained_sha256": _unique([p.get("pretrained_sha256") for p in provs], 12),
-        "git_revision": _unique(p.get("train_code") for p in provs),
-        "eval_revision": _unique(p.get("eval_code") for p in provs),
-        "experiment": _unique(p.get("experiment") for p in provs),
-    })
+    row.update(
+        {
+            "selected_on": ";".join(sorted({selected_on(p) for p in provs})),
+            "best_epoch": ";".join(str(p["best_epoch"]) for p in provs),
+            "seed": ";".join(str(p["seed"]) for p in provs),
+            "checkpoint_sha256": ";".join(p["checkpoint_sha256"][:12] for p in provs),
+            "data_hash": ";".join(sorted({p["data_hash"][:12] for p in provs})),
+            "params_hash": ";".join(p["params_hash"][:12] for p in provs),
+            "pretrained_sha256": _unique([p.get("pretrained_sha256") for p in provs], 12),
+            "git_revision": _unique(p.get("train_code") for p in provs),
+            "eval_revision": _unique(p.get("eval_code") for p in provs),
+            "experiment": _unique(p.get("experiment") for p in provs),
+        }
+    )
     return row, nested
 
 
@@ -123,28 +125,52 @@ def save_code_diffs(provs: list[dict], folder: Path) -> None:
             write_text(folder / f"{label.rsplit('+diff.', 1)[1]}.diff", diff)
 
 
-PROVENANCE_COLUMNS = ["selected_on", "best_epoch", "seed", "checkpoint_sha256", "data_hash",
-                      "params_hash", "pretrained_sha256", "git_revision", "eval_revision",
-                      "experiment"]
+PROVENANCE_COLUMNS = [
+    "selected_on",
+    "best_epoch",
+    "seed",
+    "checkpoint_sha256",
+    "data_hash",
+    "params_hash",
+    "pretrained_sha256",
+    "git_revision",
+    "eval_revision",
+    "experiment",
+]
 
 
 def table_markdown(df: pd.DataFrame, benchmark: str) -> str:
     """The table's numbers for reading (in git, where results/table.csv, in DVC, is not)."""
     revisions = sorted(set(";".join(df["git_revision"].astype(str)).split(";")))
     numbers = df.drop(columns=[c for c in PROVENANCE_COLUMNS if c in df.columns])
-    return (f"# Results: {benchmark}\n\nPercent; `_std` over seeds (or few-shot draws). Made by "
-            f"{', '.join(f'`{r}`' for r in revisions)}; each row's provenance is in "
-            "`results/table.csv` (DVC: `dvc pull`, or rebuild it).\n\n"
-            f"{numbers.to_markdown(index=False)}\n")
+    return (
+        f"# Results: {benchmark}\n\nPercent; `_std` over seeds (or few-shot draws). Made by "
+        f"{', '.join(f'`{r}`' for r in revisions)}; each row's provenance is in "
+        "`results/table.csv` (DVC: `dvc pull`, or rebuild it).\n\n"
+        f"{numbers.to_markdown(index=False)}\n"
+    )
 
 
-def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], runs: list[str],
-                 wise_methods: list[str], fewshot_methods: list[str], fewshot_runs: list[str],
-                 table: Path, metrics_out: Path, plot_out: Path | None = None,
-                 plot_csv: Path | None = None, code_dir: Path | None = None,
-                 inputs_out: Path | None = None, markdown: Path | None = None,
-                 sweep_methods: list[str] = (), sweep_plot: Path | None = None,
-                 sweep_csv: Path | None = None) -> pd.DataFrame:
+def write_report(
+    benchmark_name: str,
+    results_dir: Path,
+    *,
+    methods: list[str],
+    runs: list[str],
+    wise_methods: list[str],
+    fewshot_methods: list[str],
+    fewshot_runs: list[str],
+    table: Path,
+    metrics_out: Path,
+    plot_out: Path | None = None,
+    plot_csv: Path | None = None,
+    code_dir: Path | None = None,
+    inputs_out: Path | None = None,
+    markdown: Path | None = None,
+    sweep_methods: list[str] = (),
+    sweep_plot: Path | None = None,
+    sweep_csv: Path | None = None,
+) -> pd.DataFrame:
     """The table (``table``), the DVC metrics file (``metrics_out``), the figure and its data, the
     code diffs the rows name (``code_dir``, default: ``code`` beside the table) and the sha256 of
     every per-run file the table was made from (``inputs_out``), and the table's numbers as
@@ -160,8 +186,11 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     for s in bench.eval_sets:
         name = "id" if s is bench.id_set else s.name
         label[s.name] = name if s.metric == "accuracy" else f"{name}_{s.metric}"
-    if bench.ood_sets and len({s.metric for s in bench.ood_sets}) == 1 and \
-            bench.ood_sets[0].metric != "accuracy":
+    if (
+        bench.ood_sets
+        and len({s.metric for s in bench.ood_sets}) == 1
+        and bench.ood_sets[0].metric != "accuracy"
+    ):
         label["avg_ood"] = f"avg_ood_{bench.ood_sets[0].metric}"
     id_key = bench.id_set.name
 
@@ -178,11 +207,11 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
         metrics = [res.metrics(m, r, wise=True) for r in runs]
         provs = [res.provenance(m, r) for r in runs]
         alphas = ";".join(f"{x['alpha']:g}" for x in metrics)
-        row, nested[f"{m}+wise"] = _aggregate(f"{m}+wise", metrics, provs, columns, label,
-                                              {"alpha": alphas})
+        row, nested[f"{m}+wise"] = _aggregate(
+            f"{m}+wise", metrics, provs, columns, label, {"alpha": alphas}
+        )
         rows.append(row)
-        curves = pd.concat([res.curve(m, r) for r in runs]).groupby("alpha").mean(
-            numeric_only=True)
+        curves = pd.concat([res.curve(m, r) for r in runs]).groupby("alpha").mean(numeric_only=True)
         for alpha, c in curves.iterrows():
             points.append((m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan))))
     for m in fewshot_methods:
@@ -198,8 +227,9 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     df = pd.DataFrame(rows)
     if bench.ood_sets:
         baseline = [(i, o) for m, _, i, o in points if m in ROBUSTNESS_BASELINES]
-        baseline += [(x[id_key], x["avg_ood"])
-                     for m in methods if m in ROBUSTNESS_BASELINES for x in full[m]]
+        baseline += [
+            (x[id_key], x["avg_ood"]) for m in methods if m in ROBUSTNESS_BASELINES for x in full[m]
+        ]
         line = fit_robustness_line(baseline)
         eff = []
         for r in rows:
@@ -217,9 +247,14 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
     if sweep_methods:
         selections = {m: res.selection(m) for m in sweep_methods}
         picked = {m: describe(s["picked"]) for m, s in selections.items()}
-        df.insert(df.columns.get_loc("selected_on"), "picked",
-                  ["" if "@" in name else picked.get(name.removesuffix("+wise"), "")
-                   for name in df["method"]])
+        df.insert(
+            df.columns.get_loc("selected_on"),
+            "picked",
+            [
+                "" if "@" in name else picked.get(name.removesuffix("+wise"), "")
+                for name in df["method"]
+            ],
+        )
         if sweep_plot is not None:
             plot_sweep(selections, sweep_plot, sweep_csv, bench.name)
     with atomic_path(table) as tmp:
@@ -229,8 +264,9 @@ def write_report(benchmark_name: str, results_dir: Path, *, methods: list[str], 
         write_text(markdown, table_markdown(df, bench.name))
     save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
     if inputs_out is not None:
-        write_json(inputs_out, {str(p.relative_to(res.root)): sha256_file(p)
-                                for p in sorted(res.read)})
+        write_json(
+            inputs_out, {str(p.relative_to(res.root)): sha256_file(p) for p in sorted(res.read)}
+        )
     return df
 
 
@@ -263,23 +299,38 @@ def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    id_col, ood_col = label[next(k for k, v in label.items() if v.startswith("id"))], \
-        label["avg_ood"]
+    id_col, ood_col = (
+        label[next(k for k, v in label.items() if v.startswith("id"))],
+        label["avg_ood"],
+    )
     fig, ax = plt.subplots(figsize=(7.5, 6))
     full = df[~df["method"].str.contains("@")]
     colors = {}
     for m, group in pd.DataFrame(points, columns=["method", "alpha", "id", "ood"]).groupby(
-            "method", sort=False):
+        "method", sort=False
+    ):
         (line_,) = ax.plot(100 * group["id"], 100 * group["ood"], "-", lw=1.2, alpha=0.7)
         colors[m] = line_.get_color()
     for _, r in full.iterrows():
         base = r["method"].removesuffix("+wise")
         marker = "*" if base == "zeroshot" else ("s" if r["method"].endswith("+wise") else "o")
-        ax.errorbar(r[id_col], r[ood_col], xerr=r[f"{id_col}_std"], yerr=r[f"{ood_col}_std"],
-                    fmt=marker, ms=14 if marker == "*" else 7, color=colors.get(base, "black"),
-                    capsize=2)
-        ax.annotate(r["method"], (r[id_col], r[ood_col]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.errorbar(
+            r[id_col],
+            r[ood_col],
+            xerr=r[f"{id_col}_std"],
+            yerr=r[f"{ood_col}_std"],
+            fmt=marker,
+            ms=14 if marker == "*" else 7,
+            color=colors.get(base, "black"),
+            capsize=2,
+        )
+        ax.annotate(
+            r["method"],
+            (r[id_col], r[ood_col]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     if line is not None:
         xs = np.linspace(full[id_col].min() - 2, full[id_col].max() + 2, 50) / 100
         slope, intercept = line
@@ -288,8 +339,9 @@ def plot_id_vs_ood(df, points, line, label, out: Path, csv_out: Path | None, tit
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("ID test accuracy (%)")
     ax.set_ylabel("average OOD accuracy (%)")
-    ax.set_title(f"{title}: ID vs OOD (mean over seeds; lines: weight ensembling, alpha 0 to 1)",
-                 fontsize=9)
+    ax.set_title(
+        f"{title}: ID vs OOD (mean over seeds; lines: weight ensembling, alpha 0 to 1)", fontsize=9
+    )
     ax.grid(alpha=0.3)
     curve = pd.DataFrame(points, columns=["method", "alpha", "id", "avg_ood"])
     curve[["id", "avg_ood"]] = (100 * curve[["id", "avg_ood"]]).round(2)
@@ -327,20 +379,39 @@ def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [{"method": m, "setting": describe(r["setting"]), "val_metric": r["val_metric"],
-             "val_score": r["val_score"], "best_epoch": r["best_epoch"],
-             "picked": r["run"] == s["picked_run"]}
-            for m, s in selections.items() for r in s["runs"]]
+    rows = [
+        {
+            "method": m,
+            "setting": describe(r["setting"]),
+            "val_metric": r["val_metric"],
+            "val_score": r["val_score"],
+            "best_epoch": r["best_epoch"],
+            "picked": r["run"] == s["picked_run"],
+        }
+        for m, s in selections.items()
+        for r in s["runs"]
+    ]
     data = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, len(selections), figsize=(4.5 * len(selections), 4), squeeze=False)
     for ax, (m, s) in zip(axes[0], selections.items(), strict=True):
         lines = sweep_lines(s)
         for label, xs, ys, _ in lines:
             ax.plot(xs, 100 * np.asarray(ys), "o-", ms=5, label=label or None)
-        best = [(x, y) for _, xs, ys, picked in lines
-                for x, y, p in zip(xs, ys, picked, strict=True) if p]
-        ax.plot([x for x, _ in best], [100 * y for _, y in best], "o", ms=12, mfc="none",
-                color="red", label="picked")
+        best = [
+            (x, y)
+            for _, xs, ys, picked in lines
+            for x, y, p in zip(xs, ys, picked, strict=True)
+            if p
+        ]
+        ax.plot(
+            [x for x, _ in best],
+            [100 * y for _, y in best],
+            "o",
+            ms=12,
+            mfc="none",
+            color="red",
+            label="picked",
+        )
         if all(isinstance(x, int | float) and x > 0 for _, xs, _, _ in lines for x in xs):
             ax.set_xscale("log")
         ax.set_xlabel(sweep_x_key(s["grid"]), fontsize=8)

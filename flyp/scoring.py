@@ -94,12 +94,24 @@ class CachedEvalSet(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
-def predict(classifier: nn.Module, dataset, *, batch_size: int = 256, num_workers: int = 0,
-            device: torch.device | None = None,
-            precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    classifier: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C), labels (N,)) of ``classifier`` on ``dataset``."""
-    (logits,), labels = predict_many([classifier], dataset, batch_size=batch_size,
-                                     num_workers=num_workers, device=device, precision=precision)
+    (logits,), labels = predict_many(
+        [classifier],
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+    )
     return logits, labels
 
 
@@ -125,9 +137,15 @@ def eval_precision(precision: str, device: torch.device):
 
 
 @torch.no_grad()
-def predict_many(classifiers: list[nn.Module], dataset, *, batch_size: int = 256,
-                 num_workers: int = 0, device: torch.device | None = None,
-                 precision: str = "fp32") -> tuple[list[torch.Tensor], torch.Tensor]:
+def predict_many(
+    classifiers: list[nn.Module],
+    dataset,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """([logits (N, C) of each classifier], labels (N,)) in one pass over ``dataset``: each batch
     is loaded (decoded, transformed, copied to the device) once and seen by every classifier while
     it is there. Each classifier's logits are those ``predict`` gives it alone."""
@@ -161,5 +179,8 @@ def validation_scores(logits: torch.Tensor, labels: torch.Tensor, id_set, table=
     """What model selection reads on ID-val: the score with the benchmark's own ID metric (so
     iWildCam selects on macro-F1, not accuracy) and the cross-entropy of the logits (the few-shot
     protocol keeps the epoch with the lowest)."""
-    return {"val_metric": id_set.metric, "val_score": score(logits, labels, id_set, table),
-            "val_loss": F.cross_entropy(logits, labels.long()).item()}
+    return {
+        "val_metric": id_set.metric,
+        "val_score": score(logits, labels, id_set, table),
+        "val_loss": F.cross_entropy(logits, labels.long()).item(),
+    }

@@ -30,8 +30,10 @@ PREFIX = "sweep-"
 def grid_points(grid: dict[str, list]) -> list[dict]:
     """Every setting of a grid: the cartesian product of its values, keys in the order given."""
     keys = list(grid)
-    return [dict(zip(keys, values, strict=True))
-            for values in itertools.product(*(grid[k] for k in keys))]
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
 
 
 def is_swept(grid: dict[str, list] | None) -> bool:
@@ -56,14 +58,18 @@ def check_grid(method: str, grid: dict[str, list], info, where: str) -> None:
     for key, values in grid.items():
         if key in TRAIN_KEYS:
             if not info.trains:
-                raise UserError(f"{where}.{key}: method {method} does not train; only its own "
-                                f"options can be swept ({', '.join(specs) or 'it has none'})")
+                raise UserError(
+                    f"{where}.{key}: method {method} does not train; only its own "
+                    f"options can be swept ({', '.join(specs) or 'it has none'})"
+                )
             continue
         if key not in specs or specs[key].type is str:
             numeric = [k for k, s in specs.items() if s.type is not str]
             allowed = [*(TRAIN_KEYS if info.trains else ()), *numeric]
-            raise UserError(f"{where}.{key}: not a setting of method {method} that can be swept; "
-                            f"expected one of {allowed}")
+            raise UserError(
+                f"{where}.{key}: not a setting of method {method} that can be swept; "
+                f"expected one of {allowed}"
+            )
         for value in values:
             try:
                 specs[key].parse(value)
@@ -82,17 +88,33 @@ def select(points: list[dict], checkpoints: list[Path]) -> dict:
     for point, path in zip(points, checkpoints, strict=True):
         info = checkpoint_layout(path)[0]["info"]
         score = info.get("best_val_score")
-        rows.append({"run": Path(path).parent.name, "setting": point,
-                     "val_metric": info.get("val_metric"), "val_score": score,
-                     "best_epoch": info.get("best_epoch")})
-    scored = [r for r in rows if isinstance(r["val_score"], (int, float))
-              and math.isfinite(r["val_score"])]
+        rows.append(
+            {
+                "run": Path(path).parent.name,
+                "setting": point,
+                "val_metric": info.get("val_metric"),
+                "val_score": score,
+                "best_epoch": info.get("best_epoch"),
+            }
+        )
+    scored = [
+        r
+        for r in rows
+        if isinstance(r["val_score"], (int, float)) and math.isfinite(r["val_score"])
+    ]
     if not scored:
-        raise UserError(f"sweep: no ID-val score in any of {[str(p) for p in checkpoints]}; "
-                        "cannot pick a setting")
+        raise UserError(
+            f"sweep: no ID-val score in any of {[str(p) for p in checkpoints]}; "
+            "cannot pick a setting"
+        )
     best = max(scored, key=lambda r: r["val_score"])  # max keeps the first of equal scores
-    return {"picked": best["setting"], "picked_run": best["run"], "val_metric": best["val_metric"],
-            "val_score": best["val_score"], "runs": rows}
+    return {
+        "picked": best["setting"],
+        "picked_run": best["run"],
+        "val_metric": best["val_metric"],
+        "val_score": best["val_score"],
+        "runs": rows,
+    }
 
 
 def write_selection(out: Path, method: str, grid: dict[str, list], checkpoints: list[Path]) -> dict:

@@ -64,9 +64,11 @@ def check_no_run_in_progress(root: Path) -> None:
     stage starts under `dvc exp run`) must stop before touching anything."""
     locks = root / ".snakemake" / "locks"
     if locks.is_dir() and any(locks.iterdir()):
-        raise UserError(f"a snakemake run is in progress in {root} ({locks}): wait for it to end "
-                        "(or, if none is, run `snakemake --unlock`), then run again; under `dvc "
-                        "exp run`, `git checkout params.yaml` undoes the parameter change")
+        raise UserError(
+            f"a snakemake run is in progress in {root} ({locks}): wait for it to end "
+            "(or, if none is, run `snakemake --unlock`), then run again; under `dvc "
+            "exp run`, `git checkout params.yaml` undoes the parameter change"
+        )
 
 
 def hold_dvc_lock(root: Path = Path(".")):
@@ -88,8 +90,10 @@ def hold_dvc_lock(root: Path = Path(".")):
     try:
         return zc.lockfile.LockFile(str(path))
     except zc.lockfile.LockError:
-        raise UserError(f"{path}: a DVC command is running in {root.resolve()} (it holds DVC's "
-                        "lock): wait for it to end, then run again") from None
+        raise UserError(
+            f"{path}: a DVC command is running in {root.resolve()} (it holds DVC's "
+            "lock): wait for it to end, then run again"
+        ) from None
 
 
 def ordered_like(value, model):
@@ -121,9 +125,24 @@ def sync(root: Path, *, force: bool = False, log=print) -> bool:
     env = {**os.environ, "DVC_STAGE": os.environ.get("DVC_STAGE", "flyp-sync")}  # no recording
     try:
         done = subprocess.run(
-            ["snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "all",
-             "--configfile", f.name, "--", TARGET],
-            cwd=root, env=env, capture_output=True, text=True)
+            [
+                "snakemake",
+                "--touch",
+                "--forceall",
+                "--cores",
+                "1",
+                "--quiet",
+                "all",
+                "--configfile",
+                f.name,
+                "--",
+                TARGET,
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     finally:
         os.unlink(f.name)
     if done.returncode != 0:

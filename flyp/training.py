@@ -87,16 +87,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda"):
         count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
         if count == 0:
-            raise UserError(f"--device {device}: this machine has no CUDA GPU (torch sees none); "
-                            f"use --device cpu or auto")
+            raise UserError(
+                f"--device {device}: this machine has no CUDA GPU (torch sees none); "
+                f"use --device cpu or auto"
+            )
         if index >= count:
-            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), "
-                            f"cuda:0 to cuda:{count - 1}")
+            raise UserError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if device in ("auto", "cuda") and torch.cuda.device_count() > 1:
-        gpus = [str(torch.cuda.get_device_properties(i).uuid)
-                for i in range(torch.cuda.device_count())]
+        gpus = [
+            str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
+        ]
         return torch.device("cuda", claim_gpu(gpus))
     return torch.device("cuda" if device == "auto" else device)
 
@@ -165,8 +170,9 @@ class RankBatches(torch.utils.data.Sampler):
     (``flyp.distributed.local_rows``), so what a step trains on does not depend on W. ``skip``:
     the number of batches of the next pass to leave out (already trained on before a resume)."""
 
-    def __init__(self, order: torch.utils.data.Sampler, batch_size: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self, order: torch.utils.data.Sampler, batch_size: int, rank: int = 0, world_size: int = 1
+    ):
         self.order, self.batch_size = order, batch_size
         self.rank, self.world_size = rank, world_size
         self.skip = 0
@@ -176,7 +182,7 @@ class RankBatches(torch.utils.data.Sampler):
         for index, batch in enumerate(batches):
             share = kept_rows(len(batch), self.batch_size, self.world_size) // self.world_size
             if share and index >= self.skip:
-                yield batch[self.rank * share:(self.rank + 1) * share]
+                yield batch[self.rank * share : (self.rank + 1) * share]
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.order), self.batch_size)
@@ -219,8 +225,9 @@ DECAY_MODES = ("all", "matrices")
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's trainer keeps exp(logit_scale) <= 100
 
 
-def make_optimizer(module: nn.Module, lr: float, wd: float,
-                   decay: str = "all") -> torch.optim.AdamW:
+def make_optimizer(
+    module: nn.Module, lr: float, wd: float, decay: str = "all"
+) -> torch.optim.AdamW:
     """AdamW over the trainable parameters. ``decay="all"``: weight decay on every one of them, as
     the FLYP and WiSE-FT reference code (``AdamW(params, weight_decay=wd)``); ``"matrices"``: none
     on biases, norms and ``logit_scale`` (open_clip's trainer)."""
@@ -230,16 +237,21 @@ def make_optimizer(module: nn.Module, lr: float, wd: float,
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        exclude = decay == "matrices" and (p.ndim < 2 or "logit_scale" in name or "bn" in name
-                                           or "ln" in name)
+        exclude = decay == "matrices" and (
+            p.ndim < 2 or "logit_scale" in name or "bn" in name or "ln" in name
+        )
         (exempt if exclude else decayed).append(p)
     groups = [{"params": decayed, "weight_decay": wd}, {"params": exempt, "weight_decay": 0.0}]
     fused = all(p.device.type in ("cpu", "cuda") for p in decayed + exempt)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
-def optimizer_step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer,
-                   grad_clip: float | None = None) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None = None,
+) -> None:
     """One step of ``optimizer`` on ``loss``'s gradients (from zero), their norm over ``module``
     clipped to ``grad_clip`` when set."""
     optimizer.zero_grad(set_to_none=True)
@@ -320,15 +332,22 @@ def is_better(select: str, val: dict | None, best: dict | None) -> bool:
 def val_columns(val: dict | None) -> dict:
     if val is None:
         return {"val_metric": "", "val_score": "", "val_loss": ""}
-    return {"val_metric": val["val_metric"], "val_score": f"{val['val_score']:.5f}",
-            "val_loss": f"{val['val_loss']:.5f}"}
+    return {
+        "val_metric": val["val_metric"],
+        "val_score": f"{val['val_score']:.5f}",
+        "val_loss": f"{val['val_loss']:.5f}",
+    }
 
 
 def selection_info(epoch: int, val: dict | None) -> dict:
     """What a checkpoint records about its selection."""
     val = val or {}
-    return {"best_epoch": epoch, "val_metric": val.get("val_metric"),
-            "best_val_score": val.get("val_score"), "best_val_loss": val.get("val_loss")}
+    return {
+        "best_epoch": epoch,
+        "val_metric": val.get("val_metric"),
+        "best_val_score": val.get("val_score"),
+        "best_val_loss": val.get("val_loss"),
+    }
 
 
 def run_label(info: dict) -> str:
@@ -339,10 +358,12 @@ def run_label(info: dict) -> str:
 
 def diverged(info: dict, cfg: TrainConfig, epoch: int, step: int, what: str) -> UserError:
     """The one-line error of a run whose loss or weights stopped being finite numbers."""
-    return UserError(f"training diverged ({run_label(info)}): {what} at epoch {epoch}, "
-                     f"step {step}; no checkpoint written. Try a lower learning rate "
-                     f"(lr {cfg.lr:g}), fp32 precision (precision {cfg.precision}) "
-                     f"or gradient clipping (grad_clip {cfg.grad_clip or 0:g})")
+    return UserError(
+        f"training diverged ({run_label(info)}): {what} at epoch {epoch}, "
+        f"step {step}; no checkpoint written. Try a lower learning rate "
+        f"(lr {cfg.lr:g}), fp32 precision (precision {cfg.precision}) "
+        f"or gradient clipping (grad_clip {cfg.grad_clip or 0:g})"
+    )
 
 
 @torch.no_grad()
@@ -379,8 +400,11 @@ class LossMeter:
     def first_non_finite(self) -> tuple[float, int] | None:
         """(loss, step) of the first non-finite loss so far on any rank, or None."""
         mine = torch.stack([self.bad_step.to(torch.float64), self.bad_value])[None]  # (1, 2)
-        found = [(int(step), value)
-                 for step, value in distributed.gather_rows(mine).tolist() if step >= 0]
+        found = [
+            (int(step), value)
+            for step, value in distributed.gather_rows(mine).tolist()
+            if step >= 0
+        ]
         if not found:
             return None
         step, value = min(found)
@@ -487,9 +511,11 @@ def speed_up(module: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
     if cfg.grad_checkpointing:
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in clip.modules()):
             # The recomputed forward would update BatchNorm's running statistics twice a step.
-            raise UserError("grad_checkpointing: the model has BatchNorm layers, whose running "
-                            "statistics the recomputed forward would update twice a step; use "
-                            "it with a ViT, or turn it off")
+            raise UserError(
+                "grad_checkpointing: the model has BatchNorm layers, whose running "
+                "statistics the recomputed forward would update twice a step; use "
+                "it with a ViT, or turn it off"
+            )
         clip.set_grad_checkpointing(True)
     if cfg.compile:
         for tower in clip_towers(clip):
@@ -530,9 +556,18 @@ def read_resume_state(path: Path, progress: Callable[[str], None]) -> dict | Non
     return state if isinstance(state, dict) else None
 
 
-def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch.device,
-        info: dict, select: str = "metric", include_start: bool = False,
-        progress: Callable[[str], None] = print) -> FitResult:
+def fit(
+    task: Task,
+    cfg: TrainConfig,
+    *,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+    info: dict,
+    select: str = "metric",
+    include_start: bool = False,
+    progress: Callable[[str], None] = print,
+) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` and write the selected checkpoint to ``out``.
 
     ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
@@ -554,19 +589,24 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     out, log_csv = Path(out), Path(log_csv)
     world, main = distributed.world_size(), distributed.is_main()
     if cfg.batch_size % world:
-        raise UserError(f"batch_size {cfg.batch_size}: not divisible by the {world} processes of "
-                        f"the run (runtime.gpus_per_job), each of which takes an equal slice")
+        raise UserError(
+            f"batch_size {cfg.batch_size}: not divisible by the {world} processes of "
+            f"the run (runtime.gpus_per_job), each of which takes an equal slice"
+        )
     if not main:
         progress = _quiet
     n_examples = len(task.train_data)
     if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < world:
-        raise UserError(f"{n_examples} training examples ({run_label(info)}): too few for a "
-                        f"batch (batch_size {cfg.batch_size}); is the train table empty?")
+        raise UserError(
+            f"{n_examples} training examples ({run_label(info)}): too few for a "
+            f"batch (batch_size {cfg.batch_size}); is the train table empty?"
+        )
     work = out.with_name(f".{out.name}.resume")
     work.mkdir(parents=True, exist_ok=True)
     state_file, best_file = work / "state.pt", work / "best.safetensors"
-    run_hash = sha256_json({"cfg": result_config(cfg), "info": info, "select": select,
-                            "include_start": include_start})
+    run_hash = sha256_json(
+        {"cfg": result_config(cfg), "info": info, "select": select, "include_start": include_start}
+    )
 
     module = task.module.to(device)
     speed_up(module, cfg, device)
@@ -575,8 +615,14 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     items = SeededItems(task.train_data)
     order = torch.utils.data.RandomSampler(items, generator=loader_gen)
     batches = RankBatches(order, cfg.batch_size, distributed.rank(), world)
-    loader = make_loader(items, batch_size=None, batch_sampler=batches, generator=loader_gen,
-                         workers=cfg.num_workers, device=device)
+    loader = make_loader(
+        items,
+        batch_size=None,
+        batch_sampler=batches,
+        generator=loader_gen,
+        workers=cfg.num_workers,
+        device=device,
+    )
     steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
 
@@ -590,8 +636,11 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
             start_epoch, start_step = state["epoch"] + 1, state.get("step", 0)
             best_epoch, best_val = state["best_epoch"], state["best_val"]
             history, elapsed = state["history"], state["seconds"]
-            where = f"step {start_step} of epoch {start_epoch}" if start_step else \
-                f"epoch {state['epoch']}"
+            where = (
+                f"step {start_step} of epoch {start_epoch}"
+                if start_step
+                else f"epoch {state['epoch']}"
+            )
             progress(f"resuming from {state_file} after {where}")
         else:
             progress(f"ignoring {state_file}: it belongs to a run with other settings")
@@ -600,14 +649,26 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
     def save_state(epoch: int, step: int, losses: LossMeter | None, seconds: float) -> None:
         """Write the resume state after ``step`` steps of epoch ``epoch + 1`` (0: at the end of
         epoch ``epoch``), atomically; rank 0 only (the ranks' weights are the same)."""
-        mid_epoch = {} if losses is None else {"rng": torch.get_rng_state(),
-                                               "losses": losses.state()}
+        mid_epoch = (
+            {} if losses is None else {"rng": torch.get_rng_state(), "losses": losses.state()}
+        )
         with atomic_path(state_file) as tmp:
-            torch.save({"run_hash": run_hash, "epoch": epoch, "step": step,
-                        "module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "best_epoch": best_epoch,
-                        "best_val": best_val, "history": history, "seconds": seconds,
-                        **mid_epoch}, tmp)
+            torch.save(
+                {
+                    "run_hash": run_hash,
+                    "epoch": epoch,
+                    "step": step,
+                    "module": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_epoch": best_epoch,
+                    "best_val": best_val,
+                    "history": history,
+                    "seconds": seconds,
+                    **mid_epoch,
+                },
+                tmp,
+            )
         stopping.saved()
 
     def record(row: dict, val: dict | None) -> None:
@@ -624,19 +685,33 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         says so for the run: the other ranks' message is empty)."""
         distributed.barrier()
         name = signal.Signals(signum).name
-        said = (f"stopped by {name} after step {step} of epoch {epoch} "
-                f"({run_label(info) or 'training'}); resume state in {state_file}: the same "
-                f"command continues the run")
+        said = (
+            f"stopped by {name} after step {step} of epoch {epoch} "
+            f"({run_label(info) or 'training'}); resume state in {state_file}: the same "
+            f"command continues the run"
+        )
         return Preempted(signum, said if main else "")
 
     if include_start and not history and main:  # epoch 0: the starting weights, before any step
         module.eval()
         val = task.validate()
-        record({"epoch": 0, "step": 0, "lr": "", "train_loss": "", **val_columns(val),
-                "seconds": f"{elapsed:.1f}"}, val)
+        record(
+            {
+                "epoch": 0,
+                "step": 0,
+                "lr": "",
+                "train_loss": "",
+                **val_columns(val),
+                "seconds": f"{elapsed:.1f}",
+            },
+            val,
+        )
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if cfg.precision == "bf16"
+        else contextlib.nullcontext()
+    )
     with Stopping(cfg.checkpoint_minutes, device) as stopping:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.time()
@@ -678,10 +753,17 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
                 module.eval()
                 val = task.validate()
                 elapsed += time.time() - t0
-                record({"epoch": epoch, "step": epoch * steps_per_epoch,
+                record(
+                    {
+                        "epoch": epoch,
+                        "step": epoch * steps_per_epoch,
                         "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                        "train_loss": f"{total / steps_per_epoch:.5f}", **val_columns(val),
-                        "seconds": f"{elapsed:.1f}"}, val)
+                        "train_loss": f"{total / steps_per_epoch:.5f}",
+                        **val_columns(val),
+                        "seconds": f"{elapsed:.1f}",
+                    },
+                    val,
+                )
                 save_state(epoch, 0, None, elapsed)
             distributed.barrier()
 
@@ -689,8 +771,10 @@ def fit(task: Task, cfg: TrainConfig, *, out: Path, log_csv: Path, device: torch
         if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
             task.save(best_file, {**info, **selection_info(0, None)})
         if not best_file.is_file():  # every epoch's validation score was NaN or infinite
-            raise UserError(f"no epoch of the run ({run_label(info)}) has a finite validation "
-                            f"score; no checkpoint written")
+            raise UserError(
+                f"no epoch of the run ({run_label(info)}) has a finite validation "
+                f"score; no checkpoint written"
+            )
         write_text(log_csv, log_csv_text(history))
         best_file.replace(out)
         shutil.rmtree(work, ignore_errors=True)  # the state, and any a kill left half-written

@@ -48,8 +48,9 @@ def seeded_methods(names=None) -> set[str]:
     return {m for m in (names if names is not None else method_names()) if method_info(m).seeded}
 
 
-TINY = dict(seed=0, image_size=32, pretrain_size=300, train_size=96, val_size=48, test_size=48,
-            ood_size=24)
+TINY = dict(
+    seed=0, image_size=32, pretrain_size=300, train_size=96, val_size=48, test_size=48, ood_size=24
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +72,12 @@ def tiny_captions(tiny_tables, tmp_path_factory) -> Path:
     from flyp.datasets import get_benchmark, table_path
 
     out = tmp_path_factory.mktemp("captions")
-    make_caption_tables(get_benchmark("embedded"), table_path(tiny_tables, "train"),
-                        table_path(out, "captions"), table_path(out, "templates"))
+    make_caption_tables(
+        get_benchmark("embedded"),
+        table_path(tiny_tables, "train"),
+        table_path(out, "captions"),
+        table_path(out, "templates"),
+    )
     return out
 
 
@@ -99,12 +104,25 @@ def smoke_seeds_and_sweep(tmp_path_factory):
     from tests.test_sweep import _project
 
     base = tmp_path_factory.mktemp("seeds-sweep")
-    root = _project(base, scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "ft", "flyp"],
-                    alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=[0, 1],
-                    sweep={"flyp": {"lr": [1e-5, 1e-3]}})
+    root = _project(
+        base,
+        scale="smoke",
+        seeds=[0, 1],
+        methods=["zeroshot", "lp", "ft", "flyp"],
+        alphas=[0.0, 0.5, 1.0],
+        fewshot=False,
+        pretrain_seeds=[0, 1],
+        sweep={"flyp": {"lr": [1e-5, 1e-3]}},
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLYP_CACHE": str(base / "cache")}
-    done = subprocess.run(["snakemake", "-p", "--cores", "2", "results/table.csv"], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(
+        ["snakemake", "-p", "--cores", "2", "results/table.csv"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return root, env, done
 
@@ -118,10 +136,17 @@ def ctx(tiny_tables, tiny_captions, tiny_pretrained):
 
     pretrained = load_checkpoint(tiny_pretrained)
     train_tf, eval_tf = image_transforms(create_clip(pretrained.model_name))
-    return Context(benchmark=get_benchmark("embedded"), pretrained=pretrained,
-                   data_dir=tiny_tables, captions_dir=tiny_captions, device=torch.device("cpu"),
-                   tokenizer=get_tokenizer(pretrained.model_name), train_transform=train_tf,
-                   eval_transform=eval_tf, seed=0)
+    return Context(
+        benchmark=get_benchmark("embedded"),
+        pretrained=pretrained,
+        data_dir=tiny_tables,
+        captions_dir=tiny_captions,
+        device=torch.device("cpu"),
+        tokenizer=get_tokenizer(pretrained.model_name),
+        train_transform=train_tf,
+        eval_transform=eval_tf,
+        seed=0,
+    )
 
 
 @pytest.fixture()

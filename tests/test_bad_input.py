@@ -166,25 +166,79 @@ def tables(tiny_tables, tmp_path):
 def zeroshot(tiny_tables, tiny_captions, tiny_pretrained, tmp_path_factory):
     """The zero-shot classifier checkpoint of the tiny CLIP."""
     out = tmp_path_factory.mktemp("zeroshot")
-    result = invoke("finetune", "--benchmark", "embedded", "--data", tiny_tables, "--captions",
-                    tiny_captions, "--pretrained", tiny_pretrained, "--method", "zeroshot",
-                    "--epochs", 0, "--lr", 1e-3, "--wd", 0, "--batch-size", 32,
-                    "--out", out / "best.safetensors", "--log-csv", out / "log.csv")
+    result = invoke(
+        "finetune",
+        "--benchmark",
+        "embedded",
+        "--data",
+        tiny_tables,
+        "--captions",
+        tiny_captions,
+        "--pretrained",
+        tiny_pretrained,
+        "--method",
+        "zeroshot",
+        "--epochs",
+        0,
+        "--lr",
+        1e-3,
+        "--wd",
+        0,
+        "--batch-size",
+        32,
+        "--out",
+        out / "best.safetensors",
+        "--log-csv",
+        out / "log.csv",
+    )
     assert result.exit_code == 0, result.output
     return out / "best.safetensors"
 
 
 def evaluate(tables, checkpoint, out, *extra):
-    return invoke("evaluate", "--benchmark", "embedded", "--data", tables, "--checkpoint",
-                  checkpoint, "--metrics-out", out / "metrics.json", "--provenance-out",
-                  out / "provenance.json", *extra)
+    return invoke(
+        "evaluate",
+        "--benchmark",
+        "embedded",
+        "--data",
+        tables,
+        "--checkpoint",
+        checkpoint,
+        "--metrics-out",
+        out / "metrics.json",
+        "--provenance-out",
+        out / "provenance.json",
+        *extra,
+    )
 
 
 def finetune(tables, captions, pretrained, out, method="ft", *extra, epochs=1, batch_size=32):
-    return invoke("finetune", "--benchmark", "embedded", "--data", tables, "--captions", captions,
-                  "--pretrained", pretrained, "--method", method, "--epochs", epochs,
-                  "--lr", 1e-3, "--wd", 0, "--batch-size", batch_size,
-                  "--out", out / "best.safetensors", "--log-csv", out / "log.csv", *extra)
+    return invoke(
+        "finetune",
+        "--benchmark",
+        "embedded",
+        "--data",
+        tables,
+        "--captions",
+        captions,
+        "--pretrained",
+        pretrained,
+        "--method",
+        method,
+        "--epochs",
+        epochs,
+        "--lr",
+        1e-3,
+        "--wd",
+        0,
+        "--batch-size",
+        batch_size,
+        "--out",
+        out / "best.safetensors",
+        "--log-csv",
+        out / "log.csv",
+        *extra,
+    )
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -192,8 +246,9 @@ def finetune(tables, captions, pretrained, out, method="ft", *extra, epochs=1, b
 
 def test_a_corrupt_parquet_table_is_one_line(tables, zeroshot, tmp_path):
     table_path(tables, "test").write_bytes(b"PAR1 this is not a table")
-    one_line_error(evaluate(tables, zeroshot, tmp_path / "out"), "test.parquet",
-                   "not a readable Parquet table")
+    one_line_error(
+        evaluate(tables, zeroshot, tmp_path / "out"), "test.parquet", "not a readable Parquet table"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -202,17 +257,23 @@ def test_a_garbage_embedded_image_names_the_table_and_the_image(tables, zeroshot
     df = read_table(path)
     df.loc[3, "image"] = b"\x89PNG garbage"
     write_table(df, path)
-    one_line_error(evaluate(tables, zeroshot, tmp_path / "out"), str(path),
-                   f"image {df.loc[3, 'image_id']!r} (row 3) is not a readable image")
+    one_line_error(
+        evaluate(tables, zeroshot, tmp_path / "out"),
+        str(path),
+        f"image {df.loc[3, 'image_id']!r} (row 3) is not a readable image",
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_a_table_without_a_column_names_it(tables, tiny_captions, tmp_path):
     path = table_path(tables, "train")
     write_table(read_table(path).drop(columns="label"), path)
-    one_line_error(invoke("captions", "--benchmark", "embedded", "--data", tables,
-                          "--out", tmp_path / "captions"),
-                   "train.parquet: missing columns ['label']")
+    one_line_error(
+        invoke(
+            "captions", "--benchmark", "embedded", "--data", tables, "--out", tmp_path / "captions"
+        ),
+        "train.parquet: missing columns ['label']",
+    )
     assert not (tmp_path / "captions").exists()
 
 
@@ -220,42 +281,55 @@ def test_missing_caption_rows_are_one_line(tables, tiny_captions, tiny_pretraine
     captions = shutil.copytree(tiny_captions, tmp_path / "captions")
     path = table_path(captions, "captions")
     write_table(read_table(path).iloc[5:], path)
-    one_line_error(finetune(tables, captions, tiny_pretrained, tmp_path / "out", "flyp"),
-                   "captions.parquet: no caption row for 5 training images",
-                   "rerun the captions step")
+    one_line_error(
+        finetune(tables, captions, tiny_pretrained, tmp_path / "out", "flyp"),
+        "captions.parquet: no caption row for 5 training images",
+        "rerun the captions step",
+    )
     assert not (tmp_path / "out" / "best.safetensors").exists()
 
 
-def test_a_caption_table_of_another_template_set_is_refused(tables, tiny_captions,
-                                                            tiny_pretrained, tmp_path):
+def test_a_caption_table_of_another_template_set_is_refused(
+    tables, tiny_captions, tiny_pretrained, tmp_path
+):
     captions = shutil.copytree(tiny_captions, tmp_path / "captions")
     for name in ("captions", "templates"):
-        df = read_table(table_path(captions, name)) if name == "captions" else pd.read_parquet(
-            table_path(captions, name))
+        df = (
+            read_table(table_path(captions, name))
+            if name == "captions"
+            else pd.read_parquet(table_path(captions, name))
+        )
         df["template_set"] = "imagenet"
         write_table(df, table_path(captions, name))
-    one_line_error(finetune(tables, captions, tiny_pretrained, tmp_path / "out", "flyp"),
-                   "captions.parquet: template sets ['imagenet'], expected only benchmark "
-                   "'embedded''s")
+    one_line_error(
+        finetune(tables, captions, tiny_pretrained, tmp_path / "out", "flyp"),
+        "captions.parquet: template sets ['imagenet'], expected only benchmark 'embedded''s",
+    )
     assert not (tmp_path / "out" / "best.safetensors").exists()
 
 
 def test_an_empty_train_table_is_one_line(tables, tiny_captions, tiny_pretrained, tmp_path):
     path = table_path(tables, "train")
     write_table(read_table(path).iloc[:0], path)
-    one_line_error(finetune(tables, tiny_captions, tiny_pretrained, tmp_path / "out"),
-                   "0 training examples", "is the train table empty?")
+    one_line_error(
+        finetune(tables, tiny_captions, tiny_pretrained, tmp_path / "out"),
+        "0 training examples",
+        "is the train table empty?",
+    )
     assert not (tmp_path / "out" / "best.safetensors").exists()
 
 
-def test_a_class_without_images_stops_a_few_shot_run(tables, tiny_captions, tiny_pretrained,
-                                                     tmp_path):
+def test_a_class_without_images_stops_a_few_shot_run(
+    tables, tiny_captions, tiny_pretrained, tmp_path
+):
     path = table_path(tables, "train")
     df = read_table(path)
     write_table(df[df["label"] != 11], path)
-    one_line_error(finetune(tables, tiny_captions, tiny_pretrained, tmp_path / "out", "ft",
-                            "--shots", 1),
-                   "presets.embedded.fewshot.shots: k=1, but class 11", "has only 0 train images")
+    one_line_error(
+        finetune(tables, tiny_captions, tiny_pretrained, tmp_path / "out", "ft", "--shots", 1),
+        "presets.embedded.fewshot.shots: k=1, but class 11",
+        "has only 0 train images",
+    )
     assert not (tmp_path / "out" / "best.safetensors").exists()
 
 
@@ -271,8 +345,10 @@ def test_a_linear_probe_head_covers_classes_without_images():
 
 def test_a_deleted_table_of_the_manifest_is_one_line(tables, zeroshot, tmp_path):
     table_path(tables, "pretrain").unlink()
-    one_line_error(evaluate(tables, zeroshot, tmp_path / "out"),
-                   "pretrain.parquet: table listed in manifest.json not found")
+    one_line_error(
+        evaluate(tables, zeroshot, tmp_path / "out"),
+        "pretrain.parquet: table listed in manifest.json not found",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -292,9 +368,13 @@ def _path_table(folder, n=4):
     """A path-based table (as the real benchmarks write): image files beside it."""
     for i in range(n):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"img{i}.png")
-    df = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)],
-                       "label": [i % 2 for i in range(n)],
-                       "path": [f"img{i}.png" for i in range(n)]})
+    df = pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+            "path": [f"img{i}.png" for i in range(n)],
+        }
+    )
     write_table(df, table_path(folder, "test"))
     (folder / "manifest.json").write_text(json.dumps({"tables": {"test": {}}}))
     return table_path(folder, "test")
@@ -337,23 +417,27 @@ def test_an_error_in_a_dataloader_worker_is_the_same_one_line(tmp_path):
 def test_a_truncated_checkpoint_is_one_line(zeroshot, tables, tmp_path):
     broken = tmp_path / "half.safetensors"
     broken.write_bytes(zeroshot.read_bytes()[: zeroshot.stat().st_size // 2])
-    one_line_error(evaluate(tables, broken, tmp_path / "out"), "half.safetensors",
-                   "not a readable safetensors checkpoint")
+    one_line_error(
+        evaluate(tables, broken, tmp_path / "out"),
+        "half.safetensors",
+        "not a readable safetensors checkpoint",
+    )
     assert not (tmp_path / "out").exists()
 
 
-def test_a_checkpoint_that_does_not_fit_its_architecture_is_one_line(zeroshot, tables,
-                                                                     tmp_path):
+def test_a_checkpoint_that_does_not_fit_its_architecture_is_one_line(zeroshot, tables, tmp_path):
     ckpt = load_checkpoint(zeroshot)
     clip = dict(ckpt.clip)
     del clip["visual.trunk.conv1.0.weight"]
     clip["text_projection"] = torch.zeros(3, 3)
     path = tmp_path / "misfit.safetensors"
     save_checkpoint(path, ckpt.model_name, clip, ckpt.head, ckpt.info)  # a valid content hash
-    line = one_line_error(evaluate(tables, path, tmp_path / "out"),
-                          "misfit.safetensors: its tensors do not fit its declared architecture "
-                          "'flyp-tiny-rn10t'", "1 missing (e.g. 'visual.trunk.conv1.0.weight')",
-                          "1 of another shape (e.g. 'text_projection': [3, 3]")
+    line = one_line_error(
+        evaluate(tables, path, tmp_path / "out"),
+        "misfit.safetensors: its tensors do not fit its declared architecture 'flyp-tiny-rn10t'",
+        "1 missing (e.g. 'visual.trunk.conv1.0.weight')",
+        "1 of another shape (e.g. 'text_projection': [3, 3]",
+    )
     assert len(line) < 400
     assert not (tmp_path / "out").exists()
 
@@ -363,10 +447,22 @@ def test_a_weights_file_of_another_architecture_is_one_line(tmp_path):
 
     vit = create_clip("flyp-fixture-vit").state_dict()
     save_file({k: v.contiguous() for k, v in vit.items()}, str(tmp_path / "vit.safetensors"))
-    one_line_error(invoke("pretrained", "--model", "flyp-tiny-rn10t", "--pretrained",
-                          tmp_path / "vit.safetensors", "--out", tmp_path / "out/p.safetensors",
-                          "--log-csv", tmp_path / "out/log.csv"),
-                   "cannot load weights", "vit.safetensors", "do not fit this architecture")
+    one_line_error(
+        invoke(
+            "pretrained",
+            "--model",
+            "flyp-tiny-rn10t",
+            "--pretrained",
+            tmp_path / "vit.safetensors",
+            "--out",
+            tmp_path / "out/p.safetensors",
+            "--log-csv",
+            tmp_path / "out/log.csv",
+        ),
+        "cannot load weights",
+        "vit.safetensors",
+        "do not fit this architecture",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -375,35 +471,58 @@ def test_a_checkpoint_of_another_benchmark_is_refused(zeroshot, tables, tmp_path
     head = {"weight": ckpt.head["weight"][:10], "bias": ckpt.head["bias"][:10]}
     path = tmp_path / "ten.safetensors"
     save_checkpoint(path, ckpt.model_name, ckpt.clip, head, ckpt.info)
-    one_line_error(evaluate(tables, path, tmp_path / "out"),
-                   "ten.safetensors: its head scores 10 classes, but benchmark 'embedded' has 12")
+    one_line_error(
+        evaluate(tables, path, tmp_path / "out"),
+        "ten.safetensors: its head scores 10 classes, but benchmark 'embedded' has 12",
+    )
     assert not (tmp_path / "out").exists()
 
 
 def _ensemble(tables, checkpoint, zs, out):
-    return evaluate(tables, checkpoint, out, "--ensemble-with", zs, "--alphas", "0,0.5,1",
-                    "--curve-out", out / "curve.csv", "--wise-out", out / "wise.json")
+    return evaluate(
+        tables,
+        checkpoint,
+        out,
+        "--ensemble-with",
+        zs,
+        "--alphas",
+        "0,0.5,1",
+        "--curve-out",
+        out / "curve.csv",
+        "--wise-out",
+        out / "wise.json",
+    )
 
 
-def test_ensemble_with_another_architecture_is_refused_before_any_evaluation(zeroshot, tables,
-                                                                             tmp_path):
+def test_ensemble_with_another_architecture_is_refused_before_any_evaluation(
+    zeroshot, tables, tmp_path
+):
     vit = create_clip("flyp-fixture-vit")
     other = tmp_path / "vit.safetensors"
     save_checkpoint(other, "flyp-fixture-vit", vit, nn.Linear(vit.text_projection.shape[1], 12))
     result = _ensemble(tables, zeroshot, other, tmp_path / "out")
-    one_line_error(result, "--ensemble-with", "vit.safetensors: a 'flyp-fixture-vit' checkpoint",
-                   "is 'flyp-tiny-rn10t'", "needs the same architecture")
+    one_line_error(
+        result,
+        "--ensemble-with",
+        "vit.safetensors: a 'flyp-fixture-vit' checkpoint",
+        "is 'flyp-tiny-rn10t'",
+        "needs the same architecture",
+    )
     assert "accuracy" not in result.output  # no test set was scored
     assert not (tmp_path / "out").exists()
 
 
-def test_ensemble_with_a_headless_checkpoint_is_refused(zeroshot, tiny_pretrained, tables,
-                                                       tmp_path):
+def test_ensemble_with_a_headless_checkpoint_is_refused(
+    zeroshot, tiny_pretrained, tables, tmp_path
+):
     ft = load_checkpoint(zeroshot)
     path = tmp_path / "ft.safetensors"
     save_checkpoint(path, ft.model_name, ft.clip, ft.head, {**ft.info, "head_from_text": False})
-    one_line_error(_ensemble(tables, path, tiny_pretrained, tmp_path / "out"),
-                   "pretrained.safetensors: its tensors do not fit those of", "2 missing")
+    one_line_error(
+        _ensemble(tables, path, tiny_pretrained, tmp_path / "out"),
+        "pretrained.safetensors: its tensors do not fit those of",
+        "2 missing",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -424,9 +543,9 @@ def test_a_failure_while_ensembling_leaves_no_metrics(zeroshot, tables, tmp_path
 # -- writing outputs -----------------------------------------------------------------------------
 
 
-def test_a_full_disk_during_a_checkpoint_write_leaves_nothing(tables, tiny_captions,
-                                                              tiny_pretrained, tmp_path,
-                                                              monkeypatch):
+def test_a_full_disk_during_a_checkpoint_write_leaves_nothing(
+    tables, tiny_captions, tiny_pretrained, tmp_path, monkeypatch
+):
     def full_disk(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"\0" * 1000)  # a part of the file, then the disk is full
@@ -434,8 +553,10 @@ def test_a_full_disk_during_a_checkpoint_write_leaves_nothing(tables, tiny_capti
 
     monkeypatch.setattr("flyp.models.save_file", full_disk)
     out = tmp_path / "out"
-    one_line_error(finetune(tables, tiny_captions, tiny_pretrained, out, "zeroshot", epochs=0),
-                   f"{out / 'best.safetensors'}: cannot write (No space left on device)")
+    one_line_error(
+        finetune(tables, tiny_captions, tiny_pretrained, out, "zeroshot", epochs=0),
+        f"{out / 'best.safetensors'}: cannot write (No space left on device)",
+    )
     assert files_in(out) == set()
 
 
@@ -447,8 +568,10 @@ def test_a_full_disk_during_prepare_leaves_no_table(tmp_path, monkeypatch):
     monkeypatch.setattr("flyp.datasets.parquet.pq.write_table", full_disk)
     out = tmp_path / "tables"
     options = [f"-o{k}={v}" for k, v in {**TINY, "pretrain_size": 24}.items()]
-    one_line_error(invoke("prepare", "--benchmark", "embedded", "--out", out, *options),
-                   "cannot write (No space left on device)")
+    one_line_error(
+        invoke("prepare", "--benchmark", "embedded", "--out", out, *options),
+        "cannot write (No space left on device)",
+    )
     assert files_in(out) == set()
 
 
@@ -460,9 +583,21 @@ def _results(root):
 
 
 def _report(results, out):
-    return invoke("report", "--benchmark", "embedded", "--results", results,
-                  "--methods", "zeroshot", "--runs", "seed0,seed1", "--table", out / "table.csv",
-                  "--metrics-out", out / "metrics.json")
+    return invoke(
+        "report",
+        "--benchmark",
+        "embedded",
+        "--results",
+        results,
+        "--methods",
+        "zeroshot",
+        "--runs",
+        "seed0,seed1",
+        "--table",
+        out / "table.csv",
+        "--metrics-out",
+        out / "metrics.json",
+    )
 
 
 def test_report_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
@@ -471,6 +606,7 @@ def test_report_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
     before = files_in(out)
     out.chmod(0o555)
     if os.geteuid() == 0:  # root writes anywhere: refuse as a read-only folder would
+
         def read_only(*args, dir=None, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
 
@@ -486,8 +622,7 @@ def test_a_truncated_metrics_file_stops_the_report(tmp_path):
     _results(tmp_path / "results")
     metrics = tmp_path / "results/zeroshot/seed1/metrics.json"
     metrics.write_text(metrics.read_text()[:20])
-    one_line_error(_report(tmp_path / "results", tmp_path / "out"), str(metrics),
-                   "not valid JSON")
+    one_line_error(_report(tmp_path / "results", tmp_path / "out"), str(metrics), "not valid JSON")
     assert not (tmp_path / "out").exists()
 
 
@@ -506,16 +641,23 @@ def test_a_resume_state_that_is_not_weights_is_never_unpickled(tmp_path):
     work.mkdir()
     torch.save({"run_hash": "x", "payload": Exploit()}, work / "state.pt")
     messages = []
-    fit(ToyTask([0.1, 0.2, 0.3, 0.4]), CFG, out=tmp_path / "best.pt",
-        log_csv=tmp_path / "log.csv", device=torch.device("cpu"), info={},
-        progress=messages.append)
+    fit(
+        ToyTask([0.1, 0.2, 0.3, 0.4]),
+        CFG,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=messages.append,
+    )
     assert not (tmp_path / "pwned").exists()
     assert any("not a resume state of this loop" in m for m in messages)
     assert (tmp_path / "best.pt").is_file()
 
 
-def test_ctrl_c_is_one_line_and_leaves_no_checkpoint(tables, tiny_captions, tiny_pretrained,
-                                                     tmp_path, monkeypatch):
+def test_ctrl_c_is_one_line_and_leaves_no_checkpoint(
+    tables, tiny_captions, tiny_pretrained, tmp_path, monkeypatch
+):
     def interrupted(module):  # Ctrl-C at the end of the first epoch
         raise KeyboardInterrupt
 
@@ -526,19 +668,48 @@ def test_ctrl_c_is_one_line_and_leaves_no_checkpoint(tables, tiny_captions, tiny
     assert not (tmp_path / "out" / "best.safetensors").exists()
 
 
-def test_a_killed_finetune_resumes_to_the_same_checkpoint(tables, tiny_captions,
-                                                          tiny_pretrained, tmp_path):
+def test_a_killed_finetune_resumes_to_the_same_checkpoint(
+    tables, tiny_captions, tiny_pretrained, tmp_path
+):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = finetune(tables, tiny_captions, tiny_pretrained, straight, epochs=3, batch_size=16)
     assert done.exit_code == 0, done.output
-    args = ["finetune", "--benchmark", "embedded", "--data", tables, "--captions", tiny_captions,
-            "--pretrained", tiny_pretrained, "--method", "ft", "--epochs", 3, "--lr", 1e-3,
-            "--wd", 0, "--batch-size", 16, "--out", killed / "best.safetensors",
-            "--log-csv", killed / "log.csv", "--threads", torch.get_num_threads(),
-            "--checkpoint-minutes", 0]  # a state after every step: one is there to kill at
+    args = [
+        "finetune",
+        "--benchmark",
+        "embedded",
+        "--data",
+        tables,
+        "--captions",
+        tiny_captions,
+        "--pretrained",
+        tiny_pretrained,
+        "--method",
+        "ft",
+        "--epochs",
+        3,
+        "--lr",
+        1e-3,
+        "--wd",
+        0,
+        "--batch-size",
+        16,
+        "--out",
+        killed / "best.safetensors",
+        "--log-csv",
+        killed / "log.csv",
+        "--threads",
+        torch.get_num_threads(),
+        "--checkpoint-minutes",
+        0,
+    ]  # a state after every step: one is there to kill at
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "flyp.cli", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flyp.cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = killed / ".best.safetensors.resume" / "state.pt"
     try:
         # Ends as soon as the state is there; generous for a loaded CI machine (60 s was not).
@@ -554,8 +725,7 @@ def test_a_killed_finetune_resumes_to_the_same_checkpoint(tables, tiny_captions,
     assert sha256_file(killed / "best.safetensors") == sha256_file(straight / "best.safetensors")
 
 
-def test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything(tmp_path,
-                                                                           monkeypatch):
+def test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything(tmp_path, monkeypatch):
     """DVC's stage starts with `flyp sync`, which refuses while another Snakemake run holds its
     locks in the directory (before, DVC deleted that run's outputs)."""
     locks = tmp_path / ".snakemake" / "locks"
@@ -566,6 +736,5 @@ def test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything(tmp_p
     output.write_bytes(b"being written")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["sync"])
-    one_line_error(result, "a snakemake run is in progress in ", "git checkout params.yaml",
-                   code=2)
+    one_line_error(result, "a snakemake run is in progress in ", "git checkout params.yaml", code=2)
     assert output.read_bytes() == b"being written"

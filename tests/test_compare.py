@@ -15,8 +15,12 @@ compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
 
 
-def write_runs(results: Path, method: str, runs: dict[str, tuple[float, float]],
-               wise: dict[str, tuple[float, float]] | None = None):
+def write_runs(
+    results: Path,
+    method: str,
+    runs: dict[str, tuple[float, float]],
+    wise: dict[str, tuple[float, float]] | None = None,
+):
     """``runs``: {pretrained hash: (ID, OOD average)}, one seed folder each, in the given order."""
     for seed, (pretrained, (id_acc, ood)) in enumerate(runs.items()):
         folder = results / method / f"seed{seed}"
@@ -25,8 +29,9 @@ def write_runs(results: Path, method: str, runs: dict[str, tuple[float, float]],
         (folder / "provenance.json").write_text(json.dumps({"pretrained_sha256": pretrained}))
         if wise:
             id_w, ood_w = wise[pretrained]
-            (folder / "wise_metrics.json").write_text(json.dumps(
-                {"alpha": 0.5, "test": id_w, "avg_ood": ood_w}))
+            (folder / "wise_metrics.json").write_text(
+                json.dumps({"alpha": 0.5, "test": id_w, "avg_ood": ood_w})
+            )
 
 
 def test_runs_are_paired_by_pretrained_model_not_by_seed_folder(tmp_path):
@@ -74,8 +79,9 @@ def test_a_rebuilt_table_is_measured_in_the_other_tables_std():
     assert compare.against_lines(old, old)[-1].endswith("0.00 (inside 2 std)")
 
 
-def write_curve(results: Path, method: str, seed: int, points: list[tuple[float, float, float]],
-                picked: float):
+def write_curve(
+    results: Path, method: str, seed: int, points: list[tuple[float, float, float]], picked: float
+):
     """``points``: (alpha, ID test, OOD average) of one run's weight-ensembling curve."""
     folder = results / method / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,10 @@ def test_wise_counts_where_each_curve_peaks_on_ood_leaving_out_lp(tmp_path, caps
     write_curve(tmp_path, "lp", 0, [(0.0, 0.6, 0.7), (1.0, 0.8, 0.5)], 1.0)
     write_curve(tmp_path, "zeroshot", 0, [(0.0, 0.6, 0.5)], 0.0)
     assert compare.wise_peaks(tmp_path / "ft/seed1/wise_curve.csv") == {
-        "ood": 1.0, "id": 0.5, "picked": 0.5}
+        "ood": 1.0,
+        "id": 0.5,
+        "picked": 0.5,
+    }
     assert compare.main(["--results", str(tmp_path), "--wise"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].split() == ["ft", "0.5", "1", "1", "0.5", "1", "0.5"]

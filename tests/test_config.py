@@ -43,16 +43,19 @@ def test_top_level_keys_override_preset_and_scale(params):
     assert run["data"]["train_size"] == params["scales"]["smoke"]["data"]["train_size"]
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"lr": "fast"}, "lr"),
-    ({"lr": -1.0}, "lr"),
-    ({"epochs": -2}, "epochs"),
-    ({"methods": ["ft", "nonsense"]}, "unknown method 'nonsense'"),
-    ({"benchmark": "imagenet21k"}, "benchmark"),
-    ({"scale": "huge"}, "unknown scale 'huge'"),
-    ({"runtime": {"threads": "many"}}, "runtime.threads"),
-    ({"typo_key": 1}, "typo_key"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"lr": "fast"}, "lr"),
+        ({"lr": -1.0}, "lr"),
+        ({"epochs": -2}, "epochs"),
+        ({"methods": ["ft", "nonsense"]}, "unknown method 'nonsense'"),
+        ({"benchmark": "imagenet21k"}, "benchmark"),
+        ({"scale": "huge"}, "unknown scale 'huge'"),
+        ({"runtime": {"threads": "many"}}, "runtime.threads"),
+        ({"typo_key": 1}, "typo_key"),
+    ],
+)
 def test_bad_params_give_one_line_error_naming_the_key(params, change, expected):
     bad = copy.deepcopy(params)
     bad.update(change)
@@ -74,8 +77,12 @@ REAL_PRESETS = ["imagenet", "iwildcam", "fmow", "caltech101", "cars", "flowers10
 # locuslab/FLYP (src/models/flyp_loss.py): torch.optim.AdamW(all params, weight_decay=wd), no
 # logit_scale clamp, no gradient clipping, fp32 (the OpenAI weights are cast to float).
 REFERENCE = {"decay": "all", "clamp_logit_scale": False, "grad_clip": 0, "precision": "fp32"}
-OPEN_CLIP_STYLE = {"decay": "matrices", "clamp_logit_scale": True, "grad_clip": 1.0,
-                   "precision": "fp32"}
+OPEN_CLIP_STYLE = {
+    "decay": "matrices",
+    "clamp_logit_scale": True,
+    "grad_clip": 1.0,
+    "precision": "fp32",
+}
 
 
 @pytest.mark.parametrize("scale", ["full", "smoke"])
@@ -94,12 +101,15 @@ def test_embedded_preset_keeps_open_clip_style_optimisation(params, scale):
     assert run["pretrain"]["decay"] == "matrices" and run["pretrain"]["clamp_logit_scale"]
 
 
-@pytest.mark.parametrize("where, value", [
-    (("finetune", "decay"), "biases"),
-    (("finetune", "clamp_logit_scale"), "sometimes"),
-    (("method_options", "ft", "decay"), "none"),
-    (("method_options", "ft", "grad_clip"), -1),
-])
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("finetune", "decay"), "biases"),
+        (("finetune", "clamp_logit_scale"), "sometimes"),
+        (("method_options", "ft", "decay"), "none"),
+        (("method_options", "ft", "grad_clip"), -1),
+    ],
+)
 def test_bad_optimisation_switch_is_named(params, where, value):
     node = params["presets"]["embedded"]
     for key in where[:-1]:
@@ -128,11 +138,14 @@ def test_few_shot_settings_are_not_top_level(params):
         load_params({**params, "fewshot": {"shots": [4], "draws": 2}}, SCHEMA)
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"draws": [0, 1, 2]}, r"presets\.embedded\.fewshot\.draws"),  # a count, not a list
-    ({"draws": -1}, r"presets\.embedded\.fewshot\.draws"),
-    ({"methods": ["nonsense"]}, r"presets\.embedded\.fewshot\.methods: unknown method"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"draws": [0, 1, 2]}, r"presets\.embedded\.fewshot\.draws"),  # a count, not a list
+        ({"draws": -1}, r"presets\.embedded\.fewshot\.draws"),
+        ({"methods": ["nonsense"]}, r"presets\.embedded\.fewshot\.methods: unknown method"),
+    ],
+)
 def test_bad_few_shot_settings_name_the_preset(params, change, expected):
     params["presets"]["embedded"]["fewshot"].update(change)
     with pytest.raises(UserError, match=expected):

@@ -76,12 +76,28 @@ def test_an_unreadable_or_unwritable_cache_is_only_slower(tmp_path, monkeypatch)
 def _dry_run(cwd, env):
     """`snakemake -n` of the main job; the modules its process imported (-X importtime)."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--forceall",
-         "results/table.csv"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "snakemake",
+            "-n",
+            "--forceall",
+            "results/table.csv",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
-            if line.startswith("import time:")}
+    return {
+        line.split("|")[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
 
 
 def test_building_the_dag_of_an_unchanged_package_imports_no_torch(tmp_path):
@@ -90,8 +106,11 @@ def test_building_the_dag_of_an_unchanged_package_imports_no_torch(tmp_path):
     for name in ("Snakefile", "params.yaml"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "workflow", project / "workflow")
-    env = {**os.environ, "FLYP_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "FLYP_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     first = _dry_run(project, env)  # an empty cache: the method classes are read once
     assert "torch" in first
     second = _dry_run(project, env)

@@ -42,10 +42,17 @@ def vit_context(tables, captions, pretrained):
 
     ckpt = load_checkpoint(pretrained)
     _, eval_tf = checkpoint_transforms(ckpt)
-    return Context(benchmark=get_benchmark("embedded"), pretrained=ckpt, data_dir=tables,
-                   captions_dir=captions, device=torch.device("cpu"),
-                   tokenizer=get_tokenizer(ckpt.model_name), train_transform=eval_tf,
-                   eval_transform=eval_tf, seed=0)
+    return Context(
+        benchmark=get_benchmark("embedded"),
+        pretrained=ckpt,
+        data_dir=tables,
+        captions_dir=captions,
+        device=torch.device("cpu"),
+        tokenizer=get_tokenizer(ckpt.model_name),
+        train_transform=eval_tf,
+        eval_transform=eval_tf,
+        seed=0,
+    )
 
 
 def loss_and_grads(method: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
@@ -60,16 +67,25 @@ def loss_and_grads(method: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
     compute_loss = step_loss(task)  # held until after backward, which it synchronises
     loss = compute_loss(batch)
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in task.module.named_parameters()
-             if p.grad is not None}
+    grads = {
+        name: p.grad.clone() for name, p in task.module.named_parameters() if p.grad is not None
+    }
     return float(distributed.mean_over_ranks(loss.detach())), grads
 
 
 def train(method: str, ctx, out_dir, progress=lambda message: None) -> None:
     torch.manual_seed(0)
     task = get_method(method).task(ctx)
-    fit(task, CFG, out=out_dir / f"{method}.safetensors", log_csv=out_dir / f"{method}.csv",
-        device=torch.device("cpu"), info={"method": method}, select="last", progress=progress)
+    fit(
+        task,
+        CFG,
+        out=out_dir / f"{method}.safetensors",
+        log_csv=out_dir / f"{method}.csv",
+        device=torch.device("cpu"),
+        info={"method": method},
+        select="last",
+        progress=progress,
+    )
 
 
 class StopAtSecondValidation:
@@ -88,8 +104,14 @@ class StopAtSecondValidation:
 
 def _rank_main(rank: int, port: int, paths: tuple, out_dir) -> None:
     """One of the spawned ranks, set up as torchrun sets up each process."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE=str(WORLD),
+    )
     torch.set_num_threads(1)
     with distributed.process_group("cpu"):
         ctx = vit_context(*paths)
@@ -115,8 +137,9 @@ def vit_pretrained(tmp_path_factory):
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("vit") / "pretrained.safetensors"
-    save_checkpoint(path, "flyp-fixture-vit", create_clip("flyp-fixture-vit"),
-                    info={"stage": "test"})
+    save_checkpoint(
+        path, "flyp-fixture-vit", create_clip("flyp-fixture-vit"), info={"stage": "test"}
+    )
     return path
 
 
@@ -133,9 +156,16 @@ def two_ranks(paths, tmp_path_factory):
     task = get_method("ft").task(vit_context(*paths))
     task.validate = StopAtSecondValidation(task.validate)
     with pytest.raises(KeyboardInterrupt):
-        fit(task, CFG, out=out / "resumed" / "ft.safetensors", log_csv=out / "resumed" / "ft.csv",
-            device=torch.device("cpu"), info={"method": "ft"}, select="last",
-            progress=lambda message: None)
+        fit(
+            task,
+            CFG,
+            out=out / "resumed" / "ft.safetensors",
+            log_csv=out / "resumed" / "ft.csv",
+            device=torch.device("cpu"),
+            info={"method": "ft"},
+            select="last",
+            progress=lambda message: None,
+        )
     mp.spawn(_rank_main, args=(free_port(), paths, out), nprocs=WORLD)
     return out
 
@@ -165,8 +195,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
-def test_two_ranks_at_half_the_batch_give_the_loss_and_gradients_of_one(method, paths,
-                                                                        two_ranks):
+def test_two_ranks_at_half_the_batch_give_the_loss_and_gradients_of_one(method, paths, two_ranks):
     one_loss, one_grads = loss_and_grads(method, vit_context(*paths))
     for rank in range(WORLD):
         got = torch.load(two_ranks / f"{method}-grads-{rank}.pt")
@@ -213,29 +242,44 @@ def test_ranks_hold_consecutive_slices_of_the_global_batches():
     assert two[1] == [order[4:8], order[12:16], order[19:22]]  # 6 of the last 7: as many each
     assert len(RankBatches(order, 8, 0, 2)) == 3
     assert list(RankBatches(list(range(17)), 8)) == [list(range(8)), list(range(8, 16))]
-    assert list(RankBatches(list(range(17)), 8, 1, 2)) == [list(range(4, 8)),
-                                                           list(range(12, 16))]
+    assert list(RankBatches(list(range(17)), 8, 1, 2)) == [list(range(4, 8)), list(range(12, 16))]
 
 
 def test_a_batch_the_ranks_cannot_share_equally_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(UserError, match="batch_size 20: not divisible by the 3 processes"):
-        fit(None, CFG, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
-            device=torch.device("cpu"), info={})
+        fit(
+            None,
+            CFG,
+            out=tmp_path / "m.pt",
+            log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"),
+            info={},
+        )
 
 
 @pytest.mark.usefixtures("fake_gpus")
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, gpus):
-    out = dry_run(workflow_copy(tmp_path), "seeds=[0]", "methods=[zeroshot,flyp]",
-                  f"runtime={{gpus_per_job: {gpus}}}", "-p")
-    flyp, zeroshot = (re.search(rf"^Shell command: (.* --method {m} .*)$", out, re.M).group(1)
-                      for m in ("flyp", "zeroshot"))
+    out = dry_run(
+        workflow_copy(tmp_path),
+        "seeds=[0]",
+        "methods=[zeroshot,flyp]",
+        f"runtime={{gpus_per_job: {gpus}}}",
+        "-p",
+    )
+    flyp, zeroshot = (
+        re.search(rf"^Shell command: (.* --method {m} .*)$", out, re.M).group(1)
+        for m in ("flyp", "zeroshot")
+    )
     launch = "torchrun --standalone --nproc_per_node 2 -m flyp.cli" if gpus > 1 else "flyp"
     assert flyp.startswith(f"{launch} finetune ")
     assert zeroshot.startswith("flyp finetune ")  # nothing to train: one process
-    gpu = {re.search(r"method=(\w+)", block).group(1): re.search(r"\bgpu=(\d+)", block).group(1)
-           for block in re.split(r"\n(?=rule )", out) if block.startswith("rule finetune:")}
+    gpu = {
+        re.search(r"method=(\w+)", block).group(1): re.search(r"\bgpu=(\d+)", block).group(1)
+        for block in re.split(r"\n(?=rule )", out)
+        if block.startswith("rule finetune:")
+    }
     assert gpu == {"flyp": str(gpus), "zeroshot": "1"}  # one process: one GPU
     assert all("gpu=1" in r for rule, r in job_resources(out) if rule == "features")
 

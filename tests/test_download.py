@@ -30,6 +30,7 @@ PAYLOAD = os.urandom(300_000)  # bigger than one read chunk of the server's repl
 # A tiny HTTP server: serves FILES, honours Range unless told not to, can drop a connection, and
 # records every request (path, Range header, bytes sent).
 
+
 class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -66,7 +67,7 @@ def _handler(server: Server):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if server.drop_after is not None:
-                body, server.drop_after = body[:server.drop_after], None
+                body, server.drop_after = body[: server.drop_after], None
             # recorded before writing: the client may have read it all (and the test checked)
             # before this thread returns from the write
             record["sent"] = len(body)
@@ -102,12 +103,19 @@ def quiet(msg):
 # ----------------------------------------------------------------------------------------------
 # Fetching
 
+
 def test_download_resumes_a_partial_file_with_a_range_request(http, tmp_path):
     http.files["/a.tar"] = PAYLOAD
     dest = tmp_path / "a.tar"
     (tmp_path / "a.tar.part").write_bytes(PAYLOAD[:100_000])
-    fetch(f"{http.url}/a.tar", dest, size=len(PAYLOAD), sha256=sha256(PAYLOAD), progress=False,
-          log=quiet)
+    fetch(
+        f"{http.url}/a.tar",
+        dest,
+        size=len(PAYLOAD),
+        sha256=sha256(PAYLOAD),
+        progress=False,
+        log=quiet,
+    )
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / "a.tar.part").exists()
     # only the missing bytes were asked for and sent
@@ -126,8 +134,9 @@ def test_a_dropped_connection_is_resumed(http, tmp_path, monkeypatch):
     monkeypatch.setattr("flyp.datasets.download.time.sleep", lambda s: None)
     http.files["/a.tar"] = PAYLOAD
     http.drop_after = 50_000
-    fetch(f"{http.url}/a.tar", tmp_path / "a.tar", sha256=sha256(PAYLOAD), progress=False,
-          log=quiet)
+    fetch(
+        f"{http.url}/a.tar", tmp_path / "a.tar", sha256=sha256(PAYLOAD), progress=False, log=quiet
+    )
     assert (tmp_path / "a.tar").read_bytes() == PAYLOAD
     assert [r["range"] for r in http.requests] == [None, "bytes=50000-"]
 
@@ -135,17 +144,21 @@ def test_a_dropped_connection_is_resumed(http, tmp_path, monkeypatch):
 def test_a_complete_part_file_is_not_downloaded_again(http, tmp_path):
     http.files["/a.tar"] = PAYLOAD
     (tmp_path / "a.tar.part").write_bytes(PAYLOAD)
-    fetch(f"{http.url}/a.tar", tmp_path / "a.tar", sha256=sha256(PAYLOAD), progress=False,
-          log=quiet)
+    fetch(
+        f"{http.url}/a.tar", tmp_path / "a.tar", sha256=sha256(PAYLOAD), progress=False, log=quiet
+    )
     assert (tmp_path / "a.tar").read_bytes() == PAYLOAD
     assert [r["sent"] for r in http.requests] == [0]  # answered 416: nothing left to send
 
 
-@pytest.mark.parametrize("check", [
-    {"sha256": sha256(b"another file")},
-    {"md5": md5(b"another file")},
-    {"size": len(PAYLOAD) + 1},
-])
+@pytest.mark.parametrize(
+    "check",
+    [
+        {"sha256": sha256(b"another file")},
+        {"md5": md5(b"another file")},
+        {"size": len(PAYLOAD) + 1},
+    ],
+)
 def test_a_mismatching_download_is_refused_and_leaves_no_file(http, tmp_path, check):
     http.files["/a.tar"] = PAYLOAD
     dest = tmp_path / "a.tar"
@@ -160,8 +173,14 @@ def test_a_tampered_download_is_refused(http, tmp_path):
     tampered[123_456] ^= 0xFF
     http.files["/a.tar"] = bytes(tampered)
     with pytest.raises(UserError, match="md5"):
-        fetch(f"{http.url}/a.tar", tmp_path / "a.tar", size=len(PAYLOAD), md5=md5(PAYLOAD),
-              progress=False, log=quiet)
+        fetch(
+            f"{http.url}/a.tar",
+            tmp_path / "a.tar",
+            size=len(PAYLOAD),
+            md5=md5(PAYLOAD),
+            progress=False,
+            log=quiet,
+        )
     assert not (tmp_path / "a.tar").exists()
 
 
@@ -196,6 +215,7 @@ def test_verify_names_the_file_and_what_differs(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Extraction
 
+
 def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -216,14 +236,20 @@ def test_tar_gz_and_zip_are_unpacked_atomically(tmp_path):
         for name, data in members.items():
             zf.writestr(name.removeprefix("./"), data)
     for archive in ("t.tar.gz", "z.zip"):
-        out = extract_archive(tmp_path / archive, tmp_path / f"out-{archive}", progress=False,
-                              log=quiet)
-        found = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
-                 if p.is_file()}
+        out = extract_archive(
+            tmp_path / archive, tmp_path / f"out-{archive}", progress=False, log=quiet
+        )
+        found = {
+            p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+        }
         assert found == {"root/a/x.JPEG": b"x", "root/b/y.JPEG": b"yy", "root/c.txt": b"c"}
     # no temporary folders left beside the targets
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-t.tar.gz", "out-z.zip",
-                                                          "t.tar.gz", "z.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out-t.tar.gz",
+        "out-z.zip",
+        "t.tar.gz",
+        "z.zip",
+    ]
 
 
 def _symlink(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
@@ -239,8 +265,10 @@ MALICIOUS_TARS = {
     "absolute": lambda tar: add_file(tar, str(Path("/tmp/flyp-test-escape.txt")), b"owned"),
     "symlink to /etc": lambda tar: tar.addfile(_symlink("etc", "/etc")),
     "hardlink to /etc/passwd": lambda tar: tar.addfile(_symlink("passwd", "/etc/passwd", True)),
-    "file through a symlink": lambda tar: (tar.addfile(_symlink("up", "..")),
-                                           add_file(tar, "up/escape.txt", b"owned")),
+    "file through a symlink": lambda tar: (
+        tar.addfile(_symlink("up", "..")),
+        add_file(tar, "up/escape.txt", b"owned"),
+    ),
 }
 
 
@@ -307,17 +335,22 @@ def test_inner_tars_unpack_into_a_folder_each_and_are_checked_too(tmp_path):
     with tarfile.open(tmp_path / "train.tar", "w") as tar:
         add_file(tar, "n01440764.tar", inner({"n01440764_1.JPEG": b"a", "n01440764_2.JPEG": b"b"}))
         add_file(tar, "n01443537.tar", inner({"n01443537_1.JPEG": b"c"}))
-    out = extract_archive(tmp_path / "train.tar", tmp_path / "train", inner_tars=True,
-                          progress=False, log=quiet)
+    out = extract_archive(
+        tmp_path / "train.tar", tmp_path / "train", inner_tars=True, progress=False, log=quiet
+    )
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.JPEG")) == [
-        "n01440764/n01440764_1.JPEG", "n01440764/n01440764_2.JPEG", "n01443537/n01443537_1.JPEG"]
+        "n01440764/n01440764_1.JPEG",
+        "n01440764/n01440764_2.JPEG",
+        "n01443537/n01443537_1.JPEG",
+    ]
     assert not list(out.glob("*.tar"))
 
     with tarfile.open(tmp_path / "evil.tar", "w") as tar:
         add_file(tar, "n0.tar", inner({"../../escape.txt": b"owned"}))
     with pytest.raises(UserError, match="outside"):
-        extract_archive(tmp_path / "evil.tar", tmp_path / "evil", inner_tars=True,
-                        progress=False, log=quiet)
+        extract_archive(
+            tmp_path / "evil.tar", tmp_path / "evil", inner_tars=True, progress=False, log=quiet
+        )
     assert not (tmp_path / "evil").exists() and not (tmp_path / "escape.txt").exists()
 
 
@@ -345,28 +378,59 @@ def toy_benchmark(tmp_path, http, monkeypatch):
         Download("toy", f"{http.url}/toy.tar.gz", size=len(data), sha256=sha256(data)),
         Download("licensed", None, md5=md5(data), manual="licensed.tar.gz from example.org"),
     ]
-    bench = Benchmark("toy", ["a", "b"], ["{}"], [EvalSet("test", ood=False)], prepare=None,
-                      downloads=downloads)
+    bench = Benchmark(
+        "toy", ["a", "b"], ["{}"], [EvalSet("test", ood=False)], prepare=None, downloads=downloads
+    )
     monkeypatch.setitem(BENCHMARKS, "toy", lambda: bench)
     return bench, data
 
 
 def test_cli_fetches_and_unpacks_an_archive(toy_benchmark, tmp_path):
     raw = tmp_path / "raw"
-    done = CliRunner().invoke(main, ["download", "--benchmark", "toy", "--name", "toy",
-                                     "--archive", str(raw / "downloads" / "toy.tar.gz")])
+    done = CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--benchmark",
+            "toy",
+            "--name",
+            "toy",
+            "--archive",
+            str(raw / "downloads" / "toy.tar.gz"),
+        ],
+    )
     assert done.exit_code == 0, done.output
-    done = CliRunner().invoke(main, ["download", "--benchmark", "toy", "--name", "toy",
-                                     "--source", str(raw / "downloads" / "toy.tar.gz"),
-                                     "--extract", str(raw / "toy")])
+    done = CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--benchmark",
+            "toy",
+            "--name",
+            "toy",
+            "--source",
+            str(raw / "downloads" / "toy.tar.gz"),
+            "--extract",
+            str(raw / "toy"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert (raw / "toy" / "toy" / "b" / "2.JPEG").read_bytes() == b"22"
 
 
-def test_an_archive_without_url_says_where_to_get_it_and_which_key_to_set(toy_benchmark,
-                                                                          tmp_path):
-    done = CliRunner().invoke(main, ["download", "--benchmark", "toy", "--name", "licensed",
-                                     "--archive", str(tmp_path / "x.tar.gz")])
+def test_an_archive_without_url_says_where_to_get_it_and_which_key_to_set(toy_benchmark, tmp_path):
+    done = CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--benchmark",
+            "toy",
+            "--name",
+            "licensed",
+            "--archive",
+            str(tmp_path / "x.tar.gz"),
+        ],
+    )
     assert done.exit_code == 2
     message = done.output.strip().splitlines()[-1]
     assert "licensed.tar.gz from example.org" in message
@@ -379,27 +443,46 @@ def test_a_manually_placed_archive_is_verified_before_unpacking(toy_benchmark, t
     placed = tmp_path / "placed.tar.gz"
     placed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one flipped bit
     with pytest.raises(UserError, match="placed.tar.gz: md5"):
-        obtain(bench, "licensed", source=str(placed), extract_to=tmp_path / "raw" / "licensed",
-               progress=False, log=quiet)
+        obtain(
+            bench,
+            "licensed",
+            source=str(placed),
+            extract_to=tmp_path / "raw" / "licensed",
+            progress=False,
+            log=quiet,
+        )
     assert not (tmp_path / "raw" / "licensed").exists()
     placed.write_bytes(data)
-    obtain(bench, "licensed", source=placed.as_uri(), extract_to=tmp_path / "raw" / "licensed",
-           progress=False, log=quiet)
+    obtain(
+        bench,
+        "licensed",
+        source=placed.as_uri(),
+        extract_to=tmp_path / "raw" / "licensed",
+        progress=False,
+        log=quiet,
+    )
     assert (tmp_path / "raw" / "licensed" / "toy" / "a" / "1.JPEG").read_bytes() == b"1"
 
 
 def test_a_mirror_url_replaces_the_official_one(toy_benchmark, http, tmp_path):
     bench, data = toy_benchmark
     http.files["/mirror/toy.tar.gz"] = data
-    obtain(bench, "toy", source=f"{http.url}/mirror/toy.tar.gz",
-           archive=tmp_path / "raw" / "toy.tar.gz", extract_to=tmp_path / "toy", progress=False,
-           log=quiet)
+    obtain(
+        bench,
+        "toy",
+        source=f"{http.url}/mirror/toy.tar.gz",
+        archive=tmp_path / "raw" / "toy.tar.gz",
+        extract_to=tmp_path / "toy",
+        progress=False,
+        log=quiet,
+    )
     assert [r["path"] for r in http.requests] == ["/mirror/toy.tar.gz"]
     assert (tmp_path / "toy" / "toy" / "a" / "1.JPEG").exists()
 
 
 # ----------------------------------------------------------------------------------------------
 # A source that states its own size and checksums (a fixture; the mapping form of params.yaml)
+
 
 def fixture_archive(tmp_path: Path) -> tuple[Path, bytes]:
     (tmp_path / "fixture").mkdir()
@@ -412,17 +495,35 @@ def test_a_source_with_stated_sums_is_fetched_and_unpacked(toy_benchmark, tmp_pa
     path, data = fixture_archive(tmp_path)
     assert data != real  # the pinned sums would refuse it
     raw = tmp_path / "raw"
-    obtain(bench, "toy", source={"source": path.as_uri(), "size": len(data),
-                                 "sha256": sha256(data)},
-           archive=raw / "downloads" / "toy.tar.gz", extract_to=raw / "toy", progress=False,
-           log=quiet)
+    obtain(
+        bench,
+        "toy",
+        source={"source": path.as_uri(), "size": len(data), "sha256": sha256(data)},
+        archive=raw / "downloads" / "toy.tar.gz",
+        extract_to=raw / "toy",
+        progress=False,
+        log=quiet,
+    )
     assert (raw / "downloads" / "toy.tar.gz").read_bytes() == data
     assert (raw / "toy" / "toy" / "c" / "3.JPEG").read_bytes() == b"333"
 
     # the same through the CLI (what the download and extract rules run), an md5 alone will do
-    done = CliRunner().invoke(main, ["download", "--benchmark", "toy", "--name", "licensed",
-                                     "--source", str(path), "--md5", md5(data),
-                                     "--extract", str(raw / "licensed")])
+    done = CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--benchmark",
+            "toy",
+            "--name",
+            "licensed",
+            "--source",
+            str(path),
+            "--md5",
+            md5(data),
+            "--extract",
+            str(raw / "licensed"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert (raw / "licensed" / "toy" / "c" / "3.JPEG").read_bytes() == b"333"
 
@@ -431,33 +532,50 @@ def test_a_source_with_stated_sums_is_fetched_and_unpacked(toy_benchmark, tmp_pa
 def test_a_wrong_stated_sum_is_refused_and_leaves_nothing_behind(toy_benchmark, tmp_path, wrong):
     bench, _ = toy_benchmark
     path, data = fixture_archive(tmp_path)
-    stated = {"source": path.as_uri(), "size": len(data), "md5": md5(data),
-              "sha256": sha256(data)}
+    stated = {"source": path.as_uri(), "size": len(data), "md5": md5(data), "sha256": sha256(data)}
     stated[wrong] = len(data) + 1 if wrong == "size" else "0" * len(stated[wrong])
     raw = tmp_path / "raw"
     with pytest.raises(UserError, match=f"toy.tar.gz .*: {wrong}"):
-        obtain(bench, "toy", source=stated, archive=raw / "downloads" / "toy.tar.gz",
-               extract_to=raw / "toy", progress=False, log=quiet)
+        obtain(
+            bench,
+            "toy",
+            source=stated,
+            archive=raw / "downloads" / "toy.tar.gz",
+            extract_to=raw / "toy",
+            progress=False,
+            log=quiet,
+        )
     with pytest.raises(UserError, match=f"toy.tar.gz: {wrong}"):
-        obtain(bench, "toy", source={**stated, "source": str(path)}, extract_to=raw / "toy",
-               progress=False, log=quiet)
+        obtain(
+            bench,
+            "toy",
+            source={**stated, "source": str(path)},
+            extract_to=raw / "toy",
+            progress=False,
+            log=quiet,
+        )
     assert not [p for p in raw.rglob("*") if not p.is_dir()]  # no archive, .part or member
     assert not (raw / "toy").exists()
 
 
-@pytest.mark.parametrize("stated, message", [
-    ({"source": "x.tar.gz", "size": 3}, "must state md5 or sha256"),
-    ({"source": "x.tar.gz"}, "must state md5 or sha256"),
-    ({"size": 3, "md5": "0" * 32}, "presets.toy.data.toy.source: expected the path"),
-    ({"source": "x.tar.gz", "md5": "abc"}, "md5: expected 32 hexadecimal digits"),
-    ({"source": "x.tar.gz", "sha1": "0" * 40}, "unknown keys"),
-])
-def test_a_stated_source_without_a_valid_checksum_is_refused(toy_benchmark, tmp_path, stated,
-                                                             message):
+@pytest.mark.parametrize(
+    "stated, message",
+    [
+        ({"source": "x.tar.gz", "size": 3}, "must state md5 or sha256"),
+        ({"source": "x.tar.gz"}, "must state md5 or sha256"),
+        ({"size": 3, "md5": "0" * 32}, "presets.toy.data.toy.source: expected the path"),
+        ({"source": "x.tar.gz", "md5": "abc"}, "md5: expected 32 hexadecimal digits"),
+        ({"source": "x.tar.gz", "sha1": "0" * 40}, "unknown keys"),
+    ],
+)
+def test_a_stated_source_without_a_valid_checksum_is_refused(
+    toy_benchmark, tmp_path, stated, message
+):
     bench, _ = toy_benchmark
     with pytest.raises(UserError, match=message) as error:
-        obtain(bench, "toy", source=stated, archive=tmp_path / "got.tar.gz", progress=False,
-               log=quiet)
+        obtain(
+            bench, "toy", source=stated, archive=tmp_path / "got.tar.gz", progress=False, log=quiet
+        )
     assert "presets.toy.data.toy" in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "got.tar.gz").exists()
 
@@ -466,8 +584,14 @@ def test_a_stated_folder_is_refused_as_it_has_no_checksum(toy_benchmark, tmp_pat
     bench, _ = toy_benchmark
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError, match="a folder has no checksum"):
-        obtain(bench, "toy", source={"source": str(tmp_path / "folder"), "md5": "0" * 32},
-               extract_to=tmp_path / "raw" / "toy", progress=False, log=quiet)
+        obtain(
+            bench,
+            "toy",
+            source={"source": str(tmp_path / "folder"), "md5": "0" * 32},
+            extract_to=tmp_path / "raw" / "toy",
+            progress=False,
+            log=quiet,
+        )
 
 
 def test_params_schema_refuses_a_stated_source_without_a_checksum():

@@ -26,18 +26,22 @@ def dag_jobs(*config: str) -> list[dict]:
     `snakemake -n` lists them; ``config``: KEY=VALUE overrides of params.yaml. Listed once per
     configuration (a dry run takes seconds); callers only read it."""
     extra = ["--config", *config] if config else []
-    out = subprocess.run(["snakemake", "-n", "--forceall", "--cores", "1", *extra, "--",
-                          "results/table.csv"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["snakemake", "-n", "--forceall", "--cores", "1", *extra, "--", "results/table.csv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     jobs, job = [], None
     for line in out.splitlines():
         if m := JOB.match(line):
             job = {"rule": m.group(1), "input": [], "output": []}
             jobs.append(job)
         elif job is not None and line.startswith("    input: "):
-            job["input"] = line[len("    input: "):].split(", ")
+            job["input"] = line[len("    input: ") :].split(", ")
         elif job is not None and line.startswith("    output: "):
-            job["output"] = line[len("    output: "):].split(", ")
+            job["output"] = line[len("    output: ") :].split(", ")
     return jobs
 
 
@@ -64,8 +68,11 @@ def under(path: str, folders: list[str]) -> bool:
 CONFIGS = {
     "main job": [],
     "smoke with few-shot draws": ["scale=smoke", "seeds=[0,1]"],
-    "smoke with a sweep": ["scale=smoke", "seeds=[0,1]",
-                           "presets={embedded: {sweep: {flyp: {lr: [1e-5, 1e-4]}}}}"],
+    "smoke with a sweep": [
+        "scale=smoke",
+        "seeds=[0,1]",
+        "presets={embedded: {sweep: {flyp: {lr: [1e-5, 1e-4]}}}}",
+    ],
 }
 
 
@@ -116,7 +123,7 @@ def plotted_files(benchmark: str) -> list[str]:
     """Every file dvc.yaml's top-level plots name (``${benchmark}`` filled in)."""
     files = []
     for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]:
-        (name, spec), = entry.items()
+        ((name, spec),) = entry.items()
         y = (spec or {}).get("y")
         files += list(y) if isinstance(y, dict) else [name]
     return [f.replace("${benchmark}", benchmark) for f in files]
@@ -144,7 +151,7 @@ def test_dvc_depends_on_all_parameters_and_all_code(stage):
 def test_dvc_outputs_persist_so_snakemake_decides_what_is_stale():
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["workflow"]
     for entry in spec["outs"] + spec.get("metrics", []):
-        (path, options), = entry.items()
+        ((path, options),) = entry.items()
         assert options.get("persist") is True, f"{path}: DVC would delete it before the run"
 
 
@@ -206,17 +213,24 @@ def test_the_code_hash_ignores_comments_and_follows_edits(tmp_path, monkeypatch)
     before = version("flyp.cli:evaluate"), version("flyp.cli:finetune")
     scoring = copy / "scoring.py"
     text = scoring.read_text()
-    scoring.write_text(text.replace('"""Top-1 accuracy.', '"""Top-1 accuracy (reworded).') +
-                       "\n# a comment\n")
+    scoring.write_text(
+        text.replace('"""Top-1 accuracy.', '"""Top-1 accuracy (reworded).') + "\n# a comment\n"
+    )
     assert (version("flyp.cli:evaluate"), version("flyp.cli:finetune")) == before
     evaluation = copy / "evaluation.py"
-    evaluation.write_text(evaluation.read_text().replace(
-        "    ood = [metrics[s.name] for s in bench.ood_sets]",
-        "    ood = [metrics[s.name] for s in bench.ood_sets if s.ood]"))
+    evaluation.write_text(
+        evaluation.read_text().replace(
+            "    ood = [metrics[s.name] for s in bench.ood_sets]",
+            "    ood = [metrics[s.name] for s in bench.ood_sets if s.ood]",
+        )
+    )
     assert version("flyp.cli:evaluate") != before[0]
     assert version("flyp.cli:finetune") == before[1]
-    scoring.write_text(text.replace("return (logits.argmax(dim=1) == labels)",
-                                    "return (logits.argmax(dim=-1) == labels)"))
+    scoring.write_text(
+        text.replace(
+            "return (logits.argmax(dim=1) == labels)", "return (logits.argmax(dim=-1) == labels)"
+        )
+    )
     assert version("flyp.cli:evaluate") != before[0] and version("flyp.cli:finetune") != before[1]
     cv._module.cache_clear()
 
@@ -269,16 +283,23 @@ def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
         assert f"models/embedded/{method}/seed0/best.safetensors" in made
         assert f"models/embedded/{method}/seed1/best.safetensors" not in made
         for seed in (1, 2):
-            reuse = [j for j in jobs if f"results/embedded/{method}/seed{seed}/metrics.json"
-                     in j["output"]]
+            reuse = [
+                j
+                for j in jobs
+                if f"results/embedded/{method}/seed{seed}/metrics.json" in j["output"]
+            ]
             assert [j["rule"] for j in reuse] == ["reuse_seedless"]
             assert all("/seed0/" in f for f in reuse[0]["input"])
     for job in jobs:
-        if job["rule"] == "finetune" and "models/embedded/lpft/seed2/best.safetensors" in \
-                job["output"]:
+        if (
+            job["rule"] == "finetune"
+            and "models/embedded/lpft/seed2/best.safetensors" in job["output"]
+        ):
             assert "models/embedded/lp/seed0/best.safetensors" in job["input"]
-        if job["rule"] == "evaluate_ensemble" and "results/embedded/ft/seed1/metrics.json" in \
-                job["output"]:
+        if (
+            job["rule"] == "evaluate_ensemble"
+            and "results/embedded/ft/seed1/metrics.json" in job["output"]
+        ):
             assert "models/embedded/zeroshot/seed0/best.safetensors" in job["input"]
             assert "results/embedded/zeroshot/seed0/metrics.json" in job["input"]
     # the seeded methods once per seed, the seedless ones once (a swept method's first seed is

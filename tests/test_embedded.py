@@ -36,8 +36,10 @@ def test_prepared_tables_have_images_labels_and_styles(tiny_tables):
         assert df["label"].between(0, len(CLASSNAMES) - 1).all()
         image = Image.open(io.BytesIO(df["image"].iloc[0]))
         assert image.size == (32, 32)
-    styles = {name: set(read_table(table_path(tiny_tables, name))["style"])
-              for name in ["train", "sketch", "r", "pretrain"]}
+    styles = {
+        name: set(read_table(table_path(tiny_tables, name))["style"])
+        for name in ["train", "sketch", "r", "pretrain"]
+    }
     assert styles["train"] == {"photo"}
     assert styles["sketch"] == {"sketch"}
     assert styles["r"] <= {"cartoon", "painting", "pixel"} and len(styles["r"]) > 1

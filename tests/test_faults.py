@@ -72,15 +72,26 @@ class DivergingTask(Task):
 INFO = {"method": "flyp", "benchmark": "toy", "seed": 3, "shots": None}
 
 
-@pytest.mark.parametrize(("what", "expected"),
-                         [("loss", r"training loss nan at epoch 2, step 6"),
-                          ("weights", r"non-finite weights at epoch 2, step 8")])
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [
+        ("loss", r"training loss nan at epoch 2, step 6"),
+        ("weights", r"non-finite weights at epoch 2, step 8"),
+    ],
+)
 def test_diverged_training_stops_with_one_line_and_no_checkpoint(tmp_path, what, expected):
     cfg = TrainConfig(epochs=3, lr=0.01, wd=0.0, batch_size=8, warmup_steps=0, seed=0)
     out = tmp_path / "best.safetensors"
     with pytest.raises(UserError, match=expected) as err:
-        fit(DivergingTask(bad_step=6, what=what), cfg, out=out, log_csv=tmp_path / "log.csv",
-            device=torch.device("cpu"), info=INFO, progress=lambda _: None)
+        fit(
+            DivergingTask(bad_step=6, what=what),
+            cfg,
+            out=out,
+            log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"),
+            info=INFO,
+            progress=lambda _: None,
+        )
     message = str(err.value)
     assert "\n" not in message
     assert "method flyp, benchmark toy, seed 3" in message
@@ -94,8 +105,10 @@ NAN = float("nan")
 @pytest.mark.parametrize("select", ["metric", "val_loss", "last"])
 def test_a_non_finite_validation_score_is_never_best(select):
     kept = {"val_metric": "accuracy", "val_score": 0.1, "val_loss": 2.0}
-    for val in ({"val_metric": "accuracy", "val_score": NAN, "val_loss": 1.0},
-                {"val_metric": "accuracy", "val_score": float("inf"), "val_loss": 1.0}):
+    for val in (
+        {"val_metric": "accuracy", "val_score": NAN, "val_loss": 1.0},
+        {"val_metric": "accuracy", "val_score": float("inf"), "val_loss": 1.0},
+    ):
         assert not is_better(select, val, None)
         assert not is_better(select, val, kept)
     nan_loss = {"val_metric": "accuracy", "val_score": 0.9, "val_loss": NAN}
@@ -111,8 +124,15 @@ def test_a_run_without_a_finite_validation_score_writes_no_checkpoint(tmp_path):
     cfg = TrainConfig(epochs=2, lr=0.01, wd=0.0, batch_size=8, warmup_steps=0, seed=0)
     out = tmp_path / "best.safetensors"
     with pytest.raises(UserError, match="no epoch of the run .* has a finite validation score"):
-        fit(NanValidationTask(bad_step=10**6), cfg, out=out, log_csv=tmp_path / "log.csv",
-            device=torch.device("cpu"), info=INFO, progress=lambda _: None)
+        fit(
+            NanValidationTask(bad_step=10**6),
+            cfg,
+            out=out,
+            log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"),
+            info=INFO,
+            progress=lambda _: None,
+        )
     assert not out.exists()
 
 
@@ -144,27 +164,59 @@ def test_checkpoint_without_a_content_hash_still_loads(tmp_path):
 
 
 def _finetune(tmp_path, method, *options, device="auto"):
-    args = ["finetune", "--benchmark", "embedded", "--data", tmp_path, "--captions", tmp_path,
-            "--pretrained", tmp_path / "missing.safetensors", "--method", method,
-            "--epochs", 1, "--lr", 1e-3, "--wd", 0, "--batch-size", 4,
-            "--out", tmp_path / "best.safetensors", "--log-csv", tmp_path / "log.csv",
-            "--device", device]
+    args = [
+        "finetune",
+        "--benchmark",
+        "embedded",
+        "--data",
+        tmp_path,
+        "--captions",
+        tmp_path,
+        "--pretrained",
+        tmp_path / "missing.safetensors",
+        "--method",
+        method,
+        "--epochs",
+        1,
+        "--lr",
+        1e-3,
+        "--wd",
+        0,
+        "--batch-size",
+        4,
+        "--out",
+        tmp_path / "best.safetensors",
+        "--log-csv",
+        tmp_path / "log.csv",
+        "--device",
+        device,
+    ]
     for option in options:
         args += ["-o", option]
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize(("method", "option", "needles"), [
-    ("l2sp", "lamda=0.5", ["method l2sp: unknown option 'lamda'",
-                           "valid options: lambda (float >= 0, default 0.1)"]),
-    ("l2sp", "lambda=lots", ["option 'lambda': expected float >= 0, got 'lots'"]),
-    ("l2sp", "lambda=-1", ["option 'lambda': expected float >= 0, got '-1'"]),
-    ("ft", "lambda=0.5", ["method ft: unknown option 'lambda'", "valid options: none"]),
-    ("lp", "feature=x", ["valid options: features (str, required)"]),
-    ("lpft", "lr_scale=0.1", ["valid options: init_head (str, required)"]),
-])
+@pytest.mark.parametrize(
+    ("method", "option", "needles"),
+    [
+        (
+            "l2sp",
+            "lamda=0.5",
+            [
+                "method l2sp: unknown option 'lamda'",
+                "valid options: lambda (float >= 0, default 0.1)",
+            ],
+        ),
+        ("l2sp", "lambda=lots", ["option 'lambda': expected float >= 0, got 'lots'"]),
+        ("l2sp", "lambda=-1", ["option 'lambda': expected float >= 0, got '-1'"]),
+        ("ft", "lambda=0.5", ["method ft: unknown option 'lambda'", "valid options: none"]),
+        ("lp", "feature=x", ["valid options: features (str, required)"]),
+        ("lpft", "lr_scale=0.1", ["valid options: init_head (str, required)"]),
+    ],
+)
 def test_unknown_or_ill_typed_method_options_are_refused_on_the_command_line(
-        tmp_path, method, option, needles):
+    tmp_path, method, option, needles
+):
     result = _finetune(tmp_path, method, option)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
@@ -179,15 +231,24 @@ def params():
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({"l2sp": {"lamda": 0.5}}, r"params.yaml: presets.embedded.method_options.l2sp.lamda: "
-                               r"unknown option of method l2sp; valid options: lambda \(float"),
-    ({"l2sp": {"lambda": "strong"}}, r"method_options.l2sp.lambda: option 'lambda': expected "
-                                     r"float >= 0, got 'strong'"),
-    ({"lp": {"features": "x.safetensors"}}, r"method_options.lp.features: unknown option"),
-    ({"ft": {"lr": "fast"}}, r"method_options.ft.lr: 'fast' is not of type 'number'"),
-    ({"lpft": {"lr_scale": 0}}, r"method_options.lpft.lr_scale: 0 is less than or equal"),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"l2sp": {"lamda": 0.5}},
+            r"params.yaml: presets.embedded.method_options.l2sp.lamda: "
+            r"unknown option of method l2sp; valid options: lambda \(float",
+        ),
+        (
+            {"l2sp": {"lambda": "strong"}},
+            r"method_options.l2sp.lambda: option 'lambda': expected "
+            r"float >= 0, got 'strong'",
+        ),
+        ({"lp": {"features": "x.safetensors"}}, r"method_options.lp.features: unknown option"),
+        ({"ft": {"lr": "fast"}}, r"method_options.ft.lr: 'fast' is not of type 'number'"),
+        ({"lpft": {"lr_scale": 0}}, r"method_options.lpft.lr_scale: 0 is less than or equal"),
+    ],
+)
 def test_unknown_or_ill_typed_method_options_are_refused_in_params(params, options, expected):
     params["presets"]["embedded"]["method_options"] = options
     with pytest.raises(UserError, match=expected) as err:
@@ -196,8 +257,11 @@ def test_unknown_or_ill_typed_method_options_are_refused_in_params(params, optio
 
 
 def test_declared_and_training_method_options_are_accepted(params):
-    options = {"l2sp": {"lambda": 0.5, "lr": 1e-4, "grad_clip": 1.0}, "lpft": {"lr_scale": 0.1},
-               "ft": {"epochs": 3, "precision": "bf16", "decay": "all"}}
+    options = {
+        "l2sp": {"lambda": 0.5, "lr": 1e-4, "grad_clip": 1.0},
+        "lpft": {"lr_scale": 0.1},
+        "ft": {"epochs": 3, "precision": "bf16", "decay": "all"},
+    }
     params["presets"]["embedded"]["method_options"] = options
     assert load_params(params, SCHEMA)["method_options"] == options
     L2SP.check_options({"lambda": "0.5"})
@@ -220,13 +284,16 @@ def test_runtime_device_accepts_auto_cpu_cuda_and_cuda_n(params, device):
     assert load_params(params, SCHEMA)["runtime"]["device"] == device
 
 
-@pytest.mark.parametrize(("gpus", "device", "expected"), [
-    (0, "cuda", r"--device cuda: this machine has no CUDA GPU"),
-    (0, "cuda:0", r"--device cuda:0: this machine has no CUDA GPU"),
-    (1, "cuda:1", r"--device cuda:1: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"),
-    (0, "gpu", r"--device 'gpu': expected auto, cpu, cuda or cuda:N"),
-    (0, "cpu; touch pwned", r"expected auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    ("gpus", "device", "expected"),
+    [
+        (0, "cuda", r"--device cuda: this machine has no CUDA GPU"),
+        (0, "cuda:0", r"--device cuda:0: this machine has no CUDA GPU"),
+        (1, "cuda:1", r"--device cuda:1: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"),
+        (0, "gpu", r"--device 'gpu': expected auto, cpu, cuda or cuda:N"),
+        (0, "cpu; touch pwned", r"expected auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_a_device_the_machine_lacks_is_one_line(monkeypatch, gpus, device, expected):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     with pytest.raises(UserError, match=expected):
@@ -242,19 +309,28 @@ def test_device_cuda_without_a_gpu_stops_before_any_work(monkeypatch, tmp_path):
 
 
 # Shell values built from several arguments, each quoted where it is built (workflow/rules/*.smk)
-PREQUOTED = {"params.args", "params.train", "params.options", "params.source", "params.sums",
-             "params.speed", "params.zeroshot_scores", "params.sweep", "params.evaluate",
-             "params.launch"}  # launch: torchrun and its integer arguments, or flyp
+PREQUOTED = {
+    "params.args",
+    "params.train",
+    "params.options",
+    "params.source",
+    "params.sums",
+    "params.speed",
+    "params.zeroshot_scores",
+    "params.sweep",
+    "params.evaluate",
+    "params.launch",
+}  # launch: torchrun and its integer arguments, or flyp
 
 
 def test_every_parameter_in_a_shell_command_is_quoted():
     unquoted = []
     for path in sorted((ROOT / "workflow/rules").glob("*.smk")):
         # shell commands are plain string literals on lines of their own (f-strings are Python)
-        commands = [line for line in path.read_text().splitlines()
-                    if line.strip().startswith('"')]
-        for field, quoted in re.findall(r"\{((?:params|resources|wildcards)\.\w+)(:q)?\}",
-                                        "\n".join(commands)):
+        commands = [line for line in path.read_text().splitlines() if line.strip().startswith('"')]
+        for field, quoted in re.findall(
+            r"\{((?:params|resources|wildcards)\.\w+)(:q)?\}", "\n".join(commands)
+        ):
             if not quoted and field not in PREQUOTED:
                 unquoted.append(f"{path.name}: {field}")
     assert not unquoted

@@ -10,11 +10,29 @@ def dry_run(work, benchmark: str, *args: str) -> str:
     import os
     import subprocess
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9"}
-    done = subprocess.run(["snakemake", "-n", "--cores", "all", "--config",
-                           f"benchmark={benchmark}", *args, "--", "results/table.csv"], cwd=work,
-                          env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [
+            "snakemake",
+            "-n",
+            "--cores",
+            "all",
+            "--config",
+            f"benchmark={benchmark}",
+            *args,
+            "--",
+            "results/table.csv",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
@@ -39,8 +57,11 @@ def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):
     assert draws(out, "sst2") == expected
     assert counts["finetune_fewshot"] == len(expected) == 450
     # the whole k-shot training set in one batch: k x 2 classes
-    k32 = next(line for line in out.splitlines()
-               if "--shots 32 --draw 49" in line and "--method flyp" in line)
+    k32 = next(
+        line
+        for line in out.splitlines()
+        if "--shots 32 --draw 49" in line and "--method flyp" in line
+    )
     assert "--batch-size 64 " in k32 and "--lr 1e-05 " in k32 and "--wd 0.2 " in k32
 
 
@@ -74,8 +95,17 @@ def test_every_class_of_the_smoke_world_has_the_smoke_scales_k(tmp_path):
         labels = read_table(table_path(tmp_path, split), columns=["label"])["label"].to_numpy()
         for k in run["fewshot"]["shots"]:
             for draw in range(run["fewshot"]["draws"]):
-                ctx = Context(benchmark=bench, pretrained=None, data_dir=tmp_path,
-                              captions_dir=None, device=None, tokenizer=None,
-                              train_transform=None, eval_transform=None, seed=0, shots=k,
-                              draw=draw)
+                ctx = Context(
+                    benchmark=bench,
+                    pretrained=None,
+                    data_dir=tmp_path,
+                    captions_dir=None,
+                    device=None,
+                    tokenizer=None,
+                    train_transform=None,
+                    eval_transform=None,
+                    seed=0,
+                    shots=k,
+                    draw=draw,
+                )
                 assert len(ctx.subset(labels, split)) == k * len(bench.classnames)

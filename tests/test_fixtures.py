@@ -59,8 +59,10 @@ def test_the_printed_command_runs_the_dag_in_the_fixture_folder(written):
     command = printed.strip().splitlines()[-1]
     assert command.startswith("snakemake --cores all ")
     assert f"-s {ROOT / 'Snakefile'} -d {out} " in command
-    assert f"--configfile {ROOT / 'params.yaml'} {out / 'fixture.yaml'} -- results/table.csv" \
+    assert (
+        f"--configfile {ROOT / 'params.yaml'} {out / 'fixture.yaml'} -- results/table.csv"
         in command
+    )
 
 
 def test_the_weights_are_a_local_file_of_the_tiny_model(written):

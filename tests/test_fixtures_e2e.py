@@ -32,8 +32,9 @@ PROJECT_FILES = ["Snakefile", "params.yaml", "pyproject.toml", "workflow", "flyp
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n"
-                    f"{done.stderr[-5000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-5000:]}"
+        )
     return done
 
 
@@ -51,8 +52,10 @@ def table_columns(benchmark: str) -> list[str]:
     """The table's metric columns, as report names them: "id" for the ID test set, each OOD set
     by name, with the metric appended when it is not accuracy."""
     bench = get_benchmark(benchmark)
-    return [("id" if s is bench.id_set else s.name)
-            + ("" if s.metric == "accuracy" else f"_{s.metric}") for s in bench.eval_sets]
+    return [
+        ("id" if s is bench.id_set else s.name) + ("" if s.metric == "accuracy" else f"_{s.metric}")
+        for s in bench.eval_sets
+    ]
 
 
 def fewshot_rows(preset: str, project: Path, out: Path) -> list[str]:
@@ -70,14 +73,22 @@ FAST_PRESET = "imagenet"
 
 
 # (not `benchmark`: pytest-benchmark owns that fixture name)
-@pytest.mark.parametrize("preset", [
-    pytest.param(name, marks=() if name == FAST_PRESET else pytest.mark.slow)
-    for name in fixture_names()])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        pytest.param(name, marks=() if name == FAST_PRESET else pytest.mark.slow)
+        for name in fixture_names()
+    ],
+)
 def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
     project = tmp_path / "project"
     copy_project(project)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9"}  # any network access would fail
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }  # any network access would fail
     env.pop("DVC_STAGE", None)
     out = tmp_path / "fixture"
     printed = run(["flyp", "fixture", "--benchmark", preset, "--out", str(out)], project, env)
@@ -91,8 +102,11 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
 
     assert not (project / "results").exists()  # the project's own results are never touched
     table = pd.read_csv(out / "results" / "table.csv")
-    assert list(table["method"]) == [*METHODS, *(f"{m}+wise" for m in METHODS[1:]),
-                                     *fewshot_rows(preset, project, out)]
+    assert list(table["method"]) == [
+        *METHODS,
+        *(f"{m}+wise" for m in METHODS[1:]),
+        *fewshot_rows(preset, project, out),
+    ]
     columns = table_columns(preset)
     assert set(columns) <= set(table.columns)
     assert table[columns].notna().all().all()
@@ -107,7 +121,8 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
         if isinstance(sources[d.name], dict):
             source = sources[d.name]["source"]
             assert source.startswith("file://") and "sha256" in sources[d.name]
-            fetched = out / "data/raw/downloads" / archive_filename(get_download(bench, d.name),
-                                                                    source)
+            fetched = (
+                out / "data/raw/downloads" / archive_filename(get_download(bench, d.name), source)
+            )
             assert fetched.stat().st_size == sources[d.name]["size"]
             assert (out / "logs/raw" / f"download_{fetched.name}.log").is_file()

@@ -31,9 +31,11 @@ def fake_gpus(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\n"
-                   "echo '  MIG 1g.18gb Device 0: (UUID: MIG-b)'\n"
-                   "echo 'GPU 1: NVIDIA H200 (UUID: GPU-c)'\n")
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\n"
+        "echo '  MIG 1g.18gb Device 0: (UUID: MIG-b)'\n"
+        "echo 'GPU 1: NVIDIA H200 (UUID: GPU-c)'\n"
+    )
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -53,10 +55,13 @@ def test_gpu_jobs_declare_a_gpu_and_run_one_per_gpu(tmp_path, fake_gpus):
     assert "--grad-clip 1.0 " in re.search(r"flyp finetune .*--method ft .*seed0.*", out).group(0)
 
 
-@pytest.mark.parametrize("setting, env", [
-    ("runtime={device: cpu, threads: 0, workers: 0}", None),  # GPUs present, CPU asked for
-    ("runtime={device: auto, threads: 0, workers: 0}", ""),  # auto on a machine with none
-])
+@pytest.mark.parametrize(
+    "setting, env",
+    [
+        ("runtime={device: cpu, threads: 0, workers: 0}", None),  # GPUs present, CPU asked for
+        ("runtime={device: auto, threads: 0, workers: 0}", ""),  # auto on a machine with none
+    ],
+)
 def test_cpu_runs_declare_no_gpu(tmp_path, fake_gpus, monkeypatch, setting, env):
     if env is not None:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)

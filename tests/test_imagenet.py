@@ -42,10 +42,18 @@ V2_FOLDERS = ["0", "1", "2", "10", "11", "100"]  # a string sort puts "10" befor
 # The archives of these tests (the generator of flyp/fixtures/imagenet.py, a smaller layout):
 # "bench" maps to no ImageNet class and must be dropped; the clock class maps to two.
 LAYOUT = Layout(
-    train={TENCH: 3, KIT_FOX: 3, WOK: 3}, val=VAL_WNIDS, v2=dict.fromkeys(V2_FOLDERS, 1),
-    r=dict.fromkeys(R_WNIDS, 2), a=dict.fromkeys(A_WNIDS, 2), sketch={TENCH: 1, WOK: 1},
-    objectnet={"alarm_clock": ("Alarm clock", ["analog clock", "digital clock"], 2),
-               "banana": ("Banana", ["banana"], 1), "bench": ("Bench", [], 2)})
+    train={TENCH: 3, KIT_FOX: 3, WOK: 3},
+    val=VAL_WNIDS,
+    v2=dict.fromkeys(V2_FOLDERS, 1),
+    r=dict.fromkeys(R_WNIDS, 2),
+    a=dict.fromkeys(A_WNIDS, 2),
+    sketch={TENCH: 1, WOK: 1},
+    objectnet={
+        "alarm_clock": ("Alarm clock", ["analog clock", "digital clock"], 2),
+        "banana": ("Banana", ["banana"], 1),
+        "bench": ("Bench", [], 2),
+    },
+)
 
 
 def quiet(msg):
@@ -78,8 +86,22 @@ def raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tables(raw) -> Path:
     out = raw.parent / "imagenet" / "tables"
-    done = CliRunner().invoke(main, ["prepare", "--benchmark", "imagenet", "--out", str(out),
-                                     "-o", f"raw_dir={raw}", "-o", "val_size=2", "-o", "seed=0"])
+    done = CliRunner().invoke(
+        main,
+        [
+            "prepare",
+            "--benchmark",
+            "imagenet",
+            "--out",
+            str(out),
+            "-o",
+            f"raw_dir={raw}",
+            "-o",
+            "val_size=2",
+            "-o",
+            "seed=0",
+        ],
+    )
     assert done.exit_code == 0, done.output
     return out
 
@@ -90,6 +112,7 @@ def table(tables: Path, name: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------
 # Labels
+
 
 def test_class_names_and_templates_come_from_open_clip():
     bench = get_benchmark("imagenet")
@@ -135,7 +158,8 @@ def test_train_is_labelled_by_wnid_and_a_seeded_sample_is_held_out_as_val(tables
     assert not set(train["image_id"]) & set(val["image_id"])
     both = pd.concat([train, val])
     assert sorted(both["image_id"]) == sorted(
-        f"{w}/{w}_{i}.JPEG" for w in (TENCH, KIT_FOX, WOK) for i in (1, 2, 3))
+        f"{w}/{w}_{i}.JPEG" for w in (TENCH, KIT_FOX, WOK) for i in (1, 2, 3)
+    )
     for image_id, label in zip(both["image_id"], both["label"], strict=True):
         assert label == INDEX[image_id.split("/")[0]]
 
@@ -237,16 +261,29 @@ def test_the_real_checksums_refuse_a_wrong_archive(tmp_path, raw):
     archives = build_archives(tmp_path / "archives")
     bench = get_benchmark("imagenet")
     with pytest.raises(UserError, match=r"ILSVRC2012_img_val.tar: size .* expected 6,744,924,160"):
-        obtain(bench, "imagenet_val", source=str(archives["imagenet_val"]),
-               extract_to=tmp_path / "raw" / "imagenet_val", progress=False, log=quiet)
+        obtain(
+            bench,
+            "imagenet_val",
+            source=str(archives["imagenet_val"]),
+            extract_to=tmp_path / "raw" / "imagenet_val",
+            progress=False,
+            log=quiet,
+        )
     with pytest.raises(UserError, match="ILSVRC2012_devkit_t12.tar.gz: md5"):
-        obtain(bench, "imagenet_devkit", source=str(archives["imagenet_devkit"]),
-               extract_to=tmp_path / "raw" / "imagenet_devkit", progress=False, log=quiet)
+        obtain(
+            bench,
+            "imagenet_devkit",
+            source=str(archives["imagenet_devkit"]),
+            extract_to=tmp_path / "raw" / "imagenet_devkit",
+            progress=False,
+            log=quiet,
+        )
     assert not (tmp_path / "raw").exists()
 
 
 # ----------------------------------------------------------------------------------------------
 # Workflow
+
 
 def workflow_copy(tmp_path: Path) -> Path:
     """The workflow files in a fresh folder: a dry run there sees no data, models or results."""
@@ -259,11 +296,29 @@ def workflow_copy(tmp_path: Path) -> Path:
 
 
 def dry_run(work: Path, *args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9"}  # any network access would fail
-    done = subprocess.run(["snakemake", "-n", "--cores", "all", "--config", "benchmark=imagenet",
-                           *args, "--", "results/table.csv"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }  # any network access would fail
+    done = subprocess.run(
+        [
+            "snakemake",
+            "-n",
+            "--cores",
+            "all",
+            "--config",
+            "benchmark=imagenet",
+            *args,
+            "--",
+            "results/table.csv",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
@@ -303,8 +358,9 @@ def test_a_manually_placed_archive_is_read_in_place_not_downloaded(tmp_path):
     work = workflow_copy(tmp_path)
     placed = tmp_path / "ILSVRC2012_img_val.tar"
     placed.write_bytes(b"placeholder")
-    (work / "local.yaml").write_text(json.dumps(
-        {"presets": {"imagenet": {"data": {"imagenet_val": str(placed)}}}}))
+    (work / "local.yaml").write_text(
+        json.dumps({"presets": {"imagenet": {"data": {"imagenet_val": str(placed)}}}})
+    )
     out = dry_run(work, "--configfile", "local.yaml")
     counts = job_counts(out)
     assert counts["download"] == 7 and counts["extract"] == 8
@@ -319,13 +375,38 @@ def test_the_download_jobs_run_flyp_download_with_the_right_source(tmp_path):
     archives = build_archives(tmp_path / "archives")
     sketch = tmp_path / "sketch-extracted"
     (sketch / "sketch" / TENCH).mkdir(parents=True)
-    (work / "local.yaml").write_text(json.dumps({"presets": {"imagenet": {"data": {
-        "imagenet_sketch": str(sketch), "imagenet_r": str(archives["imagenet_r"])}}}}))
+    (work / "local.yaml").write_text(
+        json.dumps(
+            {
+                "presets": {
+                    "imagenet": {
+                        "data": {
+                            "imagenet_sketch": str(sketch),
+                            "imagenet_r": str(archives["imagenet_r"]),
+                        }
+                    }
+                }
+            }
+        )
+    )
 
     def run(target):
-        return subprocess.run(["snakemake", "--cores", "1", "--config", "benchmark=imagenet",
-                               "--configfile", "local.yaml", "--", target], cwd=work,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [
+                "snakemake",
+                "--cores",
+                "1",
+                "--config",
+                "benchmark=imagenet",
+                "--configfile",
+                "local.yaml",
+                "--",
+                target,
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
 
     assert run("data/raw/downloads/imagenet_val").returncode != 0
     log = (work / "logs/raw/download_imagenet_val.log").read_text()
@@ -367,13 +448,16 @@ def test_the_imagenet_dag_is_versioned_by_dvc_except_raw_downloads(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Released weights from a local file (the paper's CLIP: `flyp pretrained --pretrained FILE`)
 
+
 @pytest.fixture(scope="module")
 def tiny_weights():
     from flyp.models import create_clip
 
     torch.manual_seed(1)
-    return {k: v.detach().clone().contiguous()
-            for k, v in create_clip("flyp-tiny-rn10t").state_dict().items()}
+    return {
+        k: v.detach().clone().contiguous()
+        for k, v in create_clip("flyp-tiny-rn10t").state_dict().items()
+    }
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
@@ -391,9 +475,20 @@ def test_weights_load_from_a_local_file(tmp_path, tiny_weights, suffix):
     assert all(torch.equal(loaded[k], v) for k, v in tiny_weights.items())
 
     out = tmp_path / "pretrained.safetensors"
-    done = CliRunner().invoke(main, ["pretrained", "--model", "flyp-tiny-rn10t", "--pretrained",
-                                     str(path), "--out", str(out), "--log-csv",
-                                     str(tmp_path / "log.csv")])
+    done = CliRunner().invoke(
+        main,
+        [
+            "pretrained",
+            "--model",
+            "flyp-tiny-rn10t",
+            "--pretrained",
+            str(path),
+            "--out",
+            str(out),
+            "--log-csv",
+            str(tmp_path / "log.csv"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     ckpt = load_checkpoint(out)
     assert all(torch.equal(ckpt.clip[k], v) for k, v in tiny_weights.items())

@@ -35,8 +35,7 @@ def test_solver_matches_sklearn_lbfgs_along_the_warm_started_path(n_classes):
     # drift along directions that barely change a probability).
     x, y = _blobs(300, n_classes)
     xt = torch.tensor(x, dtype=torch.float32)
-    for c, fit in regularisation_path(xt, torch.tensor(y), n_classes, [100.0, 0.01, 1.0],
-                                      tol=1e-7):
+    for c, fit in regularisation_path(xt, torch.tensor(y), n_classes, [100.0, 0.01, 1.0], tol=1e-7):
         ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x, y)
         probs, ref_probs = torch.softmax(fit.logits(xt), 1).numpy(), ref.predict_proba(x)
         gap = np.abs(probs - ref_probs).max()
@@ -62,8 +61,9 @@ def test_the_path_runs_from_strong_to_weak_regularisation_and_warm_starts():
     cold = [flyp.linear_probe.fit_logistic(xt, yt, 3, c, tol=1e-6) for c, _ in path]
     assert sum(fit.n_iter for _, fit in path) < 0.8 * sum(fit.n_iter for fit in cold)
     for (_, warm), fit in zip(path, cold, strict=True):  # the same optima
-        torch.testing.assert_close(torch.softmax(warm.logits(xt), 1),
-                                   torch.softmax(fit.logits(xt), 1), rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            torch.softmax(warm.logits(xt), 1), torch.softmax(fit.logits(xt), 1), rtol=0, atol=1e-3
+        )
 
 
 def test_logits_exist_one_chunk_of_rows_at_a_time_in_float32(monkeypatch):
@@ -99,8 +99,9 @@ def test_classes_never_seen_in_training_never_win_and_two_classes_keep_logits_0_
     assert set(logits.argmax(1).tolist()) <= {1, 3}
     ref = LogisticRegression(C=1.0, tol=1e-10).fit(x, y)
     torch.testing.assert_close(logits[:, 1], torch.zeros(len(x)))
-    np.testing.assert_allclose(logits[:, 3] - logits[:, 1], ref.decision_function(x),
-                               rtol=0, atol=2e-3)
+    np.testing.assert_allclose(
+        logits[:, 3] - logits[:, 1], ref.decision_function(x), rtol=0, atol=2e-3
+    )
 
 
 def _imbalanced(rng, counts_at_plus, counts_at_minus):
@@ -124,13 +125,16 @@ def test_c_is_chosen_by_the_metric_asked_for_not_by_accuracy():
     _, c_acc, acc = fit_linear_probe(train, val, c_grid=grid, metric="accuracy")
     head, c_f1, f1 = fit_linear_probe(train, val, c_grid=grid, metric="macro_f1")
     assert (c_acc, c_f1) == (1e-4, 1.0)
-    assert acc == pytest.approx(0.80) and f1 == pytest.approx(METRICS["macro_f1"](
-        head(val[0]), val[1])) and f1 == pytest.approx(0.715, abs=0.01)
+    assert (
+        acc == pytest.approx(0.80)
+        and f1 == pytest.approx(METRICS["macro_f1"](head(val[0]), val[1]))
+        and f1 == pytest.approx(0.715, abs=0.01)
+    )
 
 
-def test_lp_scores_c_with_the_benchmarks_id_metric_and_its_val_table(ctx, tiny_pretrained,
-                                                                     tiny_tables, tmp_path,
-                                                                     monkeypatch):
+def test_lp_scores_c_with_the_benchmarks_id_metric_and_its_val_table(
+    ctx, tiny_pretrained, tiny_tables, tmp_path, monkeypatch
+):
     path = tmp_path / "features.safetensors"
     write_features(tiny_pretrained, tiny_tables, path)
     tables_seen = []
@@ -142,8 +146,9 @@ def test_lp_scores_c_with_the_benchmarks_id_metric_and_its_val_table(ctx, tiny_p
     monkeypatch.setitem(METRICS, "needs_table", needs_table)
     id_set = dataclasses.replace(ctx.benchmark.id_set, metric="needs_table")
     ctx.benchmark = dataclasses.replace(
-        ctx.benchmark, eval_sets=[id_set if s is ctx.benchmark.id_set else s
-                                  for s in ctx.benchmark.eval_sets])
+        ctx.benchmark,
+        eval_sets=[id_set if s is ctx.benchmark.id_set else s for s in ctx.benchmark.eval_sets],
+    )
     ctx.options = {"features": str(path)}
     get_method("lp").classifier(ctx)
     assert ctx.notes["lp_val_metric"] == "needs_table" and ctx.notes["lp_val_score"] == 1.0
@@ -151,8 +156,9 @@ def test_lp_scores_c_with_the_benchmarks_id_metric_and_its_val_table(ctx, tiny_p
     assert len(tables_seen) == len(flyp.methods.lp.C_GRID) and "image" not in tables_seen[0]
 
 
-def test_the_probe_and_zero_shot_do_not_depend_on_the_seed(ctx, tiny_pretrained, tiny_tables,
-                                                           tmp_path):
+def test_the_probe_and_zero_shot_do_not_depend_on_the_seed(
+    ctx, tiny_pretrained, tiny_tables, tmp_path
+):
     """What lets the workflow run them once for every seed (Method.seeded = False)."""
     path = tmp_path / "features.safetensors"
     write_features(tiny_pretrained, tiny_tables, path)
@@ -162,8 +168,9 @@ def test_the_probe_and_zero_shot_do_not_depend_on_the_seed(ctx, tiny_pretrained,
         states = []
         for seed in (0, 1):
             torch.manual_seed(seed)  # as finetuning seeds a run
-            one = dataclasses.replace(ctx, seed=seed, options={"features": str(path)}
-                                      if name == "lp" else {})
+            one = dataclasses.replace(
+                ctx, seed=seed, options={"features": str(path)} if name == "lp" else {}
+            )
             states.append(method.classifier(one).state_dict())
         assert states[0].keys() == states[1].keys()
         assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -86,9 +86,23 @@ def test_flyp_clamps_logit_scale_at_100_only_when_asked(ctx, tmp_path, clamp):
     task = get_method("flyp").task(ctx)
     with torch.no_grad():
         task.module.logit_scale.fill_(math.log(200))  # above open_clip's ceiling of 100
-    cfg = TrainConfig(epochs=1, lr=1e-9, wd=0.0, batch_size=len(task.train_data), warmup_steps=0,
-                      seed=0, clamp_logit_scale=clamp)
-    fit(task, cfg, out=tmp_path / "m.safetensors", log_csv=tmp_path / "log.csv",
-        device=ctx.device, info={}, progress=lambda m: None)
+    cfg = TrainConfig(
+        epochs=1,
+        lr=1e-9,
+        wd=0.0,
+        batch_size=len(task.train_data),
+        warmup_steps=0,
+        seed=0,
+        clamp_logit_scale=clamp,
+    )
+    fit(
+        task,
+        cfg,
+        out=tmp_path / "m.safetensors",
+        log_csv=tmp_path / "log.csv",
+        device=ctx.device,
+        info={},
+        progress=lambda m: None,
+    )
     expected = 100.0 if clamp else 200.0  # the FLYP reference never clamps
     assert task.module.logit_scale.exp().item() == pytest.approx(expected, rel=1e-3)

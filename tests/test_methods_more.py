@@ -45,16 +45,18 @@ def test_l2sp_with_huge_lambda_stays_at_the_pretrained_weights(ctx):
             p.add_(0.5)
     # SGD with lr = 1 / (2 lambda): the penalty's own step lands exactly on theta_0, so what is
     # left is the cross-entropy step, scaled by that tiny lr.
-    opt = torch.optim.SGD([p for p in task.module.parameters() if p.requires_grad],
-                          lr=1 / (2 * lam))
+    opt = torch.optim.SGD(
+        [p for p in task.module.parameters() if p.requires_grad], lr=1 / (2 * lam)
+    )
     loader = torch.utils.data.DataLoader(task.train_data, batch_size=16)
     for _, batch in zip(range(3), loader, strict=False):
         loss = task.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    drift = max((v - theta0[k]).abs().max().item()
-                for k, v in task.module.clip.visual.named_parameters())
+    drift = max(
+        (v - theta0[k]).abs().max().item() for k, v in task.module.clip.visual.named_parameters()
+    )
     assert drift < 1e-4
 
 
@@ -78,8 +80,9 @@ def test_collision_masked_loss_equals_plain_loss_when_labels_differ():
     plain = open_clip.ClipLoss()(img, txt, scale)
     distinct = contrastive_loss_without_collisions(img, txt, scale, torch.arange(6))
     torch.testing.assert_close(distinct, plain)
-    collided = contrastive_loss_without_collisions(img, txt, scale,
-                                                   torch.tensor([0, 0, 1, 1, 2, 2]))
+    collided = contrastive_loss_without_collisions(
+        img, txt, scale, torch.tensor([0, 0, 1, 1, 2, 2])
+    )
     assert collided < plain  # fewer negatives in each denominator
 
 
@@ -146,10 +149,13 @@ def test_linear_probe_picks_c_on_val_and_matches_sklearn():
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 5))
+
     def sample(n):
         y = rng.integers(0, 3, n)
-        return torch.tensor(centers[y] + 0.8 * rng.normal(size=(n, 5)), dtype=torch.float32), \
-            torch.tensor(y)
+        return torch.tensor(
+            centers[y] + 0.8 * rng.normal(size=(n, 5)), dtype=torch.float32
+        ), torch.tensor(y)
+
     train, val = sample(90), sample(60)
     head, c, acc = fit_linear_probe(train, val, c_grid=[1e-3, 1.0])
     assert c == 1.0  # C = 1e-3 underfits: the val set must say so
@@ -164,8 +170,9 @@ def test_features_are_cached_and_lp_reads_them(ctx, tiny_pretrained, tiny_tables
     write_features(tiny_pretrained, tiny_tables, path)
     feats = read_features(path)
     assert feats["train"][0].shape[0] == len(ctx.train_table())
-    torch.testing.assert_close(feats["train"][0].norm(dim=1),
-                               torch.ones(len(feats["train"][0])), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        feats["train"][0].norm(dim=1), torch.ones(len(feats["train"][0])), rtol=0, atol=1e-5
+    )
     ctx.options = {"features": str(path)}
     classifier = get_method("lp").classifier(ctx)
     assert isinstance(classifier, ImageClassifier)
@@ -192,7 +199,10 @@ def test_few_shot_sample_is_k_per_class_and_fixed_by_the_draw(ctx):
     ctx.draw = 0
     assert len(ctx.train_table()) == 2 * len(set(labels))
     ctx.shots = 1000
-    with pytest.raises(UserError, match=r"^presets\.embedded\.fewshot\.shots: k=1000, but "
-                       r"class \d+ \('.+'\) has only \d+ train images in embedded") as err:
+    with pytest.raises(
+        UserError,
+        match=r"^presets\.embedded\.fewshot\.shots: k=1000, but "
+        r"class \d+ \('.+'\) has only \d+ train images in embedded",
+    ) as err:
         ctx.subset(labels)
     assert "\n" not in str(err.value)

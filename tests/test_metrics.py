@@ -43,8 +43,9 @@ def test_perfect_and_hopeless_predictions():
 
 
 def test_worst_region_accuracy_takes_the_worst_region_and_ignores_other():
-    table = pd.DataFrame({"region": ["Asia", "Asia", "Europe", "Europe", "Europe", "Other",
-                                     "Other", "Africa"]})
+    table = pd.DataFrame(
+        {"region": ["Asia", "Asia", "Europe", "Europe", "Europe", "Other", "Other", "Africa"]}
+    )
     labels = torch.tensor([0, 1, 2, 2, 0, 1, 1, 0])
     preds = [0, 0, 2, 2, 1, 0, 0, 0]  # Asia 1/2, Europe 2/3, Other 0/2, Africa 1/1
     logits = one_hot_logits(preds, 3)
@@ -67,7 +68,9 @@ def test_metrics_are_registered_and_used_by_score():
     table = pd.DataFrame({"region": ["Asia", "Europe", "Europe"]})
     labels = torch.tensor([0, 1, 1])
     logits = one_hot_logits([0, 1, 0], 2)
-    assert score(logits, labels, EvalSet("t", ood=True, metric="worst_region_accuracy"),
-                 table) == pytest.approx(0.5)
-    assert score(logits, labels, EvalSet("t", ood=True, metric="macro_f1"),
-                 table) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert score(
+        logits, labels, EvalSet("t", ood=True, metric="worst_region_accuracy"), table
+    ) == pytest.approx(0.5)
+    assert score(logits, labels, EvalSet("t", ood=True, metric="macro_f1"), table) == pytest.approx(
+        (2 / 3 + 2 / 3) / 2
+    )

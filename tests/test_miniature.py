@@ -18,8 +18,12 @@ spec.loader.exec_module(miniature)
 OOD = ["v2", "sketch", "r", "a", "objectnet"]
 
 
-def write_world(root: Path, sizes: dict[str, int], runs: dict[str, list[dict[str, float]]],
-                pretrained: list[str] | None = None):
+def write_world(
+    root: Path,
+    sizes: dict[str, int],
+    runs: dict[str, list[dict[str, float]]],
+    pretrained: list[str] | None = None,
+):
     """Tables of the given row counts, and metrics.json files for each seed of each method (and
     provenance.json naming the pretrained model of seed i, ``pretrained[i]``, when given)."""
     tables = root / "tables"
@@ -34,7 +38,8 @@ def write_world(root: Path, sizes: dict[str, int], runs: dict[str, list[dict[str
             (folder / "metrics.json").write_text(json.dumps({**acc, "avg_ood": avg}))
             if pretrained:
                 (folder / "provenance.json").write_text(
-                    json.dumps({"pretrained_sha256": pretrained[seed]}))
+                    json.dumps({"pretrained_sha256": pretrained[seed]})
+                )
     return tables
 
 
@@ -52,14 +57,18 @@ def verdicts(rows) -> dict[str, tuple[str, bool]]:
 
 
 def test_a_world_that_meets_every_criterion(tmp_path, sizes):
-    tables = write_world(tmp_path, sizes, {"zeroshot": [accuracies(0.6)] * 3,
-                                           "ft": [accuracies(0.75), accuracies(0.73)]})
+    tables = write_world(
+        tmp_path,
+        sizes,
+        {"zeroshot": [accuracies(0.6)] * 3, "ft": [accuracies(0.75), accuracies(0.73)]},
+    )
     rows = miniature.check([tmp_path / "results"], tables, pretrain_seeds=3)
     assert all(holds for _, _, holds in rows), rows
     got = verdicts(rows)
     # p = 0.6 over 10,000 images: sqrt(0.24 / 10000) = 0.49 point; OOD: sqrt(5 * 0.25 / 2000) / 5
     assert got["zero-shot standard error <= 0.5 point, ID / OOD average"][0].startswith(
-        "0.49 / 0.50")
+        "0.49 / 0.50"
+    )
     assert got["ft gains >= 10 points ID over zero-shot"][0].startswith("+14.0")
 
 
@@ -69,18 +78,23 @@ def test_each_criterion_fails_on_its_own(tmp_path, sizes):
     tables = write_world(tmp_path, sizes, {"zeroshot": zeroshot, "ft": [accuracies(0.85)]})
     got = verdicts(miniature.check([tmp_path / "results"], tables, pretrain_seeds=1))
     failed = {criterion for criterion, (_, holds) in got.items() if not holds}
-    assert failed == {"zero-shot ID accuracy in [50, 75]",
-                      "ft gains >= 10 points ID over zero-shot",
-                      "zero-shot a accuracy in [25, 85]",
-                      "zero-shot standard error <= 0.5 point, ID / OOD average",
-                      "ft standard error <= 0.5 point, ID / OOD average",
-                      "pretraining seeds >= 3"}
+    assert failed == {
+        "zero-shot ID accuracy in [50, 75]",
+        "ft gains >= 10 points ID over zero-shot",
+        "zero-shot a accuracy in [25, 85]",
+        "zero-shot standard error <= 0.5 point, ID / OOD average",
+        "ft standard error <= 0.5 point, ID / OOD average",
+        "pretraining seeds >= 3",
+    }
 
 
 def test_runs_of_several_pretraining_seeds_are_pooled(tmp_path, sizes):
     for seed, zs in enumerate([0.55, 0.65]):
-        write_world(tmp_path / f"p{seed}", sizes, {"zeroshot": [accuracies(zs)],
-                                                   "ft": [accuracies(zs + 0.12)]})
+        write_world(
+            tmp_path / f"p{seed}",
+            sizes,
+            {"zeroshot": [accuracies(zs)], "ft": [accuracies(zs + 0.12)]},
+        )
     results = [tmp_path / "p0/results", tmp_path / "p1/results"]
     got = verdicts(miniature.check(results, tmp_path / "p0/tables", pretrain_seeds=2))
     assert got["zero-shot ID accuracy in [50, 75]"] == ("60.0 (55.0-65.0, 2 runs)", True)
@@ -88,8 +102,7 @@ def test_runs_of_several_pretraining_seeds_are_pooled(tmp_path, sizes):
 
 def test_a_missing_table_or_result_is_one_line(tmp_path, sizes):
     del sizes["objectnet"]
-    tables = write_world(tmp_path, sizes, {"zeroshot": [accuracies(0.6)],
-                                           "ft": [accuracies(0.7)]})
+    tables = write_world(tmp_path, sizes, {"zeroshot": [accuracies(0.6)], "ft": [accuracies(0.7)]})
     with pytest.raises(SystemExit, match="no table for objectnet"):
         miniature.check([tmp_path / "results"], tables, pretrain_seeds=3)
     with pytest.raises(SystemExit, match="no zeroshot/seed"):
@@ -99,11 +112,13 @@ def test_a_missing_table_or_result_is_one_line(tmp_path, sizes):
 def test_the_pretrained_models_are_counted_from_the_runs_provenance(tmp_path, sizes):
     zeroshot = [accuracies(0.6), accuracies(0.62), accuracies(0.58)]
     ft = [accuracies(0.75)] * 3
-    tables = write_world(tmp_path / "three", sizes, {"zeroshot": zeroshot, "ft": ft},
-                         pretrained=["aa", "bb", "cc"])
+    tables = write_world(
+        tmp_path / "three", sizes, {"zeroshot": zeroshot, "ft": ft}, pretrained=["aa", "bb", "cc"]
+    )
     got = verdicts(miniature.check([tmp_path / "three/results"], tables))
     assert got["pretraining seeds >= 3"] == ("3", True)
-    write_world(tmp_path / "one", sizes, {"zeroshot": zeroshot, "ft": ft},
-                pretrained=["aa", "aa", "aa"])
+    write_world(
+        tmp_path / "one", sizes, {"zeroshot": zeroshot, "ft": ft}, pretrained=["aa", "aa", "aa"]
+    )
     got = verdicts(miniature.check([tmp_path / "one/results"], tables))
     assert got["pretraining seeds >= 3"] == ("1", False)

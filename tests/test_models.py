@@ -54,7 +54,8 @@ def test_zero_shot_head_is_scaled_normalised_template_mean():
     torch.testing.assert_close(head.weight.norm(dim=1), torch.full((2,), scale))
     with torch.no_grad():
         emb = torch.nn.functional.normalize(
-            clip.encode_text(tok([t.format("circle") for t in templates])), dim=-1).mean(0)
+            clip.encode_text(tok([t.format("circle") for t in templates])), dim=-1
+        ).mean(0)
     torch.testing.assert_close(head.weight[0] / scale, emb / emb.norm())
 
 
@@ -66,8 +67,9 @@ def test_zero_shot_head_in_prompt_batches_equals_the_single_forward():
     templates = ["a photo of a {}.", "a {} shape.", "a drawing of a {}."]
     # 7 prompts a forward: a class's templates straddle two forwards.
     head = build_zero_shot_head(clip, tok, classes, templates, prompts_per_forward=7)
-    whole = open_clip.build_zero_shot_classifier(clip, tok, classes, templates,
-                                                 num_classes_per_batch=None)  # (D, C)
+    whole = open_clip.build_zero_shot_classifier(
+        clip, tok, classes, templates, num_classes_per_batch=None
+    )  # (D, C)
     torch.testing.assert_close(head.weight, whole.T * clip.logit_scale.exp())
     assert torch.all(head.bias == 0)
 
@@ -84,8 +86,9 @@ def test_zero_shot_head_never_sends_more_than_the_prompt_budget_through_the_text
     clip.encode_text = spy
     budget = flyp.models.PROMPTS_PER_FORWARD
     classes = [f"class {i}" for i in range(budget // 2)]  # 4 templates: twice the budget
-    head = build_zero_shot_head(clip, get_tokenizer("flyp-tiny-rn10t"), classes,
-                                ["a {}.", "the {}.", "one {}.", "my {}."])
+    head = build_zero_shot_head(
+        clip, get_tokenizer("flyp-tiny-rn10t"), classes, ["a {}.", "the {}.", "one {}.", "my {}."]
+    )
     assert head.weight.shape == (len(classes), 128)
     assert max(sizes) <= budget and sum(sizes) == 4 * len(classes)
 
@@ -102,9 +105,14 @@ def test_unknown_model_is_a_clear_error():
         create_clip("no-such-model")
 
 
-@pytest.mark.parametrize("repo", ["models--timm--vit_base_patch16_clip_224.openai",
-                                  "models--timm--vit_base_patch16_clip_224.metaclip_400m",
-                                  "vit_base_patch16_clip_224.metaclip_400m"])
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "models--timm--vit_base_patch16_clip_224.openai",
+        "models--timm--vit_base_patch16_clip_224.metaclip_400m",
+        "vit_base_patch16_clip_224.metaclip_400m",
+    ],
+)
 def test_weights_from_the_hub_cache_of_a_quickgelu_tag_need_a_quickgelu_model(tmp_path, repo):
     # How huggingface_hub caches open_clip's QuickGELU tags: the file name says nothing.
     snapshot = tmp_path / "hub" / repo / "snapshots" / "0123abcd"
@@ -142,8 +150,15 @@ def test_open_clips_download_of_the_openai_weights_needs_a_quickgelu_model(tmp_p
 # Preprocessing recorded with the weights
 
 # A tag with its own preprocessing (SigLIP-like): not the architecture's default.
-OWN_PREPROCESS = {"size": 32, "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-                  "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
+OWN_PREPROCESS = {
+    "size": 32,
+    "mode": "RGB",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "interpolation": "bilinear",
+    "resize_mode": "squash",
+    "fill_color": 0,
+}
 
 
 def test_pretrained_command_records_the_preprocessing_and_activation_of_the_weights(tmp_path):
@@ -157,31 +172,50 @@ def test_pretrained_command_records_the_preprocessing_and_activation_of_the_weig
     weights = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
     out = tmp_path / "pretrained.safetensors"
-    done = CliRunner().invoke(main, ["pretrained", "--model", "flyp-tiny-rn10t", "--pretrained",
-                                     str(weights), "--out", str(out), "--log-csv",
-                                     str(tmp_path / "log.csv")])
+    done = CliRunner().invoke(
+        main,
+        [
+            "pretrained",
+            "--model",
+            "flyp-tiny-rn10t",
+            "--pretrained",
+            str(weights),
+            "--out",
+            str(out),
+            "--log-csv",
+            str(tmp_path / "log.csv"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     info = load_checkpoint(out).info
     assert info["quick_gelu"] is False
-    assert info["preprocess"] == {"size": [32, 32], "mode": "RGB",
-                                  "mean": list(open_clip.OPENAI_DATASET_MEAN),
-                                  "std": list(open_clip.OPENAI_DATASET_STD),
-                                  "interpolation": "bicubic", "resize_mode": "shortest",
-                                  "fill_color": 0}
+    assert info["preprocess"] == {
+        "size": [32, 32],
+        "mode": "RGB",
+        "mean": list(open_clip.OPENAI_DATASET_MEAN),
+        "std": list(open_clip.OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+        "fill_color": 0,
+    }
 
 
 @pytest.fixture()
 def own_preprocess_pretrained(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "pretrained.safetensors"
-    save_checkpoint(path, "flyp-tiny-rn10t", create_clip("flyp-tiny-rn10t"),
-                    info={"stage": "pretrained", "preprocess": OWN_PREPROCESS,
-                          "quick_gelu": False})
+    save_checkpoint(
+        path,
+        "flyp-tiny-rn10t",
+        create_clip("flyp-tiny-rn10t"),
+        info={"stage": "pretrained", "preprocess": OWN_PREPROCESS, "quick_gelu": False},
+    )
     return path
 
 
 def test_finetune_evaluate_ensemble_and_features_use_the_recorded_preprocessing(
-        tmp_path, monkeypatch, tiny_tables, tiny_captions, own_preprocess_pretrained):
+    tmp_path, monkeypatch, tiny_tables, tiny_captions, own_preprocess_pretrained
+):
     import flyp.datasets.tables
     import flyp.features
     import flyp.finetuning
@@ -214,15 +248,38 @@ def test_finetune_evaluate_ensemble_and_features_use_the_recorded_preprocessing(
 
     monkeypatch.setattr(flyp.models, "normalise_images", spy_normalise)
     zs = tmp_path / "zeroshot.safetensors"
-    finetune("embedded", tiny_tables, tiny_captions, own_preprocess_pretrained, "zeroshot",
-             TrainConfig(epochs=0, lr=1e-5, wd=0.0, batch_size=8, warmup_steps=0, seed=0),
-             options={}, out=zs,
-             log_csv=tmp_path / "log.csv", device=torch.device("cpu"), log=lambda m: None)
+    finetune(
+        "embedded",
+        tiny_tables,
+        tiny_captions,
+        own_preprocess_pretrained,
+        "zeroshot",
+        TrainConfig(epochs=0, lr=1e-5, wd=0.0, batch_size=8, warmup_steps=0, seed=0),
+        options={},
+        out=zs,
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
     assert load_checkpoint(zs).info["preprocess"] == OWN_PREPROCESS  # carried forward
-    evaluate_checkpoint("embedded", tiny_tables, zs, metrics_out=tmp_path / "m.json",
-                        provenance_out=tmp_path / "p.json", log=lambda m: None)
-    run_ensemble("embedded", tiny_tables, zs, zs, [0.5], curve_out=tmp_path / "c.csv",
-                 metrics_out=tmp_path / "w.json", log=lambda m: None)
+    evaluate_checkpoint(
+        "embedded",
+        tiny_tables,
+        zs,
+        metrics_out=tmp_path / "m.json",
+        provenance_out=tmp_path / "p.json",
+        log=lambda m: None,
+    )
+    run_ensemble(
+        "embedded",
+        tiny_tables,
+        zs,
+        zs,
+        [0.5],
+        curve_out=tmp_path / "c.csv",
+        metrics_out=tmp_path / "w.json",
+        log=lambda m: None,
+    )
     write_features(zs, tiny_tables, tmp_path / "features.safetensors")
     assert {what for what, _ in seen} == {"train", "eval", "table"}
     recorded = {repr(t) for t in preprocess_transforms(OWN_PREPROCESS)}  # squash, bilinear

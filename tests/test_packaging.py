@@ -35,5 +35,6 @@ def test_ci_and_the_conda_environment_install_with_the_constraints():
     env = yaml.safe_load((ROOT / "workflow" / "envs" / "flyp.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip == ["-c ../../constraints.txt", "-e ../.."]
-    assert (ROOT / "workflow" / "envs" / "../../constraints.txt").resolve() == \
-        ROOT / "constraints.txt"
+    assert (
+        ROOT / "workflow" / "envs" / "../../constraints.txt"
+    ).resolve() == ROOT / "constraints.txt"

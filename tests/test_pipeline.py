@@ -30,8 +30,18 @@ pytestmark = pytest.mark.xdist_group("pipeline")
 
 SMOKE_METHODS = ["zeroshot", "lp", "lpft", "flyp"]
 # What a fresh clone holds (outputs of earlier runs are left behind).
-PROJECT_FILES = ["Snakefile", "params.yaml", "dvc.yaml", "pyproject.toml", ".gitignore",
-                 ".dvcignore", "workflow", "flyp", ".dvc/config", ".dvc/.gitignore"]
+PROJECT_FILES = [
+    "Snakefile",
+    "params.yaml",
+    "dvc.yaml",
+    "pyproject.toml",
+    ".gitignore",
+    ".dvcignore",
+    "workflow",
+    "flyp",
+    ".dvc/config",
+    ".dvc/.gitignore",
+]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -58,12 +68,21 @@ def project(tmp_path_factory):
     set_embedded(params, sweep={}, pretrain_seeds=0)
     # One draw of one k for FLYP (set on the scale, whose few-shot k overrides the preset's).
     params["scales"]["smoke"]["fewshot"] = {
-        "shots": [2], "draws": 1, "methods": ["flyp"],
-        "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0}}
+        "shots": [2],
+        "draws": 1,
+        "methods": ["flyp"],
+        "finetune": {"epochs": 2, "batch_size": None, "warmup_steps": 0},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "DVC_SITE_CACHE_DIR": str(root / ".dvc-site-cache"),
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    env = {
+        **os.environ,
+        "DVC_SITE_CACHE_DIR": str(root / ".dvc-site-cache"),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
     env.pop("DVC_STAGE", None)
     env["PYTHONPATH"] = str(root)  # the jobs run this copy's code (tests below edit it)
     run(["git", "init", "-q"], root, env)
@@ -84,14 +103,39 @@ def built(project):
 def test_snakemake_builds_the_table(built):
     root, env, _ = built
     table = pd.read_csv(root / "results/table.csv")
-    assert list(table["method"]) == [*SMOKE_METHODS, "lp+wise", "lpft+wise", "flyp+wise",
-                                     "flyp@2shot"]
-    for column in ["id", "id_std", "v2", "sketch", "r", "a", "objectnet", "avg_ood", "runs",
-                   "eff_robustness", "best_epoch", "seed", "alpha", "checkpoint_sha256",
-                   "data_hash", "params_hash", "git_revision"]:
+    assert list(table["method"]) == [
+        *SMOKE_METHODS,
+        "lp+wise",
+        "lpft+wise",
+        "flyp+wise",
+        "flyp@2shot",
+    ]
+    for column in [
+        "id",
+        "id_std",
+        "v2",
+        "sketch",
+        "r",
+        "a",
+        "objectnet",
+        "avg_ood",
+        "runs",
+        "eff_robustness",
+        "best_epoch",
+        "seed",
+        "alpha",
+        "checkpoint_sha256",
+        "data_hash",
+        "params_hash",
+        "git_revision",
+    ]:
         assert column in table.columns
-    assert table[["id", "v2", "sketch", "r", "a", "objectnet"]].apply(
-        lambda c: c.between(0, 100)).all().all()
+    assert (
+        table[["id", "v2", "sketch", "r", "a", "objectnet"]]
+        .apply(lambda c: c.between(0, 100))
+        .all()
+        .all()
+    )
     ood = table[["v2", "sketch", "r", "a", "objectnet"]].mean(axis=1)
     assert (ood - table["avg_ood"]).abs().max() < 0.02
     plain = table[~table["method"].str.contains(r"\+|@")]
@@ -102,7 +146,7 @@ def test_snakemake_builds_the_table(built):
     assert {"id", "id_std", "v2", "avg_ood", "eff_robustness"} <= set(metrics["flyp"])
     assert (root / "results/plots/id_vs_ood.png").stat().st_size > 10_000
     curve = pd.read_csv(root / "results/plots/id_vs_ood.csv")
-    assert set(curve["method"]) == {"lp", "lpft", "flyp"} and set(curve["alpha"]) == {0, .5, 1}
+    assert set(curve["method"]) == {"lp", "lpft", "flyp"} and set(curve["alpha"]) == {0, 0.5, 1}
     log = pd.read_csv(root / "models/embedded/flyp/seed0/train_log.csv")
     assert list(log["epoch"]) == [1, 2]
     assert {"lr", "train_loss", "val_metric", "val_score", "val_loss"} <= set(log.columns)
@@ -130,15 +174,19 @@ def test_a_failed_dvc_recording_quotes_dvcs_reason(built):
     manifest = "data/embedded/tables/manifest.json"
     run(["git", "add", "-f", manifest], root, env)  # a DVC out now also tracked by git
     try:
-        done = run(["snakemake", "--cores", "2", "--forcerun", "report", "--",
-                    "results/table.csv"], root, env)
+        done = run(
+            ["snakemake", "--cores", "2", "--forcerun", "report", "--", "results/table.csv"],
+            root,
+            env,
+        )
         note = [line for line in done.stderr.splitlines() if "not recorded in DVC" in line]
         assert len(note) == 1, done.stderr
         assert "already tracked by SCM" in note[0], note
     finally:
         run(["git", "rm", "-q", "--cached", manifest], root, env)
-    done = run(["snakemake", "--cores", "2", "--forcerun", "report", "--", "results/table.csv"],
-               root, env)
+    done = run(
+        ["snakemake", "--cores", "2", "--forcerun", "report", "--", "results/table.csv"], root, env
+    )
     assert "not recorded in DVC" not in done.stderr
     assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env).stdout
 
@@ -150,13 +198,15 @@ def same_tensors(a: Path, b: Path) -> bool:
 
     left, right = load_file(str(a)), load_file(str(b))
     return left.keys() == right.keys() and all(
-        left[k].dtype == right[k].dtype and torch.equal(left[k], right[k]) for k in left)
+        left[k].dtype == right[k].dtype and torch.equal(left[k], right[k]) for k in left
+    )
 
 
 def jobs_to_run(root: Path, env: dict) -> dict[str, int]:
     """{rule: jobs} that `snakemake -n` would run now."""
-    out = run(["snakemake", "-n", "--quiet", "rules", "--cores", "2", "results/table.csv"],
-              root, env).stdout
+    out = run(
+        ["snakemake", "-n", "--quiet", "rules", "--cores", "2", "results/table.csv"], root, env
+    ).stdout
     counts = {}
     for line in out.splitlines():
         parts = line.split()
@@ -186,17 +236,31 @@ def edited(path: Path, old: str, new: str):
 # SST2), so a change to test-time evaluation reruns finetune_fewshot.
 CODE_CHANGES = {
     "test-time evaluation": (
-        "flyp/evaluation.py", "    ood = [metrics[s.name] for s in bench.ood_sets]",
+        "flyp/evaluation.py",
+        "    ood = [metrics[s.name] for s in bench.ood_sets]",
         "    ood = [metrics[s.name] for s in bench.ood_sets if s.ood]",
-        {"evaluate_ensemble", "finetune_fewshot", "report"}),
+        {"evaluate_ensemble", "finetune_fewshot", "report"},
+    ),
     "the training loop": (
-        "flyp/training.py", "    def factor(step: int) -> float:",
+        "flyp/training.py",
+        "    def factor(step: int) -> float:",
         "    assert total_steps >= 0\n\n    def factor(step: int) -> float:",
-        {"pretrain", "features", "eval_cache", "finetune", "finetune_fewshot",
-         "evaluate_ensemble", "report"}),
+        {
+            "pretrain",
+            "features",
+            "eval_cache",
+            "finetune",
+            "finetune_fewshot",
+            "evaluate_ensemble",
+            "report",
+        },
+    ),
     "a caption template": (
-        "flyp/datasets/embedded.py", '    "a small {}.",', '    "a small {}.",\n    "a tiny {}.",',
-        {"captions", "finetune", "finetune_fewshot", "evaluate_ensemble", "report"}),
+        "flyp/datasets/embedded.py",
+        '    "a small {}.",',
+        '    "a small {}.",\n    "a tiny {}.",',
+        {"captions", "finetune", "finetune_fewshot", "evaluate_ensemble", "report"},
+    ),
     "a comment": ("flyp/scoring.py", "def accuracy(", "# a comment\ndef accuracy(", set()),
 }
 
@@ -226,8 +290,11 @@ def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     ran = re.findall(r"^(?:local)?rule (\w+):\n(?:.*\n)*?    wildcards: (.*)$", out, re.M)
     trained = {w for rule, w in ran if rule.startswith("finetune")}
     # lr reaches the methods that train; zero-shot and the linear probe do not train
-    assert trained == {"method=lpft, run=seed0", "method=flyp, run=seed0",
-                       "method=flyp, run=k2-draw0"}, out
+    assert trained == {
+        "method=lpft, run=seed0",
+        "method=flyp, run=seed0",
+        "method=flyp, run=k2-draw0",
+    }, out
     assert not re.search(DATA_AND_MODEL_RULES, out, re.M)
     assert (root / "models/embedded/pretrained.safetensors").read_bytes() == pretrained
     assert yaml.safe_load((root / "params.yaml").read_text())["lr"] in (3e-4, "3e-4", "0.0003")
@@ -310,24 +377,43 @@ def rebuilt(remote, tmp_path_factory):
     root, env = remote
     here, env = clone(root, env, tmp_path_factory.mktemp("rebuild") / "project")
     params = (here / "params.yaml").read_bytes()
-    build = subprocess.Popen(["snakemake", "--cores", "2", "results/table.csv"], cwd=here,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    build = subprocess.Popen(
+        ["snakemake", "--cores", "2", "results/table.csv"],
+        cwd=here,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         log = here / "logs/embedded/pretrain.log"
         while not log.exists():
             assert time.time() < deadline and build.poll() is None, "pretraining never started"
             time.sleep(0.5)
-        second = run(["snakemake", "--cores", "1", "--forcerun", "report", "--",
-                      "results/table.csv"], here, env, check=False)
+        second = run(
+            ["snakemake", "--cores", "1", "--forcerun", "report", "--", "results/table.csv"],
+            here,
+            env,
+            check=False,
+        )
         exp = run(["dvc", "exp", "run", "-S", "lr=2e-4"], here, env, check=False)
         params_during = (here / "params.yaml").read_bytes()
         still_running = build.poll() is None
     finally:
         out, _ = build.communicate(timeout=900)
     assert build.returncode == 0, out
-    return here, env, {"second": second, "exp": exp, "params": params,
-                       "params_during": params_during, "still_running": still_running}
+    return (
+        here,
+        env,
+        {
+            "second": second,
+            "exp": exp,
+            "params": params,
+            "params_during": params_during,
+            "still_running": still_running,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -363,8 +449,18 @@ def test_a_rerun_from_pretraining_gives_the_same_table_and_nothing_runs_over_it(
     # every checkpoint's header records too, so the files' hashes differ but not their tensors;
     # and the experiment (the committed table was made under `dvc exp run`, named after it).
     assert list(again.columns) == list(committed.columns)
-    same = [c for c in committed.columns if c not in (
-        "git_revision", "eval_revision", "experiment", "checkpoint_sha256", "pretrained_sha256")]
+    same = [
+        c
+        for c in committed.columns
+        if c
+        not in (
+            "git_revision",
+            "eval_revision",
+            "experiment",
+            "checkpoint_sha256",
+            "pretrained_sha256",
+        )
+    ]
     pd.testing.assert_frame_equal(committed[same], again[same])
     checkpoints = sorted(p.relative_to(root) for p in root.glob("models/**/*.safetensors"))
     assert checkpoints == sorted(p.relative_to(here) for p in here.glob("models/**/*.safetensors"))

@@ -22,12 +22,44 @@ EPOCHS = 3  # 96 training images at batch 16: 6 steps an epoch, 18 in all
 
 
 def finetune_cmd(tables, captions, pretrained, out: Path, *, workers=0, minutes=0.0):
-    return ["flyp", "finetune", "--benchmark", "embedded", "--data", str(tables),
-            "--captions", str(captions), "--pretrained", str(pretrained), "--method", "flyp",
-            "--epochs", str(EPOCHS), "--lr", "3e-4", "--wd", "0.1", "--batch-size", "16",
-            "--warmup-steps", "2", "--seed", "5", "--out", str(out / "best.safetensors"),
-            "--log-csv", str(out / "log.csv"), "--threads", "1", "--device", "cpu",
-            "--workers", str(workers), "--checkpoint-minutes", str(minutes)]
+    return [
+        "flyp",
+        "finetune",
+        "--benchmark",
+        "embedded",
+        "--data",
+        str(tables),
+        "--captions",
+        str(captions),
+        "--pretrained",
+        str(pretrained),
+        "--method",
+        "flyp",
+        "--epochs",
+        str(EPOCHS),
+        "--lr",
+        "3e-4",
+        "--wd",
+        "0.1",
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        str(out / "best.safetensors"),
+        "--log-csv",
+        str(out / "log.csv"),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--checkpoint-minutes",
+        str(minutes),
+    ]
 
 
 def state_step(state: Path) -> int:
@@ -55,8 +87,11 @@ def run_until(cmd, state: Path, step: int) -> subprocess.Popen:
 def straight(tiny_tables, tiny_captions, tiny_pretrained, tmp_path_factory):
     """An uninterrupted run's checkpoint and log (no workers, no mid-epoch states)."""
     out = tmp_path_factory.mktemp("straight")
-    subprocess.run(finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out, minutes=10),
-                   check=True, capture_output=True)
+    subprocess.run(
+        finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out, minutes=10),
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -67,13 +102,15 @@ def log_without_times(path: Path) -> list[list[str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -9", "SIGTERM", "SIGUSR1"])
 def test_an_interrupted_run_resumes_mid_epoch_to_the_same_checkpoint(
-        how, straight, tiny_tables, tiny_captions, tiny_pretrained, tmp_path):
+    how, straight, tiny_tables, tiny_captions, tiny_pretrained, tmp_path
+):
     step = random.randint(1, 6 * EPOCHS - 1)  # any step but the last
     out = tmp_path / "run"
     state = out / ".best.safetensors.resume" / "state.pt"
     # A resume state after every step, so that kill -9 finds one at the step it hits.
-    cmd = finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out,
-                       minutes=0 if how == "kill -9" else 10)
+    cmd = finetune_cmd(
+        tiny_tables, tiny_captions, tiny_pretrained, out, minutes=0 if how == "kill -9" else 10
+    )
     if how == "kill -9":
         proc = run_until(cmd, state, step)
         proc.kill()
@@ -96,13 +133,16 @@ def test_an_interrupted_run_resumes_mid_epoch_to_the_same_checkpoint(
 
     # Resumed with another worker count: each example's augmentation is seeded, so the result
     # does not depend on it, and the resume state stands.
-    done = subprocess.run(finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out,
-                                       workers=1, minutes=10),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        finetune_cmd(tiny_tables, tiny_captions, tiny_pretrained, out, workers=1, minutes=10),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stderr, done.stderr
-    assert ((out / "best.safetensors").read_bytes()
-            == (straight / "best.safetensors").read_bytes()), f"{how} at step {stopped_at}"
+    assert (out / "best.safetensors").read_bytes() == (
+        straight / "best.safetensors"
+    ).read_bytes(), f"{how} at step {stopped_at}"
     assert log_without_times(out / "log.csv") == log_without_times(straight / "log.csv")
     assert not state.parent.exists()  # removed once the checkpoint is written
 
@@ -166,19 +206,23 @@ def test_a_process_that_exits_while_its_workers_run_ends():
     """Workers ignore SIGTERM, with which multiprocessing ends them at exit before it waits for
     them: a loader still held at exit (by a traceback, say) hung the process for ever (CI's
     pytest, after its last test)."""
-    script = ("import sys, torch\n"
-              "from flyp.loading import make_loader\n"
-              "held = iter(make_loader(list(range(100)), batch_size=None, workers=2))\n"
-              "print(next(held))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    script = (
+        "import sys, torch\n"
+        "from flyp.loading import make_loader\n"
+        "held = iter(make_loader(list(range(100)), batch_size=None, workers=2))\n"
+        "print(next(held))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout == "0\n", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.slow
 def test_two_ranks_stop_together_on_sigterm_and_resume_to_the_same_checkpoint(
-        tiny_tables, tiny_captions, tiny_pretrained, tmp_path):
+    tiny_tables, tiny_captions, tiny_pretrained, tmp_path
+):
     """torchrun passes SIGTERM on to its ranks: they stop after the same step, rank 0 writes the
     state, and the run resumed over 2 ranks ends as the uninterrupted 2-rank run (gloo, CPU)."""
     launch = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "flyp.cli"]
@@ -200,5 +244,4 @@ def test_two_ranks_stop_together_on_sigterm_and_resume_to_the_same_checkpoint(
     resumed = subprocess.run(cmd(out), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    assert ((out / "best.safetensors").read_bytes()
-            == (straight / "best.safetensors").read_bytes())
+    assert (out / "best.safetensors").read_bytes() == (straight / "best.safetensors").read_bytes()

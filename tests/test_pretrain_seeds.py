@@ -37,11 +37,14 @@ def test_the_pretraining_seeds_are_a_list_or_the_one_seed(params):
     assert load_params(params, SCHEMA)["pretrain_seeds"] == []
 
 
-@pytest.mark.parametrize("where, value, expected", [
-    ("pretrain", [], "pretrain.seeds: [] should be non-empty"),
-    ("pretrain", [1, 1], "pretrain.seeds: [1, 1] has non-unique elements"),
-    ("finetune", [0, 1], "finetune.seeds: finetuning seeds are the top-level `seeds`"),
-])
+@pytest.mark.parametrize(
+    "where, value, expected",
+    [
+        ("pretrain", [], "pretrain.seeds: [] should be non-empty"),
+        ("pretrain", [1, 1], "pretrain.seeds: [1, 1] has non-unique elements"),
+        ("finetune", [0, 1], "finetune.seeds: finetuning seeds are the top-level `seeds`"),
+    ],
+)
 def test_bad_pretraining_seeds_are_one_line(params, where, value, expected):
     params["presets"]["embedded"][where]["seeds"] = value
     with pytest.raises(UserError, match=re.escape(expected)) as err:
@@ -50,8 +53,12 @@ def test_bad_pretraining_seeds_are_one_line(params, where, value, expected):
 
 
 def _commands(jobs, command):
-    return [line.split("Shell command: ", 1)[1] for job in jobs for line in job.splitlines()
-            if line.startswith("Shell command: ") and f" {command} " in line]
+    return [
+        line.split("Shell command: ", 1)[1]
+        for job in jobs
+        for line in job.splitlines()
+        if line.startswith("Shell command: ") and f" {command} " in line
+    ]
 
 
 def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
@@ -60,10 +67,13 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
     assert not any("seed0.safetensors" in job for job in one)  # the one-seed names
     jobs = dry_run(_project(tmp_path / "three", sweep={}, pretrain_seeds=[0, 1, 2]))
 
-    pretrained = {re.search(r"--out (\S+)", c).group(1): re.search(r"--seed (\d+)", c).group(1)
-                  for c in _commands(jobs, "pretrain")}
-    assert pretrained == {f"models/embedded/pretrained-seed{s}.safetensors": str(s)
-                          for s in range(3)}
+    pretrained = {
+        re.search(r"--out (\S+)", c).group(1): re.search(r"--seed (\d+)", c).group(1)
+        for c in _commands(jobs, "pretrain")
+    }
+    assert pretrained == {
+        f"models/embedded/pretrained-seed{s}.safetensors": str(s) for s in range(3)
+    }
     starts = {}
     for command in _commands(jobs, "finetune") + _commands(jobs, "fewshot"):  # full runs, draws
         run = re.search(r"--out models/embedded/\w+/([\w-]+)/best", command).group(1)
@@ -96,8 +106,10 @@ def test_two_pretraining_seeds_run_to_a_table_whose_error_bars_cover_both(smoke_
     for method in ["zeroshot", "lp", "ft"]:
         assert table.loc[method, "runs"] == 2
         assert len(table.loc[method, "pretrained_sha256"].split(";")) == 2
-        provs = [json.loads((root / f"results/embedded/{method}/seed{s}/provenance.json")
-                            .read_text()) for s in (0, 1)]
+        provs = [
+            json.loads((root / f"results/embedded/{method}/seed{s}/provenance.json").read_text())
+            for s in (0, 1)
+        ]
         assert provs[0]["pretrained_sha256"] != provs[1]["pretrained_sha256"]
     rows = miniature.check([root / "results/embedded"], root / "data/embedded/tables")
     assert ("pretraining seeds >= 3", "2", False) in rows

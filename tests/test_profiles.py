@@ -18,9 +18,18 @@ from tests.conftest import ROOT, training_methods
 
 PROFILES = ROOT / "workflow" / "profiles"
 SIZES = yaml.safe_load((ROOT / "params.yaml").read_text())["presets"]["imagenet"]["resources"]
-KIND = {"download": "fetch", "extract": "fetch", "prepare_data": "prepare", "pretrain": "pretrain",
-        "captions": "light", "report": "light", "reuse_seedless": "light", "eval_cache": "infer",
-        "features": "infer", "evaluate_ensemble": "infer"}
+KIND = {
+    "download": "fetch",
+    "extract": "fetch",
+    "prepare_data": "prepare",
+    "pretrain": "pretrain",
+    "captions": "light",
+    "report": "light",
+    "reuse_seedless": "light",
+    "eval_cache": "infer",
+    "features": "infer",
+    "evaluate_ensemble": "infer",
+}
 TRAINING = training_methods()  # the registered methods that train
 # A dry run gives every job at most --cores cores (1 when unset); a SLURM run caps none.
 SLURM_CORES = "256"
@@ -30,8 +39,12 @@ SLURM_CORES = "256"
 def fixture_dir(tmp_path_factory) -> Path:
     """The ImageNet fixture (miniature archives and its config overlay), written once."""
     out = tmp_path_factory.mktemp("imagenet") / "fixture"
-    subprocess.run(["flyp", "fixture", "--benchmark", "imagenet", "--out", str(out)], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        ["flyp", "fixture", "--benchmark", "imagenet", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out
 
 
@@ -42,10 +55,26 @@ def no_gpu(monkeypatch):
 
 def dry_run(fixture: Path, profile: str, *args: str, check: bool = True):
     done = subprocess.run(
-        ["snakemake", "-n", "--profile", str(PROFILES / profile), "-s", str(ROOT / "Snakefile"),
-         "-d", str(fixture), "--configfile", str(ROOT / "params.yaml"),
-         str(fixture / "fixture.yaml"), *args, "--", "results/table.csv"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            "snakemake",
+            "-n",
+            "--profile",
+            str(PROFILES / profile),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(fixture),
+            "--configfile",
+            str(ROOT / "params.yaml"),
+            str(fixture / "fixture.yaml"),
+            *args,
+            "--",
+            "results/table.csv",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -58,13 +87,16 @@ def jobs(out: str) -> list[dict]:
         resources = re.search(r"^\s+resources: (.*)$", block, re.M).group(1)
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        found.append({
-            "rule": re.match(r"(?:local)?rule (\w+):", block).group(1),
-            "wildcards": dict(w.split("=") for w in wildcards.group(1).split(", "))
-            if wildcards else {},
-            "resources": dict(r.split("=", 1) for r in resources.split(", ")),
-            "shell": shell.group(1) if shell else "",
-        })
+        found.append(
+            {
+                "rule": re.match(r"(?:local)?rule (\w+):", block).group(1),
+                "wildcards": dict(w.split("=") for w in wildcards.group(1).split(", "))
+                if wildcards
+                else {},
+                "resources": dict(r.split("=", 1) for r in resources.split(", ")),
+                "shell": shell.group(1) if shell else "",
+            }
+        )
     return found
 
 
@@ -89,14 +121,23 @@ def check_sizes(job: dict, cores: int) -> None:
         assert int(threads.group(1)) == min(size["threads"], cores), job
 
 
-def test_slurm_jobs_ask_for_their_cores_memory_time_gpus_partition_and_account(fixture_dir,
-                                                                              no_gpu):
-    out = dry_run(fixture_dir, "slurm", "--cores", SLURM_CORES,
-                  "--config", "runtime={gpus_per_job: 2}").stdout
+def test_slurm_jobs_ask_for_their_cores_memory_time_gpus_partition_and_account(fixture_dir, no_gpu):
+    out = dry_run(
+        fixture_dir, "slurm", "--cores", SLURM_CORES, "--config", "runtime={gpus_per_job: 2}"
+    ).stdout
     listed = jobs(out)
-    assert {j["rule"] for j in listed} >= {"download", "extract", "prepare_data", "pretrain",
-                                          "captions", "eval_cache", "features", "finetune",
-                                          "evaluate_ensemble", "report"}
+    assert {j["rule"] for j in listed} >= {
+        "download",
+        "extract",
+        "prepare_data",
+        "pretrain",
+        "captions",
+        "eval_cache",
+        "features",
+        "finetune",
+        "evaluate_ensemble",
+        "report",
+    }
     for job in listed:
         check_sizes(job, int(SLURM_CORES))
         assert job["resources"]["slurm_partition"] == "CHANGE_ME_partition", job
@@ -108,8 +149,10 @@ def test_slurm_jobs_ask_for_their_cores_memory_time_gpus_partition_and_account(f
         if on_gpu:
             assert job["resources"]["device"] == "cuda" and "--device cuda " in job["shell"], job
         # one process per GPU: torchrun for a training run, one process otherwise
-        assert job["shell"].startswith("torchrun --standalone --nproc_per_node 2 -m flyp.cli ") \
-            == trains, job
+        assert (
+            job["shell"].startswith("torchrun --standalone --nproc_per_node 2 -m flyp.cli ")
+            == trains
+        ), job
 
     # The sbatch line the plugin builds for a training job: 2 GPUs, one task holding both (the
     # jobstep runs the command once; torchrun starts a process per GPU), cores, memory and time.
@@ -118,10 +161,17 @@ def test_slurm_jobs_ask_for_their_cores_memory_time_gpus_partition_and_account(f
 
     flyp = next(j for j in listed if j["rule"] == "finetune" and j["wildcards"]["method"] == "flyp")
     job = stand_in(flyp, threads=SIZES["finetune"]["threads"])
-    call = submit.get_submit_command(job, {
-        "run_uuid": "u", "slurm_logfile": "log", "comment_str": "rule_finetune",
-        "account": f"-A {flyp['resources']['slurm_account']}",
-        "partition": f"-p {flyp['resources']['slurm_partition']}", "workdir": "."})
+    call = submit.get_submit_command(
+        job,
+        {
+            "run_uuid": "u",
+            "slurm_logfile": "log",
+            "comment_str": "rule_finetune",
+            "account": f"-A {flyp['resources']['slurm_account']}",
+            "partition": f"-p {flyp['resources']['slurm_partition']}",
+            "workdir": ".",
+        },
+    )
     call += set_gres_string(job)
     assert "-A CHANGE_ME_account -p CHANGE_ME_partition" in call
     assert f"-t {SIZES['finetune']['runtime']} " in call
@@ -144,8 +194,10 @@ def test_workstation_runs_one_job_per_gpu(fixture_dir, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"  # a host with two GPUs, as nvidia-smi -L lists them
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\n"
-                   "echo 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n")
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\n"
+        "echo 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n"
+    )
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -163,8 +215,11 @@ def test_workstation_runs_one_job_per_gpu(fixture_dir, tmp_path, monkeypatch):
         assert not job["shell"].startswith("torchrun"), job
     # one run over both GPUs: a training job takes 2 (and every core), zero-shot and the linear
     # probe 1
-    listed = jobs(dry_run(fixture_dir, "workstation", "--cores", "16", "--config",
-                          "runtime={gpus_per_job: 2}").stdout)
+    listed = jobs(
+        dry_run(
+            fixture_dir, "workstation", "--cores", "16", "--config", "runtime={gpus_per_job: 2}"
+        ).stdout
+    )
     for job in (j for j in listed if j["rule"] == "finetune"):
         assert gpus(job) == (2 if job["wildcards"]["method"] in TRAINING else 1), job
         check_sizes(job, 8 * gpus(job))
@@ -174,9 +229,11 @@ def test_device_cuda_without_a_gpu_is_one_line_at_parse_time(fixture_dir, no_gpu
     done = dry_run(fixture_dir, "workstation", "--config", "runtime={device: cuda}", check=False)
     assert done.returncode != 0
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
-    assert errors == ["error: params.yaml: runtime.device: cuda, but this machine has no GPU "
-                      "(CUDA_VISIBLE_DEVICES and nvidia-smi -L show none); use auto or cpu, or "
-                      "a cluster profile (--profile workflow/profiles/slurm)"], done.stderr
+    assert errors == [
+        "error: params.yaml: runtime.device: cuda, but this machine has no GPU "
+        "(CUDA_VISIBLE_DEVICES and nvidia-smi -L show none); use auto or cpu, or "
+        "a cluster profile (--profile workflow/profiles/slurm)"
+    ], done.stderr
     # a login node without GPUs may submit GPU jobs to SLURM
     dry_run(fixture_dir, "slurm", "--config", "runtime={device: cuda}")
 
@@ -188,6 +245,9 @@ def test_a_preset_without_a_job_size_is_one_line():
     params = read_yaml(ROOT / "params.yaml")
     params["benchmark"] = "imagenet"
     del params["presets"]["imagenet"]["resources"]["infer"]
-    with pytest.raises(UserError, match=r"^params.yaml: presets.imagenet.resources.infer: not set; "
-                                        r"expected \{threads: N, mem_mb: N, runtime: minutes\}$"):
+    with pytest.raises(
+        UserError,
+        match=r"^params.yaml: presets.imagenet.resources.infer: not set; "
+        r"expected \{threads: N, mem_mb: N, runtime: minutes\}$",
+    ):
         load_params(params, ROOT / "workflow" / "schemas" / "params.schema.yaml")

@@ -49,13 +49,22 @@ def test_a_new_method_file_runs_in_the_dag_and_needs_no_test_edit(tmp_path):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["methods"].append("throwaway")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(root), "FLYP_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "FLYP_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("PYTEST_XDIST_WORKER_COUNT", None)
 
-    dry = subprocess.run(["snakemake", "-n", "-p", "--forceall", "--cores", "2", "--",
-                          "results/table.csv"], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=600)
+    dry = subprocess.run(
+        ["snakemake", "-n", "-p", "--forceall", "--cores", "2", "--", "results/table.csv"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     out = dry.stdout
     for seed in params["seeds"]:
@@ -64,8 +73,25 @@ def test_a_new_method_file_runs_in_the_dag_and_needs_no_test_edit(tmp_path):
         assert f"--checkpoint {run} " in out  # evaluated and weight-ensembled
     assert re.search(r"flyp report .*--methods=\S*throwaway", out)
 
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-n", "0", "-m", "slow or not slow", *REGISTRY_TESTS], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            "-m",
+            "slow or not slow",
+            *REGISTRY_TESTS,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-5000:]
     assert re.search(r"\b\d+ passed\b", done.stdout) and " failed" not in done.stdout

@@ -17,17 +17,31 @@ def _write(root, method, run, metrics, wise=None, alpha=0.5):
     d.mkdir(parents=True)
     full = {**metrics, "avg_ood": float(np.mean([metrics[s] for s in SETS[1:]]))}
     (d / "metrics.json").write_text(json.dumps(full))
-    (d / "provenance.json").write_text(json.dumps({
-        "method": method, "best_epoch": 3, "seed": int(run[-1]), "checkpoint_sha256": "c" * 64,
-        "data_hash": "d" * 64, "params_hash": "p" * 64, "val_metric": "accuracy",
-        "select": "val_loss" if run.startswith("k") else "metric"}))
+    (d / "provenance.json").write_text(
+        json.dumps(
+            {
+                "method": method,
+                "best_epoch": 3,
+                "seed": int(run[-1]),
+                "checkpoint_sha256": "c" * 64,
+                "data_hash": "d" * 64,
+                "params_hash": "p" * 64,
+                "val_metric": "accuracy",
+                "select": "val_loss" if run.startswith("k") else "metric",
+            }
+        )
+    )
     if wise is not None:
         w = {**wise, "avg_ood": float(np.mean([wise[s] for s in SETS[1:]]))}
-        (d / "wise_metrics.json").write_text(json.dumps({"alpha": alpha, "val_score": 0.5,
-                                                         **w}))
-        rows = [{"alpha": a, "val_score": 0.5, **{s: (1 - a) * 0.5 + a * full[s]
-                                                      for s in [*SETS, "avg_ood"]}}
-                for a in (0.0, 0.5, 1.0)]
+        (d / "wise_metrics.json").write_text(json.dumps({"alpha": alpha, "val_score": 0.5, **w}))
+        rows = [
+            {
+                "alpha": a,
+                "val_score": 0.5,
+                **{s: (1 - a) * 0.5 + a * full[s] for s in [*SETS, "avg_ood"]},
+            }
+            for a in (0.0, 0.5, 1.0)
+        ]
         pd.DataFrame(rows).to_csv(d / "wise_curve.csv", index=False)
 
 
@@ -35,17 +49,35 @@ def test_report_aggregates_seeds_wise_and_fewshot(tmp_path):
     res = tmp_path / "results"
     for seed, acc in [(0, 0.6), (1, 0.8)]:
         _write(res, "zeroshot", f"seed{seed}", dict.fromkeys(SETS, 0.5))
-        _write(res, "ft", f"seed{seed}", {**dict.fromkeys(SETS, acc - 0.2), "test": acc},
-               wise=dict.fromkeys(SETS, 0.7))
-        _write(res, "lp", f"seed{seed}", {**dict.fromkeys(SETS, 0.45), "test": 0.62 + seed / 100},
-               wise=dict.fromkeys(SETS, 0.6))
+        _write(
+            res,
+            "ft",
+            f"seed{seed}",
+            {**dict.fromkeys(SETS, acc - 0.2), "test": acc},
+            wise=dict.fromkeys(SETS, 0.7),
+        )
+        _write(
+            res,
+            "lp",
+            f"seed{seed}",
+            {**dict.fromkeys(SETS, 0.45), "test": 0.62 + seed / 100},
+            wise=dict.fromkeys(SETS, 0.6),
+        )
     _write(res, "ft", "k4-draw0", dict.fromkeys(SETS, 0.3))
     _write(res, "ft", "k4-draw1", dict.fromkeys(SETS, 0.5))
-    df = write_report("embedded", res, methods=["zeroshot", "ft", "lp"], runs=["seed0", "seed1"],
-                      wise_methods=["ft", "lp"], fewshot_methods=["ft"],
-                      fewshot_runs=["k4-draw0", "k4-draw1"], table=tmp_path / "table.csv",
-                      metrics_out=tmp_path / "metrics.json", plot_out=tmp_path / "plot.png",
-                      plot_csv=tmp_path / "plot.csv")
+    df = write_report(
+        "embedded",
+        res,
+        methods=["zeroshot", "ft", "lp"],
+        runs=["seed0", "seed1"],
+        wise_methods=["ft", "lp"],
+        fewshot_methods=["ft"],
+        fewshot_runs=["k4-draw0", "k4-draw1"],
+        table=tmp_path / "table.csv",
+        metrics_out=tmp_path / "metrics.json",
+        plot_out=tmp_path / "plot.png",
+        plot_csv=tmp_path / "plot.csv",
+    )
     assert list(df["method"]) == ["zeroshot", "ft", "lp", "ft+wise", "lp+wise", "ft@4shot"]
     ft = df.set_index("method").loc["ft"]
     assert ft["id"] == pytest.approx(70.0) and ft["id_std"] == pytest.approx(14.14, abs=0.01)
@@ -55,7 +87,8 @@ def test_report_aggregates_seeds_wise_and_fewshot(tmp_path):
     # what picked each row's epoch: the ID metric on ID-val, or the few-shot val loss
     assert df.set_index("method")["selected_on"].to_dict() == {
         **dict.fromkeys(["zeroshot", "ft", "lp", "ft+wise", "lp+wise"], "val_accuracy"),
-        "ft@4shot": "val_loss"}
+        "ft@4shot": "val_loss",
+    }
     nested = json.loads((tmp_path / "metrics.json").read_text())
     assert nested["ft"]["id"] == pytest.approx(0.7)
     assert "eff_robustness" in nested["ft+wise"]
@@ -71,7 +104,8 @@ def test_effective_robustness_is_distance_above_the_logit_line():
     ood = 1 / (1 + np.exp(-(0.8 * logit - 0.3)))
     line = fit_robustness_line(list(zip(ids, ood, strict=True)))
     assert line == pytest.approx((0.8, -0.3), abs=1e-6)
-    assert effective_robustness(line, 0.65, 1 / (1 + np.exp(-(0.8 * np.log(0.65 / 0.35) - 0.3)))
-                                ) == pytest.approx(0.0, abs=1e-9)
+    assert effective_robustness(
+        line, 0.65, 1 / (1 + np.exp(-(0.8 * np.log(0.65 / 0.35) - 0.3)))
+    ) == pytest.approx(0.0, abs=1e-9)
     assert effective_robustness(line, 0.65, 0.9) > 0.3
     assert fit_robustness_line([(0.5, 0.4), (0.5, 0.3)]) is None  # one ID value: no line

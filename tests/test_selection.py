@@ -58,9 +58,17 @@ def test_the_two_predictions_disagree_on_accuracy_and_macro_f1():
 
 def _context(metric_set=F1_SET):
     bench = dataclasses.replace(get_benchmark("embedded"), eval_sets=[metric_set])
-    ctx = Context(benchmark=bench, pretrained=None, data_dir=None, captions_dir=None,
-                  device=torch.device("cpu"), tokenizer=None, train_transform=None,
-                  eval_transform=None, seed=0)
+    ctx = Context(
+        benchmark=bench,
+        pretrained=None,
+        data_dir=None,
+        captions_dir=None,
+        device=torch.device("cpu"),
+        tokenizer=None,
+        train_transform=None,
+        eval_transform=None,
+        seed=0,
+    )
     ctx._val = ValSet()
     return ctx
 
@@ -93,8 +101,16 @@ CFG = TrainConfig(epochs=2, lr=0.05, wd=0.0, batch_size=8, warmup_steps=0, seed=
 
 
 def _fit(tmp_path, task, **kw):
-    result = fit(task, CFG, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, progress=lambda m: None, **kw)
+    result = fit(
+        task,
+        CFG,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+        **kw,
+    )
     return result, torch.load(tmp_path / "best.pt", weights_only=True)
 
 
@@ -111,23 +127,31 @@ def test_epoch_is_picked_on_the_benchmarks_id_metric(tmp_path):
 
 
 def test_accuracy_benchmark_still_selects_on_accuracy(tmp_path):
-    task = ScriptedTask(_context(EvalSet("id_test", ood=False)),
-                        [_logits(MAJORITY), _logits(BALANCED)])
+    task = ScriptedTask(
+        _context(EvalSet("id_test", ood=False)), [_logits(MAJORITY), _logits(BALANCED)]
+    )
     result, _ = _fit(tmp_path, task)
     assert result.best_epoch == 1
 
 
 def test_weight_ensembling_alpha_is_picked_on_the_benchmarks_id_metric(monkeypatch):
     per_alpha = {0.0: MAJORITY, 0.5: BALANCED, 1.0: MAJORITY}
-    monkeypatch.setattr(flyp.ensemble, "interpolated_classifier",
-                        lambda zs, ft, a, *args: Scripted(_logits(per_alpha[a])))
-    monkeypatch.setattr(flyp.evaluation, "evaluate_classifiers",
-                        lambda classifiers, *a, **k: [{} for _ in classifiers])
+    monkeypatch.setattr(
+        flyp.ensemble,
+        "interpolated_classifier",
+        lambda zs, ft, a, *args: Scripted(_logits(per_alpha[a])),
+    )
+    monkeypatch.setattr(
+        flyp.evaluation,
+        "evaluate_classifiers",
+        lambda classifiers, *a, **k: [{} for _ in classifiers],
+    )
     zs = SimpleNamespace(clip={"w": torch.zeros(1)}, head=None)
     ft = SimpleNamespace(clip={"w": torch.ones(1)}, head=None)
     bench = SimpleNamespace(classnames=["a", "b", "c"], templates=["{}"], id_set=F1_SET)
-    rows = ensemble_curve(zs, ft, [0.0, 0.5, 1.0], bench, None, val_set=ValSet(),
-                          log=lambda m: None)
+    rows = ensemble_curve(
+        zs, ft, [0.0, 0.5, 1.0], bench, None, val_set=ValSet(), log=lambda m: None
+    )
     best = pick_alpha(rows)
     assert best["alpha"] == 0.5  # accuracy would pick alpha 0
     assert best["val_metric"] == "macro_f1"
@@ -135,14 +159,16 @@ def test_weight_ensembling_alpha_is_picked_on_the_benchmarks_id_metric(monkeypat
 
 # The few-shot protocol: epoch 0 (the starting model) is a candidate and the lowest val loss wins.
 
+
 def _confident(preds, scale):
     return _logits(preds) * scale / 5.0
 
 
 def test_few_shot_keeps_the_lowest_val_loss_epoch_zero_included(tmp_path):
     # epoch 0: right and confident (lowest loss); epochs 1, 2: better macro-F1 but higher loss
-    task = ScriptedTask(_context(), [_confident(LABELS, 8.0), _confident(BALANCED, 1.0),
-                                     _confident(BALANCED, 2.0)])
+    task = ScriptedTask(
+        _context(), [_confident(LABELS, 8.0), _confident(BALANCED, 1.0), _confident(BALANCED, 2.0)]
+    )
     start = task.module.weight.detach().clone()
     result, saved = _fit(tmp_path, task, **selection(shots=4))
     assert task.calls == 3  # epoch 0 was validated before any step
@@ -154,8 +180,9 @@ def test_few_shot_keeps_the_lowest_val_loss_epoch_zero_included(tmp_path):
 def test_few_shot_loss_selection_differs_from_metric_selection(tmp_path):
     # macro-F1 is best at epoch 1 (BALANCED, unsure); the loss is lowest at epoch 2
     scripted = [_confident(MAJORITY, 1.0), _confident(BALANCED, 0.5), _confident(MAJORITY, 3.0)]
-    by_loss, _ = _fit(tmp_path / "loss", ScriptedTask(_context(), scripted),
-                      select="val_loss", include_start=True)
+    by_loss, _ = _fit(
+        tmp_path / "loss", ScriptedTask(_context(), scripted), select="val_loss", include_start=True
+    )
     by_metric, _ = _fit(tmp_path / "metric", ScriptedTask(_context(), scripted[1:]))
     assert by_loss.best_epoch == 2
     assert by_metric.best_epoch == 1
@@ -166,12 +193,25 @@ def test_full_runs_select_on_the_metric_and_few_shot_runs_on_the_loss():
     assert selection(16) == {"select": "val_loss", "include_start": True}
 
 
-def test_few_shot_finetuning_records_the_protocol(ctx, tmp_path, tiny_tables, tiny_captions,
-                                                  tiny_pretrained):
+def test_few_shot_finetuning_records_the_protocol(
+    ctx, tmp_path, tiny_tables, tiny_captions, tiny_pretrained
+):
     cfg = TrainConfig(epochs=1, lr=1e-4, wd=0.0, batch_size=4, warmup_steps=0, seed=0)
-    result = finetune("embedded", tiny_tables, tiny_captions, tiny_pretrained, "ft", cfg,
-                      options={}, out=tmp_path / "best.safetensors", log_csv=tmp_path / "log.csv",
-                      device=torch.device("cpu"), shots=1, draw=0, log=lambda m: None)
+    result = finetune(
+        "embedded",
+        tiny_tables,
+        tiny_captions,
+        tiny_pretrained,
+        "ft",
+        cfg,
+        options={},
+        out=tmp_path / "best.safetensors",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        shots=1,
+        draw=0,
+        log=lambda m: None,
+    )
     from flyp.models import load_checkpoint
 
     info = load_checkpoint(tmp_path / "best.safetensors").info

@@ -30,9 +30,15 @@ from flyp.models import (
 from flyp.scoring import predict, validation_scores
 from flyp.training import Task, TrainConfig, fit
 
-CLIP_CFG = {"size": 224, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
-            "resize_mode": "shortest", "fill_color": 0}
+CLIP_CFG = {
+    "size": 224,
+    "mode": "RGB",
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+    "fill_color": 0,
+}
 
 
 def _photo(seed=0, size=(400, 350)):
@@ -42,9 +48,20 @@ def _photo(seed=0, size=(400, 350)):
     return Image.fromarray(small).resize(size, Image.BICUBIC)
 
 
-@pytest.mark.parametrize("cfg", [CLIP_CFG, {**CLIP_CFG, "size": 32},
-                                 {**CLIP_CFG, "resize_mode": "squash", "mean": [0.5] * 3,
-                                  "std": [0.25] * 3, "interpolation": "bilinear"}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CLIP_CFG,
+        {**CLIP_CFG, "size": 32},
+        {
+            **CLIP_CFG,
+            "resize_mode": "squash",
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "interpolation": "bilinear",
+        },
+    ],
+)
 def test_uint8_images_normalised_on_the_device_equal_open_clips_float_transforms(cfg):
     old = PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
@@ -55,14 +72,16 @@ def test_uint8_images_normalised_on_the_device_equal_open_clips_float_transforms
         new = evaluation(image)
         assert new.dtype == torch.uint8  # a quarter of float32's bytes cross the process boundary
         expected = image_transform_v2(old, is_train=False)(image)
-        torch.testing.assert_close(normalise_images(new[None], mean, std)[0], expected,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            normalise_images(new[None], mean, std)[0], expected, rtol=0, atol=1e-6
+        )
         torch.manual_seed(i)  # the same random crop (scale 0.9-1.0, bicubic) from the same seed
         new = train(image)
         torch.manual_seed(i)
         expected = image_transform_v2(old, is_train=True)(image)
-        torch.testing.assert_close(normalise_images(new[None], mean, std)[0], expected,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            normalise_images(new[None], mean, std)[0], expected, rtol=0, atol=1e-6
+        )
 
 
 def test_a_clip_takes_uint8_images_and_normalises_them_with_its_own_preprocessing():
@@ -71,15 +90,18 @@ def test_a_clip_takes_uint8_images_and_normalises_them_with_its_own_preprocessin
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     mean, std = clip.visual.input_mean, clip.visual.input_std
     with torch.no_grad():
-        torch.testing.assert_close(clip.encode_image(images),
-                                   clip.encode_image(normalise_images(images, mean, std)))
+        torch.testing.assert_close(
+            clip.encode_image(images), clip.encode_image(normalise_images(images, mean, std))
+        )
     assert not any("input_mean" in k for k in clip.state_dict())  # checkpoints unchanged
 
 
 # -- workers ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("workers", "threads", "expected"),
-                         [("auto", 1, 0), ("auto", 8, 7), (3, 1, 3), (0, 8, 0)])
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "expected"), [("auto", 1, 0), ("auto", 8, 7), (3, 1, 3), (0, 8, 0)]
+)
 def test_auto_workers_leave_the_main_process_one_core(workers, threads, expected):
     assert resolve_workers(workers, threads) == expected
 
@@ -87,8 +109,9 @@ def test_auto_workers_leave_the_main_process_one_core(workers, threads, expected
 def test_cli_takes_auto_or_a_count_of_workers():
     from flyp.cli import main
 
-    done = CliRunner().invoke(main, ["features", "--checkpoint", "x", "--data", "d", "--out",
-                                     "o", "--workers", "many"])
+    done = CliRunner().invoke(
+        main, ["features", "--checkpoint", "x", "--data", "d", "--out", "o", "--workers", "many"]
+    )
     assert done.exit_code == 2 and "expected a number >= 0 or auto" in done.output
 
 
@@ -108,28 +131,66 @@ def loaders(dataloaders, monkeypatch):
 
 
 def test_training_validation_features_evaluation_and_ensembling_use_the_workers(
-        tmp_path, loaders, tiny_tables, tiny_captions, tiny_pretrained):
+    tmp_path, loaders, tiny_tables, tiny_captions, tiny_pretrained
+):
     from flyp.evaluation import evaluate_checkpoint
     from flyp.features import write_features
     from flyp.finetuning import finetune
 
     ft = tmp_path / "ft.safetensors"
-    cfg = TrainConfig(epochs=1, lr=1e-5, wd=0.0, batch_size=48, warmup_steps=0, seed=0,
-                      num_workers=1)
-    finetune("embedded", tiny_tables, tiny_captions, tiny_pretrained, "ft", cfg, options={},
-             out=ft, log_csv=tmp_path / "log.csv", device=torch.device("cpu"),
-             log=lambda m: None)
+    cfg = TrainConfig(
+        epochs=1, lr=1e-5, wd=0.0, batch_size=48, warmup_steps=0, seed=0, num_workers=1
+    )
+    finetune(
+        "embedded",
+        tiny_tables,
+        tiny_captions,
+        tiny_pretrained,
+        "ft",
+        cfg,
+        options={},
+        out=ft,
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
     write_features(tiny_pretrained, tiny_tables, tmp_path / "f.safetensors", num_workers=1)
     metrics = tmp_path / "m.json"
-    evaluate_checkpoint("embedded", tiny_tables, ft, metrics_out=metrics,
-                        provenance_out=tmp_path / "p.json", num_workers=1, log=lambda m: None)
+    evaluate_checkpoint(
+        "embedded",
+        tiny_tables,
+        ft,
+        metrics_out=metrics,
+        provenance_out=tmp_path / "p.json",
+        num_workers=1,
+        log=lambda m: None,
+    )
     zs = tmp_path / "zs.safetensors"
-    finetune("embedded", tiny_tables, tiny_captions, tiny_pretrained, "zeroshot",
-             cfg, options={}, out=zs, log_csv=tmp_path / "log0.csv",
-             device=torch.device("cpu"), log=lambda m: None)
-    run_ensemble("embedded", tiny_tables, zs, ft, [0.0, 0.5, 1.0], finetuned_metrics=metrics,
-                 curve_out=tmp_path / "c.csv", metrics_out=tmp_path / "w.json", num_workers=1,
-                 log=lambda m: None)
+    finetune(
+        "embedded",
+        tiny_tables,
+        tiny_captions,
+        tiny_pretrained,
+        "zeroshot",
+        cfg,
+        options={},
+        out=zs,
+        log_csv=tmp_path / "log0.csv",
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
+    run_ensemble(
+        "embedded",
+        tiny_tables,
+        zs,
+        ft,
+        [0.0, 0.5, 1.0],
+        finetuned_metrics=metrics,
+        curve_out=tmp_path / "c.csv",
+        metrics_out=tmp_path / "w.json",
+        num_workers=1,
+        log=lambda m: None,
+    )
     # train (1), ID-val after the epoch and of zero-shot (2), features (2), evaluation of the
     # finetuned model (6 sets) and of the grid (ID-val + 6 sets)
     assert len(loaders) == 1 + 2 + 2 + 6 + 7
@@ -138,11 +199,14 @@ def test_training_validation_features_evaluation_and_ensembling_use_the_workers(
 
 # -- weight ensembling in one pass ----------------------------------------------------------------
 
+
 def _perturbed(ckpt: Checkpoint, seed: int) -> Checkpoint:
     """Another model of the same architecture: the weights moved by a random step."""
     g = torch.Generator().manual_seed(seed)
-    step = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v)
-            for k, v in ckpt.clip.items()}
+    step = {
+        k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v)
+        for k, v in ckpt.clip.items()
+    }
     return Checkpoint(ckpt.model_name, step, None, dict(ckpt.info))
 
 
@@ -163,8 +227,13 @@ def _per_alpha(zs, ft, alphas, bench, data_dir, val):
     for a in alphas:
         classifier = interpolated_classifier(zs, ft, a, bench.classnames, bench.templates)
         logits, labels = predict(classifier, val)
-        rows.append({"alpha": a, **validation_scores(logits, labels, bench.id_set, val.df),
-                     **evaluate_classifier(classifier, bench, data_dir, log=lambda m: None)})
+        rows.append(
+            {
+                "alpha": a,
+                **validation_scores(logits, labels, bench.id_set, val.df),
+                **evaluate_classifier(classifier, bench, data_dir, log=lambda m: None),
+            }
+        )
     return rows
 
 
@@ -172,11 +241,13 @@ def _per_alpha(zs, ft, alphas, bench, data_dir, val):
 def test_one_pass_gives_every_alpha_the_numbers_it_gets_alone(two_ends, tiny_tables, budget):
     zs, ft = two_ends
     bench = get_benchmark("embedded")
-    val = ImageTable(table_path(tiny_tables, "val"), preprocess_transforms(CLIP_CFG | {
-        "size": 32})[1])
+    val = ImageTable(
+        table_path(tiny_tables, "val"), preprocess_transforms(CLIP_CFG | {"size": 32})[1]
+    )
     alphas = [0.0, 0.3, 0.7, 1.0]
-    rows = ensemble_curve(zs, ft, alphas, bench, tiny_tables, val_set=val, budget=budget,
-                          log=lambda m: None)
+    rows = ensemble_curve(
+        zs, ft, alphas, bench, tiny_tables, val_set=val, budget=budget, log=lambda m: None
+    )
     assert rows == _per_alpha(zs, ft, alphas, bench, tiny_tables, val)
 
 
@@ -184,41 +255,63 @@ def test_each_image_is_decoded_once_for_the_whole_grid(monkeypatch, two_ends, ti
     monkeypatch.setattr(flyp.scoring, "CACHE_BYTES", 0)  # as at ImageNet size: nothing cached
     reads = []
     real = ImageTable.__getitem__
-    monkeypatch.setattr(ImageTable, "__getitem__",
-                        lambda self, i: (reads.append(self.path.stem), real(self, i))[1])
+    monkeypatch.setattr(
+        ImageTable, "__getitem__", lambda self, i: (reads.append(self.path.stem), real(self, i))[1]
+    )
     zs, ft = two_ends
     bench = get_benchmark("embedded")
-    val = ImageTable(table_path(tiny_tables, "val"), preprocess_transforms(CLIP_CFG | {
-        "size": 32})[1])
-    ensemble_curve(zs, ft, [i / 10 for i in range(11)], bench, tiny_tables, val_set=val,
-                   log=lambda m: None)
+    val = ImageTable(
+        table_path(tiny_tables, "val"), preprocess_transforms(CLIP_CFG | {"size": 32})[1]
+    )
+    ensemble_curve(
+        zs, ft, [i / 10 for i in range(11)], bench, tiny_tables, val_set=val, log=lambda m: None
+    )
     for name in ["val", *(s.name for s in bench.eval_sets)]:
         assert reads.count(name) == len(ImageTable(table_path(tiny_tables, name))), name
 
 
 def test_alpha_zero_and_one_are_read_from_the_two_ends_metrics(
-        monkeypatch, tmp_path, two_ends, tiny_tables):
+    monkeypatch, tmp_path, two_ends, tiny_tables
+):
     from flyp.io import write_json
     from flyp.models import save_checkpoint
 
     zs, ft = two_ends
     paths = {}
     for name, ckpt, value in (("zs", zs, 0.25), ("ft", ft, 0.75)):
-        info = {**ckpt.info, "val_metric": "accuracy", "best_val_score": value,
-                "best_val_loss": 1.0}
-        save_checkpoint(tmp_path / f"{name}.safetensors", ckpt.model_name, ckpt.clip, ckpt.head,
-                        info)
-        write_json(tmp_path / f"{name}.json", dict.fromkeys(
-            ["test", "v2", "sketch", "r", "a", "objectnet", "avg_ood"], value))
+        info = {
+            **ckpt.info,
+            "val_metric": "accuracy",
+            "best_val_score": value,
+            "best_val_loss": 1.0,
+        }
+        save_checkpoint(
+            tmp_path / f"{name}.safetensors", ckpt.model_name, ckpt.clip, ckpt.head, info
+        )
+        write_json(
+            tmp_path / f"{name}.json",
+            dict.fromkeys(["test", "v2", "sketch", "r", "a", "objectnet", "avg_ood"], value),
+        )
         paths[name] = tmp_path / f"{name}.safetensors"
     built = []
     real = flyp.ensemble.interpolated_classifier
-    monkeypatch.setattr(flyp.ensemble, "interpolated_classifier",
-                        lambda zs, ft, a, *args: (built.append(a), real(zs, ft, a, *args))[1])
-    run_ensemble("embedded", tiny_tables, paths["zs"], paths["ft"], [0.0, 0.5, 1.0],
-                 finetuned_metrics=tmp_path / "ft.json", zeroshot_metrics=tmp_path / "zs.json",
-                 curve_out=tmp_path / "c.csv", metrics_out=tmp_path / "w.json",
-                 log=lambda m: None)
+    monkeypatch.setattr(
+        flyp.ensemble,
+        "interpolated_classifier",
+        lambda zs, ft, a, *args: (built.append(a), real(zs, ft, a, *args))[1],
+    )
+    run_ensemble(
+        "embedded",
+        tiny_tables,
+        paths["zs"],
+        paths["ft"],
+        [0.0, 0.5, 1.0],
+        finetuned_metrics=tmp_path / "ft.json",
+        zeroshot_metrics=tmp_path / "zs.json",
+        curve_out=tmp_path / "c.csv",
+        metrics_out=tmp_path / "w.json",
+        log=lambda m: None,
+    )
     assert built == [0.5]  # the ends are known: only the middle is evaluated
     curve = (tmp_path / "c.csv").read_text().splitlines()
     assert curve[1].startswith("0.000000,accuracy,0.250000,1.000000,0.250000")
@@ -226,6 +319,7 @@ def test_alpha_zero_and_one_are_read_from_the_two_ends_metrics(
 
 
 # -- the training loop --------------------------------------------------------------------------
+
 
 class Regression(Task):
     def __init__(self, n=80):
@@ -246,15 +340,24 @@ class Regression(Task):
 
 
 def test_training_reads_its_loss_on_the_host_once_per_interval_not_every_step(
-        monkeypatch, tmp_path):
+    monkeypatch, tmp_path
+):
     reads = []
     for name in ("item", "__float__", "__int__"):
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name,
-                            lambda self, _r=real, _n=name: (reads.append(_n), _r(self))[1])
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, _r=real, _n=name: (reads.append(_n), _r(self))[1]
+        )
     cfg = TrainConfig(epochs=2, lr=0.01, wd=0.0, batch_size=2, warmup_steps=0, seed=0)
-    result = fit(Regression(), cfg, out=tmp_path / "b.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, progress=lambda m: None)
+    result = fit(
+        Regression(),
+        cfg,
+        out=tmp_path / "b.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
     assert len(reads) <= 2 * 4  # 40 steps an epoch: one read at the end of each (and the sum)
     losses = [float(row["train_loss"]) for row in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[1] < losses[0]
@@ -270,8 +373,15 @@ def test_training_loss_column_is_the_mean_of_the_step_losses(tmp_path):
             return loss
 
     cfg = TrainConfig(epochs=1, lr=0.01, wd=0.0, batch_size=4, warmup_steps=0, seed=0)
-    result = fit(Recording(), cfg, out=tmp_path / "b.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, progress=lambda m: None)
+    result = fit(
+        Recording(),
+        cfg,
+        out=tmp_path / "b.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
     assert result.history[0]["train_loss"] == f"{sum(seen) / len(seen):.5f}"
 
 
@@ -300,10 +410,16 @@ class ViTCrossEntropy(Task):
 
 def _train(tmp_path, task, **switches):
     out = tmp_path / f"{'-'.join(switches) or 'plain'}.pt"
-    cfg = TrainConfig(epochs=2, lr=1e-3, wd=0.1, batch_size=8, warmup_steps=0, seed=0,
-                      **switches)
-    fit(task, cfg, out=out, log_csv=tmp_path / "log.csv", device=torch.device("cpu"), info={},
-        progress=lambda m: None)
+    cfg = TrainConfig(epochs=2, lr=1e-3, wd=0.1, batch_size=8, warmup_steps=0, seed=0, **switches)
+    fit(
+        task,
+        cfg,
+        out=out,
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
     return torch.load(out, weights_only=True)
 
 

@@ -36,8 +36,12 @@ def params():
 
 def test_grid_points_are_the_product_in_the_order_written():
     grid = {"lr": [1e-5, 1e-4], "lambda": [0.1, 0.01]}
-    assert grid_points(grid) == [{"lr": 1e-5, "lambda": 0.1}, {"lr": 1e-5, "lambda": 0.01},
-                                 {"lr": 1e-4, "lambda": 0.1}, {"lr": 1e-4, "lambda": 0.01}]
+    assert grid_points(grid) == [
+        {"lr": 1e-5, "lambda": 0.1},
+        {"lr": 1e-5, "lambda": 0.01},
+        {"lr": 1e-4, "lambda": 0.1},
+        {"lr": 1e-4, "lambda": 0.01},
+    ]
     assert run_name(grid_points(grid)[1], 0) == "sweep-lr1e-05-lambda0.01-seed0"
     assert is_swept({"lr": [1e-5, 1e-4]}) and not is_swept({"lr": [1e-5]}) and not is_swept({})
 
@@ -56,12 +60,13 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
         assert all(is_swept(grid) and list(grid)[0] == "lr" for grid in run["sweep"].values())
         # L2-SP also picks its own option, the weight of its penalty
         assert {m: list(grid)[1:] for m, grid in run["sweep"].items() if len(grid) > 1} == {
-            "l2sp": ["lambda"]}
+            "l2sp": ["lambda"]
+        }
         # one grid for all, LP-FT's with its smaller lrs too (a grid's lr is the one it trains at)
         lrs = {m: grid["lr"] for m, grid in run["sweep"].items()}
         scale = run["method_options"]["lpft"]["lr_scale"]
         lpft, shared = lrs.pop("lpft"), lrs["ft"]
-        own, rest = lpft[:-len(shared)], lpft[-len(shared):]
+        own, rest = lpft[: -len(shared)], lpft[-len(shared) :]
         assert rest == shared
         assert all(any(lr == pytest.approx(scale * s) for s in shared) for lr in own)
         assert all(lr == lrs["ft"] for lr in lrs.values())
@@ -69,8 +74,10 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
 
 def test_a_top_level_key_fixes_that_setting_for_every_method(params):
     """`dvc exp run -S lr=1e-5` trains every method at 1e-5: no grid varies lr any more."""
-    params["presets"]["embedded"]["sweep"] = {"flyp": {"lr": [1e-5, 1e-4]},
-                                              "l2sp": {"lr": [1e-5, 1e-4], "lambda": [0.01, 0.1]}}
+    params["presets"]["embedded"]["sweep"] = {
+        "flyp": {"lr": [1e-5, 1e-4]},
+        "l2sp": {"lr": [1e-5, 1e-4], "lambda": [0.01, 0.1]},
+    }
     params["lr"] = 1e-5
     run = load_params(params, SCHEMA)
     assert run["sweep"] == {"l2sp": {"lambda": [0.01, 0.1]}}
@@ -79,23 +86,28 @@ def test_a_top_level_key_fixes_that_setting_for_every_method(params):
 
 def test_dvc_style_string_values_of_a_grid_are_numbers(params):
     # `dvc exp run -S '+presets.embedded.sweep.flyp.lr=[1e-5,1e-4]'` writes 1e-05 (a YAML string)
-    params["presets"]["embedded"]["sweep"] = {"flyp": {"lr": ["1e-05", 0.0001]},
-                                              "l2sp": {"lambda": ["0.01", 0.1]}}
+    params["presets"]["embedded"]["sweep"] = {
+        "flyp": {"lr": ["1e-05", 0.0001]},
+        "l2sp": {"lambda": ["0.01", 0.1]},
+    }
     run = load_params(params, SCHEMA)
     assert run["sweep"] == {"flyp": {"lr": [1e-5, 1e-4]}, "l2sp": {"lambda": [0.01, 0.1]}}
 
 
-@pytest.mark.parametrize("sweep, expected", [
-    ({"nonsense": {"lr": [1e-5, 1e-4]}}, "sweep.nonsense: unknown method 'nonsense'"),
-    ({"flyp": {"lambda": [0.1, 1.0]}}, "sweep.flyp.lambda: not a setting of method flyp"),
-    ({"flyp": {"lr": []}}, "sweep.flyp.lr: [] should be non-empty"),
-    ({"flyp": {}}, "sweep.flyp: {} should be non-empty"),
-    ({"flyp": {"lr": [1e-4, 1e-4]}}, "sweep.flyp.lr: [0.0001, 0.0001] has non-unique"),
-    ({"flyp": {"lr": [-1]}}, "sweep.flyp.lr.0"),
-    ({"flyp": {"lr": 1e-4}}, "sweep.flyp.lr: 0.0001 is not of type 'array'"),
-    ({"l2sp": {"lambda": [-1, 1]}}, "sweep.l2sp.lambda: option 'lambda': expected float >= 0"),
-    ({"lp": {"lr": [1e-4, 1e-3]}}, "sweep.lp.lr: method lp does not train"),
-])
+@pytest.mark.parametrize(
+    "sweep, expected",
+    [
+        ({"nonsense": {"lr": [1e-5, 1e-4]}}, "sweep.nonsense: unknown method 'nonsense'"),
+        ({"flyp": {"lambda": [0.1, 1.0]}}, "sweep.flyp.lambda: not a setting of method flyp"),
+        ({"flyp": {"lr": []}}, "sweep.flyp.lr: [] should be non-empty"),
+        ({"flyp": {}}, "sweep.flyp: {} should be non-empty"),
+        ({"flyp": {"lr": [1e-4, 1e-4]}}, "sweep.flyp.lr: [0.0001, 0.0001] has non-unique"),
+        ({"flyp": {"lr": [-1]}}, "sweep.flyp.lr.0"),
+        ({"flyp": {"lr": 1e-4}}, "sweep.flyp.lr: 0.0001 is not of type 'array'"),
+        ({"l2sp": {"lambda": [-1, 1]}}, "sweep.l2sp.lambda: option 'lambda': expected float >= 0"),
+        ({"lp": {"lr": [1e-4, 1e-3]}}, "sweep.lp.lr: method lp does not train"),
+    ],
+)
 def test_a_bad_grid_is_one_line_naming_the_key(params, sweep, expected):
     params["presets"]["embedded"]["sweep"] = sweep
     with pytest.raises(UserError) as err:
@@ -106,8 +118,13 @@ def test_a_bad_grid_is_one_line_naming_the_key(params, sweep, expected):
 
 
 def _checkpoint(path, val_score, epoch=1):
-    save_checkpoint(path, "RN50", {"w": torch.zeros(2)}, None,
-                    {"val_metric": "accuracy", "best_val_score": val_score, "best_epoch": epoch})
+    save_checkpoint(
+        path,
+        "RN50",
+        {"w": torch.zeros(2)},
+        None,
+        {"val_metric": "accuracy", "best_val_score": val_score, "best_epoch": epoch},
+    )
     return path
 
 
@@ -128,8 +145,19 @@ def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
         paths.append(_checkpoint(run / "best.safetensors", score))
         _poisoned_test_metrics(run, 1 - score)  # the test sets would pick lr 1e-3
     out = tmp_path / "sweep.json"
-    done = CliRunner().invoke(main, ["sweep-select", "--method", "flyp", "--grid",
-                                     json.dumps(grid), "--out", str(out), *map(str, paths)])
+    done = CliRunner().invoke(
+        main,
+        [
+            "sweep-select",
+            "--method",
+            "flyp",
+            "--grid",
+            json.dumps(grid),
+            "--out",
+            str(out),
+            *map(str, paths),
+        ],
+    )
     assert done.exit_code == 0, done.output
     picked = json.loads(out.read_text())
     assert picked["picked"] == {"lr": 1e-4} and picked["picked_run"] == "sweep-lr0.0001-seed0"
@@ -142,8 +170,10 @@ def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
 
 def test_a_tie_goes_to_the_first_point_and_no_score_is_an_error(tmp_path):
     points = grid_points({"lr": [1e-5, 1e-4, 1e-3]})
-    paths = [_checkpoint(tmp_path / f"{i}.safetensors", s)
-             for i, s in enumerate([0.5, float("nan"), 0.5])]
+    paths = [
+        _checkpoint(tmp_path / f"{i}.safetensors", s)
+        for i, s in enumerate([0.5, float("nan"), 0.5])
+    ]
     assert select(points, paths)["picked"] == {"lr": 1e-5}
     paths = [_checkpoint(tmp_path / f"{i}.safetensors", None) for i in range(3)]
     with pytest.raises(UserError, match="no ID-val score"):
@@ -155,20 +185,53 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
     for seed in (0, 1):
         _write(res, "zeroshot", f"seed{seed}", dict.fromkeys(SETS, 0.5))
         _write(res, "ft", f"seed{seed}", dict.fromkeys(SETS, 0.6), wise=dict.fromkeys(SETS, 0.7))
-    runs = [{"run": run_name({"lr": lr}, 0), "setting": {"lr": lr}, "val_metric": "accuracy",
-             "val_score": s, "best_epoch": 2} for lr, s in [(1e-5, 0.6), (1e-4, 0.7)]]
-    (res / "ft" / "sweep.json").write_text(json.dumps({
-        "method": "ft", "grid": {"lr": [1e-5, 1e-4]}, "picked": {"lr": 1e-4},
-        "picked_run": runs[1]["run"], "val_metric": "accuracy", "val_score": 0.7, "runs": runs}))
-    kwargs = dict(methods=["zeroshot", "ft"], runs=["seed0", "seed1"], wise_methods=["ft"],
-                  fewshot_methods=[], fewshot_runs=[], metrics_out=tmp_path / "m.json")
+    runs = [
+        {
+            "run": run_name({"lr": lr}, 0),
+            "setting": {"lr": lr},
+            "val_metric": "accuracy",
+            "val_score": s,
+            "best_epoch": 2,
+        }
+        for lr, s in [(1e-5, 0.6), (1e-4, 0.7)]
+    ]
+    (res / "ft" / "sweep.json").write_text(
+        json.dumps(
+            {
+                "method": "ft",
+                "grid": {"lr": [1e-5, 1e-4]},
+                "picked": {"lr": 1e-4},
+                "picked_run": runs[1]["run"],
+                "val_metric": "accuracy",
+                "val_score": 0.7,
+                "runs": runs,
+            }
+        )
+    )
+    kwargs = dict(
+        methods=["zeroshot", "ft"],
+        runs=["seed0", "seed1"],
+        wise_methods=["ft"],
+        fewshot_methods=[],
+        fewshot_runs=[],
+        metrics_out=tmp_path / "m.json",
+    )
     plain = write_report("embedded", res, table=tmp_path / "plain.csv", **kwargs)
     assert "picked" not in plain.columns  # no sweep: the table as it was
-    df = write_report("embedded", res, table=tmp_path / "t.csv", sweep_methods=["ft"],
-                      sweep_plot=tmp_path / "sweep.png", sweep_csv=tmp_path / "sweep.csv",
-                      **kwargs)
+    df = write_report(
+        "embedded",
+        res,
+        table=tmp_path / "t.csv",
+        sweep_methods=["ft"],
+        sweep_plot=tmp_path / "sweep.png",
+        sweep_csv=tmp_path / "sweep.csv",
+        **kwargs,
+    )
     assert dict(zip(df["method"], df["picked"], strict=True)) == {
-        "zeroshot": "", "ft": "lr=0.0001", "ft+wise": "lr=0.0001"}
+        "zeroshot": "",
+        "ft": "lr=0.0001",
+        "ft+wise": "lr=0.0001",
+    }
     assert df.drop(columns="picked").equals(plain)
     assert (tmp_path / "sweep.png").stat().st_size > 5_000
     curve = pd.read_csv(tmp_path / "sweep.csv")
@@ -179,8 +242,10 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
 def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key():
     grid = {"lambda": [0.1, 0.01], "lr": [1e-4, 1e-3, 1e-2]}
     points = grid_points(grid)
-    runs = [{"run": run_name(p, 0), "setting": p, "val_score": p["lr"] * 10 + p["lambda"]}
-            for p in points]
+    runs = [
+        {"run": run_name(p, 0), "setting": p, "val_score": p["lr"] * 10 + p["lambda"]}
+        for p in points
+    ]
     picked = next(r["run"] for r in runs if r["setting"] == {"lambda": 0.01, "lr": 1e-3})
     lines = sweep_lines({"grid": grid, "runs": runs, "picked_run": picked})
     # lr along x wherever the grid has it, whatever its key order; a line per lambda
@@ -190,14 +255,20 @@ def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key
         assert xs == [1e-4, 1e-3, 1e-2]
         assert ys == pytest.approx([x * 10 + lam for x in xs])
         assert flags == [label == "lambda=0.01" and x == 1e-3 for x in xs]
-    one_key = sweep_lines({"grid": {"lr": [1e-5, 1e-4]}, "picked_run": runs[0]["run"],
-                           "runs": [dict(runs[0], setting={"lr": 1e-5}),
-                                    dict(runs[1], setting={"lr": 1e-4})]})
-    assert one_key == [("", [1e-5, 1e-4], [runs[0]["val_score"], runs[1]["val_score"]],
-                        [True, False])]
+    one_key = sweep_lines(
+        {
+            "grid": {"lr": [1e-5, 1e-4]},
+            "picked_run": runs[0]["run"],
+            "runs": [dict(runs[0], setting={"lr": 1e-5}), dict(runs[1], setting={"lr": 1e-4})],
+        }
+    )
+    assert one_key == [
+        ("", [1e-5, 1e-4], [runs[0]["val_score"], runs[1]["val_score"]], [True, False])
+    ]
 
 
 # --- the DAG (`snakemake -n`) ---------------------------------------------------------------
+
 
 def _project(tmp_path, **change):
     """A copy of the workflow, its params.yaml changed (``sweep``, ``pretrain_seeds``: the
@@ -221,18 +292,40 @@ def _project(tmp_path, **change):
 def dry_run(root) -> set[str]:
     """Every job `snakemake -n -p --forceall` lists: its rule, files, wildcards and command (job
     ids, times and the order dropped)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
-                                                                                 "")])}
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores",
-                           "2", "results/table.csv"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--forceall",
+            "--cores",
+            "2",
+            "results/table.csv",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = set()
-    for block in re.split(r"^\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\]$", done.stdout,
-                          flags=re.M)[1:]:
-        lines = [line for line in block.strip().splitlines() if line.strip()
-                 and not re.match(r"\s+(jobid|reason):", line)
-                 and not line.startswith(("Job stats", "This was", "Would remove", "DAG of"))]
+    for block in re.split(
+        r"^\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\]$", done.stdout, flags=re.M
+    )[1:]:
+        lines = [
+            line
+            for line in block.strip().splitlines()
+            if line.strip()
+            and not re.match(r"\s+(jobid|reason):", line)
+            and not line.startswith(("Job stats", "This was", "Would remove", "DAG of"))
+        ]
         if lines and re.match(r"(local)?(rule|checkpoint) ", lines[0]):
             jobs.add("\n".join(lines))
     return jobs
@@ -247,8 +340,9 @@ def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
     none of the sweep's."""
     default = dry_run(_project(tmp_path / "a", sweep={}, pretrain_seeds=0))
     lr = params["presets"]["embedded"]["finetune"]["lr"]
-    assert dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}},
-                            pretrain_seeds=0)) == default
+    assert (
+        dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}}, pretrain_seeds=0)) == default
+    )
     text = "\n".join(default)
     assert "sweep" not in text
     runs = set(re.findall(r"run=([^,\s]+)", text))
@@ -256,14 +350,25 @@ def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
 
 
 def test_a_two_point_grid_adds_its_runs_for_the_first_seed_only(tmp_path):
-    smoke = dict(scale="smoke", seeds=[0, 1], methods=["zeroshot", "lp", "lpft", "flyp"],
-                 alphas=[0.0, 0.5, 1.0], fewshot=False, pretrain_seeds=0)
+    smoke = dict(
+        scale="smoke",
+        seeds=[0, 1],
+        methods=["zeroshot", "lp", "lpft", "flyp"],
+        alphas=[0.0, 0.5, 1.0],
+        fewshot=False,
+        pretrain_seeds=0,
+    )
     off = dry_run(_project(tmp_path / "off", sweep={}, **smoke))
-    on = dry_run(_project(tmp_path / "on", sweep={"flyp": {"lr": [1e-5, 1e-3]},
-                                                  "lpft": {"lr": [3e-5]}}, **smoke))
+    on = dry_run(
+        _project(
+            tmp_path / "on", sweep={"flyp": {"lr": [1e-5, 1e-3]}, "lpft": {"lr": [3e-5]}}, **smoke
+        )
+    )
     grid = _jobs_of(on, "finetune_sweep")
-    assert {re.search(r"run=(\S+)", j)[1] for j in grid} == {"sweep-lr1e-05-seed0",
-                                                              "sweep-lr0.001-seed0"}
+    assert {re.search(r"run=(\S+)", j)[1] for j in grid} == {
+        "sweep-lr1e-05-seed0",
+        "sweep-lr0.001-seed0",
+    }
     for job in grid:  # the first seed, at the point's lr; never evaluated on a test set
         lr = re.search(r"run=sweep-lr(\S+)-seed0", job)[1]
         assert "--method flyp" in job and f"--lr {lr} " in job and "--seed 0 " in job
@@ -302,15 +407,27 @@ def test_the_sweep_end_to_end_on_the_smoke_scale(smoke_seeds_and_sweep):
     assert f"--method flyp --epochs 2 --lr {lr:g} " in done.stderr  # the seed-1 run's command
     picked_log = pd.read_csv(models / selection["picked_run"] / "train_log.csv")
     assert list(pd.read_csv(models / "seed1/train_log.csv")["lr"]) == list(picked_log["lr"])
-    assert (models / "seed0/best.safetensors").read_bytes() == \
-        (models / selection["picked_run"] / "best.safetensors").read_bytes()
+    assert (models / "seed0/best.safetensors").read_bytes() == (
+        models / selection["picked_run"] / "best.safetensors"
+    ).read_bytes()
     assert not list((root / "results/embedded/flyp").glob("sweep-*"))  # no test-set evaluation
     table = pd.read_csv(root / "results/table.csv", keep_default_na=False)
     assert dict(zip(table["method"], table["picked"], strict=True)) == {
-        "zeroshot": "", "lp": "", "ft": "", "flyp": f"lr={lr:g}", "lp+wise": "", "ft+wise": "",
-        "flyp+wise": f"lr={lr:g}"}
+        "zeroshot": "",
+        "lp": "",
+        "ft": "",
+        "flyp": f"lr={lr:g}",
+        "lp+wise": "",
+        "ft+wise": "",
+        "flyp+wise": f"lr={lr:g}",
+    }
     assert (root / "results/plots/sweep.png").is_file()
-    again = subprocess.run(["snakemake", "-n", "--cores", "2", "results/table.csv"], cwd=root,
-                           env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        ["snakemake", "-n", "--cores", "2", "results/table.csv"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
-

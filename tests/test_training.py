@@ -69,10 +69,19 @@ class ScaleTask(Task):
 @pytest.mark.parametrize("clamp", [True, False])
 def test_logit_scale_exceeds_ln_100_only_without_the_clamp(tmp_path, clamp):
     task = ScaleTask(math.log(100) - 0.01)
-    cfg = TrainConfig(epochs=1, lr=0.1, wd=0.0, batch_size=8, warmup_steps=0, seed=0,
-                      clamp_logit_scale=clamp)
-    fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
-        device=torch.device("cpu"), info={}, select="last", progress=lambda m: None)
+    cfg = TrainConfig(
+        epochs=1, lr=0.1, wd=0.0, batch_size=8, warmup_steps=0, seed=0, clamp_logit_scale=clamp
+    )
+    fit(
+        task,
+        cfg,
+        out=tmp_path / "m.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        select="last",
+        progress=lambda m: None,
+    )
     scale = task.module.logit_scale.item()
     if clamp:
         assert scale == pytest.approx(math.log(100))
@@ -100,10 +109,19 @@ class CountingTask(Task):
 
 def _fit_counting(tmp_path, n, batch_size, epochs=2, warmup_steps=1):
     task = CountingTask(n)
-    cfg = TrainConfig(epochs=epochs, lr=0.1, wd=0.0, batch_size=batch_size,
-                      warmup_steps=warmup_steps, seed=0)
-    result = fit(task, cfg, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, select="last", progress=lambda m: None)
+    cfg = TrainConfig(
+        epochs=epochs, lr=0.1, wd=0.0, batch_size=batch_size, warmup_steps=warmup_steps, seed=0
+    )
+    result = fit(
+        task,
+        cfg,
+        out=tmp_path / "m.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        select="last",
+        progress=lambda m: None,
+    )
     return task.sizes, result.history
 
 
@@ -114,8 +132,9 @@ def test_the_last_partial_batch_is_trained_on_and_scheduled(tmp_path):
     assert [row["step"] for row in history] == [5, 10, 15, 20]
     # the cosine spans all 20 steps: after epoch 2 it is at step 10, after the last at 0
     progress = (10 - 2) / (20 - 2)
-    assert float(history[1]["lr"]) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * progress)),
-                                                    rel=1e-2)
+    assert float(history[1]["lr"]) == pytest.approx(
+        0.1 * 0.5 * (1 + math.cos(math.pi * progress)), rel=1e-2
+    )
     assert float(history[-1]["lr"]) == 0.0
 
 
@@ -162,8 +181,15 @@ def _load(path):
 
 def test_keeps_the_epoch_with_best_val_score(tmp_path):
     task = ToyTask([0.2, 0.9, 0.5, 0.8])
-    result = fit(task, CFG, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
-                 device=torch.device("cpu"), info={}, progress=lambda m: None)
+    result = fit(
+        task,
+        CFG,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
     assert result.best_epoch == 2
     assert _load(tmp_path / "best.pt")["info"]["best_epoch"] == 2
     lines = (tmp_path / "log.csv").read_text().splitlines()
@@ -175,20 +201,40 @@ def test_keeps_the_epoch_with_best_val_score(tmp_path):
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     scores = [0.1, 0.2, 0.3, 0.4]
     straight = tmp_path / "a"
-    fit(ToyTask(scores), CFG, out=straight / "best.pt", log_csv=straight / "log.csv",
-        device=torch.device("cpu"), info={}, progress=lambda m: None)
+    fit(
+        ToyTask(scores),
+        CFG,
+        out=straight / "best.pt",
+        log_csv=straight / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
 
     resumed = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
-        fit(ToyTask(scores, fail_at_epoch=3), CFG, out=resumed / "best.pt",
-            log_csv=resumed / "log.csv", device=torch.device("cpu"), info={},
-            progress=lambda m: None)
+        fit(
+            ToyTask(scores, fail_at_epoch=3),
+            CFG,
+            out=resumed / "best.pt",
+            log_csv=resumed / "log.csv",
+            device=torch.device("cpu"),
+            info={},
+            progress=lambda m: None,
+        )
     assert not (resumed / "best.pt").exists()  # no half-finished output
     messages = []
     task = ToyTask(scores)
     task.epoch = 2  # the scripted scores continue where the interrupted run stopped
-    fit(task, CFG, out=resumed / "best.pt", log_csv=resumed / "log.csv",
-        device=torch.device("cpu"), info={}, progress=messages.append)
+    fit(
+        task,
+        CFG,
+        out=resumed / "best.pt",
+        log_csv=resumed / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=messages.append,
+    )
     assert any("resuming" in m and "after epoch 2" in m for m in messages)
     torch.testing.assert_close(_load(resumed / "best.pt")["w"], _load(straight / "best.pt")["w"])
     assert (resumed / "log.csv").read_text().count("\n") == 5
@@ -196,12 +242,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_resume_state_of_other_settings_is_ignored(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        fit(ToyTask([0.1] * 4, fail_at_epoch=2), CFG, out=tmp_path / "best.pt",
-            log_csv=tmp_path / "log.csv", device=torch.device("cpu"), info={},
-            progress=lambda m: None)
+        fit(
+            ToyTask([0.1] * 4, fail_at_epoch=2),
+            CFG,
+            out=tmp_path / "best.pt",
+            log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"),
+            info={},
+            progress=lambda m: None,
+        )
     messages = []
     other = TrainConfig(**{**CFG.__dict__, "lr": 0.01})
-    fit(ToyTask([0.1] * 4), other, out=tmp_path / "best.pt", log_csv=tmp_path / "log.csv",
-        device=torch.device("cpu"), info={}, progress=messages.append)
+    fit(
+        ToyTask([0.1] * 4),
+        other,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=messages.append,
+    )
     assert any("ignoring" in m for m in messages)
     assert not any("resuming" in m for m in messages)

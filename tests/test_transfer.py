@@ -47,8 +47,13 @@ def unpack_fixture(name: str, base):
     fixture = get_fixture(name)(base / "fixture", np.random.default_rng(0))
     raw = base / "raw"
     for download in get_benchmark(name).downloads:
-        extract_archive(fixture.sources[download.name], raw / download.name,
-                        inner_tars=download.inner_tars, progress=False, log=lambda _: None)
+        extract_archive(
+            fixture.sources[download.name],
+            raw / download.name,
+            inner_tars=download.inner_tars,
+            progress=False,
+            log=lambda _: None,
+        )
     return fixture, raw
 
 
@@ -99,6 +104,7 @@ def test_caltech101_without_download_says_so(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # StanfordCars: devkit .mat files in torchvision's layout
 
+
 def annotations(rows) -> np.ndarray:
     """A MATLAB struct array like the devkit's (fields bbox_*, class, fname)."""
     fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
@@ -116,8 +122,10 @@ CARS_TEST = [(196, "00001.jpg"), (1, "00002.jpg"), (2, "00003.jpg"), (1, "00004.
 def cars_raw(tmp_path):
     root = tmp_path / "raw" / "stanford_cars" / "source" / "stanford_cars"  # a linked folder
     (root / "devkit").mkdir(parents=True)
-    savemat(root / "devkit" / "cars_meta.mat",
-            {"class_names": np.array(cars.CLASSNAMES, dtype=object).reshape(1, -1)})
+    savemat(
+        root / "devkit" / "cars_meta.mat",
+        {"class_names": np.array(cars.CLASSNAMES, dtype=object).reshape(1, -1)},
+    )
     savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": annotations(CARS_TRAIN)})
     savemat(root / "cars_test_annos_withlabels.mat", {"annotations": annotations(CARS_TEST)})
     jpeg = image_bytes(50, "JPEG")
@@ -165,8 +173,10 @@ def test_cars_refuses_other_class_names(cars_raw, tmp_path):
     names = list(cars.CLASSNAMES)
     names[3], names[4] = names[4], names[3]
     root = cars_raw / "stanford_cars" / "source" / "stanford_cars"
-    savemat(root / "devkit" / "cars_meta.mat",
-            {"class_names": np.array(names, dtype=object).reshape(1, -1)})
+    savemat(
+        root / "devkit" / "cars_meta.mat",
+        {"class_names": np.array(names, dtype=object).reshape(1, -1)},
+    )
     with pytest.raises(UserError, match="at label 3"):
         cars.prepare(tmp_path / "out", raw_dir=str(cars_raw))
 
@@ -174,19 +184,26 @@ def test_cars_refuses_other_class_names(cars_raw, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Flowers102: jpg/ + imagelabels.mat + setid.mat, three downloads
 
+
 def test_flowers102_official_splits_and_labels(tmp_path):
     raw = tmp_path / "raw"
     (raw / "flowers102_images" / "jpg").mkdir(parents=True)
     labels = [1, 102, 5, 5, 1, 102, 7, 3]  # 1-based class of image_0000<i+1>
     for i in range(len(labels)):
         (raw / "flowers102_images" / "jpg" / f"image_{i + 1:05d}.jpg").write_bytes(
-            image_bytes(i, "JPEG"))
+            image_bytes(i, "JPEG")
+        )
     (raw / "flowers102_labels").mkdir()
     savemat(raw / "flowers102_labels" / "imagelabels.mat", {"labels": np.array([labels])})
     (raw / "flowers102_setid").mkdir()
-    savemat(raw / "flowers102_setid" / "setid.mat",
-            {"trnid": np.array([[2, 1, 8]]), "valid": np.array([[3, 4]]),
-             "tstid": np.array([[5, 6, 7]])})
+    savemat(
+        raw / "flowers102_setid" / "setid.mat",
+        {
+            "trnid": np.array([[2, 1, 8]]),
+            "valid": np.array([[3, 4]]),
+            "tstid": np.array([[5, 6, 7]]),
+        },
+    )
     out = tmp_path / "out"
     flowers102.prepare(out, raw_dir=str(raw))
     t = tables(out)
@@ -201,6 +218,7 @@ def test_flowers102_official_splits_and_labels(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Rendered SST2: rendered-sst2/{train,valid,test}/{negative,positive}/*.png
+
 
 @pytest.fixture
 def sst2_raw(tmp_path):
@@ -231,12 +249,16 @@ def test_sst2_labels_from_folders_and_official_splits(sst2_raw, tmp_path):
 
 def test_flyp_prepare_cli_writes_tables_and_manifest(sst2_raw, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["prepare", "--benchmark", "sst2", "--out", str(out),
-                                      "-o", f"raw_dir={sst2_raw}"])
+    result = CliRunner().invoke(
+        cli, ["prepare", "--benchmark", "sst2", "--out", str(out), "-o", f"raw_dir={sst2_raw}"]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert {k: v["rows"] for k, v in manifest["tables"].items()} == {
-        "train": 5, "val": 3, "test": 3}
+        "train": 5,
+        "val": 3,
+        "test": 3,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,8 +301,13 @@ def test_pcam_writes_every_patch_with_its_label(pcam_raw, tmp_path):
 
 def test_pcam_per_class_samples_are_seeded(pcam_raw, tmp_path):
     for name, seed in [("a", 0), ("b", 0), ("c", 5)]:
-        pcam.prepare(tmp_path / name, raw_dir=str(pcam_raw), split_seed=seed, train_per_class=2,
-                     val_per_class=1)
+        pcam.prepare(
+            tmp_path / name,
+            raw_dir=str(pcam_raw),
+            split_seed=seed,
+            train_per_class=2,
+            val_per_class=1,
+        )
     a, b, c = (tables(tmp_path / n) for n in "abc")
     assert sorted(a["train"]["label"]) == [0, 0, 1, 1] and sorted(a["val"]["label"]) == [0, 1]
     assert len(a["test"]) == 4  # the test split is always whole
@@ -325,8 +352,11 @@ def test_preset_validates_and_names_only_prepare_options_and_archives(name):
     run = load_params(params, ROOT / "workflow/schemas/params.schema.yaml")
     bench = get_benchmark(name)
     assert run["model"] == {"name": "ViT-B-16-quickgelu", "pretrained": "openai"}
-    options = {k for k, p in inspect.signature(bench.prepare).parameters.items()
-               if p.kind is p.KEYWORD_ONLY}
+    options = {
+        k
+        for k, p in inspect.signature(bench.prepare).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
     archives = {d.name for d in bench.downloads}
     assert set(run["data"]) - archives <= options
     assert archives <= set(run["data"])  # every archive's source can be set
@@ -334,9 +364,14 @@ def test_preset_validates_and_names_only_prepare_options_and_archives(name):
 
 def test_presets_carry_the_papers_hyperparameters():
     presets = yaml.safe_load((ROOT / "params.yaml").read_text())["presets"]
-    expected = {"iwildcam": (20, 1e-5, 0.2, 256, 500), "fmow": (20, 1e-5, 0.2, 256, 500),
-                "caltech101": (100, 1e-5, 0.0, 256, 500), "cars": (100, 1e-5, 0.0, 256, 500),
-                "sst2": (20, 1e-5, 0.2, 256, 0), "pcam": (20, 1e-6, 0.0, 256, 0)}
+    expected = {
+        "iwildcam": (20, 1e-5, 0.2, 256, 500),
+        "fmow": (20, 1e-5, 0.2, 256, 500),
+        "caltech101": (100, 1e-5, 0.0, 256, 500),
+        "cars": (100, 1e-5, 0.0, 256, 500),
+        "sst2": (20, 1e-5, 0.2, 256, 0),
+        "pcam": (20, 1e-6, 0.0, 256, 0),
+    }
     for name, values in expected.items():
         ft = presets[name]["finetune"]
         got = tuple(ft[k] for k in ("epochs", "lr", "wd", "batch_size", "warmup_steps"))
@@ -368,4 +403,3 @@ def test_fixture_unpacks_and_prepares_every_class_in_every_split(name, tmp_path)
             assert counts.min() >= MAX_SHOTS, table
         assert df["image_id"].is_unique
         assert ImageTable(table_path(out, table)).load_image(len(df) - 1).mode == "RGB"
-

@@ -36,8 +36,17 @@ def write_image(path, value: int, fmt=None):
 # iWildCam
 
 # (WILDS split, label y) of each image in the fixture
-IWILDCAM_ROWS = [("train", 0), ("train", 24), ("train", 181), ("id_val", 24), ("id_test", 1),
-                 ("id_test", 2), ("test", 146), ("test", 0), ("val", 5)]
+IWILDCAM_ROWS = [
+    ("train", 0),
+    ("train", 24),
+    ("train", 181),
+    ("id_val", 24),
+    ("id_test", 1),
+    ("id_test", 2),
+    ("test", 146),
+    ("test", 0),
+    ("val", 5),
+]
 
 
 @pytest.fixture
@@ -45,14 +54,25 @@ def iwildcam_raw(tmp_path):
     """raw/iwildcam/ as the download step leaves it: the archive's iwildcam_v2.0/ folder."""
     root = tmp_path / "raw" / "iwildcam" / "iwildcam_v2.0"
     root.mkdir(parents=True)
-    cats = [{"y": y, "category_id": cid, "name": name.capitalize()}  # read lowercased
-            for y, (cid, name, _) in enumerate(IWILDCAM_CATEGORIES)]
+    cats = [
+        {"y": y, "category_id": cid, "name": name.capitalize()}  # read lowercased
+        for y, (cid, name, _) in enumerate(IWILDCAM_CATEGORIES)
+    ]
     cats.append({"y": 99999, "category_id": 243, "name": "didelphis sp"})  # absent from WILDS
     pd.DataFrame(cats).to_csv(root / "categories.csv", index=False)
-    meta = pd.DataFrame([{"split": split, "filename": f"{i:03d}.jpg", "y": y,
-                          "image_id": f"img{i}", "location_remapped": i % 3,
-                          "datetime": "2013-06-01 12:00:00.000"}
-                         for i, (split, y) in enumerate(IWILDCAM_ROWS)])
+    meta = pd.DataFrame(
+        [
+            {
+                "split": split,
+                "filename": f"{i:03d}.jpg",
+                "y": y,
+                "image_id": f"img{i}",
+                "location_remapped": i % 3,
+                "datetime": "2013-06-01 12:00:00.000",
+            }
+            for i, (split, y) in enumerate(IWILDCAM_ROWS)
+        ]
+    )
     meta.to_csv(root / "metadata.csv", index=False)
     for i in range(len(IWILDCAM_ROWS)):
         write_image(root / "train" / f"{i:03d}.jpg", 10 * i, "JPEG")
@@ -63,8 +83,13 @@ def iwildcam_raw(tmp_path):
 def test_iwildcam_tables_follow_the_wilds_splits(iwildcam_raw, tmp_path):
     out = tmp_path / "tables"
     prepare_iwildcam(out, raw_dir=str(iwildcam_raw))
-    expected = {"train": "train", "val": "id_val", "id_test": "id_test", "ood_test": "test",
-                "ood_val": "val"}
+    expected = {
+        "train": "train",
+        "val": "id_val",
+        "id_test": "id_test",
+        "ood_test": "test",
+        "ood_val": "val",
+    }
     for table, split in expected.items():
         df = read_table(table_path(out, table))
         rows = [(f"img{i}", y) for i, (s, y) in enumerate(IWILDCAM_ROWS) if s == split]
@@ -103,7 +128,9 @@ def test_iwildcam_reports_missing_images_and_missing_downloads(iwildcam_raw, tmp
 def test_iwildcam_is_scored_with_macro_f1():
     bench = get_benchmark("iwildcam")
     assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
-        ("id_test", False, "macro_f1"), ("ood_test", True, "macro_f1")]
+        ("id_test", False, "macro_f1"),
+        ("ood_test", True, "macro_f1"),
+    ]
     assert bench.templates == ["a photo of {}.", "{} in the wild."]
 
 
@@ -124,13 +151,23 @@ FMOW_ROWS = [
     ("test", "2017-02-02T02:02:02.500Z", "AUS", "stadium", "ood_test"),
     ("test", "2016-07-07T07:07:07Z", "ATA", "tower", "ood_test"),  # mapped, but no region
 ]
-COUNTRY_REGIONS = {"USA": "Americas", "FRA": "Europe", "KEN": "Africa", "CHN": "Asia",
-                   "AUS": "Oceania", "ATA": None}
+COUNTRY_REGIONS = {
+    "USA": "Americas",
+    "FRA": "Europe",
+    "KEN": "Africa",
+    "CHN": "Asia",
+    "AUS": "Oceania",
+    "ATA": None,
+}
 
 
 def fmow_meta() -> pd.DataFrame:
-    return pd.DataFrame([{"split": s, "timestamp": t, "country_code": c, "category": cat}
-                         for s, t, c, cat, _ in FMOW_ROWS])
+    return pd.DataFrame(
+        [
+            {"split": s, "timestamp": t, "country_code": c, "category": cat}
+            for s, t, c, cat, _ in FMOW_ROWS
+        ]
+    )
 
 
 @pytest.fixture
@@ -138,9 +175,13 @@ def fmow_raw(tmp_path):
     root = tmp_path / "raw" / "fmow" / "fmow_v1.1"
     root.mkdir(parents=True)
     fmow_meta().to_csv(root / "rgb_metadata.csv", index=False)
-    pd.DataFrame({"name": list(COUNTRY_REGIONS), "alpha-3": list(COUNTRY_REGIONS),
-                  "region": list(COUNTRY_REGIONS.values())}).to_csv(
-        root / "country_code_mapping.csv", index=False)
+    pd.DataFrame(
+        {
+            "name": list(COUNTRY_REGIONS),
+            "alpha-3": list(COUNTRY_REGIONS),
+            "region": list(COUNTRY_REGIONS.values()),
+        }
+    ).to_csv(root / "country_code_mapping.csv", index=False)
     for i in range(len(FMOW_ROWS)):
         write_image(root / "images" / f"rgb_img_{i}.png", 20 * i)
     (root / "RELEASE_v1.1.txt").write_text("v1.1\n")
@@ -153,8 +194,9 @@ def test_fmow_splits_by_year_as_wilds_defines_them():
 
 
 def test_fmow_regions_from_country_codes():
-    mapping = pd.DataFrame({"alpha-3": list(COUNTRY_REGIONS),
-                            "region": list(COUNTRY_REGIONS.values())})
+    mapping = pd.DataFrame(
+        {"alpha-3": list(COUNTRY_REGIONS), "region": list(COUNTRY_REGIONS.values())}
+    )
     regions = fmow_regions(pd.Series(["USA", "XXX", "ATA", "KEN", None]), mapping)
     assert regions.tolist() == ["Americas", "Other", "Other", "Africa", "Other"]
 
@@ -182,7 +224,9 @@ def test_fmow_ood_test_is_scored_on_its_worst_region(fmow_raw, tmp_path):
     prepare_fmow(out, raw_dir=str(fmow_raw))
     bench = get_benchmark("fmow")
     assert [(s.name, s.ood, s.metric) for s in bench.eval_sets] == [
-        ("id_test", False, "accuracy"), ("ood_test", True, "worst_region_accuracy")]
+        ("id_test", False, "accuracy"),
+        ("ood_test", True, "worst_region_accuracy"),
+    ]
     df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, Other
     labels = torch.tensor(df["label"].to_numpy())
     logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
@@ -208,11 +252,17 @@ def test_fmow_id_test_is_scored_with_average_accuracy():
 # The reference's 16 FMoW templates (locuslab/FLYP src/templates/fmow_template.py); "{a}": the
 # name after its article, underscores as spaces; "{}": the name as it is (underscores kept).
 REFERENCE_FMOW_TEMPLATES = [
-    "satellite photo of a {}.", "aerial photo of a {}.",
-    "satellite photo of {a}.", "aerial photo of {a}.",
-    *[f"{kind} photo of a {{}} in {region}." for region in
-      ["asia", "africa", "the americas", "europe", "oceania"] for kind in ["satellite", "aerial"]],
-    "a photo of a {}.", "{}.",
+    "satellite photo of a {}.",
+    "aerial photo of a {}.",
+    "satellite photo of {a}.",
+    "aerial photo of {a}.",
+    *[
+        f"{kind} photo of a {{}} in {region}."
+        for region in ["asia", "africa", "the americas", "europe", "oceania"]
+        for kind in ["satellite", "aerial"]
+    ],
+    "a photo of a {}.",
+    "{}.",
 ]
 
 
@@ -227,13 +277,19 @@ def test_fmow_templates_render_class_names_as_the_reference():
     assert len(bench.templates) == 16
     for name in bench.classnames:
         assert [t.format(name) for t in bench.templates] == [
-            reference_fmow_prompt(t, name) for t in REFERENCE_FMOW_TEMPLATES], name
+            reference_fmow_prompt(t, name) for t in REFERENCE_FMOW_TEMPLATES
+        ], name
     hangar = [t.format("airport_hangar") for t in bench.templates]
     assert hangar[:4] == [
-        "satellite photo of a airport_hangar.", "aerial photo of a airport_hangar.",
-        "satellite photo of an airport hangar.", "aerial photo of an airport hangar."]
-    assert bench.templates[3].format("multi-unit_residential") == \
-        "aerial photo of a multi-unit residential."
+        "satellite photo of a airport_hangar.",
+        "aerial photo of a airport_hangar.",
+        "satellite photo of an airport hangar.",
+        "aerial photo of an airport hangar.",
+    ]
+    assert (
+        bench.templates[3].format("multi-unit_residential")
+        == "aerial photo of a multi-unit residential."
+    )
 
 
 def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
@@ -246,8 +302,9 @@ def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
 
     bench = get_benchmark("fmow")
     train = tmp_path / "train.parquet"
-    pd.DataFrame({"image_id": ["a", "b"], "label": [1, 61], "path": ["a.png", "b.png"]}
-                 ).to_parquet(train)
+    pd.DataFrame({"image_id": ["a", "b"], "label": [1, 61], "path": ["a.png", "b.png"]}).to_parquet(
+        train
+    )
     make_caption_tables(bench, train, tmp_path / "captions.parquet", tmp_path / "templates.parquet")
     seen = []
 
@@ -266,13 +323,15 @@ def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
             return torch.ones(len(tokens), 2)
 
     seen.clear()
-    open_clip.build_zero_shot_classifier(TextTower(), tokenizer, ["airport_hangar"],
-                                         bench.templates, num_classes_per_batch=None)
+    open_clip.build_zero_shot_classifier(
+        TextTower(), tokenizer, ["airport_hangar"], bench.templates, num_classes_per_batch=None
+    )
     assert seen == [reference_fmow_prompt(t, "airport_hangar") for t in REFERENCE_FMOW_TEMPLATES]
 
 
 # ----------------------------------------------------------------------------------------------
 # The fixtures: miniatures of the real downloads, through the real extraction and prepare code
+
 
 @pytest.mark.parametrize("name", ["iwildcam", "fmow"])
 def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
@@ -283,8 +342,13 @@ def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
     assert list(fixture.sources) == [d.name for d in bench.downloads]
     # a gzip tar named as the codalab download is saved (its URL names no file)
     assert archive.name == archive_filename(download) and archive.read_bytes()[:2] == b"\x1f\x8b"
-    extract_archive(archive, tmp_path / "raw" / name, inner_tars=download.inner_tars,
-                    progress=False, log=lambda _: None)
+    extract_archive(
+        archive,
+        tmp_path / "raw" / name,
+        inner_tars=download.inner_tars,
+        progress=False,
+        log=lambda _: None,
+    )
     out = tmp_path / "tables"
     bench.prepare(out, raw_dir=str(tmp_path / "raw"), **fixture.data)
     n_classes = {"iwildcam": 182, "fmow": 62}[name]
@@ -298,8 +362,14 @@ def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
     assert ImageTable(table_path(out, "ood_test")).load_image(0).size == (8, 8)
     if name == "fmow":
         for table in ["val", "id_test", "ood_val", "ood_test"]:
-            assert set(tables[table]["region"]) == {"Africa", "Americas", "Asia", "Europe",
-                                                    "Oceania", "Other"}, table
+            assert set(tables[table]["region"]) == {
+                "Africa",
+                "Americas",
+                "Asia",
+                "Europe",
+                "Oceania",
+                "Other",
+            }, table
         assert (tables["ood_test"]["year"] >= 2016).all()
         assert (tables["id_test"]["year"] < 2013).all()
     else:  # the OOD splits are at camera traps of their own
@@ -310,6 +380,7 @@ def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
 
 def test_fixtures_are_the_same_for_the_same_seed(tmp_path):
     for name in ["iwildcam", "fmow"]:
-        a, b = (get_fixture(name)(tmp_path / d, np.random.default_rng(1)).sources[name]
-                for d in "ab")
+        a, b = (
+            get_fixture(name)(tmp_path / d, np.random.default_rng(1)).sources[name] for d in "ab"
+        )
         assert a.read_bytes() == b.read_bytes(), name

@@ -73,8 +73,10 @@ class Benchmark:
         for s in self.eval_sets:
             if s.name == name:
                 return s
-        raise UserError(f"benchmark {self.name!r} has no test set {name!r}; "
-                        f"expected one of {[s.name for s in self.eval_sets]}")
+        raise UserError(
+            f"benchmark {self.name!r} has no test set {name!r}; "
+            f"expected one of {[s.name for s in self.eval_sets]}"
+        )
 
     def tables(self) -> list[str]:
         """Names of the Parquet tables ``prepare`` writes (without the .parquet suffix)."""

@@ -55,6 +55,7 @@ PLAIN_SUFFIXES = (".mat",)  # downloads that are data files, not archives: "extr
 # ----------------------------------------------------------------------------------------------
 # Sources
 
+
 def source_key(bench: Benchmark, download: Download) -> str:
     """The params key that overrides where ``download`` comes from."""
     return f"presets.{bench.name}.data.{download.name}"
@@ -64,8 +65,10 @@ def get_download(bench: Benchmark, name: str) -> Download:
     for d in bench.downloads:
         if d.name == name:
             return d
-    raise UserError(f"benchmark {bench.name!r} has no archive {name!r}; "
-                    f"expected one of {[d.name for d in bench.downloads]}")
+    raise UserError(
+        f"benchmark {bench.name!r} has no archive {name!r}; "
+        f"expected one of {[d.name for d in bench.downloads]}"
+    )
 
 
 def is_remote(source: str) -> bool:
@@ -89,8 +92,9 @@ def local_source(source: str | None) -> Path | None:
 HEX_DIGITS = {"md5": 32, "sha256": 64}
 
 
-def resolve_source(download: Download, value: str | Mapping | None,
-                   what: str = "source") -> tuple[str | None, dict]:
+def resolve_source(
+    download: Download, value: str | Mapping | None, what: str = "source"
+) -> tuple[str | None, dict]:
     """(where the archive comes from, the size and checksums it must match) for ``value``, what
     params.yaml says about it (``what`` names the key in errors): null (the official URL), a
     string (a path or URL) or a mapping ``{source, size, md5, sha256}``. A string is checked
@@ -100,8 +104,10 @@ def resolve_source(download: Download, value: str | Mapping | None,
     if value is None or isinstance(value, str):
         return value or None, pinned
     if not isinstance(value, Mapping):
-        raise UserError(f"{what}: expected a path, a URL or a mapping {{source, size, md5, "
-                        f"sha256}}; got {value!r}")
+        raise UserError(
+            f"{what}: expected a path, a URL or a mapping {{source, size, md5, "
+            f"sha256}}; got {value!r}"
+        )
     unknown = sorted(set(value) - {"source", *pinned})
     if unknown:
         raise UserError(f"{what}: unknown keys {unknown}; expected source, size, md5, sha256")
@@ -109,8 +115,10 @@ def resolve_source(download: Download, value: str | Mapping | None,
     if not isinstance(location, str) or not location:
         raise UserError(f"{what}.source: expected the path or URL of the archive")
     if not (value.get("md5") or value.get("sha256")):
-        raise UserError(f"{what}: a source with its own sums must state md5 or sha256 "
-                        f"(the pinned checksums of {download.name} do not apply to it)")
+        raise UserError(
+            f"{what}: a source with its own sums must state md5 or sha256 "
+            f"(the pinned checksums of {download.name} do not apply to it)"
+        )
     for kind, digits in HEX_DIGITS.items():
         digest = value.get(kind)
         if digest is not None and not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", str(digest)):
@@ -126,8 +134,9 @@ def read_in_place(source: str | None) -> Path | None:
     a folder given as a file:// URL); None when it is fetched (an http(s):// URL, or a file://
     URL to a file, which is a mirror like any other)."""
     local = local_source(source)
-    if local is None or (urllib.parse.urlsplit(str(source)).scheme == "file"
-                         and not local.is_dir()):
+    if local is None or (
+        urllib.parse.urlsplit(str(source)).scheme == "file" and not local.is_dir()
+    ):
         return None
     return local
 
@@ -145,44 +154,67 @@ def archive_filename(download: Download, source: str | None = None) -> str:
 
 def not_downloadable(bench: Benchmark, download: Download) -> UserError:
     get = f"get {download.manual}, then " if download.manual else ""
-    return UserError(f"{download.name} cannot be downloaded automatically: {get}set "
-                     f"{source_key(bench, download)} in params.yaml to the path of the archive "
-                     f"(or of the folder it was extracted to)")
+    return UserError(
+        f"{download.name} cannot be downloaded automatically: {get}set "
+        f"{source_key(bench, download)} in params.yaml to the path of the archive "
+        f"(or of the folder it was extracted to)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Verification
 
+
 def _human(n: int) -> str:
     return f"{n:,} bytes"
 
 
-def verify(path: str | Path, *, size: int | None = None, md5: str | None = None,
-           sha256: str | None = None, what: str | None = None, progress: bool = True) -> None:
+def verify(
+    path: str | Path,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    what: str | None = None,
+    progress: bool = True,
+) -> None:
     """Raise a UserError naming ``what`` (default: the file) unless size and checksums match."""
     path = Path(path)
     what = what or str(path)
     actual = path.stat().st_size
     if size is not None and actual != size:
-        raise UserError(f"{what}: size {_human(actual)}, expected {_human(size)} "
-                        f"(incomplete or wrong file)")
+        raise UserError(
+            f"{what}: size {_human(actual)}, expected {_human(size)} (incomplete or wrong file)"
+        )
     hashes = {k: hashlib.new(k) for k, v in (("md5", md5), ("sha256", sha256)) if v}
     if not hashes:
         return
-    with open(path, "rb") as f, tqdm(total=actual, unit="B", unit_scale=True, disable=not progress,
-                                     desc=f"checking {path.name}", leave=False) as bar:
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=actual,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc=f"checking {path.name}",
+            leave=False,
+        ) as bar,
+    ):
         while block := f.read(CHUNK):
             for h in hashes.values():
                 h.update(block)
             bar.update(len(block))
     for kind, expected in (("md5", md5), ("sha256", sha256)):
         if kind in hashes and hashes[kind].hexdigest() != expected.lower():
-            raise UserError(f"{what}: {kind} {hashes[kind].hexdigest()}, expected {expected} "
-                            f"(corrupted or tampered file)")
+            raise UserError(
+                f"{what}: {kind} {hashes[kind].hexdigest()}, expected {expected} "
+                f"(corrupted or tampered file)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
 # Fetching
+
 
 def _open_remote(url: str, offset: int, timeout: float):
     """(response, offset it starts at, total size or None). A server that ignores Range answers
@@ -201,8 +233,10 @@ def _open_remote(url: str, offset: int, timeout: float):
         match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
         if not match or int(match.group(1)) != offset:
             response.close()
-            raise UserError(f"{url}: server resumed at the wrong offset "
-                            f"({response.headers.get('Content-Range')!r}, asked {offset})")
+            raise UserError(
+                f"{url}: server resumed at the wrong offset "
+                f"({response.headers.get('Content-Range')!r}, asked {offset})"
+            )
         total = None if match.group(2) == "*" else int(match.group(2))
         return response, offset, total
     return response, 0, int(length) if length else None
@@ -218,9 +252,18 @@ def _open_local(path: Path, offset: int):
     return f, offset, total
 
 
-def fetch(source: str | Path, dest: str | Path, *, size: int | None = None, md5: str | None = None,
-          sha256: str | None = None, timeout: float = 60, retries: int = 3,
-          progress: bool = True, log: Callable[[str], None] = print) -> Path:
+def fetch(
+    source: str | Path,
+    dest: str | Path,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 60,
+    retries: int = 3,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Copy ``source`` (http(s):// or file:// URL, or a local path) to ``dest``, verified.
 
     Bytes go to ``<dest>.part`` first; a rerun (or a retry after a dropped connection) resumes from
@@ -253,31 +296,50 @@ def fetch(source: str | Path, dest: str | Path, *, size: int | None = None, md5:
                 log(f"{source}: the server cannot resume; starting over")
             if offset and start:
                 log(f"{dest.name}: resuming at {_human(start)}")
-            with stream, open(part, "r+b" if start else "wb") as out, tqdm(
-                    total=total, initial=start, unit="B", unit_scale=True, disable=not progress,
-                    desc=dest.name) as bar:
+            with (
+                stream,
+                open(part, "r+b" if start else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    disable=not progress,
+                    desc=dest.name,
+                ) as bar,
+            ):
                 out.seek(start)
                 out.truncate()
                 while block := stream.read(CHUNK):
                     out.write(block)
                     bar.update(len(block))
             if total is not None and part.stat().st_size < total:
-                raise ConnectionError(f"connection closed at {_human(part.stat().st_size)} of "
-                                      f"{_human(total)}")
+                raise ConnectionError(
+                    f"connection closed at {_human(part.stat().st_size)} of {_human(total)}"
+                )
             break
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             if isinstance(e, urllib.error.HTTPError) or attempt == retries or local is not None:
-                reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) \
+                reason = (
+                    f"HTTP {e.code} {e.reason}"
+                    if isinstance(e, urllib.error.HTTPError)
                     else getattr(e, "reason", None) or e
+                )
                 keep = " (the partial download is kept; rerun to resume)" if part.exists() else ""
                 raise UserError(f"{source}: download failed: {reason}{keep}") from None
             log(f"{source}: {e}; retrying ({attempt + 1}/{retries})")
-            time.sleep(min(2 ** attempt, 30))
+            time.sleep(min(2**attempt, 30))
     if not part.exists():
         part.touch()
     try:
-        verify(part, size=size, md5=md5, sha256=sha256, what=f"{dest} (from {source})",
-               progress=progress)
+        verify(
+            part,
+            size=size,
+            md5=md5,
+            sha256=sha256,
+            what=f"{dest} (from {source})",
+            progress=progress,
+        )
     except UserError:
         part.unlink(missing_ok=True)
         raise
@@ -288,6 +350,7 @@ def fetch(source: str | Path, dest: str | Path, *, size: int | None = None, md5:
 # ----------------------------------------------------------------------------------------------
 # Safe extraction
 
+
 def safe_member_path(name: str, archive: str | Path) -> PurePosixPath | None:
     """The relative path a member may be written to; None for the archive's root ("./").
     Absolute names, drive letters and ``..`` components are refused."""
@@ -296,8 +359,9 @@ def safe_member_path(name: str, archive: str | Path) -> PurePosixPath | None:
         raise UserError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
     parts = [p for p in normalized.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UserError(f"{archive}: member {name!r} points outside the archive's folder; "
-                        f"refusing to extract")
+        raise UserError(
+            f"{archive}: member {name!r} points outside the archive's folder; refusing to extract"
+        )
     return PurePosixPath(*parts) if parts else None
 
 
@@ -326,11 +390,15 @@ def _extract_tar_stream(tar: tarfile.TarFile, root: Path, archive: str, inner_ta
     for member in tar:
         rel = safe_member_path(member.name, archive)
         if member.issym() or member.islnk():
-            raise UserError(f"{archive}: member {member.name!r} is a link (to "
-                            f"{member.linkname!r}); links are refused")
+            raise UserError(
+                f"{archive}: member {member.name!r} is a link (to "
+                f"{member.linkname!r}); links are refused"
+            )
         if not (member.isfile() or member.isdir()):
-            raise UserError(f"{archive}: member {member.name!r} is not a regular file or folder; "
-                            f"refusing to extract")
+            raise UserError(
+                f"{archive}: member {member.name!r} is not a regular file or folder; "
+                f"refusing to extract"
+            )
         if rel is None:
             continue
         if member.isdir():
@@ -340,8 +408,9 @@ def _extract_tar_stream(tar: tarfile.TarFile, root: Path, archive: str, inner_ta
         if inner_tars and rel.suffix == ".tar":
             # ImageNet train: one tar per class, unpacked into a folder named after it.
             with tarfile.open(fileobj=stream, mode="r|*") as inner:
-                files += _extract_tar_stream(inner, root / rel.with_suffix(""),
-                                             f"{archive}:{rel}", False)
+                files += _extract_tar_stream(
+                    inner, root / rel.with_suffix(""), f"{archive}:{rel}", False
+                )
             continue
         _write_member(root, rel, stream)
         files += 1
@@ -357,8 +426,10 @@ def _extract_zip(path: Path, root: Path, bar) -> int:
             if stat.S_ISLNK(mode):
                 raise UserError(f"{path}: member {info.filename!r} is a link; links are refused")
             if info.flag_bits & 0x1:
-                raise UserError(f"{path}: the archive is password-protected; unzip it yourself "
-                                f"and give the extracted folder as the source")
+                raise UserError(
+                    f"{path}: the archive is password-protected; unzip it yourself "
+                    f"and give the extracted folder as the source"
+                )
             if rel is None:
                 continue
             if info.is_dir():
@@ -372,7 +443,7 @@ def _extract_zip(path: Path, root: Path, bar) -> int:
 
 
 def archive_format(path: Path) -> str:
-    """"zip" or "tar", from the name when it says, else from the content."""
+    """ "zip" or "tar", from the name when it says, else from the content."""
     name = path.name.lower()
     if name.endswith(".zip"):
         return "zip"
@@ -398,8 +469,14 @@ def _extract_single(path: Path, root: Path, kind: str, bar) -> int:
     return 1
 
 
-def extract_archive(archive: str | Path, target: str | Path, *, inner_tars: bool = False,
-                    progress: bool = True, log: Callable[[str], None] = print) -> Path:
+def extract_archive(
+    archive: str | Path,
+    target: str | Path,
+    *,
+    inner_tars: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Unpack ``archive`` into the folder ``target`` (created; must not exist yet).
 
     Members are written into a temporary folder beside ``target``, renamed to ``target`` only when
@@ -416,15 +493,22 @@ def extract_archive(archive: str | Path, target: str | Path, *, inner_tars: bool
     kind = archive_format(archive)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
     try:
-        with tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, disable=not progress,
-                  desc=f"extracting {archive.name}") as bar:
+        with tqdm(
+            total=archive.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc=f"extracting {archive.name}",
+        ) as bar:
             if kind == "zip":
                 files = _extract_zip(archive, tmp, bar)
             elif kind in ("gzip", "file"):
                 files = _extract_single(archive, tmp, kind, bar)
             else:
-                with open(archive, "rb") as raw, \
-                        tarfile.open(fileobj=_Counting(raw, bar), mode="r|*") as tar:
+                with (
+                    open(archive, "rb") as raw,
+                    tarfile.open(fileobj=_Counting(raw, bar), mode="r|*") as tar,
+                ):
                     files = _extract_tar_stream(tar, tmp, str(archive), inner_tars)
         os.replace(tmp, target)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
@@ -437,8 +521,7 @@ def extract_archive(archive: str | Path, target: str | Path, *, inner_tars: bool
     return target
 
 
-def link_folder(source: str | Path, target: str | Path,
-                log: Callable[[str], None] = print) -> Path:
+def link_folder(source: str | Path, target: str | Path, log: Callable[[str], None] = print) -> Path:
     """Make ``target`` a folder holding one link, ``source``, to an already extracted folder (the
     data stays where it is; tools that write into ``target`` never touch the user's copy)."""
     source, target = Path(source), Path(target)
@@ -461,9 +544,17 @@ def link_folder(source: str | Path, target: str | Path,
 # ----------------------------------------------------------------------------------------------
 # One archive of a benchmark (what `flyp download` runs)
 
-def obtain(bench: Benchmark, name: str, *, source: str | Mapping | None = None,
-           archive: str | Path | None = None, extract_to: str | Path | None = None,
-           progress: bool = True, log: Callable[[str], None] = print) -> None:
+
+def obtain(
+    bench: Benchmark,
+    name: str,
+    *,
+    source: str | Mapping | None = None,
+    archive: str | Path | None = None,
+    extract_to: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> None:
     """Fetch archive ``name`` of ``bench`` into ``archive`` and/or unpack it into ``extract_to``.
 
     ``source`` overrides the official URL: a path or URL, or a mapping that also states the sums
@@ -482,8 +573,9 @@ def obtain(bench: Benchmark, name: str, *, source: str | Mapping | None = None,
             raise not_downloadable(bench, download)
         local = local_source(origin)
         if local is not None and local.is_dir():
-            raise UserError(f"{local}: a folder cannot be fetched as an archive; it is linked "
-                            f"by --extract")
+            raise UserError(
+                f"{local}: a folder cannot be fetched as an archive; it is linked by --extract"
+            )
         archive = fetch(origin, archive, **sums, progress=progress, log=log)
     if extract_to is None:
         return
@@ -495,8 +587,10 @@ def obtain(bench: Benchmark, name: str, *, source: str | Mapping | None = None,
             raise UserError(f"{origin}: a remote source must be fetched first (--archive)")
         if local.is_dir():
             if stated:  # (its sums could never be checked)
-                raise UserError(f"{local}: a folder has no checksum; give it as a plain path, "
-                                f"not with stated sums ({source_key(bench, download)})")
+                raise UserError(
+                    f"{local}: a folder has no checksum; give it as a plain path, "
+                    f"not with stated sums ({source_key(bench, download)})"
+                )
             link_folder(local, extract_to, log=log)
             return
         if not local.is_file():
@@ -504,5 +598,4 @@ def obtain(bench: Benchmark, name: str, *, source: str | Mapping | None = None,
         verify(local, **sums, what=str(local), progress=progress)
         archive = local
     # (a fetched archive was verified by fetch)
-    extract_archive(archive, extract_to, inner_tars=download.inner_tars,
-                    progress=progress, log=log)
+    extract_archive(archive, extract_to, inner_tars=download.inner_tars, progress=progress, log=log)

@@ -33,8 +33,18 @@ from flyp.datasets import Benchmark, EvalSet, register_benchmark
 from flyp.datasets.parquet import write_table
 
 CLASSNAMES = [
-    "circle", "square", "triangle", "star", "cross", "heart",
-    "ring", "arrow", "crescent", "hexagon", "house", "lightning bolt",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "ring",
+    "arrow",
+    "crescent",
+    "hexagon",
+    "house",
+    "lightning bolt",
 ]
 
 # Evaluation (and FLYP caption) templates, in the spirit of OpenAI's ImageNet templates: generic
@@ -56,23 +66,40 @@ TEMPLATES = [
 
 # Words the pretraining captions use for a class besides its name (web captions are not canonical).
 SYNONYMS = {
-    "circle": ["disc", "round dot"], "square": ["box", "block"], "triangle": ["wedge"],
-    "star": ["star shape"], "cross": ["plus sign"], "heart": ["love heart"],
-    "ring": ["hoop", "donut"], "arrow": ["pointer"], "crescent": ["moon"],
-    "hexagon": ["honeycomb cell"], "house": ["hut", "home"], "lightning bolt": ["zigzag", "bolt"],
+    "circle": ["disc", "round dot"],
+    "square": ["box", "block"],
+    "triangle": ["wedge"],
+    "star": ["star shape"],
+    "cross": ["plus sign"],
+    "heart": ["love heart"],
+    "ring": ["hoop", "donut"],
+    "arrow": ["pointer"],
+    "crescent": ["moon"],
+    "hexagon": ["honeycomb cell"],
+    "house": ["hut", "home"],
+    "lightning bolt": ["zigzag", "bolt"],
 }
 
 COLORS = {
-    "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 210), "yellow": (235, 210, 40),
-    "purple": (130, 50, 170), "orange": (240, 130, 30), "pink": (240, 120, 180),
-    "brown": (120, 75, 35), "white": (235, 235, 235), "black": (25, 25, 25),
+    "red": (210, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 210),
+    "yellow": (235, 210, 40),
+    "purple": (130, 50, 170),
+    "orange": (240, 130, 30),
+    "pink": (240, 120, 180),
+    "brown": (120, 75, 35),
+    "white": (235, 235, 235),
+    "black": (25, 25, 25),
 }
 COLOR_NAMES = list(COLORS)
 
 STYLES = ["photo", "sketch", "cartoon", "painting", "pixel"]
 STYLE_WORDS = {
-    "photo": ["photo", "snapshot", "picture"], "sketch": ["sketch", "pencil drawing"],
-    "cartoon": ["cartoon", "clip art"], "painting": ["painting", "oil painting"],
+    "photo": ["photo", "snapshot", "picture"],
+    "sketch": ["sketch", "pencil drawing"],
+    "cartoon": ["cartoon", "clip art"],
+    "painting": ["painting", "oil painting"],
     "pixel": ["pixel art", "mosaic"],
 }
 BACKGROUNDS = ["plain", "gradient", "texture", "stripes", "checker"]
@@ -86,7 +113,8 @@ class Distribution:
     styles: dict[str, float]
     colors: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COLOR_NAMES, 1.0))
     sizes: dict[str, float] = field(
-        default_factory=lambda: {"small": 1.0, "medium": 1.0, "large": 1.0})
+        default_factory=lambda: {"small": 1.0, "medium": 1.0, "large": 1.0}
+    )
     backgrounds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BACKGROUNDS, 1.0))
     max_rotation: float = 20.0  # degrees, uniform in [-max, max] ...
     rotated: float = 0.2  # ... except this fraction, turned any way (photos are mostly upright)
@@ -98,50 +126,101 @@ class Distribution:
 
 
 # Photo-like ID world: upright objects on everyday backgrounds, colour frequencies skewed.
-_ID_COLORS = {"red": 3, "green": 2, "blue": 3, "yellow": 2, "purple": 1, "orange": 1,
-              "pink": 1, "brown": 1, "white": 1, "black": 1}
+_ID_COLORS = {
+    "red": 3,
+    "green": 2,
+    "blue": 3,
+    "yellow": 2,
+    "purple": 1,
+    "orange": 1,
+    "pink": 1,
+    "brown": 1,
+    "white": 1,
+    "black": 1,
+}
 ID_WORLD = Distribution(
-    styles={"photo": 1.0}, colors=_ID_COLORS, sizes={"small": 1, "medium": 2, "large": 3},
-    backgrounds={"plain": 1, "gradient": 1, "texture": 1}, rotated=0.0, clutter=0.1,
-    occlusion=0.0, noise=0.03,
+    styles={"photo": 1.0},
+    colors=_ID_COLORS,
+    sizes={"small": 1, "medium": 2, "large": 3},
+    backgrounds={"plain": 1, "gradient": 1, "texture": 1},
+    rotated=0.0,
+    clutter=0.1,
+    occlusion=0.0,
+    noise=0.03,
 )
 DISTRIBUTIONS = {
     # Web-like pretraining data: every style, every attribute, any pose.
     "pretrain": Distribution(
         styles={"photo": 0.4, "sketch": 0.15, "cartoon": 0.2, "painting": 0.15, "pixel": 0.1},
-        clutter=0.05, rotated=0.1,
+        clutter=0.05,
+        rotated=0.1,
     ),
-    "train": ID_WORLD, "val": ID_WORLD, "test": ID_WORLD,
-    "v2": replace(ID_WORLD, colors={"red": 1, "green": 2, "blue": 1, "yellow": 1, "purple": 2,
-                                    "orange": 2, "pink": 2, "brown": 2, "white": 1, "black": 1},
-                  sizes={"small": 2, "medium": 2, "large": 1}, noise=0.06),
+    "train": ID_WORLD,
+    "val": ID_WORLD,
+    "test": ID_WORLD,
+    "v2": replace(
+        ID_WORLD,
+        colors={
+            "red": 1,
+            "green": 2,
+            "blue": 1,
+            "yellow": 1,
+            "purple": 2,
+            "orange": 2,
+            "pink": 2,
+            "brown": 2,
+            "white": 1,
+            "black": 1,
+        },
+        sizes={"small": 2, "medium": 2, "large": 1},
+        noise=0.06,
+    ),
     "sketch": replace(ID_WORLD, styles={"sketch": 1.0}),
     "r": replace(ID_WORLD, styles={"cartoon": 1.0, "painting": 1.0, "pixel": 1.0}, max_rotation=45),
-    "a": replace(ID_WORLD, sizes={"small": 2, "medium": 1}, clutter=0.8, occlusion=0.3,
-                 backgrounds={"texture": 2, "gradient": 1}, noise=0.05),
-    "objectnet": replace(ID_WORLD, backgrounds={"stripes": 1, "checker": 1}, rotated=0.5,
-                         center_jitter=0.2, squash=0.25),
+    "a": replace(
+        ID_WORLD,
+        sizes={"small": 2, "medium": 1},
+        clutter=0.8,
+        occlusion=0.3,
+        backgrounds={"texture": 2, "gradient": 1},
+        noise=0.05,
+    ),
+    "objectnet": replace(
+        ID_WORLD,
+        backgrounds={"stripes": 1, "checker": 1},
+        rotated=0.5,
+        center_jitter=0.2,
+        squash=0.25,
+    ),
 }
 EVAL_SETS = [
     EvalSet("test", ood=False, description="ID test: photo-like, same distribution as train"),
-    EvalSet("v2", ood=True,
-            description="re-drawn ID with shifted attribute frequencies (ImageNetV2)"),
+    EvalSet(
+        "v2", ood=True, description="re-drawn ID with shifted attribute frequencies (ImageNetV2)"
+    ),
     EvalSet("sketch", ood=True, description="pencil sketches (ImageNet-Sketch)"),
     EvalSet("r", ood=True, description="cartoon, painting and pixel-art renditions (ImageNet-R)"),
     EvalSet("a", ood=True, description="clutter, occlusion, small objects and noise (ImageNet-A)"),
     EvalSet("objectnet", ood=True, description="new backgrounds, poses, viewpoints (ObjectNet)"),
 ]
 # Table name -> stable id used in the random seed (never reorder).
-_TABLE_IDS = {name: i for i, name in enumerate(
-    ["pretrain", "train", "val", "test", "v2", "sketch", "r", "a", "objectnet"])}
+_TABLE_IDS = {
+    name: i
+    for i, name in enumerate(
+        ["pretrain", "train", "val", "test", "v2", "sketch", "r", "a", "objectnet"]
+    )
+}
 
 
 # ----------------------------------------------------------------------------------------------
 # Shapes: polygons in unit coordinates (object radius about 1), y pointing down.
 
+
 def _regular(n: int, r: float = 1.0, phase: float = -math.pi / 2) -> list[tuple[float, float]]:
-    return [(r * math.cos(phase + 2 * math.pi * k / n), r * math.sin(phase + 2 * math.pi * k / n))
-            for k in range(n)]
+    return [
+        (r * math.cos(phase + 2 * math.pi * k / n), r * math.sin(phase + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _star() -> list[tuple[float, float]]:
@@ -167,27 +246,68 @@ _POLYGONS = {
     "square": [[(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]],
     "triangle": [_regular(3, 1.0, -math.pi / 2)],
     "star": [_star()],
-    "cross": [[(-0.3, -0.95), (0.3, -0.95), (0.3, -0.3), (0.95, -0.3), (0.95, 0.3), (0.3, 0.3),
-               (0.3, 0.95), (-0.3, 0.95), (-0.3, 0.3), (-0.95, 0.3), (-0.95, -0.3),
-               (-0.3, -0.3)]],
+    "cross": [
+        [
+            (-0.3, -0.95),
+            (0.3, -0.95),
+            (0.3, -0.3),
+            (0.95, -0.3),
+            (0.95, 0.3),
+            (0.3, 0.3),
+            (0.3, 0.95),
+            (-0.3, 0.95),
+            (-0.3, 0.3),
+            (-0.95, 0.3),
+            (-0.95, -0.3),
+            (-0.3, -0.3),
+        ]
+    ],
     "heart": [_heart()],
-    "arrow": [[(-0.95, -0.22), (0.2, -0.22), (0.2, -0.6), (0.95, 0.0), (0.2, 0.6), (0.2, 0.22),
-               (-0.95, 0.22)]],
+    "arrow": [
+        [
+            (-0.95, -0.22),
+            (0.2, -0.22),
+            (0.2, -0.6),
+            (0.95, 0.0),
+            (0.2, 0.6),
+            (0.2, 0.22),
+            (-0.95, 0.22),
+        ]
+    ],
     "hexagon": [_regular(6, 0.95, 0.0)],
     "house": [[(-0.7, 0.85), (-0.7, -0.1), (0.0, -0.9), (0.7, -0.1), (0.7, 0.85)]],
-    "lightning bolt": [[(0.15, -0.95), (-0.55, 0.1), (-0.05, 0.1), (-0.3, 0.95), (0.55, -0.2),
-                        (0.05, -0.2), (0.35, -0.95)]],
+    "lightning bolt": [
+        [
+            (0.15, -0.95),
+            (-0.55, 0.1),
+            (-0.05, 0.1),
+            (-0.3, 0.95),
+            (0.55, -0.2),
+            (0.05, -0.2),
+            (0.35, -0.95),
+        ]
+    ],
 }
 
 
 def _transform(points, cx, cy, radius, angle, sx, sy):
     c, s = math.cos(angle), math.sin(angle)
-    return [(cx + radius * (sx * x * c - sy * y * s), cy + radius * (sx * x * s + sy * y * c))
-            for x, y in points]
+    return [
+        (cx + radius * (sx * x * c - sy * y * s), cy + radius * (sx * x * s + sy * y * c))
+        for x, y in points
+    ]
 
 
-def draw_mask(cls: str, size: int, cx: float, cy: float, radius: float, angle: float,
-              sx: float = 1.0, sy: float = 1.0) -> Image.Image:
+def draw_mask(
+    cls: str,
+    size: int,
+    cx: float,
+    cy: float,
+    radius: float,
+    angle: float,
+    sx: float = 1.0,
+    sy: float = 1.0,
+) -> Image.Image:
     """Binary mask ("L", 0/255) of one object of class ``cls``."""
     mask = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(mask)
@@ -209,6 +329,7 @@ def draw_mask(cls: str, size: int, cx: float, cy: float, radius: float, angle: f
 
 # ----------------------------------------------------------------------------------------------
 # Rendering. Work at twice the output resolution, then downsample (anti-aliasing).
+
 
 def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
     keys = list(weights)
@@ -237,13 +358,14 @@ def _background(rng, kind: str, s: int) -> np.ndarray:
     elif kind == "texture":  # smooth random field: grass, fabric, wood...
         coarse = rng.normal(0, 1, (6, 6))
         field_ = np.asarray(
-            Image.fromarray(coarse.astype(np.float32)).resize((s, s), Image.BICUBIC))
+            Image.fromarray(coarse.astype(np.float32)).resize((s, s), Image.BICUBIC)
+        )
         t = (field_ - field_.min()) / (np.ptp(field_) + 1e-6)
         img = a * (1 - t[..., None]) + b * t[..., None]
     elif kind == "stripes":
         period = rng.uniform(0.12, 0.3)
         ang = rng.uniform(0, math.pi)
-        t = (np.sin(2 * math.pi * (math.cos(ang) * xx + math.sin(ang) * yy) / period) > 0)
+        t = np.sin(2 * math.pi * (math.cos(ang) * xx + math.sin(ang) * yy) / period) > 0
         img = np.where(t[..., None], a, b)
     elif kind == "checker":
         n = rng.integers(3, 7)
@@ -260,8 +382,11 @@ def _add_clutter(rng, img: np.ndarray, s: int) -> None:
     d = ImageDraw.Draw(pil)
     for _ in range(rng.integers(3, 8)):
         x0, y0, x1, y1 = rng.uniform(0, s, 4)
-        d.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in _random_rgb(rng)),
-               width=int(rng.integers(1, 4)))
+        d.line(
+            [(x0, y0), (x1, y1)],
+            fill=tuple(int(v) for v in _random_rgb(rng)),
+            width=int(rng.integers(1, 4)),
+        )
     for _ in range(rng.integers(2, 6)):
         x, y, r = *rng.uniform(0, s, 2), rng.uniform(1, s * 0.08)
         d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in _random_rgb(rng)))
@@ -302,8 +427,12 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
     sx = sy = 1.0
     if dist.squash > 0:
         sx, sy = 1 - rng.uniform(0, dist.squash), 1 - rng.uniform(0, dist.squash)
-    mask = np.asarray(draw_mask(cls, s, cx, cy, radius, math.radians(angle_deg), sx, sy),
-                      float)[..., None] / 255
+    mask = (
+        np.asarray(draw_mask(cls, s, cx, cy, radius, math.radians(angle_deg), sx, sy), float)[
+            ..., None
+        ]
+        / 255
+    )
     clutter = rng.random() < dist.clutter
     occluded = rng.random() < dist.occlusion
     rgb = _jitter_color(rng, COLORS[color])
@@ -320,8 +449,11 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
         img = img * (1 - mask) + obj * mask
         if style == "pixel":  # coarse blocks, few colours
             block = int(rng.integers(3, 5))
-            small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(
-                (s // block, s // block), Image.BILINEAR).quantize(int(rng.integers(4, 9)))
+            small = (
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+                .resize((s // block, s // block), Image.BILINEAR)
+                .quantize(int(rng.integers(4, 9)))
+            )
             img = np.asarray(small.convert("RGB").resize((s, s), Image.NEAREST), float)
     elif style == "sketch":
         paper = rng.uniform(215, 250)
@@ -359,11 +491,22 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
         if clutter:
             _add_clutter(rng, img, s)
         brush = rng.normal(0, 30, (s // 4, s // 4, 3))
-        brush = np.asarray(Image.fromarray(np.clip(brush + 128, 0, 255).astype(np.uint8))
-                           .resize((s, s), Image.BICUBIC), float) - 128
+        brush = (
+            np.asarray(
+                Image.fromarray(np.clip(brush + 128, 0, 255).astype(np.uint8)).resize(
+                    (s, s), Image.BICUBIC
+                ),
+                float,
+            )
+            - 128
+        )
         img = img * (1 - mask) + (rgb + brush) * mask
-        img = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-                         .filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))), float)
+        img = np.asarray(
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))
+            ),
+            float,
+        )
     else:
         raise ValueError(style)
 
@@ -380,7 +523,8 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
         img = np.asarray(pil, float)
     img = img + rng.normal(0, dist.noise * 255, img.shape)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(
-        (image_size, image_size), Image.LANCZOS)
+        (image_size, image_size), Image.LANCZOS
+    )
     scene = Scene(cls, style, color, size, bg_kind, abs(angle_deg) > 45, clutter, occluded)
     return np.asarray(out), scene
 
@@ -405,8 +549,13 @@ _CAPTION_FORMS = [
 MISLABELLED = 0.03  # captions that name the wrong object
 SYNONYMOUS = 0.1  # captions that name the object by a synonym
 UNNAMED = 0.06  # captions that name no object
-_BG_WORDS = {"plain": "plain", "gradient": "smooth", "texture": "textured", "stripes": "striped",
-             "checker": "checkered"}
+_BG_WORDS = {
+    "plain": "plain",
+    "gradient": "smooth",
+    "texture": "textured",
+    "stripes": "striped",
+    "checker": "checkered",
+}
 
 
 def caption(rng: np.random.Generator, scene: Scene) -> str:
@@ -418,8 +567,13 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
     else:
         cls = scene.cls
     color = "grey" if scene.style == "sketch" else scene.color  # sketches have no colour
-    words = dict(cls=cls, color=color, size=scene.size,
-                 style=str(rng.choice(STYLE_WORDS[scene.style])), bg=_BG_WORDS[scene.background])
+    words = dict(
+        cls=cls,
+        color=color,
+        size=scene.size,
+        style=str(rng.choice(STYLE_WORDS[scene.style])),
+        bg=_BG_WORDS[scene.background],
+    )
     if rng.random() < UNNAMED:  # alt-text that never names the object
         return f"a {words['style']} with {color} colors"
     text = str(rng.choice(_CAPTION_FORMS)).format(**words)
@@ -432,6 +586,7 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Tables.
+
 
 def _encode_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -450,16 +605,21 @@ def _make_chunk(args) -> list[dict]:
         rng = np.random.default_rng([seed, _TABLE_IDS[table], i])
         label = int(rng.integers(len(CLASSNAMES)))
         arr, scene = render(rng, dist, label, image_size)
-        row = {"image_id": f"{table}-{i:06d}", "label": label, "image": _encode_png(arr),
-               "style": scene.style}
+        row = {
+            "image_id": f"{table}-{i:06d}",
+            "label": label,
+            "image": _encode_png(arr),
+            "style": scene.style,
+        }
         if table == "pretrain":
             row["caption"] = caption(rng, scene)
         rows.append(row)
     return rows
 
 
-def make_table(table: str, n: int, seed: int, image_size: int = 32, workers: int = 1,
-               chunk: int = _CHUNK):
+def make_table(
+    table: str, n: int, seed: int, image_size: int = 32, workers: int = 1, chunk: int = _CHUNK
+):
     """Draw ``n`` images of ``table`` (a key of DISTRIBUTIONS) as a DataFrame."""
     jobs = [(seed, table, a, min(a + chunk, n), image_size) for a in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
@@ -470,9 +630,18 @@ def make_table(table: str, n: int, seed: int, image_size: int = 32, workers: int
     return pd.DataFrame([r for c in chunks for r in c])
 
 
-def prepare(out_dir: Path, *, seed: int = 0, image_size: int = 32, pretrain_size: int = 20000,
-            train_size: int = 4000, val_size: int = 1000, test_size: int = 2000,
-            ood_size: int = 1000, workers: int = 1) -> None:
+def prepare(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    image_size: int = 32,
+    pretrain_size: int = 20000,
+    train_size: int = 4000,
+    val_size: int = 1000,
+    test_size: int = 2000,
+    ood_size: int = 1000,
+    workers: int = 1,
+) -> None:
     """Write every table of the embedded benchmark into ``out_dir``."""
     sizes = {"pretrain": pretrain_size, "train": train_size, "val": val_size, "test": test_size}
     sizes.update({s.name: ood_size for s in EVAL_SETS if s.ood})
@@ -485,7 +654,11 @@ def prepare(out_dir: Path, *, seed: int = 0, image_size: int = 32, pretrain_size
 @register_benchmark("embedded")
 def embedded_benchmark() -> Benchmark:
     return Benchmark(
-        name="embedded", classnames=list(CLASSNAMES), templates=list(TEMPLATES),
-        eval_sets=list(EVAL_SETS), prepare=prepare, extra_tables=["pretrain"],
+        name="embedded",
+        classnames=list(CLASSNAMES),
+        templates=list(TEMPLATES),
+        eval_sets=list(EVAL_SETS),
+        prepare=prepare,
+        extra_tables=["pretrain"],
         description=__doc__.split("\n\n")[0],
     )

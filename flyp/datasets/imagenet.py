@@ -41,24 +41,55 @@ from flyp.io import UserError
 
 _IMAGENET_SITE = "https://image-net.org/download-images.php (free account)"
 DOWNLOADS = [
-    Download("imagenet_train", None, size=147_897_477_120, md5="1d675b47d978889d74fa0da5fadfb00e",
-             manual=f"ILSVRC2012_img_train.tar from {_IMAGENET_SITE}", inner_tars=True),
-    Download("imagenet_val", None, size=6_744_924_160, md5="29b22e2961454d5413ddabcf34fc5622",
-             manual=f"ILSVRC2012_img_val.tar from {_IMAGENET_SITE}"),
-    Download("imagenet_devkit", None, md5="fa75699e90414af021442c21a62c3abf",
-             manual=f"ILSVRC2012_devkit_t12.tar.gz from {_IMAGENET_SITE}"),
-    Download("imagenetv2", "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
-             "imagenetv2-matched-frequency.tar.gz", size=1_264_079_360,
-             sha256="f0c37fdf925916b19ea1323cd9a2208cdb6959ba2c32eef2a7fc393835c9ca7c"),
-    Download("imagenet_r", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
-             size=2_191_079_936),
-    Download("imagenet_a", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
-             size=687_552_512),
-    Download("imagenet_sketch", "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/"
-             "main/data/ImageNet-Sketch.zip", size=7_593_573_012,
-             sha256="4d3ce6b82a7c48aabf14aeac105eb533e75707f152cc858f55bfc022031a72ed"),
-    Download("objectnet", None, manual="objectnet-1.0.zip from https://objectnet.dev/download.html;"
-             " unzip it with the password given there"),
+    Download(
+        "imagenet_train",
+        None,
+        size=147_897_477_120,
+        md5="1d675b47d978889d74fa0da5fadfb00e",
+        manual=f"ILSVRC2012_img_train.tar from {_IMAGENET_SITE}",
+        inner_tars=True,
+    ),
+    Download(
+        "imagenet_val",
+        None,
+        size=6_744_924_160,
+        md5="29b22e2961454d5413ddabcf34fc5622",
+        manual=f"ILSVRC2012_img_val.tar from {_IMAGENET_SITE}",
+    ),
+    Download(
+        "imagenet_devkit",
+        None,
+        md5="fa75699e90414af021442c21a62c3abf",
+        manual=f"ILSVRC2012_devkit_t12.tar.gz from {_IMAGENET_SITE}",
+    ),
+    Download(
+        "imagenetv2",
+        "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+        "imagenetv2-matched-frequency.tar.gz",
+        size=1_264_079_360,
+        sha256="f0c37fdf925916b19ea1323cd9a2208cdb6959ba2c32eef2a7fc393835c9ca7c",
+    ),
+    Download(
+        "imagenet_r",
+        "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+        size=2_191_079_936,
+    ),
+    Download(
+        "imagenet_a", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", size=687_552_512
+    ),
+    Download(
+        "imagenet_sketch",
+        "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/"
+        "main/data/ImageNet-Sketch.zip",
+        size=7_593_573_012,
+        sha256="4d3ce6b82a7c48aabf14aeac105eb533e75707f152cc858f55bfc022031a72ed",
+    ),
+    Download(
+        "objectnet",
+        None,
+        manual="objectnet-1.0.zip from https://objectnet.dev/download.html;"
+        " unzip it with the password given there",
+    ),
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -94,10 +125,13 @@ def templates() -> list[str]:
 # Logit projections: (B, 1000) logits -> (B, K) logits over a set's own classes. The table tells
 # which ImageNet class(es) each of its labels stands for.
 
+
 def _per_label(table: pd.DataFrame | None, column: str) -> list:
     if table is None or column not in table.columns:
-        raise UserError(f"this test set's table needs a {column!r} column to map the "
-                        f"1000 ImageNet logits to its classes")
+        raise UserError(
+            f"this test set's table needs a {column!r} column to map the "
+            f"1000 ImageNet logits to its classes"
+        )
     first = table.drop_duplicates("label").sort_values("label")
     if not np.array_equal(first["label"].to_numpy(), np.arange(len(first))):
         raise UserError(f"labels of a class subset must be 0..K-1; got {first['label'].tolist()}")
@@ -126,13 +160,18 @@ EVAL_SETS = [
     EvalSet("r", ood=True, description="ImageNet-R, 200 classes", project_logits=select_columns),
     EvalSet("a", ood=True, description="ImageNet-A, 200 classes", project_logits=select_columns),
     EvalSet("sketch", ood=True, description="ImageNet-Sketch"),
-    EvalSet("objectnet", ood=True, description="ObjectNet, 113 classes mapped to ImageNet",
-            project_logits=max_over_mapped),
+    EvalSet(
+        "objectnet",
+        ood=True,
+        description="ObjectNet, 113 classes mapped to ImageNet",
+        project_logits=max_over_mapped,
+    ),
 ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading the raw folders
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
@@ -143,8 +182,13 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _image_names(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".")
-                  and e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        e.name
+        for e in os.scandir(folder)
+        if not e.name.startswith(".")
+        and e.is_file()
+        and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def find_root(folder: Path, is_root: Callable[[Path], bool], what: str, depth: int = 3) -> Path:
@@ -152,8 +196,10 @@ def find_root(folder: Path, is_root: Callable[[Path], bool], what: str, depth: i
     folders, e.g. ``imagenet-r/``; a linked folder adds ``source/``). Folders with many subfolders
     (class folders) are not searched."""
     if not folder.is_dir():
-        raise UserError(f"{folder}: not found; fetch and unpack the raw data first "
-                        f"(the download rules, or `flyp download`)")
+        raise UserError(
+            f"{folder}: not found; fetch and unpack the raw data first "
+            f"(the download rules, or `flyp download`)"
+        )
     level = [folder]
     for _ in range(depth + 1):
         below = []
@@ -188,8 +234,13 @@ def read_devkit(devkit: Path) -> tuple[list[str], dict[int, str]]:
     return sorted(leaves.values()), leaves
 
 
-def _rows(root: Path, folders: list[str], labels: list[int], out_dir: Path,
-          extra: dict[str, list] | None = None) -> pd.DataFrame:
+def _rows(
+    root: Path,
+    folders: list[str],
+    labels: list[int],
+    out_dir: Path,
+    extra: dict[str, list] | None = None,
+) -> pd.DataFrame:
     """One row per image of ``root/<folder>/``; paths relative to ``out_dir`` (the tables)."""
     out = os.path.abspath(out_dir)
     ids, ys, paths, more = [], [], [], {k: [] for k in extra or {}}
@@ -201,8 +252,9 @@ def _rows(root: Path, folders: list[str], labels: list[int], out_dir: Path,
             paths.append(f"{rel}/{name}".replace(os.sep, "/"))
             for k in more:
                 more[k].append(extra[k][i])
-    return pd.DataFrame({"image_id": ids, "label": np.asarray(ys, dtype=np.int64), "path": paths,
-                         **more})
+    return pd.DataFrame(
+        {"image_id": ids, "label": np.asarray(ys, dtype=np.int64), "path": paths, **more}
+    )
 
 
 def _wnid_label(wnid_index: dict[str, int], wnid: str, where: Path) -> int:
@@ -216,8 +268,9 @@ def train_table(root: Path, wnid_index: dict[str, int], out_dir: Path) -> pd.Dat
     return _rows(root, folders, [_wnid_label(wnid_index, w, root) for w in folders], out_dir)
 
 
-def val_table(root: Path, devkit: Path, wnid_index: dict[str, int], id_to_wnid: dict[int, str],
-              out_dir: Path) -> pd.DataFrame:
+def val_table(
+    root: Path, devkit: Path, wnid_index: dict[str, int], id_to_wnid: dict[int, str], out_dir: Path
+) -> pd.DataFrame:
     """The val set. As archived it is flat: image ``i`` (1-based) has the ILSVRC2012_ID on line
     ``i`` of the devkit's ground truth, and its label is the sorted-wnid index of that ID's wnid.
     A copy already sorted into wnid folders is accepted too, if every image sits in the folder
@@ -236,19 +289,29 @@ def val_table(root: Path, devkit: Path, wnid_index: dict[str, int], id_to_wnid: 
     else:  # sorted into wnid folders
         files = {n: f"{d.name}/{n}" for d in _subdirs(root) for n in _image_names(d)}
         label_of = dict(zip(names, labels, strict=True))
-        wrong = [f for n, f in files.items()
-                 if n in label_of and wnid_index.get(f.split("/")[0]) != label_of[n]]
+        wrong = [
+            f
+            for n, f in files.items()
+            if n in label_of and wnid_index.get(f.split("/")[0]) != label_of[n]
+        ]
         if wrong:
-            raise UserError(f"{root}: {len(wrong)} val images are in another class folder than "
-                            f"the devkit's ground truth says (first: {wrong[0]})")
+            raise UserError(
+                f"{root}: {len(wrong)} val images are in another class folder than "
+                f"the devkit's ground truth says (first: {wrong[0]})"
+            )
     missing = [n for n in names if n not in files]
     if missing:
-        raise UserError(f"{root}: {len(missing)} of the {len(ids)} val images are missing "
-                        f"(first: {missing[0]})")
+        raise UserError(
+            f"{root}: {len(missing)} of the {len(ids)} val images are missing (first: {missing[0]})"
+        )
     rel = os.path.relpath(os.path.abspath(root), os.path.abspath(out_dir)).replace(os.sep, "/")
-    return pd.DataFrame({"image_id": [n.rsplit(".", 1)[0] for n in names],
-                         "label": np.asarray(labels, np.int64),
-                         "path": [f"{rel}/{files[n]}" for n in names]})
+    return pd.DataFrame(
+        {
+            "image_id": [n.rsplit(".", 1)[0] for n in names],
+            "label": np.asarray(labels, np.int64),
+            "path": [f"{rel}/{files[n]}" for n in names],
+        }
+    )
 
 
 def v2_table(root: Path, out_dir: Path) -> pd.DataFrame:
@@ -266,8 +329,9 @@ def subset_table(root: Path, wnid_index: dict[str, int], out_dir: Path) -> pd.Da
     ImageNet label of that wnid for the logit projection."""
     folders = [p.name for p in _subdirs(root) if _image_names(p)]
     imagenet = [_wnid_label(wnid_index, w, root) for w in folders]
-    return _rows(root, folders, list(range(len(folders))), out_dir,
-                 extra={"imagenet_label": imagenet})
+    return _rows(
+        root, folders, list(range(len(folders))), out_dir, extra={"imagenet_label": imagenet}
+    )
 
 
 def sketch_table(root: Path, wnid_index: dict[str, int], out_dir: Path) -> pd.DataFrame:
@@ -300,8 +364,10 @@ def objectnet_mapping(root: Path) -> dict[str, list[int]]:
             raise UserError(f"{m}: ObjectNet class {name!r} has no folder")
         unknown = [n for n in imagenet_names.split("; ") if n not in index_of_name]
         if unknown:
-            raise UserError(f"{m}: ImageNet class names {unknown} of {name!r} are not in "
-                            f"imagenet_to_label_2012_v2")
+            raise UserError(
+                f"{m}: ImageNet class names {unknown} of {name!r} are not in "
+                f"imagenet_to_label_2012_v2"
+            )
         mapping[folder_of[name]] = sorted(index_of_name[n] for n in imagenet_names.split("; "))
     return mapping
 
@@ -312,12 +378,19 @@ def objectnet_table(root: Path, out_dir: Path) -> pd.DataFrame:
     mapping = objectnet_mapping(root)
     images = root / "images"
     folders = [p.name for p in _subdirs(images) if p.name in mapping and _image_names(p)]
-    df = _rows(images, folders, list(range(len(folders))), out_dir,
-               extra={"imagenet_labels": [mapping[f] for f in folders]})
+    df = _rows(
+        images,
+        folders,
+        list(range(len(folders))),
+        out_dir,
+        extra={"imagenet_labels": [mapping[f] for f in folders]},
+    )
     df["crop"] = np.int64(OBJECTNET_BORDER)
     n_imagenet = len({c for f in folders for c in mapping[f]})
-    _log(f"objectnet: {len(folders)} classes (of {len(_subdirs(images))} folders) mapped to "
-         f"{n_imagenet} ImageNet classes; {len(df)} images evaluated")
+    _log(
+        f"objectnet: {len(folders)} classes (of {len(_subdirs(images))} folders) mapped to "
+        f"{n_imagenet} ImageNet classes; {len(df)} images evaluated"
+    )
     return df
 
 
@@ -330,37 +403,55 @@ def split_holdout(df: pd.DataFrame, size: int, seed: int) -> tuple[pd.DataFrame,
     return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
 
 
-def prepare(out_dir: Path, *, raw_dir: str = "data/raw", seed: int = 0,
-            val_size: int = 10000) -> None:
+def prepare(
+    out_dir: Path, *, raw_dir: str = "data/raw", seed: int = 0, val_size: int = 10000
+) -> None:
     """Index the unpacked archives under ``raw_dir`` (one folder per download, named as in
     ``DOWNLOADS``) into the benchmark's tables in ``out_dir``."""
     raw, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    devkit = find_root(raw / "imagenet_devkit", lambda d: (d / "data" / "meta.mat").is_file(),
-                       "ILSVRC2012 devkit (data/meta.mat)")
+    devkit = find_root(
+        raw / "imagenet_devkit",
+        lambda d: (d / "data" / "meta.mat").is_file(),
+        "ILSVRC2012 devkit (data/meta.mat)",
+    )
     wnids, id_to_wnid = read_devkit(devkit)
     wnid_index = {w: i for i, w in enumerate(wnids)}
 
     train_root = find_root(raw / "imagenet_train", _has_wnid_folders, "wnid folders")
     train, val = split_holdout(train_table(train_root, wnid_index, out_dir), val_size, seed)
-    val_root = find_root(raw / "imagenet_val",
-                         lambda d: (d / "ILSVRC2012_val_00000001.JPEG").is_file()
-                         or _has_wnid_folders(d), "ILSVRC2012_val_*.JPEG images")
+    val_root = find_root(
+        raw / "imagenet_val",
+        lambda d: (d / "ILSVRC2012_val_00000001.JPEG").is_file() or _has_wnid_folders(d),
+        "ILSVRC2012_val_*.JPEG images",
+    )
     tables = {
         "train": train,
         "val": val,
         "test": val_table(val_root, devkit, wnid_index, id_to_wnid, out_dir),
-        "v2": v2_table(find_root(raw / "imagenetv2", lambda d: (d / "0").is_dir(),
-                                 "class folders 0..999"), out_dir),
-        "r": subset_table(find_root(raw / "imagenet_r", _has_wnid_folders, "wnid folders"),
-                          wnid_index, out_dir),
-        "a": subset_table(find_root(raw / "imagenet_a", _has_wnid_folders, "wnid folders"),
-                          wnid_index, out_dir),
-        "sketch": sketch_table(find_root(raw / "imagenet_sketch", _has_wnid_folders,
-                                         "wnid folders"), wnid_index, out_dir),
-        "objectnet": objectnet_table(find_root(
-            raw / "objectnet", lambda d: (d / "mappings" / "objectnet_to_imagenet_1k.json")
-            .is_file(), "objectnet-1.0 (mappings/, images/)"), out_dir),
+        "v2": v2_table(
+            find_root(raw / "imagenetv2", lambda d: (d / "0").is_dir(), "class folders 0..999"),
+            out_dir,
+        ),
+        "r": subset_table(
+            find_root(raw / "imagenet_r", _has_wnid_folders, "wnid folders"), wnid_index, out_dir
+        ),
+        "a": subset_table(
+            find_root(raw / "imagenet_a", _has_wnid_folders, "wnid folders"), wnid_index, out_dir
+        ),
+        "sketch": sketch_table(
+            find_root(raw / "imagenet_sketch", _has_wnid_folders, "wnid folders"),
+            wnid_index,
+            out_dir,
+        ),
+        "objectnet": objectnet_table(
+            find_root(
+                raw / "objectnet",
+                lambda d: (d / "mappings" / "objectnet_to_imagenet_1k.json").is_file(),
+                "objectnet-1.0 (mappings/, images/)",
+            ),
+            out_dir,
+        ),
     }
     for name, df in tables.items():
         if df.empty:
@@ -372,7 +463,11 @@ def prepare(out_dir: Path, *, raw_dir: str = "data/raw", seed: int = 0,
 @register_benchmark("imagenet")
 def imagenet_benchmark() -> Benchmark:
     return Benchmark(
-        name="imagenet", classnames=classnames(), templates=templates(),
-        eval_sets=list(EVAL_SETS), prepare=prepare, downloads=list(DOWNLOADS),
+        name="imagenet",
+        classnames=classnames(),
+        templates=templates(),
+        eval_sets=list(EVAL_SETS),
+        prepare=prepare,
+        downloads=list(DOWNLOADS),
         description=__doc__.split("\n\n")[0],
     )

@@ -29,8 +29,15 @@ def write_manifest(data_dir: Path, bench: Benchmark, settings: dict) -> None:
         if not path.is_file():
             raise UserError(f"{path}: prepare did not write this table")
         tables[name] = {"sha256": sha256_file(path), "rows": len(read_table(path, ["label"]))}
-    write_json(Path(data_dir) / MANIFEST, {"benchmark": bench.name, "settings": settings,
-                                           "classes": bench.classnames, "tables": tables})
+    write_json(
+        Path(data_dir) / MANIFEST,
+        {
+            "benchmark": bench.name,
+            "settings": settings,
+            "classes": bench.classnames,
+            "tables": tables,
+        },
+    )
 
 
 def data_hash(data_dir: Path) -> str:
@@ -73,7 +80,9 @@ def referenced_files(table: Path) -> list[tuple[str, int, int]]:
         try:
             st = os.stat(table.parent / rel)
         except OSError as e:
-            raise UserError(f"{table}: image file {rel!r} not readable ({e.strerror}); the raw "
-                            f"data changed after the data step, rerun it") from None
+            raise UserError(
+                f"{table}: image file {rel!r} not readable ({e.strerror}); the raw "
+                f"data changed after the data step, rerun it"
+            ) from None
         out.append((rel, st.st_size, st.st_mtime_ns))
     return out

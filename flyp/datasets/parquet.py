@@ -34,8 +34,10 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
         present = pq.read_schema(path).names
         missing = set(REQUIRED_COLUMNS if columns is None else columns) - set(present)
         if missing:
-            raise UserError(f"{path}: missing columns {sorted(missing)} (it has {present}); "
-                            f"rerun the step that wrote it")
+            raise UserError(
+                f"{path}: missing columns {sorted(missing)} (it has {present}); "
+                f"rerun the step that wrote it"
+            )
         return pq.read_table(path, columns=columns).to_pandas()
     except (pa.ArrowInvalid, OSError) as e:
         reason = " ".join(str(e).split())  # Arrow's messages span lines (schemas)

@@ -45,8 +45,11 @@ def download_name(split: str, xy: str) -> str:
 
 # No checksums: the MD5s published for the Google Drive copies (torchvision) and for Zenodo have
 # not been checked against each other.
-DOWNLOADS = [Download(download_name(split, xy), f"{_ZENODO}{h5_name(split, xy)}.gz?download=1")
-             for split in SPLITS.values() for xy in ("x", "y")]
+DOWNLOADS = [
+    Download(download_name(split, xy), f"{_ZENODO}{h5_name(split, xy)}.gz?download=1")
+    for split in SPLITS.values()
+    for xy in ("x", "y")
+]
 _CHUNK = 4096  # rows read from the HDF5 file at a time
 
 
@@ -59,8 +62,9 @@ def _dataset(f, key: str):
     raise UserError(f"{f.filename}: no {key!r} array (has {list(f)})")
 
 
-def write_split(x_file: Path, y_file: Path, table: str, out_dir: Path, per_class: int,
-                seed: list[int]) -> int:
+def write_split(
+    x_file: Path, y_file: Path, table: str, out_dir: Path, per_class: int, seed: list[int]
+) -> int:
     """PNGs and table of one split: every row, or ``per_class`` rows per class drawn from
     ``seed``. Returns the number of rows."""
     import h5py
@@ -78,36 +82,60 @@ def write_split(x_file: Path, y_file: Path, table: str, out_dir: Path, per_class
             wanted = rows[(rows >= start) & (rows < start + _CHUNK)]
             if len(wanted) == 0:
                 continue
-            block = images[start:min(start + _CHUNK, len(labels))]  # (B, 96, 96, 3)
+            block = images[start : min(start + _CHUNK, len(labels))]  # (B, 96, 96, 3)
             for r in wanted:
                 Image.fromarray(block[r - start]).save(folder / f"{r:06d}.png", compress_level=1)
-    return write_image_table(out_dir / f"{table}.parquet", [f"{table}-{r:06d}" for r in rows],
-                             labels[rows], [f"images/{table}/{r:06d}.png" for r in rows])
+    return write_image_table(
+        out_dir / f"{table}.parquet",
+        [f"{table}-{r:06d}" for r in rows],
+        labels[rows],
+        [f"images/{table}/{r:06d}.png" for r in rows],
+    )
 
 
-def prepare(out_dir: Path, *, raw_dir: str = "data/raw", split_seed: int = 0,
-            train_per_class: int = 0, val_per_class: int = 0) -> None:
+def prepare(
+    out_dir: Path,
+    *,
+    raw_dir: str = "data/raw",
+    split_seed: int = 0,
+    train_per_class: int = 0,
+    val_per_class: int = 0,
+) -> None:
     """train/val/test tables and PNGs from the six unpacked HDF5 files in ``raw_dir``
     (``pcam_<split>_<x|y>/``); ``*_per_class`` 0 keeps the whole split."""
     out_dir, raw = Path(out_dir), Path(raw_dir)
     keep = {"train": train_per_class, "val": val_per_class, "test": 0}
     sizes = {}
     for i, (table, split) in enumerate(SPLITS.items()):
-        files = {xy: locate(raw / download_name(split, xy), [h5_name(split, xy)], "pcam")
-                 / h5_name(split, xy) for xy in ("x", "y")}
-        sizes[table] = write_split(files["x"], files["y"], table, out_dir, keep[table],
-                                   [split_seed, i])
-    write_split_record(out_dir, {
-        "benchmark": "pcam", "split": "official (HDF5 files)", "files": SPLITS,
-        "seed": split_seed, "per_class": {k: v or "all" for k, v in keep.items()},
-        "sizes": sizes})
+        files = {
+            xy: locate(raw / download_name(split, xy), [h5_name(split, xy)], "pcam")
+            / h5_name(split, xy)
+            for xy in ("x", "y")
+        }
+        sizes[table] = write_split(
+            files["x"], files["y"], table, out_dir, keep[table], [split_seed, i]
+        )
+    write_split_record(
+        out_dir,
+        {
+            "benchmark": "pcam",
+            "split": "official (HDF5 files)",
+            "files": SPLITS,
+            "seed": split_seed,
+            "per_class": {k: v or "all" for k, v in keep.items()},
+            "sizes": sizes,
+        },
+    )
 
 
 @register_benchmark("pcam")
 def pcam_benchmark() -> Benchmark:
     return Benchmark(
-        name="pcam", classnames=list(CLASSNAMES), templates=list(TEMPLATES),
+        name="pcam",
+        classnames=list(CLASSNAMES),
+        templates=list(TEMPLATES),
         eval_sets=[EvalSet("test", ood=False, description="official PatchCamelyon test split")],
-        prepare=prepare, downloads=list(DOWNLOADS),
+        prepare=prepare,
+        downloads=list(DOWNLOADS),
         description="PatchCamelyon: metastatic tissue in lymph-node patches (few-shot)",
     )

@@ -47,8 +47,9 @@ def find_dir(root: Path, markers: Sequence[str], depth: int = 3) -> Path | None:
     """The shallowest folder at or under ``root`` holding every path in ``markers``."""
     if not root.is_dir():
         return None
-    return next((d for d in _walk_dirs(root, depth)
-                 if all((d / m).exists() for m in markers)), None)
+    return next(
+        (d for d in _walk_dirs(root, depth) if all((d / m).exists() for m in markers)), None
+    )
 
 
 def locate(folder: str | os.PathLike, markers: Sequence[str], what: str, hint: str = "") -> Path:
@@ -56,12 +57,13 @@ def locate(folder: str | os.PathLike, markers: Sequence[str], what: str, hint: s
     ``markers``; a UserError saying what is missing otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{what}: {folder} not found; fetch and unpack the raw data first (the "
-                        f"download rules, or `flyp download`). {hint}".strip())
+        raise UserError(
+            f"{what}: {folder} not found; fetch and unpack the raw data first (the "
+            f"download rules, or `flyp download`). {hint}".strip()
+        )
     found = find_dir(folder, markers)
     if found is None:
-        raise UserError(f"{what}: no folder with {', '.join(markers)} in {folder}. "
-                        f"{hint}".strip())
+        raise UserError(f"{what}: no folder with {', '.join(markers)} in {folder}. {hint}".strip())
     return found
 
 
@@ -72,8 +74,9 @@ def image_path(file: Path, out_dir: Path) -> str:
     return rel.replace(os.sep, "/")
 
 
-def class_folder_images(root: Path, folders: Sequence[str], pattern: str
-                        ) -> tuple[list[Path], list[int]]:
+def class_folder_images(
+    root: Path, folders: Sequence[str], pattern: str
+) -> tuple[list[Path], list[int]]:
     """Image files of ``root/<folder>/`` matching ``pattern`` (sorted), labelled by the folder's
     index in ``folders``; every folder must exist and hold at least one image."""
     files, labels = [], []
@@ -86,13 +89,18 @@ def class_folder_images(root: Path, folders: Sequence[str], pattern: str
     return files, labels
 
 
-def write_image_table(path: Path, image_ids: Sequence[str], labels: Sequence[int],
-                      paths: Sequence[str]) -> int:
+def write_image_table(
+    path: Path, image_ids: Sequence[str], labels: Sequence[int], paths: Sequence[str]
+) -> int:
     """Write a table of image files (``image_id``, int64 ``label``, ``path``); returns its
     number of rows."""
-    df = pd.DataFrame({"image_id": pd.Series(list(image_ids), dtype=str),
-                       "label": pd.Series(list(labels), dtype="int64"),
-                       "path": pd.Series(list(paths), dtype=str)})
+    df = pd.DataFrame(
+        {
+            "image_id": pd.Series(list(image_ids), dtype=str),
+            "label": pd.Series(list(labels), dtype="int64"),
+            "path": pd.Series(list(paths), dtype=str),
+        }
+    )
     write_table(df, path)
     return len(df)
 
@@ -100,22 +108,28 @@ def write_image_table(path: Path, image_ids: Sequence[str], labels: Sequence[int
 def check_exist(files: Iterable[Path], what: str) -> None:
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"{what}: {len(missing)} image files missing, e.g. {missing[0]} "
-                        "(incomplete download or extraction?)")
+        raise UserError(
+            f"{what}: {len(missing)} image files missing, e.g. {missing[0]} "
+            "(incomplete download or extraction?)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Seeded splits.
 
-def stratified_split(labels: Sequence[int], fractions: dict[str, float], seed: int,
-                     rest: str = "train") -> dict[str, np.ndarray]:
+
+def stratified_split(
+    labels: Sequence[int], fractions: dict[str, float], seed: int, rest: str = "train"
+) -> dict[str, np.ndarray]:
     """Row indices per split: in each class (ascending), a seeded permutation of its rows gives
     ``round(fraction * n)`` rows to each named split in order; the remaining rows go to ``rest``.
     The result depends only on (labels, fractions, seed)."""
     labels = np.asarray(labels)
     if any(f < 0 for f in fractions.values()) or sum(fractions.values()) >= 1:
-        raise UserError(f"split fractions {fractions}: each must be >= 0 and together < 1 "
-                        f"(the rest is {rest!r})")
+        raise UserError(
+            f"split fractions {fractions}: each must be >= 0 and together < 1 "
+            f"(the rest is {rest!r})"
+        )
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {name: [] for name in [*fractions, rest]}
     for c in np.unique(labels):
@@ -123,15 +137,18 @@ def stratified_split(labels: Sequence[int], fractions: dict[str, float], seed: i
         start = 0
         for name, fraction in fractions.items():
             n = int(round(fraction * len(rows)))
-            out[name].append(rows[start:start + n])
+            out[name].append(rows[start : start + n])
             start += n
         out[rest].append(rows[start:])
-    return {name: np.sort(np.concatenate(parts)) if parts else np.zeros(0, int)
-            for name, parts in out.items()}
+    return {
+        name: np.sort(np.concatenate(parts)) if parts else np.zeros(0, int)
+        for name, parts in out.items()
+    }
 
 
-def per_class_sample(labels: Sequence[int], per_class: int, seed: int | Sequence[int]
-                     ) -> np.ndarray:
+def per_class_sample(
+    labels: Sequence[int], per_class: int, seed: int | Sequence[int]
+) -> np.ndarray:
     """Sorted row indices of a seeded draw of ``per_class`` rows from each class (all rows of a
     class with fewer)."""
     labels = np.asarray(labels)

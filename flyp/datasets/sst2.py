@@ -21,8 +21,13 @@ from flyp.datasets.rawdata import (
 
 CLASSNAMES = ["negative", "positive"]  # label = index; the class folders have these names
 TEMPLATES = ["a {} review of a movie."]
-DOWNLOADS = [Download("rendered_sst2", "https://openaipublic.azureedge.net/clip/data/"
-                      "rendered-sst2.tgz", md5="2384d08e9dcfa4bd55b324e610496ee5")]
+DOWNLOADS = [
+    Download(
+        "rendered_sst2",
+        "https://openaipublic.azureedge.net/clip/data/rendered-sst2.tgz",
+        md5="2384d08e9dcfa4bd55b324e610496ee5",
+    )
+]
 SPLITS = {"train": "train", "val": "valid", "test": "test"}  # table -> folder
 
 
@@ -35,18 +40,26 @@ def prepare(out_dir: Path, *, raw_dir: str = "data/raw") -> None:
     sizes = {}
     for table, folder in SPLITS.items():
         files, labels = class_folder_images(root / folder, CLASSNAMES, "*.png")
-        sizes[table] = write_image_table(out_dir / f"{table}.parquet",
-                                         [f"{folder}/{f.parent.name}/{f.stem}" for f in files],
-                                         labels, [image_path(f, out_dir) for f in files])
-    write_split_record(out_dir, {"benchmark": "sst2", "split": "official (folders)",
-                                 "folders": SPLITS, "sizes": sizes})
+        sizes[table] = write_image_table(
+            out_dir / f"{table}.parquet",
+            [f"{folder}/{f.parent.name}/{f.stem}" for f in files],
+            labels,
+            [image_path(f, out_dir) for f in files],
+        )
+    write_split_record(
+        out_dir,
+        {"benchmark": "sst2", "split": "official (folders)", "folders": SPLITS, "sizes": sizes},
+    )
 
 
 @register_benchmark("sst2")
 def sst2_benchmark() -> Benchmark:
     return Benchmark(
-        name="sst2", classnames=list(CLASSNAMES), templates=list(TEMPLATES),
+        name="sst2",
+        classnames=list(CLASSNAMES),
+        templates=list(TEMPLATES),
         eval_sets=[EvalSet("test", ood=False, description="official Rendered SST2 test split")],
-        prepare=prepare, downloads=list(DOWNLOADS),
+        prepare=prepare,
+        downloads=list(DOWNLOADS),
         description="Rendered SST2: sentiment of rendered movie reviews (few-shot)",
     )

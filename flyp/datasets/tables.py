@@ -45,9 +45,10 @@ class ImageTable(torch.utils.data.Dataset):
             with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except (OSError, TypeError, ValueError) as e:  # TypeError/ValueError: null or odd bytes
-            raise UserError(f"{self.path}: image {self.df['image_id'].iat[i]!r} (row {i}) is not "
-                            f"a readable image ({type(e).__name__}: {e}); rerun the data step"
-                            ) from None
+            raise UserError(
+                f"{self.path}: image {self.df['image_id'].iat[i]!r} (row {i}) is not "
+                f"a readable image ({type(e).__name__}: {e}); rerun the data step"
+            ) from None
 
     def load_image(self, i: int) -> Image.Image:
         if self._images is not None:
@@ -57,8 +58,10 @@ class ImageTable(torch.utils.data.Dataset):
             with Image.open(file) as im:
                 image = im.convert("RGB")
         except OSError as e:
-            raise UserError(f"{file}: cannot read image {self.df['image_id'].iat[i]!r} of "
-                            f"{self.path.name} ({e})") from None
+            raise UserError(
+                f"{file}: cannot read image {self.df['image_id'].iat[i]!r} of "
+                f"{self.path.name} ({e})"
+            ) from None
         if "crop" in self.df.columns:  # a border to drop before any transform (ObjectNet: 2 px)
             b = int(self.df["crop"].iat[i])
             image = image.crop((b, b, image.width - b, image.height - b))

@@ -67,9 +67,11 @@ class Context:
             rows = np.flatnonzero(labels == c)
             if len(rows) < self.shots:
                 name = self.benchmark.name
-                raise UserError(f"presets.{name}.fewshot.shots: k={self.shots}, but class {c} "
-                                f"({self.benchmark.classnames[c]!r}) has only {len(rows)} "
-                                f"{split} images in {name}; use a smaller k")
+                raise UserError(
+                    f"presets.{name}.fewshot.shots: k={self.shots}, but class {c} "
+                    f"({self.benchmark.classnames[c]!r}) has only {len(rows)} "
+                    f"{split} images in {name}; use a smaller k"
+                )
             picked.append(rng.choice(rows, self.shots, replace=False))
         return np.sort(np.concatenate(picked))
 
@@ -100,8 +102,9 @@ class Context:
         return xy if rows is None else (xy[0][rows], xy[1][rows])
 
     def zero_shot_head(self, clip: nn.Module) -> nn.Linear:
-        return build_zero_shot_head(clip, self.tokenizer, self.benchmark.classnames,
-                                    self.benchmark.templates)
+        return build_zero_shot_head(
+            clip, self.tokenizer, self.benchmark.classnames, self.benchmark.templates
+        )
 
     def validate(self, classifier: nn.Module) -> dict:
         """ID-val score (the benchmark's ID metric) and cross-entropy of ``classifier``; what
@@ -141,8 +144,10 @@ class Method:
         specs = cls.option_specs()
         for key, value in options.items():
             if key not in specs:
-                raise UserError(f"{where}: unknown option {key!r}; valid options: "
-                                f"{describe_options(specs.values())}")
+                raise UserError(
+                    f"{where}: unknown option {key!r}; valid options: "
+                    f"{describe_options(specs.values())}"
+                )
             try:
                 specs[key].parse(value)
             except UserError as e:

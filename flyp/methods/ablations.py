@@ -56,28 +56,32 @@ def contrastive_loss_without_collisions(image_features, text_features, logit_sca
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def gathered_loss_without_collisions(clip_loss, image_features, text_features, logit_scale,
-                                     labels):
+def gathered_loss_without_collisions(clip_loss, image_features, text_features, logit_scale, labels):
     """The same over several ranks: this rank's b pairs against the N of the global batch, the
     features gathered with their gradients (open_clip's local loss, ``ClipLoss.get_logits``) and
     every rank's labels gathered for the mask. The mean over ranks is the global batch's loss."""
-    logits_per_image, logits_per_text = clip_loss.get_logits(image_features, text_features,
-                                                              logit_scale)  # (b, N) each
+    logits_per_image, logits_per_text = clip_loss.get_logits(
+        image_features, text_features, logit_scale
+    )  # (b, N) each
     target = clip_loss.get_ground_truth(labels.device, len(labels))  # (b,): each one's own pair
     collision = labels[:, None] == distributed.gather_rows(labels)[None, :]  # (b, N)
     collision[torch.arange(len(labels), device=labels.device), target] = False
-    return (F.cross_entropy(logits_per_image.masked_fill(collision, float("-inf")), target)
-            + F.cross_entropy(logits_per_text.masked_fill(collision, float("-inf")), target)) / 2
+    return (
+        F.cross_entropy(logits_per_image.masked_fill(collision, float("-inf")), target)
+        + F.cross_entropy(logits_per_text.masked_fill(collision, float("-inf")), target)
+    ) / 2
 
 
 class NoCollisionsTask(FlypTask):
     def objective(self, image_features, text_features, logit_scale, batch):
         labels = to_device(batch[1], self.device)
         if distributed.world_size() > 1:
-            return gathered_loss_without_collisions(self.clip_loss, image_features,
-                                                    text_features, logit_scale, labels)
-        return contrastive_loss_without_collisions(image_features, text_features, logit_scale,
-                                                   labels)
+            return gathered_loss_without_collisions(
+                self.clip_loss, image_features, text_features, logit_scale, labels
+            )
+        return contrastive_loss_without_collisions(
+            image_features, text_features, logit_scale, labels
+        )
 
 
 @register_method("ce_both_towers")

@@ -27,30 +27,38 @@ def load_caption_bank(ctx: Context, train_ids) -> tuple[torch.Tensor, torch.Tens
     """Labels of the training images ``train_ids`` (N,) in order and the tokenised captions of
     every (class, template) pair (C, T, L), from the caption tables written by ``flyp captions``."""
     captions = read_table(table_path(ctx.captions_dir, "captions"))
-    templates = read_table(table_path(ctx.captions_dir, "templates"),
-                           columns=["template_set", "template"])
+    templates = read_table(
+        table_path(ctx.captions_dir, "templates"), columns=["template_set", "template"]
+    )
     captions = captions.set_index("image_id")
     missing = set(train_ids) - set(captions.index)
     if missing:
-        raise UserError(f"{table_path(ctx.captions_dir, 'captions')}: no caption row for "
-                        f"{len(missing)} training images; rerun the captions step")
+        raise UserError(
+            f"{table_path(ctx.captions_dir, 'captions')}: no caption row for "
+            f"{len(missing)} training images; rerun the captions step"
+        )
     captions = captions.loc[list(train_ids)]
     sets = captions["template_set"].unique()
     where = table_path(ctx.captions_dir, "captions")
     if list(sets) != [ctx.benchmark.name]:
-        raise UserError(f"{where}: template sets {list(sets)}, expected only benchmark "
-                        f"{ctx.benchmark.name!r}'s; rerun the captions step for this benchmark")
+        raise UserError(
+            f"{where}: template sets {list(sets)}, expected only benchmark "
+            f"{ctx.benchmark.name!r}'s; rerun the captions step for this benchmark"
+        )
     texts = templates.loc[templates["template_set"] == sets[0], "template"].tolist()
     if not texts:
-        raise UserError(f"{table_path(ctx.captions_dir, 'templates')}: no template of set "
-                        f"{sets[0]!r}; rerun the captions step")
+        raise UserError(
+            f"{table_path(ctx.captions_dir, 'templates')}: no template of set "
+            f"{sets[0]!r}; rerun the captions step"
+        )
     # The table stores template texts; the benchmark's own template objects fill in the class name
     # their way (FMoW's article templates), so theirs render the captions.
     own = {str(t): t for t in ctx.benchmark.templates}
     texts = [own.get(t, t) for t in texts]
     classnames = captions.drop_duplicates("label").set_index("label")["classname"]
-    names = [classnames.get(c, ctx.benchmark.classnames[c])
-             for c in range(len(ctx.benchmark.classnames))]
+    names = [
+        classnames.get(c, ctx.benchmark.classnames[c]) for c in range(len(ctx.benchmark.classnames))
+    ]
     tokens = prompt_tokens(ctx.tokenizer, tuple(t.format(c) for c in names for t in texts))
     tokens = tokens.view(len(names), len(texts), -1)
     return torch.tensor(captions["label"].to_numpy()), tokens

@@ -10,8 +10,11 @@ class L2SPTask(CrossEntropyTask):
         super().__init__(ctx, classifier)
         self.lam = lam
         # (parameter, its pretrained value) for every trained encoder weight
-        self.anchors = [(p, p.detach().clone()) for name, p in classifier.clip.named_parameters()
-                        if p.requires_grad]
+        self.anchors = [
+            (p, p.detach().clone())
+            for name, p in classifier.clip.named_parameters()
+            if p.requires_grad
+        ]
 
     def loss(self, batch):
         penalty = sum(((p - p0) ** 2).sum() for p, p0 in self.anchors)
@@ -26,5 +29,3 @@ class L2SP(Method):
     def task(self, ctx: Context) -> L2SPTask:
         ft = FullFinetune().task(ctx)
         return L2SPTask(ctx, ft.module, self.option(ctx, "lambda"))
-
-

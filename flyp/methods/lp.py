@@ -19,7 +19,7 @@ from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier
 from flyp.scoring import METRICS
 
-C_GRID = [10.0 ** k for k in range(-2, 6)]
+C_GRID = [10.0**k for k in range(-2, 6)]
 
 
 def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
@@ -37,9 +37,18 @@ def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
     return head
 
 
-def fit_linear_probe(train, val, c_grid=C_GRID, *, metric: str = "accuracy", val_table=None,
-                     n_classes: int | None = None, device=None, chunk_rows: int = CHUNK_ROWS,
-                     **solver):
+def fit_linear_probe(
+    train,
+    val,
+    c_grid=C_GRID,
+    *,
+    metric: str = "accuracy",
+    val_table=None,
+    n_classes: int | None = None,
+    device=None,
+    chunk_rows: int = CHUNK_ROWS,
+    **solver,
+):
     """(head nn.Linear, chosen C, its val score) from (features, labels) pairs: the C of ``c_grid``
     whose head scores best on val by ``metric`` (a name in flyp.scoring.METRICS, given
     ``val_table`` when it reads one); ties go to the stronger regularisation. ``n_classes``: the
@@ -49,13 +58,15 @@ def fit_linear_probe(train, val, c_grid=C_GRID, *, metric: str = "accuracy", val
     device = device or xt.device
     classes, y_idx = torch.unique(yt, return_inverse=True)
     if len(classes) < 2:
-        raise UserError(f"linear probe: the training features have {len(classes)} class; "
-                        "expected at least 2")
+        raise UserError(
+            f"linear probe: the training features have {len(classes)} class; expected at least 2"
+        )
     n_classes = n_classes or int(max(yt.max(), yv.max())) + 1
     xt, xv = xt.to(device, torch.float32), xv.to(device, torch.float32)
     best = None
-    for c, fit in regularisation_path(xt, y_idx.to(device), len(classes), c_grid,
-                                      chunk_rows=chunk_rows, **solver):
+    for c, fit in regularisation_path(
+        xt, y_idx.to(device), len(classes), c_grid, chunk_rows=chunk_rows, **solver
+    ):
         head = probe_head(fit, classes.to(device), n_classes)
         with torch.no_grad():
             logits = torch.cat([head(x).cpu() for x in xv.split(chunk_rows)])  # (N_val, C)
@@ -82,15 +93,24 @@ class LinearProbe(Method):
 
     def classifier(self, ctx: Context) -> ImageClassifier:
         features = read_features(self.option(ctx, "features"))
-        train, val = ctx.subset_features(features["train"]), ctx.subset_features(
-            features["val"], split="val")
+        train, val = (
+            ctx.subset_features(features["train"]),
+            ctx.subset_features(features["val"], split="val"),
+        )
         table = val_table(ctx)
         if len(table) != len(val[1]):
-            raise UserError(f"{self.option(ctx, 'features')}: {len(val[1])} val features "
-                            f"for {len(table)} val rows (features of other tables?)")
+            raise UserError(
+                f"{self.option(ctx, 'features')}: {len(val[1])} val features "
+                f"for {len(table)} val rows (features of other tables?)"
+            )
         metric = ctx.benchmark.id_set.metric
-        head, c, value = fit_linear_probe(train, val, metric=metric, val_table=table,
-                                          n_classes=len(ctx.benchmark.classnames),
-                                          device=ctx.device)
+        head, c, value = fit_linear_probe(
+            train,
+            val,
+            metric=metric,
+            val_table=table,
+            n_classes=len(ctx.benchmark.classnames),
+            device=ctx.device,
+        )
         ctx.notes.update(lp_C=c, lp_val_metric=metric, lp_val_score=value)
         return ImageClassifier(ctx.fresh_clip(), head.to(ctx.device))
