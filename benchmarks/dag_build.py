@@ -1,6 +1,6 @@
 """How long Snakemake takes to build the main job's DAG (`snakemake -n`), for a commit and for the
 working tree, side by side: each in its own copy with its own code (PYTHONPATH), the working
-tree's first with an empty parse cache (flyp.parsecache) and then with the cache it left.
+tree's first with an empty parse cache (flyp.workflow.parsecache) and then with the cache it left.
 
     python benchmarks/dag_build.py --against 49e393b
 

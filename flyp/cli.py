@@ -443,8 +443,8 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 @click.option("--force", is_flag=True, help="Also where Snakemake already has records.")
 def sync(force):
     """After `dvc pull` or `dvc checkout`: mark the outputs DVC restored as current for Snakemake,
-    when DVC finds them and the code to be what dvc.lock recorded (flyp/sync.py)."""
-    from flyp.sync import sync as run
+    when DVC finds them and the code to be what dvc.lock recorded (flyp/workflow/sync.py)."""
+    from flyp.workflow.sync import sync as run
 
     run(Path.cwd(), force=force, log=_log)
 

@@ -1,6 +1,6 @@
 """A method's own settings (``-o name=value``, or ``method_options.<method>.<name>`` in
 params.yaml), declared with their type, range and default. Light (no torch): the workflow checks
-params.yaml against them while it parses (flyp.catalog)."""
+params.yaml against them while it parses (flyp.workflow.catalog)."""
 
 from __future__ import annotations
 

@@ -36,14 +36,14 @@ def set_embedded(params: dict, *, sweep: dict | None = None, pretrain_seeds=None
 def training_methods(names=None) -> set[str]:
     """The registered methods (or those of ``names``) that train (flyp.methods.Method.trains),
     read from the registry, so that a new method file needs no test edit."""
-    from flyp.catalog import method_info, method_names
+    from flyp.workflow.catalog import method_info, method_names
 
     return {m for m in (names if names is not None else method_names()) if method_info(m).trains}
 
 
 def seeded_methods(names=None) -> set[str]:
     """The registered methods (or those of ``names``) whose full run depends on its seed."""
-    from flyp.catalog import method_info, method_names
+    from flyp.workflow.catalog import method_info, method_names
 
     return {m for m in (names if names is not None else method_names()) if method_info(m).seeded}
 

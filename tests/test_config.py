@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from flyp.config import load_params
 from flyp.io import UserError
+from flyp.workflow.config import load_params
 from tests.conftest import ROOT
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"

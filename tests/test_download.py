@@ -595,7 +595,7 @@ def test_a_stated_folder_is_refused_as_it_has_no_checksum(toy_benchmark, tmp_pat
 
 
 def test_params_schema_refuses_a_stated_source_without_a_checksum():
-    from flyp.config import read_yaml, validate
+    from flyp.workflow.config import read_yaml, validate
     from tests.conftest import ROOT
 
     schema = read_yaml(ROOT / "workflow/schemas/params.schema.yaml")

@@ -161,9 +161,9 @@ def test_snakemake_lint_is_clean():
     assert "Lints for" not in done.stdout + done.stderr
 
 
-# What each rule's code hash reaches (flyp/codeversion.py): the definitions a step's command runs.
+# What each rule's code hash reaches (flyp/workflow/codeversion.py): the definitions a step's command runs.
 def reached_modules(*entries) -> set[str]:
-    from flyp.codeversion import reached_code
+    from flyp.workflow.codeversion import reached_code
 
     return {key.split(":")[0] for key in reached_code(*entries)}
 
@@ -187,8 +187,8 @@ def test_a_method_reaches_its_own_module_and_not_the_others():
 
 
 def test_preparing_data_does_not_reach_templates_or_torch_code():
-    from flyp.codeversion import reached_code
     from flyp.datasets import get_benchmark
+    from flyp.workflow.codeversion import reached_code
 
     bench = get_benchmark("embedded")
     reached = reached_code("flyp.cli:prepare", bench.prepare)
@@ -200,7 +200,7 @@ def test_preparing_data_does_not_reach_templates_or_torch_code():
 def test_the_code_hash_ignores_comments_and_follows_edits(tmp_path, monkeypatch):
     import shutil
 
-    import flyp.codeversion as cv
+    import flyp.workflow.codeversion as cv
 
     copy = tmp_path / "flyp"
     shutil.copytree(ROOT / "flyp", copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -262,7 +262,7 @@ def test_provenance_names_the_commit_and_the_diff(tmp_path):
 def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
     """DVC sorts the keys of the parameters it records; rules that walk a mapping (the data
     options) must see them in params.yaml's order, or every job looks changed."""
-    from flyp.sync import ordered_like
+    from flyp.workflow.sync import ordered_like
 
     recorded = {"a": 1, "data": {"ood_size": 2, "seed": 0}, "z": [{"b": 1, "a": 2}]}
     current = {"z": [], "data": {"seed": 5, "ood_size": 3, "new": 1}, "lr": None}
@@ -311,12 +311,12 @@ def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
 
 
 def test_a_run_holds_dvcs_lock_so_no_dvc_command_starts(tmp_path):
-    """What a Snakemake run takes at its first job (flyp.sync.hold_dvc_lock): DVC's own lock, so
+    """What a Snakemake run takes at its first job (flyp.workflow.sync.hold_dvc_lock): DVC's own lock, so
     that DVC's commands refuse to start; a second holder is one line; no DVC project, no lock."""
     from dvc.lock import Lock, LockError
 
     from flyp.io import UserError
-    from flyp.sync import DVC_LOCK, hold_dvc_lock
+    from flyp.workflow.sync import DVC_LOCK, hold_dvc_lock
 
     assert hold_dvc_lock(tmp_path) is None
     (tmp_path / ".dvc").mkdir()

@@ -79,10 +79,10 @@ def test_every_class_of_the_smoke_world_has_the_smoke_scales_k(tmp_path):
     for every k (the check a few-shot job makes before it trains)."""
     import yaml
 
-    from flyp.config import load_params
     from flyp.datasets import get_benchmark, table_path
     from flyp.datasets.tables import read_table
     from flyp.methods import Context
+    from flyp.workflow.config import load_params
     from tests.conftest import ROOT
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from snakemake.utils import update_config
 
 from flyp.cli import main
-from flyp.config import load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.datasets.download import local_source, read_in_place
 from flyp.fixtures import MODEL, fixture_names
 from flyp.io import UserError
+from flyp.workflow.config import load_params, read_yaml
 from tests.conftest import ROOT
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from flyp.config import load_params
 from flyp.io import UserError
+from flyp.workflow.config import load_params
 from tests.conftest import ROOT
 from tests.test_miniature import miniature
 from tests.test_sweep import _project, dry_run

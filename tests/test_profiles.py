@@ -239,8 +239,8 @@ def test_device_cuda_without_a_gpu_is_one_line_at_parse_time(fixture_dir, no_gpu
 
 
 def test_a_preset_without_a_job_size_is_one_line():
-    from flyp.config import load_params, read_yaml
     from flyp.io import UserError
+    from flyp.workflow.config import load_params, read_yaml
 
     params = read_yaml(ROOT / "params.yaml")
     params["benchmark"] = "imagenet"

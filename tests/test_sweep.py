@@ -18,11 +18,11 @@ import yaml
 from click.testing import CliRunner
 
 from flyp.cli import main
-from flyp.config import load_params
 from flyp.io import UserError
 from flyp.models import save_checkpoint
 from flyp.report import sweep_lines, write_report
 from flyp.sweep import grid_points, is_swept, run_name, select
+from flyp.workflow.config import load_params
 from tests.conftest import ROOT, set_embedded, training_methods
 from tests.test_report import SETS, _write
 

@@ -17,13 +17,13 @@ from PIL import Image
 from scipy.io import savemat
 
 from flyp.cli import main as cli
-from flyp.config import load_params
 from flyp.datasets import caltech101, cars, flowers102, get_benchmark, pcam, sst2, table_path
 from flyp.datasets.download import archive_filename, extract_archive
 from flyp.datasets.rawdata import SPLITS_RECORD
 from flyp.datasets.tables import ImageTable, read_table
 from flyp.fixtures import get_fixture, transfer
 from flyp.io import UserError
+from flyp.workflow.config import load_params
 from tests.conftest import ROOT
 
 

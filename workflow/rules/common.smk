@@ -8,13 +8,13 @@ from functools import cache
 
 from snakemake.settings.enums import RerunTrigger
 
-from flyp.catalog import method_info
-from flyp.codeversion import code_version
-from flyp.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
+from flyp.workflow.catalog import method_info
+from flyp.workflow.codeversion import code_version
+from flyp.workflow.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
 from flyp.datasets import get_benchmark
 from flyp.io import UserError, read_json
 from flyp.sweep import PREFIX as SWEEP_PREFIX, grid_points, is_swept, run_name
-from flyp.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
+from flyp.workflow.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
     RUN = load_params(config, workflow.source_path("../schemas/params.schema.yaml"))
@@ -29,7 +29,7 @@ EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed 
 MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
-# One CLIP pretrained here per pretraining seed (flyp.config.resolve), shared by every method; with
+# One CLIP pretrained here per pretraining seed (flyp.workflow.config.resolve), shared by every method; with
 # several, each run of a method starts from one of them (pretrain_seed), so that a method's mean
 # and std over its runs take in the pretraining's variance too. Released weights are one model.
 PRETRAIN_SEEDS = RUN["pretrain_seeds"] or [None]
@@ -78,7 +78,7 @@ def cli_option(key, value):
 
 
 # What a step computes with besides its inputs and options, so that Snakemake reruns a job when it
-# changes (params are compared by content; see flyp/codeversion.py): the library code the step's
+# changes (params are compared by content; see flyp/workflow/codeversion.py): the library code the step's
 # `flyp` command reaches (a change that only evaluation calls reruns evaluation, not training),
 # and what it reads of the benchmark's definition (a template change reruns the captions and every
 # head, not the data or the pretraining).

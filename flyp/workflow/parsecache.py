@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flyp.io import UserError, write_json
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the flyp package
 
 
 def package_hash(package: Path = PACKAGE) -> str:

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from flyp import parsecache
+from flyp.workflow import parsecache
 
 PACKAGE = "flyp"
-ROOT = Path(__file__).resolve().parent  # the flyp package
+ROOT = Path(__file__).resolve().parents[1]  # the flyp package
 DATA_FILES = {"flyp.models": ("model_configs", "*.json")}  # files a module reads at import
 # Registries whose entry a job picks by name at run time: the rule names it as an entry (the
 # method's class, the benchmark's prepare), and the benchmark's definition (classes, templates,
@@ -40,7 +40,7 @@ Node = tuple[str, str | None]  # (module, top-level name); name None = the whole
 
 def code_version(*entries: str | Callable) -> str:
     """Hash of the code reached from ``entries``: ``"module:name"``, ``"module"`` (all of it), or
-    a function or class (its module and name). Kept in flyp.parsecache while the package does not
+    a function or class (its module and name). Kept in flyp.workflow.parsecache while the package does not
     change (walking the syntax trees of every step takes seconds)."""
     key = " ".join(sorted(":".join(n for n in _entry(e) if n) for e in entries))
     known = parsecache.load("codeversion", ROOT)

@@ -214,8 +214,8 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
 
 def check_names(run: dict, source: str = "params.yaml") -> None:
     """Benchmark and method names must be registered."""
-    from flyp.catalog import method_names
     from flyp.datasets import benchmark_names
+    from flyp.workflow.catalog import method_names
 
     if run["benchmark"] not in benchmark_names():
         raise UserError(
@@ -242,8 +242,8 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
 def check_method_options(run: dict, source: str = "params.yaml") -> None:
     """Each method's options must be a training key or one the method declares (not an input:
     the workflow passes those), of the declared type and range; one line naming the key."""
-    from flyp.catalog import method_info
     from flyp.options import describe_options
+    from flyp.workflow.catalog import method_info
 
     shared = (*METHOD_TRAIN_KEYS, METHOD_LR_SCALE)
     for name, options in run["method_options"].items():
@@ -267,8 +267,8 @@ def check_method_options(run: dict, source: str = "params.yaml") -> None:
 def check_sweep(run: dict, source: str = "params.yaml") -> None:
     """Each grid must name a registered method and vary a setting it has (flyp.sweep.check_grid);
     a method the run does not include is allowed (its grid is then unused)."""
-    from flyp.catalog import method_info, method_names
     from flyp.sweep import check_grid
+    from flyp.workflow.catalog import method_info, method_names
 
     for name, grid in run["sweep"].items():
         where = f"{source}: presets.{run['benchmark']}.sweep.{name}"

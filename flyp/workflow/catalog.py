@@ -3,7 +3,7 @@ trains, the files it reads, its own options, and where its class is defined (for
 
 The method classes (flyp/methods/*.py) are the one source. Reading them imports torch and
 open_clip (about 5 s), which would make every `snakemake -n` and no-op run slow, so what is read
-is kept in flyp.parsecache: any edit under flyp/ reads the classes again; an unchanged package
+is kept in flyp.workflow.parsecache: any edit under flyp/ reads the classes again; an unchanged package
 never imports torch to parse.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from flyp import parsecache
 from flyp.io import UserError
 from flyp.options import Option, option_specs
+from flyp.workflow import parsecache
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class MethodInfo:
     seeded: bool  # a full run depends on its seed (flyp.methods.Method.seeded)
     inputs: dict[str, str]  # option -> "features" | "method:<name>" (flyp.methods.Method.inputs)
     options: tuple[Option, ...]  # the method's own settings, inputs excluded
-    entry: str  # "module:Class", where the method's code starts (flyp.codeversion)
+    entry: str  # "module:Class", where the method's code starts (flyp.workflow.codeversion)
 
     def option_specs(self, *, with_inputs: bool = True) -> dict[str, Option]:
         """As flyp.methods.Method.option_specs."""
