@@ -21,8 +21,8 @@ from pathlib import Path
 
 from flyp.io import UserError, write_json
 
-# Training keys a grid may vary (flyp.workflow.config.METHOD_TRAIN_KEYS' numeric ones); any other key must
-# be a numeric option the method declares (flyp/methods/*.py, e.g. L2-SP's lambda).
+# Training keys a grid may vary (flyp.workflow.config.METHOD_TRAIN_KEYS' numeric ones); any
+# other key must be a numeric option the method declares (flyp/methods/*.py, e.g. L2-SP's lambda).
 TRAIN_KEYS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip")
 PREFIX = "sweep-"
 

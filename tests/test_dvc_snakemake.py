@@ -161,7 +161,8 @@ def test_snakemake_lint_is_clean():
     assert "Lints for" not in done.stdout + done.stderr
 
 
-# What each rule's code hash reaches (flyp/workflow/codeversion.py): the definitions a step's command runs.
+# What each rule's code hash reaches (flyp/workflow/codeversion.py): the definitions a step's
+# command runs.
 def reached_modules(*entries) -> set[str]:
     from flyp.workflow.codeversion import reached_code
 
@@ -311,8 +312,9 @@ def test_seedless_methods_run_once_and_every_seed_reuses_the_run():
 
 
 def test_a_run_holds_dvcs_lock_so_no_dvc_command_starts(tmp_path):
-    """What a Snakemake run takes at its first job (flyp.workflow.sync.hold_dvc_lock): DVC's own lock, so
-    that DVC's commands refuse to start; a second holder is one line; no DVC project, no lock."""
+    """What a Snakemake run takes at its first job (flyp.workflow.sync.hold_dvc_lock): DVC's own
+    lock, so that DVC's commands refuse to start; a second holder is one line; no DVC project, no
+    lock."""
     from dvc.lock import Lock, LockError
 
     from flyp.io import UserError

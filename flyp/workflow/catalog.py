@@ -3,8 +3,8 @@ trains, the files it reads, its own options, and where its class is defined (for
 
 The method classes (flyp/methods/*.py) are the one source. Reading them imports torch and
 open_clip (about 5 s), which would make every `snakemake -n` and no-op run slow, so what is read
-is kept in flyp.workflow.parsecache: any edit under flyp/ reads the classes again; an unchanged package
-never imports torch to parse.
+is kept in flyp.workflow.parsecache: any edit under flyp/ reads the classes again; an unchanged
+package never imports torch to parse.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ Node = tuple[str, str | None]  # (module, top-level name); name None = the whole
 
 def code_version(*entries: str | Callable) -> str:
     """Hash of the code reached from ``entries``: ``"module:name"``, ``"module"`` (all of it), or
-    a function or class (its module and name). Kept in flyp.workflow.parsecache while the package does not
-    change (walking the syntax trees of every step takes seconds)."""
+    a function or class (its module and name). Kept in flyp.workflow.parsecache while the package
+    does not change (walking the syntax trees of every step takes seconds)."""
     key = " ".join(sorted(":".join(n for n in _entry(e) if n) for e in entries))
     known = parsecache.load("codeversion", ROOT)
     if key not in known:
