@@ -13,12 +13,18 @@ from pathlib import Path
 # `dvc exp run -S ...` changes params.yaml on purpose. Outputs (the table, which Snakemake deletes
 # before the report job runs) and files outside these paths do not make a run "dirty".
 CODE_PATHS = ["flyp", "workflow", "Snakefile", "pyproject.toml"]
+# The checkout this flyp package was imported from: a step run from another folder (Snakemake's
+# -d, as `flyp fixture` prints it) still names the code that ran. An install into site-packages
+# is in no checkout: "unknown".
+CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_revision(cwd: Path | None = None) -> dict:
-    """{"commit", "diff_sha256", "diff"}: HEAD, and the uncommitted changes to CODE_PATHS (tracked
+    """{"commit", "diff_sha256", "diff"}: HEAD of the checkout ``cwd`` (default: the one this
+    package was imported from, CODE_ROOT), and the uncommitted changes to CODE_PATHS (tracked
     files' diff plus untracked files' content) with their hash; diff "" and diff_sha256 None when
     there are none. {"commit": None, ...} outside a git checkout of this project."""
+    cwd = cwd or CODE_ROOT
 
     def git(*args: str) -> str:
         return subprocess.run(

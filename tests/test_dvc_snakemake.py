@@ -260,6 +260,22 @@ def test_provenance_names_the_commit_and_the_diff(tmp_path):
     assert revision_label(code_revision(Path("/"))) == "unknown"
 
 
+def test_provenance_names_the_checkout_the_code_ran_from_wherever_the_job_runs(
+    tmp_path, monkeypatch
+):
+    """A job run in another folder (Snakemake's -d, as `flyp fixture` prints it) names the commit
+    of the checkout its flyp package was imported from, not "unknown"."""
+    from flyp.provenance import CODE_ROOT, code_revision
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip("the flyp package under test is not in a git checkout")
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    assert code_revision()["commit"] == head.stdout.strip()
+
+
 def test_sync_gives_the_recorded_parameters_the_order_of_params_yaml():
     """DVC sorts the keys of the parameters it records; rules that walk a mapping (the data
     options) must see them in params.yaml's order, or every job looks changed."""

@@ -111,6 +111,9 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
     assert set(columns) <= set(table.columns)
     assert table[columns].notna().all().all()
     assert table[columns].apply(lambda c: c.between(0, 100)).all().all()  # percent
+    # run from another folder (-d), the jobs name the commit of the code they ran
+    for column in ("git_revision", "eval_revision"):
+        assert table[column].str.fullmatch(r"[0-9a-f]{40}(\+diff\.[0-9a-f]{12})?").all(), column
 
     # The archives went through the download and extract rules, checked against stated sums.
     bench = get_benchmark(preset)
