@@ -58,6 +58,13 @@ def _csv_list(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
+def _csv_ints(value: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv_list(value)]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated integers, got {value!r}") from None
+
+
 def _setup_torch(threads: int):
     import torch
 
@@ -134,40 +141,38 @@ workers_option = click.option(
 )
 
 
+def _setting_option(setting, required: bool):
+    """The click option of a training setting (flyp.settings), typed and ranged as declared."""
+    if setting.type is bool:
+        return click.option(
+            f"{setting.flag}/--no-{setting.flag[2:]}",
+            default=setting.default,
+            show_default=True,
+            help=setting.help,
+        )
+    if setting.choices:
+        kind = click.Choice(list(setting.choices))
+    elif setting.minimum is None:
+        kind = setting.type
+    elif setting.type is int:
+        kind = click.IntRange(min=setting.minimum)
+    else:
+        kind = click.FloatRange(min=setting.minimum, min_open=setting.exclusive_minimum)
+    if setting.default is None:
+        return click.option(setting.flag, type=kind, required=required, help=setting.help)
+    return click.option(
+        setting.flag, type=kind, default=setting.default, show_default=True, help=setting.help
+    )
+
+
 def _train_options(f, required: bool = True):
-    """Hyperparameters shared by pretraining and every finetuning method (``required``: the four
-    without a default must be given; finetuning asks for them only for a method that trains)."""
+    """The training settings (flyp.settings), shared by pretraining and every finetuning method
+    (``required``: those without a default must be given; finetuning asks for them only for a
+    method that trains), and the switches of how a run goes, which change no number on a CPU."""
+    from flyp.settings import ARGUMENTS
+
     options = [
-        click.option("--epochs", type=click.IntRange(min=0), required=required),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), required=required),
-        click.option("--wd", type=click.FloatRange(min=0), required=required),
-        click.option("--batch-size", type=click.IntRange(min=1), required=required),
-        click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option(
-            "--grad-clip",
-            type=click.FloatRange(min=0),
-            default=0.0,
-            help="Max gradient norm (0: no clipping).",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True
-        ),
-        click.option(
-            "--decay",
-            type=click.Choice(["all", "matrices"]),
-            default="all",
-            show_default=True,
-            help="Weight decay on every parameter (the FLYP "
-            "reference) or on weight matrices only (not biases, norms, logit_scale).",
-        ),
-        click.option(
-            "--clamp-logit-scale/--no-clamp-logit-scale",
-            default=False,
-            show_default=True,
-            help="Clamp CLIP's logit_scale to ln 100 after each step "
-            "(open_clip's trainer; the FLYP reference does not).",
-        ),
+        *(_setting_option(s, required) for s in ARGUMENTS),
         workers_option,
         click.option(
             "--checkpoint-minutes",
@@ -204,38 +209,14 @@ def _train_options(f, required: bool = True):
 
 
 def _train_config(
-    epochs,
-    lr,
-    wd,
-    batch_size,
-    warmup_steps,
-    grad_clip,
-    seed,
-    precision,
-    decay,
-    clamp_logit_scale,
-    workers,
-    checkpoint_minutes,
-    tf32,
-    compile_towers,
-    grad_checkpointing,
-    *,
-    threads,
+    *, workers, checkpoint_minutes, tf32, compile_towers, grad_checkpointing, threads, **settings
 ):
+    """The TrainConfig of the training settings (flyp.settings) and run switches a command got."""
     from flyp.loading import resolve_workers
     from flyp.training import TrainConfig
 
     return TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        wd=wd,
-        batch_size=batch_size,
-        warmup_steps=warmup_steps,
-        seed=seed,
-        grad_clip=grad_clip or None,
-        precision=precision,
-        decay=decay,
-        clamp_logit_scale=clamp_logit_scale,
+        **{**settings, "grad_clip": settings["grad_clip"] or None},
         num_workers=resolve_workers(workers, threads),
         checkpoint_minutes=checkpoint_minutes,
         tf32=tf32,
@@ -600,10 +581,9 @@ def _finetune(
     from flyp.distributed import is_main, process_group
     from flyp.finetuning import finetune as run
     from flyp.methods import get_method
+    from flyp.settings import BY_NAME, REQUIRED
 
-    missing = [
-        f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "wd", "batch_size") if train[k] is None
-    ]
+    missing = [BY_NAME[k].flag for k in REQUIRED if train[k] is None]
     if missing and get_method(method_name).trains:
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     cfg = _train_config(**train, threads=threads)
@@ -861,13 +841,17 @@ def sweep_select(method_name, grid, out, checkpoints):
     "results_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder with <method>/<run>/{metrics,provenance,wise_metrics}.json.",
+    help="Folder with each run's {metrics,provenance,wise_metrics}.json, in the folders "
+    "<method>/seed<s> and <method>/k<k>/draw<d> (flyp.runs).",
 )
 @click.option("--methods", required=True, help="Comma-separated methods, in table order.")
-@click.option("--runs", required=True, help="Comma-separated full runs (seed0,seed1,...).")
+@click.option("--seeds", required=True, help="Comma-separated seeds of the full runs.")
 @click.option("--wise-methods", default="", help="Methods with a weight-ensembling row.")
 @click.option("--fewshot-methods", default="")
-@click.option("--fewshot-runs", default="", help="Comma-separated k<shots>-draw<n> runs.")
+@click.option("--shots", default="", help="Comma-separated k of the few-shot runs.")
+@click.option(
+    "--draws", type=click.IntRange(min=0), default=0, help="Few-shot draws of each k (0..n-1)."
+)
 @click.option("--table", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
@@ -902,10 +886,11 @@ def report(
     benchmark_name,
     results_dir,
     methods,
-    runs,
+    seeds,
     wise_methods,
     fewshot_methods,
-    fewshot_runs,
+    shots,
+    draws,
     table,
     metrics_out,
     plot_out,
@@ -924,10 +909,11 @@ def report(
         benchmark_name,
         results_dir,
         methods=_csv_list(methods),
-        runs=_csv_list(runs),
+        seeds=_csv_ints(seeds, "--seeds"),
         wise_methods=_csv_list(wise_methods),
         fewshot_methods=_csv_list(fewshot_methods),
-        fewshot_runs=_csv_list(fewshot_runs),
+        shots=_csv_ints(shots, "--shots"),
+        draws=draws,
         table=table,
         metrics_out=metrics_out,
         plot_out=plot_out,
