@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from flyp.io import UserError
-from flyp.workflow.config import load_params
+from flyp.workflow.config import load_params, training_settings
 from tests.conftest import ROOT
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -31,15 +31,17 @@ def test_dvc_style_string_numbers_are_coerced(params):
     assert isinstance(params["lr"], str)
     params["epochs"] = "3"
     run = load_params(params, SCHEMA)
-    assert run["finetune"]["lr"] == pytest.approx(1e-5)
-    assert run["finetune"]["epochs"] == 3 and isinstance(run["finetune"]["epochs"], int)
+    assert run["top_level"]["lr"] == pytest.approx(1e-5)
+    assert run["top_level"]["epochs"] == 3 and isinstance(run["top_level"]["epochs"], int)
 
 
 def test_top_level_keys_override_preset_and_scale(params):
     params["scale"] = "smoke"
     params["epochs"] = 7
     run = load_params(params, SCHEMA)
-    assert run["finetune"]["epochs"] == 7  # top level wins over the smoke scale
+    settings = training_settings(run, "ft", seed=0, classes=12)
+    assert settings["epochs"] == 7  # top level wins over the smoke scale
+    assert run["finetune"]["epochs"] == params["scales"]["smoke"]["finetune"]["epochs"]
     assert run["data"]["train_size"] == params["scales"]["smoke"]["data"]["train_size"]
 
 
@@ -150,3 +152,95 @@ def test_bad_few_shot_settings_name_the_preset(params, change, expected):
     params["presets"]["embedded"]["fewshot"].update(change)
     with pytest.raises(UserError, match=expected):
         load_params(params, SCHEMA)
+
+
+def _set(params: dict, dotted: str, value) -> None:
+    *parents, key = dotted.split(".")
+    for name in parents:
+        params = params.setdefault(name, {})
+    params[key] = value
+
+
+# One row per layer of training_settings' order, on the embedded preset (lr 1e-4 in its finetune
+# block, LP-FT's lr_scale 0.1) and on ImageNet (lr 1e-5, FT's method_options lr 3e-5, LP-FT's
+# lr 1e-5): (preset, params.yaml changes, method, the run (few-shot k, sweep point), the lr it
+# trains at). Each layer wins over the ones before it; lr_scale multiplies whatever lr results.
+EMB, IMN = "presets.embedded", "presets.imagenet"
+LAYERS = {
+    "preset": ("embedded", {}, "ft", {}, 1e-4),
+    "preset, imagenet": ("imagenet", {}, "flyp", {}, 1e-5),
+    "scale over preset": ("embedded", {"scales.full.finetune.lr": 5e-4}, "ft", {}, 5e-4),
+    "method_options over scale": (
+        "embedded",
+        {"scales.full.finetune.lr": 5e-4, f"{EMB}.method_options.ft.lr": 2e-4},
+        "ft",
+        {},
+        2e-4,
+    ),
+    "method_options, imagenet": ("imagenet", {}, "ft", {}, 3e-5),
+    "few-shot over method_options": (
+        "embedded",
+        {f"{EMB}.method_options.ft.lr": 2e-4, f"{EMB}.fewshot.finetune.lr": 7e-4},
+        "ft",
+        {"shots": 4},
+        7e-4,
+    ),
+    "sweep point over method_options": (
+        "embedded",
+        {f"{EMB}.method_options.ft.lr": 2e-4},
+        "ft",
+        {"point": {"lr": 9e-4}},
+        9e-4,
+    ),
+    "top level over all, embedded": (
+        "embedded",
+        {"lr": 1e-6, f"{EMB}.method_options.ft.lr": 2e-4, f"{EMB}.fewshot.finetune.lr": 7e-4},
+        "ft",
+        {"shots": 4},
+        1e-6,
+    ),
+    "top level over method_options, imagenet": ("imagenet", {"lr": 1e-6}, "ft", {}, 1e-6),
+    "top level, imagenet's LP-FT (no lr_scale)": ("imagenet", {"lr": 1e-6}, "lpft", {}, 1e-6),
+    "lr_scale x the preset's": ("embedded", {}, "lpft", {}, 1e-5),
+    "lr_scale x a sweep point's": ("embedded", {}, "lpft", {"point": {"lr": 1e-2}}, 1e-3),
+    "lr_scale x the top level's": ("embedded", {"lr": 1e-6}, "lpft", {}, 1e-7),
+    "lr_scale on imagenet": (
+        "imagenet",
+        {"lr": 1e-6, f"{IMN}.method_options.lpft": {"lr_scale": 0.5}},
+        "lpft",
+        {},
+        5e-7,
+    ),
+}
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_each_layer_of_the_settings_wins_over_the_ones_before(params, layer):
+    benchmark, changes, method, run, lr = LAYERS[layer]
+    params["benchmark"] = benchmark
+    for dotted, value in changes.items():
+        _set(params, dotted, value)
+    resolved = load_params(params, SCHEMA)
+    settings = training_settings(resolved, method, seed=3, classes=12, **run)
+    assert settings["lr"] == pytest.approx(lr, rel=1e-12)
+    assert settings["seed"] == 3
+
+
+def test_a_few_shot_run_without_a_batch_size_takes_its_whole_k_shot_set(params):
+    run = load_params(params, SCHEMA)
+    assert run["fewshot"]["finetune"]["batch_size"] is None
+    assert training_settings(run, "flyp", seed=0, classes=12, shots=4)["batch_size"] == 48
+    params["batch_size"] = 32  # the top level wins there too
+    run = load_params(params, SCHEMA)
+    assert training_settings(run, "flyp", seed=0, classes=12, shots=4)["batch_size"] == 32
+
+
+def test_a_scaled_lr_is_the_lr_a_user_means():
+    """1e-4 x 0.1 is 1e-05 (12 significant digits), not 1.0000000000000002e-05."""
+    run = {
+        "finetune": {"lr": 1e-4},
+        "method_options": {"lpft": {"lr_scale": 0.1}},
+        "fewshot": {"finetune": {}},
+        "top_level": {},
+    }
+    assert training_settings(run, "lpft", seed=0, classes=2)["lr"] == 1e-05

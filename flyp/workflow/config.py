@@ -17,24 +17,13 @@ import yaml
 from jsonschema.exceptions import best_match
 
 from flyp.io import UserError
+from flyp.settings import REQUIRED, TOP_LEVEL, TRAINING
 
-# Finetuning keys a user may set at the top level of params.yaml (null: keep the preset's value).
-TOP_LEVEL_FINETUNE_KEYS = ["lr", "wd", "epochs", "batch_size", "warmup_steps"]
-# Training settings a preset may override for one method under ``method_options.<method>`` (typed
-# by the schema); the workflow moves them out of the method's own options. ``lr_scale`` multiplies
-# the shared lr instead of replacing it.
-METHOD_TRAIN_KEYS = (
-    "epochs",
-    "lr",
-    "wd",
-    "batch_size",
-    "warmup_steps",
-    "grad_clip",
-    "precision",
-    "decay",
-    "clamp_logit_scale",
-)
-METHOD_LR_SCALE = "lr_scale"
+# The training settings (flyp.settings): those a method's ``method_options`` may set, besides
+# ``lr_scale`` (a factor on whatever lr the other layers give it), and those params.yaml may set
+# at its top level for every method (null: not set).
+TRAIN_KEYS = tuple(s.name for s in TRAINING)
+LR_SCALE = "lr_scale"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -91,11 +80,12 @@ def fill_defaults(instance, schema: dict, root: dict) -> None:
     if not isinstance(instance, dict):
         return
     for key, sub in schema.get("properties", {}).items():
-        resolved = sub
+        resolved, default = sub, sub.get("default")  # a default beside a $ref is the one
         while "$ref" in resolved:
             resolved = root["$defs"][resolved["$ref"].split("/")[-1]]
-        if key not in instance and "default" in resolved:
-            instance[key] = copy.deepcopy(resolved["default"])
+            default = resolved.get("default") if default is None else default
+        if key not in instance and (default is not None or "default" in resolved):
+            instance[key] = copy.deepcopy(default)
         if key in instance:
             fill_defaults(instance[key], resolved, root)
     extra = schema.get("additionalProperties")
@@ -142,7 +132,10 @@ def _merge(base: dict, overlay: dict) -> dict:
 
 
 def resolve(params: dict, source: str = "params.yaml") -> dict:
-    """The settings of this run: preset of the benchmark, then the scale, then top-level keys."""
+    """The settings of this run: the benchmark's preset with the scale's overrides merged in, the
+    top-level training keys (``top_level``), every method's grid without the keys these fix, the
+    few-shot protocol, seeds, alphas, methods and runtime. A run of one method trains with
+    ``training_settings`` of it."""
     benchmark, scale = params["benchmark"], params["scale"]
     if benchmark not in params["presets"]:
         raise UserError(
@@ -155,11 +148,15 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
         )
     run = _merge(params["presets"][benchmark], params["scales"][scale])
     run.setdefault("finetune", {})
-    fixed = {key: params[key] for key in TOP_LEVEL_FINETUNE_KEYS if params.get(key) is not None}
-    run["finetune"].update(fixed)
+    # The top-level training keys (`dvc exp run -S lr=1e-5`): the last layer of every run's
+    # settings, every method's (training_settings).
+    fixed = run["top_level"] = {
+        key: params[key] for key in TOP_LEVEL if params.get(key) is not None
+    }
     for stage in ("pretrain", "finetune"):
-        for key in ("epochs", "lr", "wd", "batch_size"):
-            if run.get(stage, {}).get(key) is None and (
+        settings = {**run.get(stage, {}), **(fixed if stage == "finetune" else {})}
+        for key in REQUIRED:
+            if settings.get(key) is None and (
                 stage == "finetune" or not run["model"].get("pretrained")
             ):
                 raise UserError(f"{source}: presets.{benchmark}.{stage}.{key}: no value set")
@@ -212,6 +209,54 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     return run
 
 
+def training_settings(
+    run: dict,
+    method: str,
+    *,
+    seed: int,
+    classes: int,
+    shots: int | None = None,
+    point: dict | None = None,
+) -> dict:
+    """The training settings (flyp.settings) one run of ``method`` trains with, and its seed. The
+    layers, each overriding the one before:
+
+    1. the preset's ``finetune`` (``presets.<benchmark>.finetune``);
+    2. the scale's (``scales.<scale>.finetune``);
+    3. the method's own (the training keys of ``method_options.<method>``);
+    4. for a few-shot run (``shots``: its k), the protocol's (``fewshot.finetune``), whose
+       ``batch_size`` null is the whole k x ``classes`` training set;
+    5. the sweep's ``point`` (a grid run's own; a full run's, the one picked);
+    6. the top-level keys of params.yaml that are set (``lr``, ``wd``, ...): every method, every
+       preset;
+
+    then ``lr`` times the method's ``lr_scale`` when it has one (``method_options``), rounded to
+    12 significant digits (1e-4 x 0.1 is 1e-05, not 1.0000000000000002e-05)."""
+    cfg = dict(run["finetune"])
+    options = run["method_options"].get(method, {})
+    cfg.update({k: v for k, v in options.items() if k in TRAIN_KEYS})
+    if shots is not None:
+        cfg.update(run["fewshot"]["finetune"])
+        if cfg.get("batch_size") is None:
+            cfg["batch_size"] = shots * classes
+    cfg.update({k: v for k, v in (point or {}).items() if k in TRAIN_KEYS})
+    cfg.update(run["top_level"])
+    if LR_SCALE in options:
+        cfg["lr"] = float(f"{cfg['lr'] * float(options[LR_SCALE]):.12g}")
+    return {**cfg, "seed": seed}
+
+
+def method_settings(run: dict, method: str, point: dict | None = None) -> dict:
+    """The method's own options (``method_options.<method>`` but its training keys and
+    ``lr_scale``), with those of the sweep's ``point`` (L2-SP's ``lambda``) over them."""
+    options = {
+        k: v
+        for k, v in run["method_options"].get(method, {}).items()
+        if k not in TRAIN_KEYS and k != LR_SCALE
+    }
+    return {**options, **{k: v for k, v in (point or {}).items() if k not in TRAIN_KEYS}}
+
+
 def check_names(run: dict, source: str = "params.yaml") -> None:
     """Benchmark and method names must be registered."""
     from flyp.datasets import benchmark_names
@@ -245,7 +290,7 @@ def check_method_options(run: dict, source: str = "params.yaml") -> None:
     from flyp.options import describe_options
     from flyp.workflow.catalog import method_info
 
-    shared = (*METHOD_TRAIN_KEYS, METHOD_LR_SCALE)
+    shared = (*TRAIN_KEYS, LR_SCALE)
     for name, options in run["method_options"].items():
         specs = method_info(name).option_specs(with_inputs=False)
         for key, value in options.items():
