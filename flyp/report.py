@@ -21,6 +21,7 @@ import pandas as pd
 
 from flyp.datasets import get_benchmark
 from flyp.io import atomic_path, read_json, sha256_file, write_json, write_text
+from flyp.runs import draw_run, full_run
 from flyp.sweep import describe
 
 ROBUSTNESS_BASELINES = ["lp", "ft", "lpft", "l2sp"]
@@ -47,7 +48,7 @@ def effective_robustness(line, id_acc: float, ood_acc: float) -> float:
 
 
 class Results:
-    """Reads results/<benchmark>/<method>/<run>/*.json."""
+    """Reads results/<benchmark>/<run>/*.json, a run's folder as flyp.runs names it."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -58,14 +59,14 @@ class Results:
         self.read.add(path)
         return path
 
-    def metrics(self, method: str, run: str, wise: bool = False) -> dict:
-        return read_json(self._path(method, run, "wise_metrics.json" if wise else "metrics.json"))
+    def metrics(self, run: str, wise: bool = False) -> dict:
+        return read_json(self._path(run, "wise_metrics.json" if wise else "metrics.json"))
 
-    def provenance(self, method: str, run: str) -> dict:
-        return read_json(self._path(method, run, "provenance.json"))
+    def provenance(self, run: str) -> dict:
+        return read_json(self._path(run, "provenance.json"))
 
-    def curve(self, method: str, run: str) -> pd.DataFrame:
-        return pd.read_csv(self._path(method, run, "wise_curve.csv"))
+    def curve(self, run: str) -> pd.DataFrame:
+        return pd.read_csv(self._path(run, "wise_curve.csv"))
 
     def selection(self, method: str) -> dict:
         """The method's sweep selection (`flyp sweep-select`)."""
@@ -156,10 +157,11 @@ def write_report(
     results_dir: Path,
     *,
     methods: list[str],
-    runs: list[str],
+    seeds: list[int],
     wise_methods: list[str],
-    fewshot_methods: list[str],
-    fewshot_runs: list[str],
+    fewshot_methods: list[str] = (),
+    shots: list[int] = (),
+    draws: int = 0,
     table: Path,
     metrics_out: Path,
     plot_out: Path | None = None,
@@ -198,28 +200,27 @@ def write_report(
     all_provs = []
     full = {}  # method -> its runs' metrics, reused for the robustness fit
     for m in methods:
-        metrics = full[m] = [res.metrics(m, r) for r in runs]
-        provs = [res.provenance(m, r) for r in runs]
+        metrics = full[m] = [res.metrics(full_run(m, s)) for s in seeds]
+        provs = [res.provenance(full_run(m, s)) for s in seeds]
         row, nested[m] = _aggregate(m, metrics, provs, columns, label)
         rows.append(row)
         all_provs += provs
     for m in wise_methods:
-        metrics = [res.metrics(m, r, wise=True) for r in runs]
-        provs = [res.provenance(m, r) for r in runs]
+        metrics = [res.metrics(full_run(m, s), wise=True) for s in seeds]
+        provs = [res.provenance(full_run(m, s)) for s in seeds]
         alphas = ";".join(f"{x['alpha']:g}" for x in metrics)
         row, nested[f"{m}+wise"] = _aggregate(
             f"{m}+wise", metrics, provs, columns, label, {"alpha": alphas}
         )
         rows.append(row)
-        curves = pd.concat([res.curve(m, r) for r in runs]).groupby("alpha").mean(numeric_only=True)
-        for alpha, c in curves.iterrows():
+        curves = pd.concat([res.curve(full_run(m, s)) for s in seeds])
+        for alpha, c in curves.groupby("alpha").mean(numeric_only=True).iterrows():
             points.append((m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan))))
     for m in fewshot_methods:
-        for shots in sorted({r.split("-")[0] for r in fewshot_runs}, key=lambda s: int(s[1:])):
-            draws = [r for r in fewshot_runs if r.split("-")[0] == shots]
-            name = f"{m}@{shots[1:]}shot"
-            metrics = [res.metrics(m, r) for r in draws]
-            provs = [res.provenance(m, r) for r in draws]
+        for k in sorted(shots):
+            name = f"{m}@{k}shot"
+            metrics = [res.metrics(draw_run(m, k, d)) for d in range(draws)]
+            provs = [res.provenance(draw_run(m, k, d)) for d in range(draws)]
             row, nested[name] = _aggregate(name, metrics, provs, columns, label)
             rows.append(row)
             all_provs += provs
@@ -246,7 +247,7 @@ def write_report(
         plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
     if sweep_methods:
         selections = {m: res.selection(m) for m in sweep_methods}
-        picked = {m: describe(s["picked"]) for m, s in selections.items()}
+        picked = {m: describe(s["trained"]) for m, s in selections.items()}
         df.insert(
             df.columns.get_loc("selected_on"),
             "picked",
@@ -362,11 +363,11 @@ def sweep_lines(selection: dict) -> list[tuple[str, list, list[float], list[bool
     others = [k for k in selection["grid"] if k != x_key]
     lines: dict[str, tuple[list, list[float], list[bool]]] = {}
     for r in selection["runs"]:
-        label = describe({k: r["setting"][k] for k in others})
+        label = describe({k: r["trained"][k] for k in others})
         xs, ys, picked = lines.setdefault(label, ([], [], []))
-        xs.append(r["setting"][x_key])
+        xs.append(r["trained"][x_key])
         ys.append(r["val_score"])
-        picked.append(r["run"] == selection["picked_run"])
+        picked.append(r["point"] == selection["picked_point"])
     return [(label, *line) for label, line in lines.items()]
 
 
@@ -382,11 +383,11 @@ def plot_sweep(selections: dict[str, dict], out: Path, csv_out: Path | None, tit
     rows = [
         {
             "method": m,
-            "setting": describe(r["setting"]),
+            "setting": describe(r["trained"]),
             "val_metric": r["val_metric"],
             "val_score": r["val_score"],
             "best_epoch": r["best_epoch"],
-            "picked": r["run"] == s["picked_run"],
+            "picked": r["point"] == s["picked_point"],
         }
         for m, s in selections.items()
         for r in s["runs"]

@@ -1,13 +1,15 @@
 """Per-method hyperparameter sweep, selected on ID-val.
 
 A preset's ``sweep`` maps a method to a grid: ``{lr: [1e-5, 1e-4], lambda: [0.01, 0.1]}`` (a
-training key or the method's own option, each with its values). The workflow trains every point
-of the grid (the cartesian product, keys in the order written) once, with the first seed, as a run
-named after its values (``sweep-lr1e-05-lambda0.01-seed0``); ``select`` then picks the point whose
-checkpoint has the best ID-val score, and every seed's full run trains at it. The scores are read
-from the checkpoints' headers (what finetuning recorded when it kept the epoch): the test sets are
-never evaluated for a grid run, so they cannot leak into the choice. Ties go to the first point
-in grid order.
+training setting or the method's own option, each with its values). The workflow trains every
+point of the grid (the cartesian product, keys in the order written) once, with the first seed, as
+a run named after the point (``<method>/sweep/lr1e-05-lambda0.01/seed0``, flyp.runs); ``select``
+then picks the point whose checkpoint has the best ID-val score, and every seed's full run trains
+at it. The scores are read from the checkpoints' headers (what finetuning recorded when it kept
+the epoch): the test sets are never evaluated for a grid run, so they cannot leak into the choice.
+Ties go to the first point in grid order. A point's training settings are resolved like any
+run's (flyp.workflow.config.training_settings: a grid's lr is multiplied by the method's
+lr_scale); what each run trained at is read back from its checkpoint (``trained``).
 
 A method whose grid has a single point is not swept: that point is its setting, as a
 ``method_options`` override would be. Light (no torch at import): the workflow reads it to parse.
@@ -20,11 +22,7 @@ import math
 from pathlib import Path
 
 from flyp.io import UserError, write_json
-
-# Training keys a grid may vary (flyp.workflow.config.METHOD_TRAIN_KEYS' numeric ones); any
-# other key must be a numeric option the method declares (flyp/methods/*.py, e.g. L2-SP's lambda).
-TRAIN_KEYS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip")
-PREFIX = "sweep-"
+from flyp.settings import SWEEPABLE
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
@@ -41,9 +39,9 @@ def is_swept(grid: dict[str, list] | None) -> bool:
     return bool(grid) and len(grid_points(grid)) > 1
 
 
-def run_name(point: dict, seed: int) -> str:
-    """The run of one grid point, named by its values: ``sweep-lr3e-05-seed0``."""
-    return PREFIX + "".join(f"{k}{v:g}-" for k, v in point.items()) + f"seed{seed}"
+def point_name(point: dict) -> str:
+    """A grid point's name, from its keys and values in grid order: ``lr1e-05-lambda0.01``."""
+    return "-".join(f"{k}{v:g}" for k, v in point.items())
 
 
 def describe(point: dict) -> str:
@@ -56,7 +54,7 @@ def check_grid(method: str, grid: dict[str, list], info, where: str) -> None:
     of a method that does not train, or an option it does not declare (or out of its range)."""
     specs = info.option_specs(with_inputs=False)
     for key, values in grid.items():
-        if key in TRAIN_KEYS:
+        if key in SWEEPABLE:
             if not info.trains:
                 raise UserError(
                     f"{where}.{key}: method {method} does not train; only its own "
@@ -65,7 +63,7 @@ def check_grid(method: str, grid: dict[str, list], info, where: str) -> None:
             continue
         if key not in specs or specs[key].type is str:
             numeric = [k for k, s in specs.items() if s.type is not str]
-            allowed = [*(TRAIN_KEYS if info.trains else ()), *numeric]
+            allowed = [*(SWEEPABLE if info.trains else ()), *numeric]
             raise UserError(
                 f"{where}.{key}: not a setting of method {method} that can be swept; "
                 f"expected one of {allowed}"
@@ -75,6 +73,14 @@ def check_grid(method: str, grid: dict[str, list], info, where: str) -> None:
                 specs[key].parse(value)
             except UserError as e:
                 raise UserError(f"{where}.{key}: {e}") from None
+
+
+def trained(info: dict, point: dict) -> dict:
+    """The values of ``point``'s keys that a run trained at, from its checkpoint's info: a
+    training setting as finetuning resolved it (LP-FT's lr after its lr_scale), an option as the
+    method got it."""
+    config = info.get("config") or {}
+    return {k: config[k] if k in config else config["options"][k] for k in point}
 
 
 def select(points: list[dict], checkpoints: list[Path]) -> dict:
@@ -87,13 +93,13 @@ def select(points: list[dict], checkpoints: list[Path]) -> dict:
     rows = []
     for point, path in zip(points, checkpoints, strict=True):
         info = checkpoint_layout(path)[0]["info"]
-        score = info.get("best_val_score")
         rows.append(
             {
-                "run": Path(path).parent.name,
+                "point": point_name(point),
                 "setting": point,
+                "trained": trained(info, point),
                 "val_metric": info.get("val_metric"),
-                "val_score": score,
+                "val_score": info.get("best_val_score"),
                 "best_epoch": info.get("best_epoch"),
             }
         )
@@ -110,7 +116,8 @@ def select(points: list[dict], checkpoints: list[Path]) -> dict:
     best = max(scored, key=lambda r: r["val_score"])  # max keeps the first of equal scores
     return {
         "picked": best["setting"],
-        "picked_run": best["run"],
+        "picked_point": best["point"],
+        "trained": best["trained"],
         "val_metric": best["val_metric"],
         "val_score": best["val_score"],
         "runs": rows,

@@ -39,7 +39,7 @@ def dry_run(work, benchmark: str, *args: str) -> str:
 
 def draws(out: str, benchmark: str) -> set[tuple[str, int, int]]:
     """(method, k, draw) of every few-shot checkpoint the dry run would train."""
-    pattern = rf"models/{benchmark}/(\w+)/k(\d+)-draw(\d+)/best\.safetensors"
+    pattern = rf"models/{benchmark}/(\w+)/k(\d+)/draw(\d+)/best\.safetensors"
     return {(m, int(k), int(d)) for m, k, d in re.findall(pattern, out)}
 
 
@@ -47,7 +47,7 @@ def test_imagenet_dry_run_has_no_few_shot_jobs(tmp_path):
     out = dry_run(workflow_copy(tmp_path), "imagenet")
     counts = job_counts(out)
     assert "finetune_fewshot" not in counts and counts["report"] == 1
-    assert not re.search(r"k\d+-draw\d+", out)
+    assert not re.search(r"k\d+/draw\d+", out)
 
 
 def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):

@@ -291,9 +291,9 @@ def test_dvc_experiment_reruns_only_what_the_parameter_touches(built):
     trained = {w for rule, w in ran if rule.startswith("finetune")}
     # lr reaches the methods that train; zero-shot and the linear probe do not train
     assert trained == {
-        "method=lpft, run=seed0",
-        "method=flyp, run=seed0",
-        "method=flyp, run=k2-draw0",
+        "method=lpft, seed=0",
+        "method=flyp, seed=0",
+        "method=flyp, shots=2, draw=0",
     }, out
     assert not re.search(DATA_AND_MODEL_RULES, out, re.M)
     assert (root / "models/embedded/pretrained.safetensors").read_bytes() == pretrained

@@ -76,8 +76,8 @@ def test_each_run_starts_from_its_own_pretrained_model(tmp_path):
     }
     starts = {}
     for command in _commands(jobs, "finetune") + _commands(jobs, "fewshot"):  # full runs, draws
-        run = re.search(r"--out models/embedded/\w+/([\w-]+)/best", command).group(1)
-        index = int(run[-1])  # seedN, kK-drawN
+        run = re.search(r"--out models/embedded/\w+/([\w/-]+)/best", command).group(1)
+        index = int(run[-1])  # seedN, kK/drawN
         model = re.search(r"--pretrained (\S+)", command).group(1)
         assert model == f"models/embedded/pretrained-seed{index}.safetensors", command
         if features := re.search(r"-o features=(\S+)", command):

@@ -13,6 +13,8 @@ SETS = ["test", "v2", "sketch", "r", "a", "objectnet"]
 
 
 def _write(root, method, run, metrics, wise=None, alpha=0.5):
+    """A run's result files; ``run``: its folder under the method's (flyp.runs: "seed0",
+    "k4/draw0"), whose last digit is its seed."""
     d = root / method / run
     d.mkdir(parents=True)
     full = {**metrics, "avg_ood": float(np.mean([metrics[s] for s in SETS[1:]]))}
@@ -63,16 +65,17 @@ def test_report_aggregates_seeds_wise_and_fewshot(tmp_path):
             {**dict.fromkeys(SETS, 0.45), "test": 0.62 + seed / 100},
             wise=dict.fromkeys(SETS, 0.6),
         )
-    _write(res, "ft", "k4-draw0", dict.fromkeys(SETS, 0.3))
-    _write(res, "ft", "k4-draw1", dict.fromkeys(SETS, 0.5))
+    _write(res, "ft", "k4/draw0", dict.fromkeys(SETS, 0.3))
+    _write(res, "ft", "k4/draw1", dict.fromkeys(SETS, 0.5))
     df = write_report(
         "embedded",
         res,
         methods=["zeroshot", "ft", "lp"],
-        runs=["seed0", "seed1"],
+        seeds=[0, 1],
         wise_methods=["ft", "lp"],
         fewshot_methods=["ft"],
-        fewshot_runs=["k4-draw0", "k4-draw1"],
+        shots=[4],
+        draws=2,
         table=tmp_path / "table.csv",
         metrics_out=tmp_path / "metrics.json",
         plot_out=tmp_path / "plot.png",

@@ -21,8 +21,9 @@ from flyp.cli import main
 from flyp.io import UserError
 from flyp.models import save_checkpoint
 from flyp.report import sweep_lines, write_report
-from flyp.sweep import grid_points, is_swept, run_name, select
-from flyp.workflow.config import load_params
+from flyp.runs import grid_run
+from flyp.sweep import grid_points, is_swept, point_name, select
+from flyp.workflow.config import load_params, training_settings
 from tests.conftest import ROOT, set_embedded, training_methods
 from tests.test_report import SETS, _write
 
@@ -42,7 +43,8 @@ def test_grid_points_are_the_product_in_the_order_written():
         {"lr": 1e-4, "lambda": 0.1},
         {"lr": 1e-4, "lambda": 0.01},
     ]
-    assert run_name(grid_points(grid)[1], 0) == "sweep-lr1e-05-lambda0.01-seed0"
+    assert point_name(grid_points(grid)[1]) == "lr1e-05-lambda0.01"
+    assert grid_run("l2sp", "lr1e-05-lambda0.01", 0) == "l2sp/sweep/lr1e-05-lambda0.01/seed0"
     assert is_swept({"lr": [1e-5, 1e-4]}) and not is_swept({"lr": [1e-5]}) and not is_swept({})
 
 
@@ -62,13 +64,18 @@ def test_the_real_presets_keep_the_papers_values_and_the_embedded_one_sweeps_lr(
         assert {m: list(grid)[1:] for m, grid in run["sweep"].items() if len(grid) > 1} == {
             "l2sp": ["lambda"]
         }
-        # one grid for all, LP-FT's with its smaller lrs too (a grid's lr is the one it trains at)
+        # one grid for all; LP-FT trains at its grid's lr times its lr_scale, so its grid goes
+        # further up, for the lrs it trains at to cover the shared grid and two below it
         lrs = {m: grid["lr"] for m, grid in run["sweep"].items()}
         scale = run["method_options"]["lpft"]["lr_scale"]
         lpft, shared = lrs.pop("lpft"), lrs["ft"]
-        own, rest = lpft[: -len(shared)], lpft[-len(shared) :]
-        assert rest == shared
-        assert all(any(lr == pytest.approx(scale * s) for s in shared) for lr in own)
+        assert lpft[: len(shared)] == shared
+        trained = [
+            training_settings(run, "lpft", seed=0, classes=12, point={"lr": lr})["lr"]
+            for lr in lpft
+        ]
+        assert trained == pytest.approx([scale * lr for lr in lpft])
+        assert set(shared) < set(trained) and min(trained) < min(shared)
         assert all(lr == lrs["ft"] for lr in lrs.values())
 
 
@@ -81,7 +88,8 @@ def test_a_top_level_key_fixes_that_setting_for_every_method(params):
     params["lr"] = 1e-5
     run = load_params(params, SCHEMA)
     assert run["sweep"] == {"l2sp": {"lambda": [0.01, 0.1]}}
-    assert run["finetune"]["lr"] == 1e-5
+    for method in ("flyp", "l2sp", "ft"):
+        assert training_settings(run, method, seed=0, classes=12)["lr"] == 1e-5
 
 
 def test_dvc_style_string_values_of_a_grid_are_numbers(params):
@@ -117,20 +125,16 @@ def test_a_bad_grid_is_one_line_naming_the_key(params, sweep, expected):
     assert expected in message
 
 
-def _checkpoint(path, val_score, epoch=1):
-    save_checkpoint(
-        path,
-        "RN50",
-        {"w": torch.zeros(2)},
-        None,
-        {"val_metric": "accuracy", "best_val_score": val_score, "best_epoch": epoch},
-    )
+def _checkpoint(path, val_score, epoch=1, config=None):
+    """A checkpoint that records its ID-val score and the settings it trained at."""
+    info = {"val_metric": "accuracy", "best_val_score": val_score, "best_epoch": epoch}
+    save_checkpoint(path, "RN50", {"w": torch.zeros(2)}, None, {**info, "config": config or {}})
     return path
 
 
-def _poisoned_test_metrics(run_dir, score):
-    """A test-set result beside a grid run that says the opposite of its ID-val score."""
-    results = run_dir.parent.parent / "results" / run_dir.name
+def _poisoned_test_metrics(root, folder, score):
+    """A test-set result for a grid run that says the opposite of its ID-val score."""
+    results = root / "results" / folder
     results.mkdir(parents=True, exist_ok=True)
     (results / "metrics.json").write_text(json.dumps({s: score for s in [*SETS, "avg_ood"]}))
 
@@ -140,10 +144,11 @@ def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
     val = [0.61, 0.74, 0.52]
     paths = []
     for point, score in zip(grid_points(grid), val, strict=True):
-        run = tmp_path / "models" / run_name(point, 0)
+        folder = grid_run("flyp", point_name(point), 0)
+        run = tmp_path / "models" / folder
         run.mkdir(parents=True)
-        paths.append(_checkpoint(run / "best.safetensors", score))
-        _poisoned_test_metrics(run, 1 - score)  # the test sets would pick lr 1e-3
+        paths.append(_checkpoint(run / "best.safetensors", score, config=point))
+        _poisoned_test_metrics(tmp_path, folder, 1 - score)  # the test sets would pick lr 1e-3
     out = tmp_path / "sweep.json"
     done = CliRunner().invoke(
         main,
@@ -160,10 +165,11 @@ def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
     )
     assert done.exit_code == 0, done.output
     picked = json.loads(out.read_text())
-    assert picked["picked"] == {"lr": 1e-4} and picked["picked_run"] == "sweep-lr0.0001-seed0"
+    assert picked["picked"] == {"lr": 1e-4} and picked["picked_point"] == "lr0.0001"
+    assert picked["trained"] == {"lr": 1e-4}  # what the picked run's checkpoint recorded
     assert picked["val_score"] == 0.74
     assert [r["val_score"] for r in picked["runs"]] == val
-    for metrics in tmp_path.glob("results/*/metrics.json"):
+    for metrics in tmp_path.glob("results/**/metrics.json"):
         metrics.unlink()  # and with no test result anywhere, the same pick
     assert select(grid_points(grid), paths)["picked"] == {"lr": 1e-4}
 
@@ -171,11 +177,13 @@ def test_the_best_id_val_score_wins_and_the_test_sets_are_not_read(tmp_path):
 def test_a_tie_goes_to_the_first_point_and_no_score_is_an_error(tmp_path):
     points = grid_points({"lr": [1e-5, 1e-4, 1e-3]})
     paths = [
-        _checkpoint(tmp_path / f"{i}.safetensors", s)
-        for i, s in enumerate([0.5, float("nan"), 0.5])
+        _checkpoint(tmp_path / f"{i}.safetensors", s, config=p)
+        for i, (s, p) in enumerate(zip([0.5, float("nan"), 0.5], points, strict=True))
     ]
     assert select(points, paths)["picked"] == {"lr": 1e-5}
-    paths = [_checkpoint(tmp_path / f"{i}.safetensors", None) for i in range(3)]
+    paths = [
+        _checkpoint(tmp_path / f"{i}.safetensors", None, config=p) for i, p in enumerate(points)
+    ]
     with pytest.raises(UserError, match="no ID-val score"):
         select(points, paths)
 
@@ -185,23 +193,26 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
     for seed in (0, 1):
         _write(res, "zeroshot", f"seed{seed}", dict.fromkeys(SETS, 0.5))
         _write(res, "ft", f"seed{seed}", dict.fromkeys(SETS, 0.6), wise=dict.fromkeys(SETS, 0.7))
+    # a grid of the lr before the method's lr_scale (0.1): the runs trained at a tenth of it
     runs = [
         {
-            "run": run_name({"lr": lr}, 0),
+            "point": point_name({"lr": lr}),
             "setting": {"lr": lr},
+            "trained": {"lr": lr / 10},
             "val_metric": "accuracy",
             "val_score": s,
             "best_epoch": 2,
         }
-        for lr, s in [(1e-5, 0.6), (1e-4, 0.7)]
+        for lr, s in [(1e-4, 0.6), (1e-3, 0.7)]
     ]
     (res / "ft" / "sweep.json").write_text(
         json.dumps(
             {
                 "method": "ft",
-                "grid": {"lr": [1e-5, 1e-4]},
-                "picked": {"lr": 1e-4},
-                "picked_run": runs[1]["run"],
+                "grid": {"lr": [1e-4, 1e-3]},
+                "picked": {"lr": 1e-3},
+                "picked_point": runs[1]["point"],
+                "trained": {"lr": 1e-4},
                 "val_metric": "accuracy",
                 "val_score": 0.7,
                 "runs": runs,
@@ -210,10 +221,8 @@ def test_the_table_names_the_picked_setting_and_the_figure_shows_the_grid(tmp_pa
     )
     kwargs = dict(
         methods=["zeroshot", "ft"],
-        runs=["seed0", "seed1"],
+        seeds=[0, 1],
         wise_methods=["ft"],
-        fewshot_methods=[],
-        fewshot_runs=[],
         metrics_out=tmp_path / "m.json",
     )
     plain = write_report("embedded", res, table=tmp_path / "plain.csv", **kwargs)
@@ -243,11 +252,11 @@ def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key
     grid = {"lambda": [0.1, 0.01], "lr": [1e-4, 1e-3, 1e-2]}
     points = grid_points(grid)
     runs = [
-        {"run": run_name(p, 0), "setting": p, "val_score": p["lr"] * 10 + p["lambda"]}
+        {"point": point_name(p), "trained": p, "val_score": p["lr"] * 10 + p["lambda"]}
         for p in points
     ]
-    picked = next(r["run"] for r in runs if r["setting"] == {"lambda": 0.01, "lr": 1e-3})
-    lines = sweep_lines({"grid": grid, "runs": runs, "picked_run": picked})
+    picked = next(r["point"] for r in runs if r["trained"] == {"lambda": 0.01, "lr": 1e-3})
+    lines = sweep_lines({"grid": grid, "runs": runs, "picked_point": picked})
     # lr along x wherever the grid has it, whatever its key order; a line per lambda
     assert [label for label, *_ in lines] == ["lambda=0.1", "lambda=0.01"]
     for label, xs, ys, flags in lines:
@@ -258,8 +267,8 @@ def test_the_figure_draws_a_two_key_grid_as_one_line_per_value_of_the_second_key
     one_key = sweep_lines(
         {
             "grid": {"lr": [1e-5, 1e-4]},
-            "picked_run": runs[0]["run"],
-            "runs": [dict(runs[0], setting={"lr": 1e-5}), dict(runs[1], setting={"lr": 1e-4})],
+            "picked_point": runs[0]["point"],
+            "runs": [dict(runs[0], trained={"lr": 1e-5}), dict(runs[1], trained={"lr": 1e-4})],
         }
     )
     assert one_key == [
@@ -344,9 +353,9 @@ def test_with_no_grid_the_main_job_is_unchanged(tmp_path, params):
         dry_run(_project(tmp_path / "b", sweep={"flyp": {"lr": [lr]}}, pretrain_seeds=0)) == default
     )
     text = "\n".join(default)
-    assert "sweep" not in text
-    runs = set(re.findall(r"run=([^,\s]+)", text))
-    assert runs and all(re.fullmatch(r"seed\d+|k\d+-draw\d+", r) for r in runs)
+    assert "sweep" not in text and "point=" not in text
+    assert re.search(r"wildcards: method=\w+, seed=\d+", text)
+    assert re.search(r"wildcards: method=\w+, shots=\d+, draw=\d+", text)
 
 
 def test_a_two_point_grid_adds_its_runs_for_the_first_seed_only(tmp_path):
@@ -365,27 +374,26 @@ def test_a_two_point_grid_adds_its_runs_for_the_first_seed_only(tmp_path):
         )
     )
     grid = _jobs_of(on, "finetune_sweep")
-    assert {re.search(r"run=(\S+)", j)[1] for j in grid} == {
-        "sweep-lr1e-05-seed0",
-        "sweep-lr0.001-seed0",
-    }
+    assert {re.search(r"point=(\S+), seed=0", j)[1] for j in grid} == {"lr1e-05", "lr0.001"}
     for job in grid:  # the first seed, at the point's lr; never evaluated on a test set
-        lr = re.search(r"run=sweep-lr(\S+)-seed0", job)[1]
+        lr = re.search(r"point=lr(\S+), seed=0", job)[1]
         assert "--method flyp" in job and f"--lr {lr} " in job and "--seed 0 " in job
-    assert not any("results/embedded/flyp/sweep-" in j for j in on)
+        assert f"--out models/embedded/flyp/sweep/lr{lr}/seed0/best.safetensors" in job
+    assert not any("results/embedded/flyp/sweep/" in j for j in on)
     (select,) = _jobs_of(on, "sweep_select")
     assert "--out results/embedded/flyp/sweep.json" in select
-    assert "sweep-lr1e-05-seed0/best.safetensors" in select
+    assert "models/embedded/flyp/sweep/lr1e-05/seed0/best.safetensors" in select
     # flyp's full runs wait for the pick (the first seed's is the picked grid run, copied)
     (reuse,) = _jobs_of(on, "reuse_sweep_run")
     assert "output: models/embedded/flyp/seed0/best.safetensors" in reuse
-    (seed1,) = [j for j in _jobs_of(on, "finetune") if "method=flyp, run=seed1" in j]
+    (seed1,) = [j for j in _jobs_of(on, "finetune") if "method=flyp, seed=1" in j]
     assert "<TBD>" in seed1
-    # lpft's one-point grid is its setting (no sweep runs): lr 3e-5 for every seed
+    # lpft's one-point grid is its setting (no sweep runs): lr 3e-5 x its lr_scale (0.1) for
+    # every seed
     lpft = [j for j in _jobs_of(on, "finetune") if "method=lpft" in j]
-    assert len(lpft) == 2 and all("--lr 3e-05 " in j for j in lpft)
+    assert len(lpft) == 2 and all("--lr 3e-06 " in j for j in lpft)
     # and nothing else changed
-    changed = {j for j in off if "method=flyp, run=seed" in j and "rule finetune" in j}
+    changed = {j for j in off if "method=flyp, seed=" in j and "rule finetune" in j}
     changed |= {j for j in off if "method=lpft" in j and "rule finetune" in j}
     changed |= _jobs_of(off, "report")
     assert len(changed) == 5 and off - changed <= on
@@ -399,18 +407,20 @@ def test_the_sweep_end_to_end_on_the_smoke_scale(smoke_seeds_and_sweep):
     ID-val score, the full runs train at it, the table and the figure say so."""
     root, env, done = smoke_seeds_and_sweep
     selection = json.loads((root / "results/embedded/flyp/sweep.json").read_text())
-    scores = {r["run"]: r["val_score"] for r in selection["runs"]}
-    assert set(scores) == {"sweep-lr1e-05-seed0", "sweep-lr0.001-seed0"}
-    assert selection["picked_run"] == max(scores, key=scores.get)
+    scores = {r["point"]: r["val_score"] for r in selection["runs"]}
+    assert set(scores) == {"lr1e-05", "lr0.001"}
+    assert selection["picked_point"] == max(scores, key=scores.get)
     lr = selection["picked"]["lr"]
-    models = root / "models/embedded/flyp"
+    assert selection["trained"] == {"lr": lr}  # FLYP has no lr_scale
+    models = root / "models/embedded"
     assert f"--method flyp --epochs 2 --lr {lr:g} " in done.stderr  # the seed-1 run's command
-    picked_log = pd.read_csv(models / selection["picked_run"] / "train_log.csv")
-    assert list(pd.read_csv(models / "seed1/train_log.csv")["lr"]) == list(picked_log["lr"])
-    assert (models / "seed0/best.safetensors").read_bytes() == (
-        models / selection["picked_run"] / "best.safetensors"
+    picked = models / grid_run("flyp", selection["picked_point"], 0)
+    picked_log = pd.read_csv(picked / "train_log.csv")
+    assert list(pd.read_csv(models / "flyp/seed1/train_log.csv")["lr"]) == list(picked_log["lr"])
+    assert (models / "flyp/seed0/best.safetensors").read_bytes() == (
+        picked / "best.safetensors"
     ).read_bytes()
-    assert not list((root / "results/embedded/flyp").glob("sweep-*"))  # no test-set evaluation
+    assert not (root / "results/embedded/flyp/sweep").exists()  # no test-set evaluation
     table = pd.read_csv(root / "results/table.csv", keep_default_na=False)
     assert dict(zip(table["method"], table["picked"], strict=True)) == {
         "zeroshot": "",

@@ -8,12 +8,16 @@ from functools import cache
 
 from snakemake.settings.enums import RerunTrigger
 
-from flyp.workflow.catalog import method_info
-from flyp.workflow.codeversion import code_version
-from flyp.workflow.config import METHOD_LR_SCALE, METHOD_TRAIN_KEYS, load_params, read_yaml
+from dataclasses import dataclass
+
+from flyp import runs
 from flyp.datasets import get_benchmark
 from flyp.io import UserError, read_json
-from flyp.sweep import PREFIX as SWEEP_PREFIX, grid_points, is_swept, run_name
+from flyp.settings import ARGUMENTS
+from flyp.sweep import grid_points, is_swept, point_name
+from flyp.workflow.catalog import method_info
+from flyp.workflow.codeversion import code_version
+from flyp.workflow.config import load_params, method_settings, read_yaml, training_settings
 from flyp.workflow.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
@@ -38,35 +42,78 @@ PER_PRETRAINED = "-seed{pseed}" if SEVERAL_PRETRAINED else ""  # in the names of
 PRETRAINED = f"{MODELS}/pretrained{PER_PRETRAINED}.safetensors"
 FEATURES = f"{MODELS}/features{PER_PRETRAINED}.safetensors"  # the linear probe's
 
-# A run of a method is either a full run with one seed ("seed0") or one draw of the few-shot
-# protocol ("k4-draw0": 4 images per class, draw 0); only presets with a `fewshot` have draws.
-FULL_RUNS = [f"seed{s}" for s in RUN["seeds"]]
+# The runs of a method (flyp/runs.py): a full run per seed of `seeds` (<method>/seed<s>); with a
+# `fewshot` protocol, a draw per k and draw (<method>/k<k>/draw<d>); with a sweep, a grid run per
+# point of its grid (<method>/sweep/<point>/seed<s>). Each part is a wildcard of its own.
+SEEDS = RUN["seeds"]
 FEWSHOT = RUN["fewshot"]
-FEWSHOT_RUNS = [f"k{k}-draw{d}" for k in FEWSHOT["shots"] for d in range(FEWSHOT["draws"])]
+DRAWS = list(range(FEWSHOT["draws"]))
 METHODS = sorted(set(RUN["methods"]) | set(FEWSHOT["methods"]))
 
 # The preset's sweep (flyp/sweep.py): each method run whose grid has several points trains every
-# point once, with the first seed ("sweep-lr1e-05-seed0"); sweep_select picks the point with the
-# best ID-val score, and the full runs of every seed train at it. A one-point grid is a fixed
-# setting. Few-shot runs keep the protocol's settings. No grid: the DAG has none of these jobs.
+# point once, with the first seed; sweep_select picks the point with the best ID-val score, and
+# the full runs of every seed train at it. A one-point grid is a fixed setting. Few-shot runs keep
+# the protocol's settings. No grid: the DAG has none of these jobs.
 SWEEP = {m: g for m, g in RUN["sweep"].items() if m in RUN["methods"] and is_swept(g)}
-SWEEP_SEED = RUN["seeds"][0]
-SWEEP_RUNS = {m: {run_name(p, SWEEP_SEED): p for p in grid_points(g)} for m, g in SWEEP.items()}
+SWEEP_SEED = SEEDS[0]
+SWEEP_POINTS = {m: {point_name(p): p for p in grid_points(g)} for m, g in SWEEP.items()}
 FIXED_SETTINGS = {m: grid_points(g)[0] for m, g in RUN["sweep"].items() if not is_swept(g)}
-SWEEP_RUN_NAMES = "|".join(sorted({re.escape(r) for runs in SWEEP_RUNS.values() for r in runs}))
+POINT_NAMES = sorted({re.escape(name) for points in SWEEP_POINTS.values() for name in points})
 
 
 wildcard_constraints:
     method="|".join(METHODS),
     pseed=r"\d+",
-    run=r"seed\d+|k\d+-draw\d+" + (f"|{SWEEP_RUN_NAMES}" if SWEEP else ""),
+    seed=r"\d+",
+    shots=r"\d+",
+    draw=r"\d+",
+    point="|".join(POINT_NAMES) or "(?!)",  # (?!): no sweep, no grid run
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a method, read from a job's wildcards (flyp/runs.py): a full run (seed), a
+    few-shot draw (shots, draw) or a grid run (point, seed)."""
+
+    method: str
+    seed: int | None = None
+    shots: int | None = None
+    draw: int | None = None
+    point: str | None = None
+
+    @staticmethod
+    def of(wildcards):
+        number = lambda key: None if wildcards.get(key) is None else int(wildcards.get(key))
+        return Run(wildcards.method, number("seed"), number("shots"), number("draw"),
+                   wildcards.get("point"))
+
+    @property
+    def fewshot(self):
+        return self.shots is not None
+
+    @property
+    def index(self):
+        """Run i of a method (seed i of `seeds`, few-shot draw i; a grid run as its full run)."""
+        return self.draw if self.fewshot else SEEDS.index(self.seed)
+
+    @property
+    def train_seed(self):
+        """The seed it trains with: a draw's index for a few-shot draw."""
+        return self.draw if self.fewshot else self.seed
+
+    @property
+    def folder(self):
+        if self.fewshot:
+            return runs.draw_run(self.method, self.shots, self.draw)
+        if self.point is not None:
+            return runs.grid_run(self.method, self.point, self.seed)
+        return runs.full_run(self.method, self.seed)
 
 
 def train_args(cfg):
-    """Command-line options of `flyp pretrain` / `flyp finetune` for one training config."""
-    keys = ["epochs", "lr", "wd", "batch_size", "warmup_steps", "grad_clip", "seed", "precision",
-            "decay", "clamp_logit_scale"]
-    return " ".join(cli_option(k, cfg[k]) for k in keys)
+    """Command-line options of `flyp pretrain` / `flyp finetune` for one training config: every
+    setting of flyp.settings, in the order of the commands' options."""
+    return " ".join(cli_option(s.name, cfg[s.name]) for s in ARGUMENTS)
 
 
 def cli_option(key, value):
@@ -234,23 +281,10 @@ FINETUNE_GPU = {"gpu": finetune_gpus} if USES_GPU else {}
 ENV = "../envs/flyp.yaml"
 
 
-TRAIN_KEYS = set(METHOD_TRAIN_KEYS)
-
-
-def parse_run(run):
-    """(seed, shots, draw) of a run name; shots is None for a full run."""
-    if run.startswith("seed"):
-        return int(run[4:]), None, 0
-    shots, draw = run[1:].split("-draw")
-    return int(draw), int(shots), int(draw)
-
-
 def pretrain_seed(run):
-    """The pretraining seed of the model a run starts from: with several, run i (seed i of
-    `seeds`, few-shot draw i; a sweep's grid run as its full run) takes the (i mod n)-th."""
-    seed, shots, draw = parse_run(sweep_base(run))
-    index = draw if shots is not None else RUN["seeds"].index(seed)
-    return PRETRAIN_SEEDS[index % len(PRETRAIN_SEEDS)]
+    """The pretraining seed of the model a run starts from: with several, run i takes the
+    (i mod n)-th (Run.index)."""
+    return PRETRAIN_SEEDS[run.index % len(PRETRAIN_SEEDS)]
 
 
 def of_pretraining(path, run):
@@ -258,21 +292,20 @@ def of_pretraining(path, run):
     return path.format(pseed=pretrain_seed(run))
 
 
-def sweep_base(run):
-    """The full run a sweep's grid run stands beside ("sweep-lr1e-05-seed0" -> "seed0")."""
-    return run.rsplit("-", 1)[1] if run.startswith(SWEEP_PREFIX) else run
+def pretrained_model(wildcards):
+    return of_pretraining(PRETRAINED, Run.of(wildcards))
 
 
-def sweep_setting(method, run):
+def sweep_point(run):
     """The grid point a run trains at: a grid run's own; for a full run of a swept method the one
     sweep_select picked; a one-point grid's; none otherwise (few-shot runs included)."""
-    if run in SWEEP_RUNS.get(method, {}):
-        return SWEEP_RUNS[method][run]
-    if not run.startswith("seed"):
+    if run.point is not None:
+        return SWEEP_POINTS[run.method][run.point]
+    if run.fewshot:
         return {}
-    if method in SWEEP:
-        return read_json(sweep_selection_file(method))["picked"]
-    return FIXED_SETTINGS.get(method, {})
+    if run.method in SWEEP:
+        return read_json(sweep_selection_file(run.method))["picked"]
+    return FIXED_SETTINGS.get(run.method, {})
 
 
 def sweep_selection_file(method):
@@ -284,16 +317,17 @@ def sweep_selection_file(method):
 
 def sweep_selection(wildcards):
     """The selection a swept method's full run trains at (its params read it)."""
-    if wildcards.method in SWEEP and wildcards.run.startswith("seed"):
-        return {"sweep": sweep_selection_file(wildcards.method)}
+    run = Run.of(wildcards)
+    if run.method in SWEEP and run.point is None and not run.fewshot:
+        return {"sweep": sweep_selection_file(run.method)}
     return {}
 
 
-def picked_sweep_run(wildcards):
+def picked_grid_run(wildcards):
     """The grid run sweep_select picked for a method (once it has run), and the selection."""
     selection = sweep_selection_file(wildcards.method)
-    run = read_json(selection)["picked_run"]
-    folder = f"{MODELS}/{wildcards.method}/{run}"
+    point = read_json(selection)["picked_point"]
+    folder = f"{MODELS}/{runs.grid_run(wildcards.method, point, SWEEP_SEED)}"
     return {"sweep": selection, "model": f"{folder}/best.safetensors",
             "log_csv": f"{folder}/train_log.csv"}
 
@@ -308,27 +342,20 @@ def report_sweep_args(wildcards, output):
             f"--sweep-csv {shlex.quote(output.sweep_csv)}")
 
 
-def finetune_config(method, run):
-    """Everything that decides a finetuning run (Snakemake's params trigger sees it all): the
-    shared finetuning settings, the few-shot protocol's, then the method's own overrides, then
-    its sweep setting. A method that does not train (zero-shot, the linear probe) depends on none
-    of the training settings, so `-S lr=...` does not rerun it."""
-    setting = sweep_setting(method, run)
-    seed, shots, draw = parse_run(sweep_base(run))
-    options = dict(RUN["method_options"].get(method, {}))
-    options.update({k: v for k, v in setting.items() if k not in TRAIN_KEYS})
-    if not method_info(method).trains:
-        return {"seed": seed, "shots": shots, "draw": draw, "options": options}
-    cfg = {**RUN["finetune"], "seed": seed}
-    if shots is not None:
-        cfg.update(FEWSHOT["finetune"])
-        if cfg.get("batch_size") is None:  # the whole k-shot training set in one batch
-            cfg["batch_size"] = shots * len(BENCH.classnames)
-    cfg.update({k: options.pop(k) for k in list(options) if k in TRAIN_KEYS})
-    if METHOD_LR_SCALE in options:  # relative to the shared lr, so `-S lr=...` moves it too
-        cfg["lr"] = cfg["lr"] * float(options.pop(METHOD_LR_SCALE))
-    cfg.update({k: v for k, v in setting.items() if k in TRAIN_KEYS})  # the lr trained at
-    return {**cfg, "shots": shots, "draw": draw, "options": options}
+def finetune_config(run):
+    """Everything that decides a finetuning run (Snakemake's params trigger sees it all): its
+    training settings (flyp.workflow.config.training_settings: preset, scale, method_options,
+    few-shot protocol, sweep point, top-level keys, lr_scale), its seed, few-shot draw and the
+    method's own options. A method that does not train (zero-shot, the linear probe) depends on
+    none of the training settings, so `-S lr=...` does not rerun it."""
+    point = sweep_point(run)
+    options = method_settings(RUN, run.method, point)
+    draw = run.draw if run.fewshot else 0
+    if not method_info(run.method).trains:
+        return {"seed": run.train_seed, "shots": run.shots, "draw": draw, "options": options}
+    cfg = training_settings(RUN, run.method, seed=run.train_seed, classes=len(BENCH.classnames),
+                            shots=run.shots, point=point)
+    return {**cfg, "shots": run.shots, "draw": draw, "options": options}
 
 
 # A method whose full runs do not depend on the seed (flyp.methods.Method.seeded: zero-shot, the
@@ -339,29 +366,32 @@ def finetune_config(method, run):
 SEEDLESS = [m for m in METHODS if not method_info(m).seeded] if not SEVERAL_PRETRAINED else []
 
 
-def full_run(method, run):
-    """The run whose outputs stand for (method, run)."""
-    if run.startswith("seed") and method in SEEDLESS:
-        return FULL_RUNS[0]
-    return run
+def full_seed(method, seed):
+    """The seed whose full run stands for (method, seed): the first one for a seedless method."""
+    return SEEDS[0] if method in SEEDLESS else seed
 
 
 def method_inputs(wildcards):
-    """Files a method reads besides the data (see flyp.methods.Method.inputs)."""
-    files = {}
-    for option, kind in method_info(wildcards.method).inputs.items():
+    """Files a method reads besides the data (see flyp.methods.Method.inputs): the pretrained
+    model's features, or another method's checkpoint of the same run (a grid run: of its full
+    run)."""
+    run, files = Run.of(wildcards), {}
+    for option, kind in method_info(run.method).inputs.items():
         if kind == "features":
-            files[option] = of_pretraining(FEATURES, wildcards.run)
-        else:  # "method:<name>": that method's checkpoint of the same run
-            other = kind.split(":", 1)[1]
-            run = full_run(other, sweep_base(wildcards.run))
-            files[option] = f"{MODELS}/{other}/{run}/best.safetensors"
+            files[option] = of_pretraining(FEATURES, run)
+            continue
+        other = kind.split(":", 1)[1]  # "method:<name>"
+        if run.fewshot:
+            folder = runs.draw_run(other, run.shots, run.draw)
+        else:
+            folder = runs.full_run(other, full_seed(other, run.seed))
+        files[option] = f"{MODELS}/{folder}/best.safetensors"
     return files
 
 
 def finetune_args(wildcards, input):
-    """`flyp finetune` options of one (method, run)."""
-    cfg = finetune_config(wildcards.method, wildcards.run)
+    """`flyp finetune` options of one run."""
+    cfg = finetune_config(Run.of(wildcards))
     args = [train_args(cfg) if "lr" in cfg else f"--seed {cfg['seed']}"]
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
@@ -375,10 +405,10 @@ def zeroshot_inputs(wildcards):
     """The zero-shot checkpoint an ensemble mixes with, and its scores: alpha 0 of the ensemble
     is that checkpoint itself, so its scores are read from the zero-shot evaluation, not
     recomputed (the zero-shot run itself has nothing to read)."""
-    run = full_run("zeroshot", wildcards.run)
-    files = {"zeroshot": f"{MODELS}/zeroshot/{run}/best.safetensors"}
+    folder = runs.full_run("zeroshot", full_seed("zeroshot", int(wildcards.seed)))
+    files = {"zeroshot": f"{MODELS}/{folder}/best.safetensors"}
     if wildcards.method != "zeroshot":
-        files["zeroshot_metrics"] = f"{RESULTS}/zeroshot/{run}/metrics.json"
+        files["zeroshot_metrics"] = f"{RESULTS}/{folder}/metrics.json"
     return files
 
 

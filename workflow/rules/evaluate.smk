@@ -8,16 +8,14 @@
 rule evaluate_ensemble:
     input:
         unpack(zeroshot_inputs),
-        model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
+        model=f"{MODELS}/{runs.FULL}/best.safetensors",
         tables=TABLES,
         cache=EVAL_CACHE,
     output:
-        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
-        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
-        curve=f"{RESULTS}/{{method}}/{{run}}/wise_curve.csv",
-        wise=f"{RESULTS}/{{method}}/{{run}}/wise_metrics.json",
-    wildcard_constraints:
-        run=r"seed\d+",
+        metrics=f"{RESULTS}/{runs.FULL}/metrics.json",
+        provenance=f"{RESULTS}/{runs.FULL}/provenance.json",
+        curve=f"{RESULTS}/{runs.FULL}/wise_curve.csv",
+        wise=f"{RESULTS}/{runs.FULL}/wise_metrics.json",
     params:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
@@ -38,7 +36,7 @@ rule evaluate_ensemble:
     conda:
         ENV
     log:
-        f"logs/{BENCHMARK}/evaluate_{{method}}_{{run}}.log",
+        f"logs/{BENCHMARK}/evaluate_{{method}}_seed{{seed}}.log",
     shell:
         "flyp evaluate --benchmark {params.benchmark:q} --data {input.tables} "
         "--checkpoint {input.model} --eval-cache {input.cache} --metrics-out {output.metrics} "
@@ -52,16 +50,16 @@ rule evaluate_ensemble:
 # The other seeds of a method that does not depend on its seed (common.smk: SEEDLESS) reuse the
 # first seed's results: copied, so that the table reads a run per seed as for every method.
 RESULT_FILES = ["metrics.json", "provenance.json", "wise_curve.csv", "wise_metrics.json"]
-if SEEDLESS and len(FULL_RUNS) > 1:
+if SEEDLESS and len(SEEDS) > 1:
 
     rule reuse_seedless:
         input:
-            expand(f"{RESULTS}/{{{{method}}}}/{FULL_RUNS[0]}/{{file}}", file=RESULT_FILES),
+            expand(f"{RESULTS}/{{{{method}}}}/seed{SEEDS[0]}/{{file}}", file=RESULT_FILES),
         output:
-            expand(f"{RESULTS}/{{{{method}}}}/{{{{run}}}}/{{file}}", file=RESULT_FILES),
+            expand(f"{RESULTS}/{{{{method}}}}/seed{{{{seed}}}}/{{file}}", file=RESULT_FILES),
         wildcard_constraints:
             method="|".join(SEEDLESS),
-            run="|".join(FULL_RUNS[1:]),
+            seed="|".join(str(s) for s in SEEDS[1:]),
         localrule: True
         threads: job_threads("light")
         resources:
@@ -71,7 +69,7 @@ if SEEDLESS and len(FULL_RUNS) > 1:
         conda:
             ENV
         log:
-            f"logs/{BENCHMARK}/reuse_{{method}}_{{run}}.log",
+            f"logs/{BENCHMARK}/reuse_{{method}}_seed{{seed}}.log",
         shell:
             "cp {input:q} {params.folder:q}/ 2> {log}"
 

@@ -1,5 +1,7 @@
-# One rule for every method and run (wildcards {method}, {run}); zero-shot and the linear probe go
-# through it too, with no training, so every method ends in the same checkpoint format.
+# One rule for every method's full runs (wildcards {method}, {seed}; flyp/runs.py), used as it is
+# for few-shot draws ({shots}, {draw}) and a sweep's grid runs ({point}, {seed}); zero-shot and the
+# linear probe go through it too, with no training, so every method ends in the same checkpoint
+# format.
 
 
 rule features:
@@ -29,22 +31,18 @@ rule finetune:
     input:
         unpack(method_inputs),
         unpack(sweep_selection),
-        pretrained=lambda wildcards: of_pretraining(PRETRAINED, wildcards.run),
+        pretrained=pretrained_model,
         tables=TABLES,
         captions=rules.captions.output.captions,
         templates=rules.captions.output.templates,
         cache=EVAL_CACHE,  # ID-val, transformed once
     output:
-        model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
-        log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
-    wildcard_constraints:
-        run=r"seed\d+",
+        model=f"{MODELS}/{runs.FULL}/best.safetensors",
+        log_csv=f"{MODELS}/{runs.FULL}/train_log.csv",
     params:
         benchmark=BENCHMARK,
         captions=lambda wildcards, input: os.path.dirname(input.captions),
-        config=lambda wildcards: json.dumps(
-            finetune_config(wildcards.method, wildcards.run), sort_keys=True
-        ),
+        config=lambda wildcards: json.dumps(finetune_config(Run.of(wildcards)), sort_keys=True),
         args=finetune_args,
         speed=lambda wildcards: SPEED_ARGS if method_info(wildcards.method).trains else "",
         launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
@@ -62,7 +60,7 @@ rule finetune:
     conda:
         ENV
     log:
-        f"logs/{BENCHMARK}/finetune_{{method}}_{{run}}.log",
+        f"logs/{BENCHMARK}/finetune_{{method}}_seed{{seed}}.log",
     shell:
         "{params.launch} {params.step:q} --benchmark {params.benchmark:q} --data {input.tables} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
@@ -79,12 +77,12 @@ rule finetune:
 # draws' training too (their checkpoints are gone). DVC's report stage runs the draws.
 use rule finetune as finetune_fewshot with:
     output:
-        model=temp(f"{MODELS}/{{method}}/{{run}}/best.safetensors"),
-        log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
-        metrics=f"{RESULTS}/{{method}}/{{run}}/metrics.json",
-        provenance=f"{RESULTS}/{{method}}/{{run}}/provenance.json",
-    wildcard_constraints:
-        run=r"k\d+-draw\d+",
+        model=temp(f"{MODELS}/{runs.DRAW}/best.safetensors"),
+        log_csv=f"{MODELS}/{runs.DRAW}/train_log.csv",
+        metrics=f"{RESULTS}/{runs.DRAW}/metrics.json",
+        provenance=f"{RESULTS}/{runs.DRAW}/provenance.json",
+    log:
+        f"logs/{BENCHMARK}/finetune_{{method}}_k{{shots}}_draw{{draw}}.log",
     params:
         code=fewshot_code,
         step="fewshot",
@@ -103,15 +101,19 @@ use rule finetune as finetune_fewshot with:
 if SWEEP:
 
     use rule finetune as finetune_sweep with:
+        output:
+            model=f"{MODELS}/{runs.GRID}/best.safetensors",
+            log_csv=f"{MODELS}/{runs.GRID}/train_log.csv",
         wildcard_constraints:
             method="|".join(SWEEP),
-            run=SWEEP_RUN_NAMES,
+        log:
+            f"logs/{BENCHMARK}/finetune_{{method}}_sweep_{{point}}_seed{{seed}}.log",
 
     checkpoint sweep_select:
         input:
             lambda wildcards: [
-                f"{MODELS}/{wildcards.method}/{run}/best.safetensors"
-                for run in SWEEP_RUNS[wildcards.method]
+                f"{MODELS}/{runs.grid_run(wildcards.method, point, SWEEP_SEED)}/best.safetensors"
+                for point in SWEEP_POINTS[wildcards.method]
             ],
         output:
             f"{RESULTS}/{{method}}/sweep.json",
@@ -133,24 +135,24 @@ if SWEEP:
 
     rule reuse_sweep_run:
         input:
-            unpack(picked_sweep_run),
+            unpack(picked_grid_run),
         output:
-            model=f"{MODELS}/{{method}}/{{run}}/best.safetensors",
-            log_csv=f"{MODELS}/{{method}}/{{run}}/train_log.csv",
+            model=f"{MODELS}/{runs.FULL}/best.safetensors",
+            log_csv=f"{MODELS}/{runs.FULL}/train_log.csv",
         wildcard_constraints:
             method="|".join(SWEEP),
-            run=f"seed{SWEEP_SEED}",
+            seed=str(SWEEP_SEED),
         localrule: True
         params:
             # the picked run's folder, as input: named only once sweep_select has run
-            picked=lambda wildcards: os.path.dirname(picked_sweep_run(wildcards)["model"]),
+            picked=lambda wildcards: os.path.dirname(picked_grid_run(wildcards)["model"]),
         threads: job_threads("light")
         resources:
             **job_size("light"),
         conda:
             ENV
         log:
-            f"logs/{BENCHMARK}/reuse_sweep_{{method}}_{{run}}.log",
+            f"logs/{BENCHMARK}/reuse_sweep_{{method}}_seed{{seed}}.log",
         shell:
             "(cp {params.picked:q}/best.safetensors {output.model:q} && "
             "cp {params.picked:q}/train_log.csv {output.log_csv:q}) 2> {log}"

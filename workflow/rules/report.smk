@@ -22,21 +22,22 @@ SWEEP_REPORT = (
 rule report:
     input:
         metrics=expand(
-            f"{RESULTS}/{{method}}/{{run}}/{{file}}.json",
+            f"{RESULTS}/{runs.FULL}/{{file}}.json",
             method=RUN["methods"],
-            run=FULL_RUNS,
+            seed=SEEDS,
             file=["metrics", "provenance"],
         ),
         wise=expand(
-            f"{RESULTS}/{{method}}/{{run}}/{{file}}",
+            f"{RESULTS}/{runs.FULL}/{{file}}",
             method=WISE_METHODS,
-            run=FULL_RUNS,
+            seed=SEEDS,
             file=["wise_metrics.json", "wise_curve.csv"],
         ),
         fewshot=expand(
-            f"{RESULTS}/{{method}}/{{run}}/{{file}}.json",
+            f"{RESULTS}/{runs.DRAW}/{{file}}.json",
             method=FEWSHOT["methods"],
-            run=FEWSHOT_RUNS,
+            shots=FEWSHOT["shots"],
+            draw=DRAWS,
             file=["metrics", "provenance"],
         ),
         **SWEEP_REPORT["input"],
@@ -53,14 +54,13 @@ rule report:
         benchmark=BENCHMARK,
         bench=BENCH_SPEC,
         code=step_code("report"),
-        results=lambda wildcards, input: os.path.dirname(
-            os.path.dirname(os.path.dirname(input.metrics[0]))
-        ),
+        results=lambda wildcards, output: os.path.dirname(output.inputs),
         methods=",".join(RUN["methods"]),
-        runs=",".join(FULL_RUNS),
+        seeds=",".join(str(s) for s in SEEDS),
         wise=",".join(m for m in WISE_METHODS if m != "zeroshot"),
         fewshot_methods=",".join(FEWSHOT["methods"]),
-        fewshot_runs=",".join(FEWSHOT_RUNS),
+        shots=",".join(str(k) for k in FEWSHOT["shots"]),
+        draws=len(DRAWS),
         sweep=report_sweep_args,
     threads: job_threads("light")
     resources:
@@ -72,8 +72,9 @@ rule report:
     shell:
         # --option=value: a list can be empty (no few-shot runs), and an empty word would vanish
         "flyp report --benchmark {params.benchmark:q} --results {params.results:q} "
-        "--methods={params.methods:q} --runs={params.runs:q} --wise-methods={params.wise:q} "
-        "--fewshot-methods={params.fewshot_methods:q} --fewshot-runs={params.fewshot_runs:q} "
+        "--methods={params.methods:q} --seeds={params.seeds:q} --wise-methods={params.wise:q} "
+        "--fewshot-methods={params.fewshot_methods:q} --shots={params.shots:q} "
+        "--draws {params.draws:q} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
         "--markdown {output.markdown}{params.sweep} > {log} 2>&1"
