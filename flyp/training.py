@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from flyp import distributed
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
+from flyp.task import Task
 
 
 @dataclass(frozen=True)
@@ -210,33 +211,6 @@ def clamp_logit_scale(module: nn.Module) -> None:
     scale = getattr(module, "logit_scale", None)
     if isinstance(scale, nn.Parameter) and scale.requires_grad:
         scale.clamp_(0, MAX_LOGIT_SCALE)
-
-
-class Task:
-    """What a method plugs into ``fit``: the module to optimise, its training data and loss, and
-    how to validate and snapshot it. Subclasses override ``loss`` and ``validate``.
-
-    In a run over several ranks ``loss`` gets this rank's slice of the global batch, and returns
-    its share of the global loss such that the mean over ranks is the loss of the global batch
-    (the mean over the slice for a per-example loss; a contrastive loss gathers the other ranks'
-    features). Random draws made for the batch are drawn for the global batch and sliced
-    (``flyp.distributed.local_rows``), so that every rank draws as one process would."""
-
-    module: nn.Module
-    train_data: torch.utils.data.Dataset
-
-    def loss(self, batch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def validate(self) -> dict | None:
-        """ID-val results of the current weights ({"val_metric": name, "val_score": the
-        benchmark's ID metric, "val_loss": cross-entropy}; see
-        ``flyp.scoring.validation_scores``), or None when the task does no selection."""
-        return None
-
-    def save(self, path: Path, info: dict) -> None:
-        """Write the current weights as a checkpoint (the one kept if this epoch is the best)."""
-        raise NotImplementedError
 
 
 @dataclass

@@ -18,7 +18,8 @@ from flyp.io import UserError, atomic_path, write_text
 from flyp.methods import get_method
 from flyp.methods.l2sp import L2SP
 from flyp.models import FORMAT, load_checkpoint, save_checkpoint
-from flyp.training import Task, TrainConfig, fit, is_better
+from flyp.task import Task
+from flyp.training import TrainConfig, fit, is_better
 from flyp.workflow.config import load_params
 from tests.conftest import ROOT
 
