@@ -686,9 +686,9 @@ def evaluate(
     """Score a checkpoint on the benchmark's ID test set and every OOD set (and, with
     --ensemble-with, its weight ensembles with the zero-shot checkpoint)."""
     _setup_torch(threads)
+    from flyp.devices import resolve_device
     from flyp.evaluation import evaluate_checkpoint
     from flyp.loading import resolve_workers
-    from flyp.training import resolve_device
 
     if zeroshot is not None and (curve_out is None or wise_out is None):
         raise UserError("--ensemble-with needs --curve-out and --wise-out")
@@ -793,9 +793,9 @@ def evalcache(benchmark_name, checkpoint, data_dir, out_dir, batch_size, workers
 def features(checkpoint, data_dir, out, workers, threads, device):
     """Cache frozen image features of the train and val tables (for linear probes)."""
     _setup_torch(threads)
+    from flyp.devices import resolve_device
     from flyp.features import write_features
     from flyp.loading import resolve_workers
-    from flyp.training import resolve_device
 
     write_features(
         checkpoint,

@@ -18,7 +18,7 @@ from torch import nn
 from flyp import distributed
 from flyp.loading import to_device
 from flyp.models import save_checkpoint
-from flyp.training import Task
+from flyp.task import Task
 
 
 class ContrastiveTask(Task):

@@ -17,6 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from flyp.devices import resolve_device
 from flyp.io import UserError
 
 # How long a rank waits at a collective for the others; rank 0 validates and writes checkpoints
@@ -79,8 +80,6 @@ def process_group(device: str = "auto"):
     a machine with GPUs, or ``cuda``, each rank claims a GPU that no other flyp process holds
     (``resolve_device``) and the ranks join over NCCL; with ``cpu``, or ``auto`` on a machine
     without GPUs, they are CPU processes joined over gloo."""
-    from flyp.training import resolve_device
-
     ranks = launched_ranks()
     if ranks == 1:
         yield resolve_device(device)

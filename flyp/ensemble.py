@@ -122,21 +122,9 @@ def ensemble_curve(
     mixed weights held at once; the grid is split into passes beyond it). Each alpha's logits are
     those it would get evaluated alone. ``eval_cache``: the eval sets' images come from this
     ``flyp evalcache`` folder (``val_set`` is the caller's)."""
-    from flyp.evaluation import evaluate_classifiers
-    from flyp.scoring import predict_many, validation_scores
-
     known = known or {}
-
-    def identical(a: dict | None, b: dict | None) -> bool:
-        return (
-            a is not None
-            and b is not None
-            and a.keys() == b.keys()
-            and all(torch.equal(a[k], b[k]) for k in a)
-        )
-
     # The same weights and head on both ends (zero-shot with itself): nothing to mix.
-    if identical(zs.clip, ft.clip) and identical(zs.head, ft.head) and 1.0 in known:
+    if same_tensors(zs.clip, ft.clip) and same_tensors(zs.head, ft.head) and 1.0 in known:
         return [{"alpha": a, **known[1.0]} for a in alphas]
     todo = [a for a in alphas if a not in known]
     group = models_per_pass(zs, budget)
@@ -146,25 +134,49 @@ def ensemble_curve(
     computed = {}
     for start in range(0, len(todo), group):
         grid = todo[start : start + group]
-        classifiers = [
-            interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, device)
-            for a in grid
-        ]
-        logits, labels = predict_many(classifiers, val_set, **options)
-        metrics = evaluate_classifiers(
-            classifiers, bench, data_dir, eval_cache=eval_cache, log=lambda m: None, **options
-        )
-        for a, each, m in zip(grid, logits, metrics, strict=True):
-            computed[a] = {
-                **validation_scores(each, labels, bench.id_set, getattr(val_set, "df", None)),
-                **m,
-            }
-            log(
-                f"alpha={a:.2f}  val {computed[a]['val_metric']}={computed[a]['val_score']:.4f}"
-                "  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items())
-            )
-        del classifiers, logits
+        rows = evaluate_alphas(zs, ft, grid, bench, data_dir, val_set, eval_cache, log, options)
+        computed.update(rows)
     return [{"alpha": a, **(known[a] if a in known else computed[a])} for a in alphas]
+
+
+def same_tensors(a: dict | None, b: dict | None) -> bool:
+    """Whether two state dicts (None: no head) hold the same tensors under the same keys."""
+    return (
+        a is not None
+        and b is not None
+        and a.keys() == b.keys()
+        and all(torch.equal(a[k], b[k]) for k in a)
+    )
+
+
+def evaluate_alphas(
+    zs: Checkpoint, ft: Checkpoint, grid, bench, data_dir, val_set, eval_cache, log, options: dict
+) -> dict:
+    """{alpha: row} for the alphas of ``grid``, their mixed models built at once and scored in one
+    pass over ID-val and over each eval set (``options``: predict_many's); the models are freed
+    on return."""
+    from flyp.evaluation import evaluate_classifiers
+    from flyp.scoring import predict_many, validation_scores
+
+    classifiers = [
+        interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, options["device"])
+        for a in grid
+    ]
+    logits, labels = predict_many(classifiers, val_set, **options)
+    metrics = evaluate_classifiers(
+        classifiers, bench, data_dir, eval_cache=eval_cache, log=lambda m: None, **options
+    )
+    rows = {}
+    for a, each, m in zip(grid, logits, metrics, strict=True):
+        rows[a] = {
+            **validation_scores(each, labels, bench.id_set, getattr(val_set, "df", None)),
+            **m,
+        }
+        log(
+            f"alpha={a:.2f}  val {rows[a]['val_metric']}={rows[a]['val_score']:.4f}"
+            "  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items())
+        )
+    return rows
 
 
 def pick_alpha(rows: list[dict]) -> dict:
@@ -217,11 +229,10 @@ def run_ensemble(
     ``zeroshot_metrics``: the ``metrics.json`` of the two ends, whose rows (a = 1 and a = 0)
     are then read, not recomputed. ``eval_cache``: ID-val and the eval sets read from this
     ``flyp evalcache`` folder."""
-    from flyp.datasets import get_benchmark, table_path
-    from flyp.datasets.tables import ImageTable
+    from flyp.datasets import get_benchmark
     from flyp.evalcache import open_eval_cache
     from flyp.io import write_json, write_text
-    from flyp.models import checkpoint_transforms, load_checkpoint, preprocess_cfg
+    from flyp.models import load_checkpoint, preprocess_cfg
 
     bench = get_benchmark(benchmark_name)
     zs, ft = load_checkpoint(zeroshot_path), load_checkpoint(finetuned_path)
@@ -231,11 +242,7 @@ def run_ensemble(
     if zeroshot_metrics:
         known[0.0] = known_row(zs, zeroshot_metrics)
     cache = open_eval_cache(eval_cache, data_dir, preprocess_cfg(ft))
-    if cache is not None:
-        val = cache.dataset("val")
-    else:
-        _, eval_tf = checkpoint_transforms(ft)
-        val = ImageTable(table_path(data_dir, "val"), eval_tf)  # read once: no need to cache it
+    val = cache.dataset("val") if cache is not None else decoded_val_set(ft, data_dir)
     rows = ensemble_curve(
         zs,
         ft,
@@ -255,3 +262,14 @@ def run_ensemble(
     write_text(curve_out, curve_csv(rows))
     write_json(metrics_out, best)
     return best
+
+
+def decoded_val_set(ckpt: Checkpoint, data_dir):
+    """ID-val decoded from its table with ``ckpt``'s eval transform (read once by the curve: no
+    need to cache it)."""
+    from flyp.datasets import table_path
+    from flyp.datasets.tables import ImageTable
+    from flyp.models import checkpoint_transforms
+
+    _, eval_tf = checkpoint_transforms(ckpt)
+    return ImageTable(table_path(data_dir, "val"), eval_tf)

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from flyp.io import UserError, atomic_path, read_json, sha256_file, write_json
+from flyp.loading import make_loader
 
 FORMAT = "flyp-evalcache/1"
 MANIFEST = "evalcache.json"
@@ -94,8 +95,6 @@ def write_eval_cache(
 def write_images(dataset, path: Path, *, batch_size: int, num_workers: int) -> None:
     """The dataset's transformed uint8 images as one (N, 3, H, W) .npy, filled batch by batch
     (never all in memory: ImageNet's ID-val and test sets take 27 GB at 224 px)."""
-    from flyp.loading import make_loader
-
     shape = (len(dataset), *dataset[0][0].shape)
     with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -118,6 +117,8 @@ def write_rows(df: pd.DataFrame, path: Path) -> None:
 class CachedImages(torch.utils.data.Dataset):
     """One cached set: (uint8 image (3, H, W), label) per row, read from the memory map; ``df``
     holds the table's rows for the metrics, as ``ImageTable.df`` does."""
+
+    held_as_tensors = True  # a memory map: flyp.loading.make_loader reads it in the main process
 
     def __init__(self, images: np.ndarray, df: pd.DataFrame):
         self.images = images  # (N, 3, H, W) uint8, memory-mapped

@@ -47,17 +47,14 @@ def make_loader(
     batch_sampler=None,
 ) -> torch.utils.data.DataLoader:
     """A loader with ``workers`` processes (none for a set already held as tensors, in memory or
-    memory-mapped: a worker would only copy it once more) and pinned batches when they go to a
-    CUDA device. A ``batch_sampler`` (training's ``RankBatches``) replaces batch_size, shuffle
-    and drop_last.
+    memory-mapped, which says so with ``held_as_tensors = True``: a worker would only copy it once
+    more) and pinned batches when they go to a CUDA device. A ``batch_sampler`` (training's
+    ``RankBatches``) replaces batch_size, shuffle and drop_last.
 
     Workers are started afresh for every pass (not persistent): each pass draws their seeds from
     ``generator``. Training seeds each example's augmentation itself (flyp.training.SeededItems),
     so that it does not depend on the worker count."""
-    from flyp.evalcache import CachedImages
-    from flyp.scoring import CachedEvalSet
-
-    if isinstance(dataset, (CachedEvalSet, CachedImages)):
+    if getattr(dataset, "held_as_tensors", False):
         workers = 0
     cuda = device is not None and torch.device(device).type == "cuda"
     batching = (

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyp.loading import make_loader, to_device
+
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, object], float]] = {}
 
 
@@ -82,6 +84,8 @@ class CachedEvalSet(torch.utils.data.Dataset):
     """A test set whose (deterministic) eval transform is applied once and kept in memory; used
     for the ID-val set, which is scored after every epoch."""
 
+    held_as_tensors = True  # flyp.loading.make_loader reads it in the main process
+
     def __init__(self, dataset):
         self.images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (N, 3, H, W)
         self.labels = dataset.labels
@@ -149,8 +153,6 @@ def predict_many(
     """([logits (N, C) of each classifier], labels (N,)) in one pass over ``dataset``: each batch
     is loaded (decoded, transformed, copied to the device) once and seen by every classifier while
     it is there. Each classifier's logits are those ``predict`` gives it alone."""
-    from flyp.loading import make_loader, to_device
-
     device = torch.device(device or next(classifiers[0].parameters()).device)
     modes = [c.training for c in classifiers]
     for c in classifiers:

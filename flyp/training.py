@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import math
-import os
 import pickle
-import re
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from flyp import distributed
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
+from flyp.task import Task
 
 
 @dataclass(frozen=True)
@@ -71,60 +68,6 @@ RUNTIME_ONLY = ("num_workers", "checkpoint_minutes")
 def result_config(cfg: TrainConfig) -> dict:
     """What of ``cfg`` decides a run's result (its resume state is kept across the rest)."""
     return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_ONLY}
-
-
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # as runtime.device in the params schema
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: cuda when there is a GPU, else cpu. On a machine with several GPUs, ``auto`` and
-    ``cuda`` take one that no other flyp process holds, so the workflow's concurrent GPU jobs
-    (as many as there are GPUs, see workflow/rules/common.smk) each run on their own. A device
-    this machine does not have is a one-line UserError here, before any work (not a CUDA
-    traceback at the first tensor moved)."""
-    if not DEVICE_PATTERN.fullmatch(device):
-        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
-        if count == 0:
-            raise UserError(
-                f"--device {device}: this machine has no CUDA GPU (torch sees none); "
-                f"use --device cpu or auto"
-            )
-        if index >= count:
-            raise UserError(
-                f"--device {device}: this machine has {count} CUDA GPU(s), "
-                f"cuda:0 to cuda:{count - 1}"
-            )
-    if device == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if device in ("auto", "cuda") and torch.cuda.device_count() > 1:
-        gpus = [
-            str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())
-        ]
-        return torch.device("cuda", claim_gpu(gpus))
-    return torch.device("cuda" if device == "auto" else device)
-
-
-_CLAIMED_GPUS = []  # open lock files: a claim lasts as long as this process
-
-
-def claim_gpu(gpus: list[str], lock_dir: Path | None = None) -> int:
-    """Index of the first of ``gpus`` (unique ids) whose lock file no other process holds; its
-    lock is kept until this process exits (the OS releases it, even after a crash). When every GPU
-    is taken (more GPU jobs than GPUs, e.g. `--resources gpu=N` above the count) GPU 0 is shared."""
-    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"flyp-gpu-locks-{os.getuid()}")
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    for index, gpu in enumerate(gpus):
-        handle = open(lock_dir / f"{gpu}.lock", "w")  # held open: the lock lasts as long
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _CLAIMED_GPUS.append(handle)
-        return index
-    return 0
 
 
 def seed_everything(seed: int) -> None:
@@ -268,33 +211,6 @@ def clamp_logit_scale(module: nn.Module) -> None:
     scale = getattr(module, "logit_scale", None)
     if isinstance(scale, nn.Parameter) and scale.requires_grad:
         scale.clamp_(0, MAX_LOGIT_SCALE)
-
-
-class Task:
-    """What a method plugs into ``fit``: the module to optimise, its training data and loss, and
-    how to validate and snapshot it. Subclasses override ``loss`` and ``validate``.
-
-    In a run over several ranks ``loss`` gets this rank's slice of the global batch, and returns
-    its share of the global loss such that the mean over ranks is the loss of the global batch
-    (the mean over the slice for a per-example loss; a contrastive loss gathers the other ranks'
-    features). Random draws made for the batch are drawn for the global batch and sliced
-    (``flyp.distributed.local_rows``), so that every rank draws as one process would."""
-
-    module: nn.Module
-    train_data: torch.utils.data.Dataset
-
-    def loss(self, batch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def validate(self) -> dict | None:
-        """ID-val results of the current weights ({"val_metric": name, "val_score": the
-        benchmark's ID metric, "val_loss": cross-entropy}; see
-        ``flyp.scoring.validation_scores``), or None when the task does no selection."""
-        return None
-
-    def save(self, path: Path, info: dict) -> None:
-        """Write the current weights as a checkpoint (the one kept if this epoch is the best)."""
-        raise NotImplementedError
 
 
 @dataclass
@@ -556,6 +472,271 @@ def read_resume_state(path: Path, progress: Callable[[str], None]) -> dict | Non
     return state if isinstance(state, dict) else None
 
 
+def check_run(task: Task, cfg: TrainConfig, info: dict, select: str) -> None:
+    """Refuse, before any work, a run the loop cannot make: an unknown ``select``, a global batch
+    the ranks cannot share equally, or too few examples for each rank to have one."""
+    if select not in SELECT_MODES:
+        raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise UserError(
+            f"batch_size {cfg.batch_size}: not divisible by the {world} processes of "
+            f"the run (runtime.gpus_per_job), each of which takes an equal slice"
+        )
+    n_examples = len(task.train_data)
+    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < world:
+        raise UserError(
+            f"{n_examples} training examples ({run_label(info)}): too few for a "
+            f"batch (batch_size {cfg.batch_size}); is the train table empty?"
+        )
+
+
+class ResumeState:
+    """Where a run's resume state lives: a hidden folder beside its ``out``, holding ``state.pt``
+    (what the loop continues from) and ``best.safetensors`` (the checkpoint of the epoch selected
+    so far), removed once ``out`` is written. A state is this run's when its ``run_hash`` (of the
+    settings that decide the result) is this run's."""
+
+    def __init__(self, out: Path, run_hash: str):
+        self.folder = out.with_name(f".{out.name}.resume")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.file, self.best_file = self.folder / "state.pt", self.folder / "best.safetensors"
+        self.run_hash = run_hash
+
+    def read(self, progress: Callable[[str], None]) -> dict | None:
+        """The state written by this run, or None (none there, not one this loop wrote, or one
+        of a run with other settings: the run then starts over and overwrites it)."""
+        state = read_resume_state(self.file, progress)
+        if state is not None and state.get("run_hash") != self.run_hash:
+            progress(f"ignoring {self.file}: it belongs to a run with other settings")
+            return None
+        return state
+
+    def write(self, state: dict) -> None:
+        """Write ``state`` after this run's hash, atomically (a kill leaves the previous one)."""
+        with atomic_path(self.file) as tmp:
+            torch.save({"run_hash": self.run_hash, **state}, tmp)
+
+    def remove(self) -> None:
+        """Remove the folder: the state, and any that a kill left half-written beside it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class TrainBatches:
+    """A run's training batches, each epoch's drawn from its seed alone: the order from the
+    loader's generator, each example's augmentation from SeededItems. RankBatches gives this rank
+    its slice of every global batch and leaves out those a resumed epoch has trained on."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device):
+        self.generator = torch.Generator()
+        self.items = SeededItems(dataset)
+        order = torch.utils.data.RandomSampler(self.items, generator=self.generator)
+        self.batches = RankBatches(
+            order, cfg.batch_size, distributed.rank(), distributed.world_size()
+        )
+        self.loader = make_loader(
+            self.items,
+            batch_size=None,
+            batch_sampler=self.batches,
+            generator=self.generator,
+            workers=cfg.num_workers,
+            device=device,
+        )
+
+    def start_epoch(self, seed: int, skip: int) -> None:
+        """The next pass is the epoch with ``seed``, less its first ``skip`` batches."""
+        self.generator.manual_seed(seed)
+        self.items.seed = seed
+        self.batches.skip = skip
+
+
+class TrainingRun:
+    """The parts of one ``fit``: the module, its optimizer and schedule, the training batches, and
+    what the run has kept so far (every epoch's log row, the selected epoch and its ID-val result,
+    the seconds spent), which the resume state holds. Rank 0 alone validates, logs and writes."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: TrainConfig,
+        device: torch.device,
+        state: ResumeState,
+        *,
+        info: dict,
+        select: str,
+        progress: Callable[[str], None],
+    ):
+        self.task, self.cfg, self.device, self.state = task, cfg, device, state
+        self.info, self.select, self.main = info, select, distributed.is_main()
+        self.progress = progress if self.main else _quiet
+        self.module = task.module.to(device)
+        speed_up(self.module, cfg, device)
+        self.optimizer = make_optimizer(self.module, cfg.lr, cfg.wd, cfg.decay)
+        self.data = TrainBatches(task.train_data, cfg, device)
+        self.steps = len(self.data.loader)  # the partial batch counts: the schedule ends on it
+        self.scheduler = cosine_with_warmup(
+            self.optimizer, cfg.warmup_steps, cfg.epochs * self.steps
+        )
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        # Where training starts and what it has kept: a new run's, unless resume() finds a state.
+        self.start_epoch, self.start_step, self.resumed = 1, 0, None
+        self.best_epoch, self.best_val, self.history, self.elapsed = 0, None, [], 0.0
+
+    def resume(self) -> None:
+        """Continue from this run's resume state, if there is one."""
+        state = self.state.read(self.progress)
+        if state is None:
+            return
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.start_step = state["epoch"] + 1, state.get("step", 0)
+        self.best_epoch, self.best_val = state["best_epoch"], state["best_val"]
+        self.history, self.elapsed, self.resumed = state["history"], state["seconds"], state
+        where = (
+            f"step {self.start_step} of epoch {self.start_epoch}"
+            if self.start_step
+            else f"epoch {state['epoch']}"
+        )
+        self.progress(f"resuming from {self.state.file} after {where}")
+
+    def save(self, epoch: int, step: int, losses: LossMeter | None, seconds: float) -> None:
+        """Write the resume state after ``step`` steps of epoch ``epoch + 1`` (0: at the end of
+        epoch ``epoch``); rank 0 only (the ranks' weights are the same). Mid-epoch it holds the
+        random state and the epoch's losses so far."""
+        mid_epoch = (
+            {} if losses is None else {"rng": torch.get_rng_state(), "losses": losses.state()}
+        )
+        self.state.write(
+            {
+                "epoch": epoch,
+                "step": step,
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "best_epoch": self.best_epoch,
+                "best_val": self.best_val,
+                "history": self.history,
+                "seconds": seconds,
+                **mid_epoch,
+            }
+        )
+
+    def record(self, row: dict, val: dict | None) -> None:
+        """Log an epoch's row; keep its weights when they are the best so far."""
+        self.history.append(row)
+        self.progress("  ".join(f"{k}={v}" for k, v in row.items()))
+        if is_better(self.select, val, self.best_val):
+            self.best_epoch, self.best_val = row["epoch"], val
+            self.task.save(self.state.best_file, {**self.info, **selection_info(row["epoch"], val)})
+
+    def validate_start(self) -> None:
+        """Epoch 0: the starting weights as a candidate (``include_start``), before any step."""
+        self.module.eval()
+        val = self.task.validate()
+        row = {"epoch": 0, "step": 0, "lr": "", "train_loss": ""}
+        self.record({**row, **val_columns(val), "seconds": f"{self.elapsed:.1f}"}, val)
+
+    def train_epoch(
+        self, epoch: int, compute_loss: Callable, stopping: Stopping, t0: float
+    ) -> LossMeter:
+        """Train epoch ``epoch`` (begun at time ``t0``; a resumed one from the step its state was
+        written at) and return its losses. Seeded per epoch: shuffling, augmentation (per
+        example, SeededItems) and caption sampling depend only on (seed, epoch), so a resumed run
+        draws exactly what an uninterrupted one would have."""
+        epoch_seed = self.cfg.seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)
+        skip = self.start_step if epoch == self.start_epoch else 0
+        self.data.start_epoch(epoch_seed, skip)
+        losses = LossMeter(self.device)
+        if skip:  # resumed mid-epoch: the random state and losses of that step
+            torch.set_rng_state(self.resumed["rng"])
+            losses.load(self.resumed["losses"])
+        self.module.train()
+        for count, batch in enumerate(self.data.loader, skip + 1):
+            with self.autocast:
+                loss = compute_loss(batch)
+            optimizer_step(loss, self.module, self.optimizer, self.cfg.grad_clip)
+            self.scheduler.step()
+            if self.cfg.clamp_logit_scale:
+                clamp_logit_scale(self.module)
+            losses.add(loss, (epoch - 1) * self.steps + count)
+            self.guard_loss(losses, epoch, count)
+            self.save_or_stop(stopping, epoch, count, losses, t0)
+        return losses
+
+    def guard_loss(self, losses: LossMeter, epoch: int, step: int) -> None:
+        """Stop a run whose training loss stopped being finite (read every LOSS_READ_EVERY steps,
+        a host sync, and at the epoch's last step)."""
+        if step % LOSS_READ_EVERY == 0 or step == self.steps:
+            bad = losses.first_non_finite()
+            if bad is not None:
+                raise diverged(self.info, self.cfg, epoch, bad[1], f"training loss {bad[0]}")
+
+    def guard_weights(self, epoch: int) -> None:
+        """Stop a run whose weights stopped being finite (checked at the end of each epoch)."""
+        if not weights_finite(self.module):
+            raise diverged(self.info, self.cfg, epoch, epoch * self.steps, "non-finite weights")
+
+    def save_or_stop(
+        self, stopping: Stopping, epoch: int, step: int, losses: LossMeter, t0: float
+    ) -> None:
+        """After ``step`` of ``epoch``: write the resume state when one is due or a stop signal
+        came (to any rank), and after a signal end the run (Preempted)."""
+        signum = stopping.signalled(step, self.steps)
+        if signum is not None or (self.main and stopping.due()):
+            if self.main:
+                self.save(epoch - 1, step, losses, self.elapsed + time.time() - t0)
+                stopping.saved()
+            if signum is not None:
+                raise self.preempted(signum, epoch, step)
+
+    def preempted(self, signum: int, epoch: int, step: int) -> Preempted:
+        """The run ends here, its state written, so that the same command resumes it (rank 0
+        says so for the run: the other ranks' message is empty)."""
+        distributed.barrier()
+        name = signal.Signals(signum).name
+        said = (
+            f"stopped by {name} after step {step} of epoch {epoch} "
+            f"({run_label(self.info) or 'training'}); resume state in {self.state.file}: the same "
+            f"command continues the run"
+        )
+        return Preempted(signum, said if self.main else "")
+
+    def end_epoch(self, epoch: int, train_loss: float, t0: float) -> None:
+        """Rank 0, after epoch ``epoch`` (begun at time ``t0``): validate, log and select it, and
+        write the resume state."""
+        self.module.eval()
+        val = self.task.validate()
+        self.elapsed += time.time() - t0
+        row = {
+            "epoch": epoch,
+            "step": epoch * self.steps,
+            "lr": f"{self.optimizer.param_groups[0]['lr']:.3g}",
+            "train_loss": f"{train_loss / self.steps:.5f}",
+        }
+        self.record({**row, **val_columns(val), "seconds": f"{self.elapsed:.1f}"}, val)
+        self.save(epoch, 0, None, self.elapsed)
+
+    def finish(self, out: Path, log_csv: Path, include_start: bool) -> None:
+        """Rank 0, after the last epoch: the selected checkpoint to ``out``, the log to
+        ``log_csv``; the resume state removed."""
+        if self.cfg.epochs == 0 and not include_start:  # nothing to train: the starting weights
+            self.task.save(self.state.best_file, {**self.info, **selection_info(0, None)})
+        if not self.state.best_file.is_file():  # every epoch's validation score was NaN or inf
+            raise UserError(
+                f"no epoch of the run ({run_label(self.info)}) has a finite validation "
+                f"score; no checkpoint written"
+            )
+        write_text(log_csv, log_csv_text(self.history))
+        self.state.best_file.replace(out)
+        self.state.remove()
+
+
 def fit(
     task: Task,
     cfg: TrainConfig,
@@ -584,202 +765,31 @@ def fit(
     each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs
     and writes while the others wait.
     """
-    if select not in SELECT_MODES:
-        raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
+    check_run(task, cfg, info, select)
     out, log_csv = Path(out), Path(log_csv)
-    world, main = distributed.world_size(), distributed.is_main()
-    if cfg.batch_size % world:
-        raise UserError(
-            f"batch_size {cfg.batch_size}: not divisible by the {world} processes of "
-            f"the run (runtime.gpus_per_job), each of which takes an equal slice"
-        )
-    if not main:
-        progress = _quiet
-    n_examples = len(task.train_data)
-    if n_examples - drops_single_example_batch(n_examples, cfg.batch_size) < world:
-        raise UserError(
-            f"{n_examples} training examples ({run_label(info)}): too few for a "
-            f"batch (batch_size {cfg.batch_size}); is the train table empty?"
-        )
-    work = out.with_name(f".{out.name}.resume")
-    work.mkdir(parents=True, exist_ok=True)
-    state_file, best_file = work / "state.pt", work / "best.safetensors"
     run_hash = sha256_json(
         {"cfg": result_config(cfg), "info": info, "select": select, "include_start": include_start}
     )
-
-    module = task.module.to(device)
-    speed_up(module, cfg, device)
-    optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.decay)
-    loader_gen = torch.Generator()
-    items = SeededItems(task.train_data)
-    order = torch.utils.data.RandomSampler(items, generator=loader_gen)
-    batches = RankBatches(order, cfg.batch_size, distributed.rank(), world)
-    loader = make_loader(
-        items,
-        batch_size=None,
-        batch_sampler=batches,
-        generator=loader_gen,
-        workers=cfg.num_workers,
-        device=device,
-    )
-    steps_per_epoch = len(loader)  # the partial batch counts: the schedule ends on the last step
-    scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
-
-    start_epoch, start_step, best_epoch, best_val, history, elapsed = 1, 0, 0, None, [], 0.0
-    state = read_resume_state(state_file, progress)
-    if state is not None:
-        if state.get("run_hash") == run_hash:
-            module.load_state_dict(state["module"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, start_step = state["epoch"] + 1, state.get("step", 0)
-            best_epoch, best_val = state["best_epoch"], state["best_val"]
-            history, elapsed = state["history"], state["seconds"]
-            where = (
-                f"step {start_step} of epoch {start_epoch}"
-                if start_step
-                else f"epoch {state['epoch']}"
-            )
-            progress(f"resuming from {state_file} after {where}")
-        else:
-            progress(f"ignoring {state_file}: it belongs to a run with other settings")
+    state = ResumeState(out, run_hash)
+    run = TrainingRun(task, cfg, device, state, info=info, select=select, progress=progress)
+    run.resume()
     compute_loss = step_loss(task)  # after resuming: DistributedDataParallel starts in sync
-
-    def save_state(epoch: int, step: int, losses: LossMeter | None, seconds: float) -> None:
-        """Write the resume state after ``step`` steps of epoch ``epoch + 1`` (0: at the end of
-        epoch ``epoch``), atomically; rank 0 only (the ranks' weights are the same)."""
-        mid_epoch = (
-            {} if losses is None else {"rng": torch.get_rng_state(), "losses": losses.state()}
-        )
-        with atomic_path(state_file) as tmp:
-            torch.save(
-                {
-                    "run_hash": run_hash,
-                    "epoch": epoch,
-                    "step": step,
-                    "module": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best_epoch": best_epoch,
-                    "best_val": best_val,
-                    "history": history,
-                    "seconds": seconds,
-                    **mid_epoch,
-                },
-                tmp,
-            )
-        stopping.saved()
-
-    def record(row: dict, val: dict | None) -> None:
-        """Log an epoch's row; keep its weights when they are the best so far."""
-        nonlocal best_epoch, best_val
-        history.append(row)
-        progress("  ".join(f"{k}={v}" for k, v in row.items()))
-        if is_better(select, val, best_val):
-            best_epoch, best_val = row["epoch"], val
-            task.save(best_file, {**info, **selection_info(row["epoch"], val)})
-
-    def stop(signum: int, epoch: int, step: int) -> Preempted:
-        """The run ends here, its state written, so that the same command resumes it (rank 0
-        says so for the run: the other ranks' message is empty)."""
-        distributed.barrier()
-        name = signal.Signals(signum).name
-        said = (
-            f"stopped by {name} after step {step} of epoch {epoch} "
-            f"({run_label(info) or 'training'}); resume state in {state_file}: the same "
-            f"command continues the run"
-        )
-        return Preempted(signum, said if main else "")
-
-    if include_start and not history and main:  # epoch 0: the starting weights, before any step
-        module.eval()
-        val = task.validate()
-        record(
-            {
-                "epoch": 0,
-                "step": 0,
-                "lr": "",
-                "train_loss": "",
-                **val_columns(val),
-                "seconds": f"{elapsed:.1f}",
-            },
-            val,
-        )
-
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if cfg.precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    if include_start and not run.history and run.main:  # epoch 0: the starting weights
+        run.validate_start()
     with Stopping(cfg.checkpoint_minutes, device) as stopping:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
             t0 = time.time()
-            # Seed per epoch: shuffling, augmentation (per example, SeededItems) and caption
-            # sampling depend only on (seed, epoch), so a resumed run draws exactly what an
-            # uninterrupted one would have.
-            epoch_seed = cfg.seed * 100_003 + epoch
-            torch.manual_seed(epoch_seed)
-            loader_gen.manual_seed(epoch_seed)
-            items.seed = epoch_seed
-            losses = LossMeter(device)
-            batches.skip = start_step if epoch == start_epoch else 0
-            if batches.skip:  # resumed mid-epoch: the random state and losses of that step
-                torch.set_rng_state(state["rng"])
-                losses.load(state["losses"])
-            module.train()
-            for count, batch in enumerate(loader, batches.skip + 1):
-                with autocast:
-                    loss = compute_loss(batch)
-                optimizer_step(loss, module, optimizer, cfg.grad_clip)
-                scheduler.step()
-                if cfg.clamp_logit_scale:
-                    clamp_logit_scale(module)
-                losses.add(loss, (epoch - 1) * steps_per_epoch + count)
-                if count % LOSS_READ_EVERY == 0 or count == steps_per_epoch:
-                    bad = losses.first_non_finite()  # a host sync, every LOSS_READ_EVERY steps
-                    if bad is not None:
-                        raise diverged(info, cfg, epoch, bad[1], f"training loss {bad[0]}")
-                signum = stopping.signalled(count, steps_per_epoch)
-                if signum is not None or (main and stopping.due()):
-                    if main:
-                        save_state(epoch - 1, count, losses, elapsed + time.time() - t0)
-                    if signum is not None:
-                        raise stop(signum, epoch, count)
-            total = losses.total()
-            if not weights_finite(module):
-                raise diverged(info, cfg, epoch, epoch * steps_per_epoch, "non-finite weights")
-            if main:
-                module.eval()
-                val = task.validate()
-                elapsed += time.time() - t0
-                record(
-                    {
-                        "epoch": epoch,
-                        "step": epoch * steps_per_epoch,
-                        "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                        "train_loss": f"{total / steps_per_epoch:.5f}",
-                        **val_columns(val),
-                        "seconds": f"{elapsed:.1f}",
-                    },
-                    val,
-                )
-                save_state(epoch, 0, None, elapsed)
+            losses = run.train_epoch(epoch, compute_loss, stopping, t0)
+            total = losses.total()  # over the ranks
+            run.guard_weights(epoch)
+            if run.main:
+                run.end_epoch(epoch, total, t0)  # validated, logged, its state written
+                stopping.saved()
             distributed.barrier()
-
-    if main:
-        if cfg.epochs == 0 and not include_start:  # nothing to train: keep the starting weights
-            task.save(best_file, {**info, **selection_info(0, None)})
-        if not best_file.is_file():  # every epoch's validation score was NaN or infinite
-            raise UserError(
-                f"no epoch of the run ({run_label(info)}) has a finite validation "
-                f"score; no checkpoint written"
-            )
-        write_text(log_csv, log_csv_text(history))
-        best_file.replace(out)
-        shutil.rmtree(work, ignore_errors=True)  # the state, and any a kill left half-written
+    if run.main:
+        run.finish(out, log_csv, include_start)
     distributed.barrier()
-    return FitResult(best_epoch, best_val, history, elapsed)
+    return FitResult(run.best_epoch, run.best_val, run.history, run.elapsed)
 
 
 def _quiet(message: str) -> None:

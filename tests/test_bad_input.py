@@ -1,6 +1,6 @@
-"""The bad-input catalogue (issue 12): every way a user can misuse flyp, or a machine can fail it,
-ends in one line naming the file, image, parameter or checkpoint and what was expected, a
-non-zero exit, and no output left behind that a later step would trust.
+"""The bad-input catalogue: every way a user can misuse flyp, or a machine can fail it, ends in one
+line naming the file, image, parameter or checkpoint and what was expected, a non-zero exit, and
+no output left behind that a later step would trust.
 
 One test per case. Cases tested in other files are listed with their test, not repeated here
 (``here``: this file; ``faults``: test_faults.py).
@@ -352,7 +352,7 @@ def test_a_deleted_table_of_the_manifest_is_one_line(tables, zeroshot, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-# -- data_hash hashes the data (issue 12 item 7) -------------------------------------------------
+# -- data_hash hashes the tables themselves, not only manifest.json --------------------------------
 
 
 def test_data_hash_changes_when_a_table_changes_after_prepare(tables):

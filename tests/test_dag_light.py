@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flyp import catalog, codeversion, parsecache
+from flyp.workflow import catalog, codeversion, parsecache
 
 ROOT = Path(__file__).resolve().parents[1]
 

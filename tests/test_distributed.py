@@ -1,5 +1,5 @@
-"""One run over several processes (issue 9, items 1 and 2): 2 ranks at batch B/2 each train as 1
-rank at batch B, for FLYP, FT and the collision-masked ablation (gloo on the CPU, as in CI).
+"""One run over several processes: 2 ranks at batch B/2 each train as 1 rank at batch B, for FLYP,
+FT and the collision-masked ablation (gloo on the CPU, as in CI).
 
 Two processes are spawned once for the module; each runs the same code as the test process does
 in one (the losses and the loop need no second path). The images are the eval transform's: random

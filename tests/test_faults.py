@@ -13,11 +13,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from flyp.cli import main
+from flyp.devices import resolve_device
 from flyp.io import UserError, atomic_path, write_text
 from flyp.methods import get_method
 from flyp.methods.l2sp import L2SP
 from flyp.models import FORMAT, load_checkpoint, save_checkpoint
-from flyp.training import Task, TrainConfig, fit, is_better, resolve_device
+from flyp.task import Task
+from flyp.training import TrainConfig, fit, is_better
 from flyp.workflow.config import load_params
 from tests.conftest import ROOT
 

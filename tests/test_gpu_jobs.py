@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from flyp.training import claim_gpu
+from flyp.devices import claim_gpu
 from tests.test_imagenet import dry_run, workflow_copy
 
 GPU_RULES = {"features", "finetune", "finetune_fewshot", "evaluate_ensemble"}

@@ -1,6 +1,6 @@
-"""Training that survives pre-emption (issue 9, item 4): a run killed at any step (kill -9), or
-stopped by SIGTERM / SIGUSR1 as SLURM does before it pre-empts a job, resumes mid-epoch, also with
-another worker count, to a checkpoint byte-identical to an uninterrupted run's."""
+"""Training that survives pre-emption: a run killed at any step (kill -9), or stopped by SIGTERM /
+SIGUSR1 as SLURM does before it pre-empts a job, resumes mid-epoch, also with another worker count,
+to a checkpoint byte-identical to an uninterrupted run's."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ from flyp.ensemble import ensemble_curve, pick_alpha
 from flyp.finetuning import finetune, selection
 from flyp.methods import Context
 from flyp.scoring import accuracy, macro_f1
-from flyp.training import Task, TrainConfig, fit
+from flyp.task import Task
+from flyp.training import TrainConfig, fit
 
 # An imbalanced ID-val set (8 images of class 0, one each of classes 1 and 2) and two sets of
 # predictions: MAJORITY says class 0 for everything (accuracy 0.8, macro-F1 0.30); BALANCED gets

@@ -28,7 +28,8 @@ from flyp.models import (
     preprocess_transforms,
 )
 from flyp.scoring import predict, validation_scores
-from flyp.training import Task, TrainConfig, fit
+from flyp.task import Task
+from flyp.training import TrainConfig, fit
 
 CLIP_CFG = {
     "size": 224,

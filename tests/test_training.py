@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from flyp.training import Task, TrainConfig, cosine_with_warmup, fit, make_optimizer
+from flyp.task import Task
+from flyp.training import TrainConfig, cosine_with_warmup, fit, make_optimizer
 
 
 def test_warmup_then_cosine_per_step():

@@ -282,53 +282,7 @@ def fetch(
             dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    local = local_source(source)
-    for attempt in range(retries + 1):
-        offset = part.stat().st_size if part.exists() else 0
-        try:
-            if local is not None:
-                stream, start, total = _open_local(local, offset)
-            else:
-                stream, start, total = _open_remote(source, offset, timeout)
-            if stream is None:
-                break
-            if offset and start == 0:
-                log(f"{source}: the server cannot resume; starting over")
-            if offset and start:
-                log(f"{dest.name}: resuming at {_human(start)}")
-            with (
-                stream,
-                open(part, "r+b" if start else "wb") as out,
-                tqdm(
-                    total=total,
-                    initial=start,
-                    unit="B",
-                    unit_scale=True,
-                    disable=not progress,
-                    desc=dest.name,
-                ) as bar,
-            ):
-                out.seek(start)
-                out.truncate()
-                while block := stream.read(CHUNK):
-                    out.write(block)
-                    bar.update(len(block))
-            if total is not None and part.stat().st_size < total:
-                raise ConnectionError(
-                    f"connection closed at {_human(part.stat().st_size)} of {_human(total)}"
-                )
-            break
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            if isinstance(e, urllib.error.HTTPError) or attempt == retries or local is not None:
-                reason = (
-                    f"HTTP {e.code} {e.reason}"
-                    if isinstance(e, urllib.error.HTTPError)
-                    else getattr(e, "reason", None) or e
-                )
-                keep = " (the partial download is kept; rerun to resume)" if part.exists() else ""
-                raise UserError(f"{source}: download failed: {reason}{keep}") from None
-            log(f"{source}: {e}; retrying ({attempt + 1}/{retries})")
-            time.sleep(min(2**attempt, 30))
+    _download(source, part, dest.name, timeout=timeout, retries=retries, progress=progress, log=log)
     if not part.exists():
         part.touch()
     try:
@@ -345,6 +299,84 @@ def fetch(
         raise
     os.replace(part, dest)
     return dest
+
+
+def _download(
+    source: str,
+    part: Path,
+    name: str,
+    *,
+    timeout: float,
+    retries: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """The bytes of ``source`` into ``part``, from its end on; after a dropped connection up to
+    ``retries`` more tries (none after an HTTP error, nor from a local file), which wait 1, 2, 4
+    ... (at most 30) seconds."""
+    local = local_source(source)
+    for attempt in range(retries + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            _copy_from(source, local, part, name, offset, timeout, progress, log)
+            return
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            if isinstance(e, urllib.error.HTTPError) or attempt == retries or local is not None:
+                reason = (
+                    f"HTTP {e.code} {e.reason}"
+                    if isinstance(e, urllib.error.HTTPError)
+                    else getattr(e, "reason", None) or e
+                )
+                keep = " (the partial download is kept; rerun to resume)" if part.exists() else ""
+                raise UserError(f"{source}: download failed: {reason}{keep}") from None
+            log(f"{source}: {e}; retrying ({attempt + 1}/{retries})")
+            time.sleep(min(2**attempt, 30))
+
+
+def _copy_from(
+    source: str,
+    local: Path | None,
+    part: Path,
+    name: str,
+    offset: int,
+    timeout: float,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """One try: ``source`` (the file ``local``, or a URL) from byte ``offset`` into ``part``,
+    which the server may make start over (it cannot resume). A connection closed before the
+    announced size is a ConnectionError."""
+    if local is not None:
+        stream, start, total = _open_local(local, offset)
+    else:
+        stream, start, total = _open_remote(source, offset, timeout)
+    if stream is None:  # nothing left after offset
+        return
+    if offset and start == 0:
+        log(f"{source}: the server cannot resume; starting over")
+    if offset and start:
+        log(f"{name}: resuming at {_human(start)}")
+    with (
+        stream,
+        open(part, "r+b" if start else "wb") as out,
+        tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc=name,
+        ) as bar,
+    ):
+        out.seek(start)
+        out.truncate()
+        while block := stream.read(CHUNK):
+            out.write(block)
+            bar.update(len(block))
+    if total is not None and part.stat().st_size < total:
+        raise ConnectionError(
+            f"connection closed at {_human(part.stat().st_size)} of {_human(total)}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

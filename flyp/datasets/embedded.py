@@ -432,101 +432,131 @@ def render(rng: np.random.Generator, dist: Distribution, label: int, image_size:
             ..., None
         ]
         / 255
-    )
+    )  # (s, s, 1) in 0..1
     clutter = rng.random() < dist.clutter
     occluded = rng.random() < dist.occlusion
     rgb = _jitter_color(rng, COLORS[color])
-
-    if style in ("photo", "pixel"):
-        img = _background(rng, bg_kind, s)
-        if clutter:
-            _add_clutter(rng, img, s)
-        # Shading: light from a random direction, plus a soft texture on the object.
-        yy, xx = np.mgrid[0:s, 0:s].astype(float) / s
-        light = rng.uniform(0, 2 * math.pi)
-        shade = 0.75 + 0.35 * (math.cos(light) * (xx - 0.5) + math.sin(light) * (yy - 0.5))
-        obj = rgb * shade[..., None]
-        img = img * (1 - mask) + obj * mask
-        if style == "pixel":  # coarse blocks, few colours
-            block = int(rng.integers(3, 5))
-            small = (
-                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-                .resize((s // block, s // block), Image.BILINEAR)
-                .quantize(int(rng.integers(4, 9)))
-            )
-            img = np.asarray(small.convert("RGB").resize((s, s), Image.NEAREST), float)
-    elif style == "sketch":
-        paper = rng.uniform(215, 250)
-        img = np.full((s, s, 3), paper) + rng.normal(0, 4, (s, s, 1))
-        ink = rng.uniform(20, 90)
-        strength = rng.uniform(0.6, 1.0)
-        edge = _edges(mask[..., 0], int(rng.integers(1, 3)))
-        # A second, slightly shifted stroke: hand-drawn lines rarely close exactly.
-        shift = rng.integers(-1, 2, 2)
-        edge = np.maximum(edge, 0.6 * np.roll(edge, tuple(shift), axis=(0, 1)))
-        if rng.random() < 0.5:  # hatching inside the object
-            yy, xx = np.mgrid[0:s, 0:s]
-            hatch = ((xx + yy) % int(rng.integers(4, 7)) == 0).astype(float)
-            edge = np.maximum(edge, 0.5 * hatch * mask[..., 0])
-        if clutter:
-            strokes = np.zeros((s, s, 3))
-            _add_clutter(rng, strokes, s)
-            edge = np.maximum(edge, 0.5 * (strokes.mean(-1) > 0))
-        img = img * (1 - strength * edge[..., None]) + ink * strength * edge[..., None]
-    elif style == "cartoon":
-        img = np.broadcast_to(_random_rgb(rng), (s, s, 3)).copy()
-        if clutter:
-            _add_clutter(rng, img, s)
-        flat = np.clip(np.asarray(COLORS[color], float) * 1.1, 0, 255)
-        img = img * (1 - mask) + flat * mask
-        edge = _edges(mask[..., 0], int(rng.integers(2, 4)))[..., None]
-        img = img * (1 - edge)
-    elif style == "painting":
-        img = _background(rng, "texture", s)
-        for _ in range(int(rng.integers(4, 9))):  # colour blobs
-            x, y, r = *rng.uniform(0, s, 2), rng.uniform(s * 0.1, s * 0.3)
-            yy, xx = np.mgrid[0:s, 0:s]
-            blob = (((xx - x) ** 2 + (yy - y) ** 2) < r * r)[..., None]
-            img = np.where(blob, 0.5 * img + 0.5 * _random_rgb(rng), img)
-        if clutter:
-            _add_clutter(rng, img, s)
-        brush = rng.normal(0, 30, (s // 4, s // 4, 3))
-        brush = (
-            np.asarray(
-                Image.fromarray(np.clip(brush + 128, 0, 255).astype(np.uint8)).resize(
-                    (s, s), Image.BICUBIC
-                ),
-                float,
-            )
-            - 128
-        )
-        img = img * (1 - mask) + (rgb + brush) * mask
-        img = np.asarray(
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(
-                ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))
-            ),
-            float,
-        )
-    else:
+    scene = Scene(cls, style, color, size, bg_kind, abs(angle_deg) > 45, clutter, occluded)
+    if style not in _PAINTERS:
         raise ValueError(style)
-
-    if occluded:  # a bar across part of the object
-        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-        d = ImageDraw.Draw(pil)
-        w = rng.uniform(0.4, 0.8) * radius  # hides part of the object, rarely all of it
-        if rng.random() < 0.5:
-            x = cx + rng.uniform(-0.5, 0.5) * radius
-            d.rectangle([x - w / 2, 0, x + w / 2, s], fill=tuple(int(v) for v in _random_rgb(rng)))
-        else:
-            y = cy + rng.uniform(-0.5, 0.5) * radius
-            d.rectangle([0, y - w / 2, s, y + w / 2], fill=tuple(int(v) for v in _random_rgb(rng)))
-        img = np.asarray(pil, float)
+    img = _PAINTERS[style](rng, scene, mask, rgb, s)
+    if occluded:
+        img = _occlude(rng, img, cx, cy, radius, s)
     img = img + rng.normal(0, dist.noise * 255, img.shape)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(
         (image_size, image_size), Image.LANCZOS
     )
-    scene = Scene(cls, style, color, size, bg_kind, abs(angle_deg) > 45, clutter, occluded)
     return np.asarray(out), scene
+
+
+# Each style paints the object (``mask`` (s, s, 1), colour ``rgb``) and its background into an
+# (s, s, 3) float array in 0..255, drawing from ``rng`` in a fixed order: the same seed, the same
+# pixels.
+
+
+def _paint_photo(rng, scene: Scene, mask: np.ndarray, rgb: np.ndarray, s: int) -> np.ndarray:
+    img = _background(rng, scene.background, s)
+    if scene.clutter:
+        _add_clutter(rng, img, s)
+    # Shading: light from a random direction, plus a soft texture on the object.
+    yy, xx = np.mgrid[0:s, 0:s].astype(float) / s
+    light = rng.uniform(0, 2 * math.pi)
+    shade = 0.75 + 0.35 * (math.cos(light) * (xx - 0.5) + math.sin(light) * (yy - 0.5))
+    obj = rgb * shade[..., None]
+    return img * (1 - mask) + obj * mask
+
+
+def _paint_pixel(rng, scene: Scene, mask: np.ndarray, rgb: np.ndarray, s: int) -> np.ndarray:
+    """A photo in coarse blocks of few colours."""
+    img = _paint_photo(rng, scene, mask, rgb, s)
+    block = int(rng.integers(3, 5))
+    small = (
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        .resize((s // block, s // block), Image.BILINEAR)
+        .quantize(int(rng.integers(4, 9)))
+    )
+    return np.asarray(small.convert("RGB").resize((s, s), Image.NEAREST), float)
+
+
+def _paint_sketch(rng, scene: Scene, mask: np.ndarray, rgb: np.ndarray, s: int) -> np.ndarray:
+    paper = rng.uniform(215, 250)
+    img = np.full((s, s, 3), paper) + rng.normal(0, 4, (s, s, 1))
+    ink = rng.uniform(20, 90)
+    strength = rng.uniform(0.6, 1.0)
+    edge = _edges(mask[..., 0], int(rng.integers(1, 3)))
+    # A second, slightly shifted stroke: hand-drawn lines rarely close exactly.
+    shift = rng.integers(-1, 2, 2)
+    edge = np.maximum(edge, 0.6 * np.roll(edge, tuple(shift), axis=(0, 1)))
+    if rng.random() < 0.5:  # hatching inside the object
+        yy, xx = np.mgrid[0:s, 0:s]
+        hatch = ((xx + yy) % int(rng.integers(4, 7)) == 0).astype(float)
+        edge = np.maximum(edge, 0.5 * hatch * mask[..., 0])
+    if scene.clutter:
+        strokes = np.zeros((s, s, 3))
+        _add_clutter(rng, strokes, s)
+        edge = np.maximum(edge, 0.5 * (strokes.mean(-1) > 0))
+    return img * (1 - strength * edge[..., None]) + ink * strength * edge[..., None]
+
+
+def _paint_cartoon(rng, scene: Scene, mask: np.ndarray, rgb: np.ndarray, s: int) -> np.ndarray:
+    img = np.broadcast_to(_random_rgb(rng), (s, s, 3)).copy()
+    if scene.clutter:
+        _add_clutter(rng, img, s)
+    flat = np.clip(np.asarray(COLORS[scene.color], float) * 1.1, 0, 255)
+    img = img * (1 - mask) + flat * mask
+    edge = _edges(mask[..., 0], int(rng.integers(2, 4)))[..., None]
+    return img * (1 - edge)
+
+
+def _paint_painting(rng, scene: Scene, mask: np.ndarray, rgb: np.ndarray, s: int) -> np.ndarray:
+    img = _background(rng, "texture", s)
+    for _ in range(int(rng.integers(4, 9))):  # colour blobs
+        x, y, r = *rng.uniform(0, s, 2), rng.uniform(s * 0.1, s * 0.3)
+        yy, xx = np.mgrid[0:s, 0:s]
+        blob = (((xx - x) ** 2 + (yy - y) ** 2) < r * r)[..., None]
+        img = np.where(blob, 0.5 * img + 0.5 * _random_rgb(rng), img)
+    if scene.clutter:
+        _add_clutter(rng, img, s)
+    brush = rng.normal(0, 30, (s // 4, s // 4, 3))
+    brush = (
+        np.asarray(
+            Image.fromarray(np.clip(brush + 128, 0, 255).astype(np.uint8)).resize(
+                (s, s), Image.BICUBIC
+            ),
+            float,
+        )
+        - 128
+    )
+    img = img * (1 - mask) + (rgb + brush) * mask
+    return np.asarray(
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))
+        ),
+        float,
+    )
+
+
+_PAINTERS = {
+    "photo": _paint_photo,
+    "pixel": _paint_pixel,
+    "sketch": _paint_sketch,
+    "cartoon": _paint_cartoon,
+    "painting": _paint_painting,
+}
+
+
+def _occlude(rng, img: np.ndarray, cx: float, cy: float, radius: float, s: int) -> np.ndarray:
+    """A bar across part of the object (centred at (cx, cy), of radius ``radius``)."""
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(pil)
+    w = rng.uniform(0.4, 0.8) * radius  # hides part of the object, rarely all of it
+    if rng.random() < 0.5:
+        x = cx + rng.uniform(-0.5, 0.5) * radius
+        d.rectangle([x - w / 2, 0, x + w / 2, s], fill=tuple(int(v) for v in _random_rgb(rng)))
+    else:
+        y = cy + rng.uniform(-0.5, 0.5) * radius
+        d.rectangle([0, y - w / 2, s, y + w / 2], fill=tuple(int(v) for v in _random_rgb(rng)))
+    return np.asarray(pil, float)
 
 
 # ----------------------------------------------------------------------------------------------

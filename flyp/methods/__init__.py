@@ -1,7 +1,7 @@
 """Registry of finetuning methods. Each method is a file that registers itself by name.
 
 A method turns the pretrained CLIP into an image classifier. Methods that train return a
-``flyp.training.Task`` that the shared loop in ``flyp.training.fit`` optimises; every method ends in
+``flyp.task.Task`` that the shared loop in ``flyp.training.fit`` optimises; every method ends in
 the same checkpoint format (CLIP weights + linear head), so evaluation and weight ensembling never
 need to know which method made a checkpoint.
 """
@@ -162,7 +162,7 @@ class Method:
         return spec.parse(value)
 
     def task(self, ctx: Context):
-        """The training task (``flyp.training.Task``); only for methods that train."""
+        """The training task (``flyp.task.Task``); only for methods that train."""
         raise NotImplementedError
 
     def classifier(self, ctx: Context) -> ImageClassifier:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from flyp.loading import to_device
 from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier, save_checkpoint
-from flyp.training import Task
+from flyp.task import Task
 
 
 class CrossEntropyTask(Task):
