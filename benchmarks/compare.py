@@ -1,5 +1,5 @@
 """The README's claims about the table, recomputed: differences between methods paired by
-pretrained model, and how far a rebuilt table moved from another one (issue 11, item 2).
+pretrained model, and how far a rebuilt table moved from another one.
 
     python benchmarks/compare.py                       # every method against ft and zero-shot
     python benchmarks/compare.py --base ft --method flyp --method flyp+wise

@@ -1,7 +1,7 @@
 """FLYP step throughput on 1 and N ranks (DDP, the contrastive loss gathered over the ranks), side
 by side, with the scaling efficiency: images/s on N ranks / (N x images/s on 1 rank). Each rank
-keeps its batch (weak scaling, as the issue's target: batch 512 per GPU), so the global batch grows
-with the ranks. Pure PyTorch + flyp (no Snakemake):
+keeps its batch (weak scaling, e.g. 512 per GPU as in the GPU command below), so the global
+batch grows with the ranks. Pure PyTorch + flyp (no Snakemake):
 
     PYTHONPATH=. python benchmarks/ddp_speed.py                    # CPU: 1 and 2 ranks over gloo
     PYTHONPATH=. python benchmarks/ddp_speed.py --device cuda --ranks 1,2,4,8 \

@@ -1,4 +1,4 @@
-"""Check the embedded benchmark against the criteria of a fair miniature (issue 11, item 2).
+"""Check the embedded benchmark against the criteria of a fair miniature.
 
 The criteria look only at zero-shot and standard finetuning (``ft``) and at the test sets' sizes,
 never at which method wins:

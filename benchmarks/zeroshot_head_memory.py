@@ -1,4 +1,4 @@
-"""Peak memory of building the zero-shot head as the class count grows (issue 7, item 1).
+"""Peak memory of building the zero-shot head as the class count grows.
 
 Builds the head with the real ViT-B-16 text tower (random weights: only shapes matter) for C
 classes x 80 templates (open_clip's OPENAI_IMAGENET_TEMPLATES, ImageNet class names) and prints

@@ -120,7 +120,8 @@ def finetune(
 def selection(shots: int | None) -> dict:
     """How ``fit`` picks the epoch. Full runs: the best ID-val score with the benchmark's own ID
     metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the starting model)
-    the lowest cross-entropy on the k-per-class val sample (FLYP_REFERENCE section 1)."""
+    the lowest cross-entropy on the k-per-class val sample (docs/reference.md, "Hyperparameters
+    and protocol")."""
     if shots is None:
         return {"select": "metric", "include_start": False}
     return {"select": "val_loss", "include_start": True}

@@ -119,7 +119,7 @@ def load_error_summary(e: Exception) -> str:
 
 def check_quickgelu(model_name: str, pretrained: str) -> None:
     """Refuse OpenAI-trained (QuickGELU) weights in a GELU architecture: open_clip only warns, and
-    the features are silently wrong (FLYP_REFERENCE section 4)."""
+    the features are silently wrong (docs/reference.md, "Pretrained weights and preprocessing")."""
     if os.path.isfile(pretrained):
         tag_quick = quickgelu_weights_file(pretrained)
     else:

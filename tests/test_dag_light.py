@@ -1,6 +1,6 @@
-"""Building the DAG stays light (issue 8, item 5): what the workflow reads of the methods and of the
-code comes from a cache keyed by the package's files, so `snakemake -n` on an unchanged package
-imports no torch, and any edit under flyp/ reads the classes and the code again."""
+"""Building the DAG stays light: what the workflow reads of the methods and of the code comes
+from a cache keyed by the package's files, so `snakemake -n` on an unchanged package imports no
+torch, and any edit under flyp/ reads the classes and the code again."""
 
 import os
 import shutil

@@ -1,5 +1,5 @@
-"""The evaluation cache (issue 8, item 2): ID-val and every eval set transformed once into uint8
-arrays that every evaluation of the benchmark memory-maps, with the same metrics as decoding."""
+"""The evaluation cache: ID-val and every eval set transformed once into uint8 arrays that every
+evaluation of the benchmark memory-maps, with the same metrics as decoding."""
 
 import json
 

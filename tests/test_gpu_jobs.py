@@ -1,6 +1,6 @@
-"""GPU jobs (issue 7, item 3): a job that runs on a GPU declares `gpu=1`, and a local run allows as
-many of them at once as the machine has GPUs; CPU runs declare nothing. Dry runs on a faked GPU
-machine (a stand-in `nvidia-smi` on PATH, or CUDA_VISIBLE_DEVICES)."""
+"""GPU jobs: a job that runs on a GPU declares `gpu=1`, and a local run allows as many of them at
+once as the machine has GPUs; CPU runs declare nothing. Dry runs on a faked GPU machine (a
+stand-in `nvidia-smi` on PATH, or CUDA_VISIBLE_DEVICES)."""
 
 import re
 

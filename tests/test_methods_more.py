@@ -1,4 +1,5 @@
-"""Issue 3's methods, each on its distinguishing behaviour (tiny inputs, no full training)."""
+"""The baselines and ablations (L2-SP, the three ablations, WiSE-FT, LP, LP-FT, few-shot draws),
+each on its distinguishing behaviour (tiny inputs, no full training)."""
 
 import numpy as np
 import open_clip

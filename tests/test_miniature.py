@@ -1,5 +1,7 @@
-"""The fair-miniature check (benchmarks/miniature.py, issue 11 item 4): each criterion of issue 11,
-item 2, measured on a run's zero-shot and ft results and on its tables' sizes."""
+"""The fair-miniature check (benchmarks/miniature.py): each criterion of a fair miniature
+(zero-shot ID accuracy, ft's gain over it, each OOD set's zero-shot accuracy, the sampling
+standard error, the number of pretraining seeds), measured on a run's zero-shot and ft results and
+on its tables' sizes."""
 
 from __future__ import annotations
 

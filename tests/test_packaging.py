@@ -1,6 +1,6 @@
-"""Installs into the environment a GPU user already has (issue 9, item 5): pyproject.toml requires
-torch and torchvision as ranges (pip keeps a CUDA build already there), constraints.txt pins the
-tested pair inside those ranges, and .ci/run and the rules' conda environment install with it."""
+"""Installs into the environment a GPU user already has: pyproject.toml requires torch and
+torchvision as ranges (pip keeps a CUDA build already there), constraints.txt pins the tested pair
+inside those ranges, and .ci/run and the rules' conda environment install with it."""
 
 import tomllib
 

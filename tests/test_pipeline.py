@@ -168,8 +168,8 @@ def test_second_run_does_nothing(built):
 
 @pytest.mark.slow
 def test_a_failed_dvc_recording_quotes_dvcs_reason(built):
-    """When DVC cannot record a run, the note quotes DVC's own error, not "unknown" (issue 12,
-    item 6); the next run that can record does."""
+    """When DVC cannot record a run, the note quotes DVC's own error, not "unknown"; the next run
+    that can record does."""
     root, env, _ = built
     manifest = "data/embedded/tables/manifest.json"
     run(["git", "add", "-f", manifest], root, env)  # a DVC out now also tracked by git

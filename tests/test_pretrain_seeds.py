@@ -1,7 +1,7 @@
-"""Several pretraining seeds (issue 11, item 2): one CLIP pretrained per seed, shared by every
-method; run i of each method (seed i, few-shot draw i) starts from the (i mod n)-th, so that the
-table's mean and std over a method's runs take in the pretraining's variance (the embedded
-default: three). One seed leaves the DAG as it was before there were several."""
+"""Several pretraining seeds (a criterion of a fair miniature): one CLIP pretrained per seed,
+shared by every method; run i of each method (seed i, few-shot draw i) starts from the (i mod
+n)-th, so that the table's mean and std over a method's runs take in the pretraining's variance
+(the embedded default: three). One seed leaves the DAG as it was before there were several."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""GPUs as Snakemake resources (issue 9, item 3): dry runs of the ImageNet fixture with the two
-profiles under workflow/profiles/, checking what each job would be submitted with: cores, memory,
-wall-clock minutes (params.yaml presets.imagenet.resources), GPUs, SLURM partition and account, and
-for a training run over 2 GPUs the sbatch line the SLURM plugin builds from them."""
+"""GPUs as Snakemake resources: dry runs of the ImageNet fixture with the two profiles under
+workflow/profiles/, checking what each job would be submitted with: cores, memory, wall-clock
+minutes (params.yaml presets.imagenet.resources), GPUs, SLURM partition and account, and for a
+training run over 2 GPUs the sbatch line the SLURM plugin builds from them."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class Download:
 
     ``url`` None means it cannot be downloaded (licence, password): the user places it and sets
     the path in params; ``manual`` says where to get it. Size and checksums are verified when
-    given (FLYP_REFERENCE section 3)."""
+    given (docs/reference.md, "Canonical archives")."""
 
     name: str
     url: str | None

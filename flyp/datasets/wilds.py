@@ -12,10 +12,11 @@ ood_test   test                           OOD test set
 ood_val    val (OOD validation)           written for analysis; never used for selection
 =========  =============================  ======================================================
 
-Metrics (FLYP_REFERENCE section 3): iWildCam is scored with macro-F1 over the labels present in the
-test set (ID and OOD); FMoW's ID test set with average accuracy and its OOD test set with the
-accuracy of its worst region (region "Other" excluded), as WILDS and the reference report them. The
-metrics are registered in ``flyp.scoring``; the tables carry what they need (FMoW's ``region``).
+Metrics (docs/reference.md, "Benchmarks, splits and metrics"): iWildCam is scored with macro-F1
+over the labels present in the test set (ID and OOD); FMoW's ID test set with average accuracy and
+its OOD test set with the accuracy of its worst region (region "Other" excluded), as WILDS and the
+reference report them. The metrics are registered in ``flyp.scoring``; the tables carry what they
+need (FMoW's ``region``).
 
 The codalab host of WILDS has been unreliable for years: ``presets.<benchmark>.data.<download>``
 in params.yaml may name an archive placed by hand, a mirror, or an already extracted folder (e.g.
