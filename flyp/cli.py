@@ -690,14 +690,7 @@ def evaluate(
     from flyp.evaluation import evaluate_checkpoint
     from flyp.loading import resolve_workers
 
-    if zeroshot is not None and (curve_out is None or wise_out is None):
-        raise UserError("--ensemble-with needs --curve-out and --wise-out")
-    try:
-        grid = sorted(float(a) for a in _csv_list(alphas))
-    except ValueError:
-        raise UserError(f"--alphas: expected comma-separated numbers, got {alphas!r}") from None
-    if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
-        raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
+    grid = _ensemble_grid(alphas, zeroshot, curve_out, wise_out)
     device = resolve_device(device)
     options = dict(
         batch_size=batch_size,
@@ -707,10 +700,7 @@ def evaluate(
         eval_cache=eval_cache,
         log=_log,
     )
-    if zeroshot is not None:
-        from flyp.ensemble import check_ensemble_pair, run_ensemble
-
-        check_ensemble_pair(zeroshot, checkpoint)
+    _check_ensemble_pair(zeroshot, checkpoint)
     evaluate_checkpoint(
         benchmark_name,
         data_dir,
@@ -720,27 +710,86 @@ def evaluate(
         **options,
     )
     if zeroshot is not None:
-        try:
-            best = run_ensemble(
-                benchmark_name,
-                data_dir,
-                zeroshot,
-                checkpoint,
-                grid,
-                finetuned_metrics=metrics_out,
-                curve_out=curve_out,
-                zeroshot_metrics=zeroshot_metrics,
-                metrics_out=wise_out,
-                **options,
-            )
-        except BaseException:  # the step failed: none of its outputs may look like a result
-            for path in (metrics_out, provenance_out):
-                path.unlink(missing_ok=True)
-            raise
-        _log(
-            f"weight ensembling: picked alpha={best['alpha']:g} "
-            f"(ID-val {best['val_metric']} {best['val_score']:.4f})"
+        _ensemble(
+            benchmark_name,
+            data_dir,
+            zeroshot,
+            checkpoint,
+            grid,
+            options,
+            metrics_out=metrics_out,
+            provenance_out=provenance_out,
+            curve_out=curve_out,
+            wise_out=wise_out,
+            zeroshot_metrics=zeroshot_metrics,
         )
+
+
+def _ensemble_grid(
+    alphas: str, zeroshot: Path | None, curve_out: Path | None, wise_out: Path | None
+) -> list[float]:
+    """The alphas of --alphas, sorted. With --ensemble-with, --curve-out and --wise-out must be
+    given and the alphas be at least one, each in [0, 1]."""
+    if zeroshot is not None and (curve_out is None or wise_out is None):
+        raise UserError("--ensemble-with needs --curve-out and --wise-out")
+    try:
+        grid = sorted(float(a) for a in _csv_list(alphas))
+    except ValueError:
+        raise UserError(f"--alphas: expected comma-separated numbers, got {alphas!r}") from None
+    if zeroshot is not None and (not grid or grid[0] < 0 or grid[-1] > 1):
+        raise UserError(f"--alphas: expected numbers in [0, 1], got {alphas!r}")
+    return grid
+
+
+def _check_ensemble_pair(zeroshot: Path | None, checkpoint: Path) -> None:
+    """With --ensemble-with, that the zero-shot checkpoint and this one can be weight-ensembled,
+    checked before either is scored."""
+    if zeroshot is not None:
+        from flyp.ensemble import check_ensemble_pair
+
+        check_ensemble_pair(zeroshot, checkpoint)
+
+
+def _ensemble(
+    benchmark_name,
+    data_dir,
+    zeroshot,
+    checkpoint,
+    grid,
+    options: dict,
+    *,
+    metrics_out: Path,
+    provenance_out: Path,
+    curve_out: Path,
+    wise_out: Path,
+    zeroshot_metrics: Path | None,
+) -> None:
+    """Weight-ensemble the checkpoint with the zero-shot one at each alpha of ``grid`` and log
+    the alpha picked; should that fail, the checkpoint's own scores (``metrics_out``,
+    ``provenance_out``) are removed too."""
+    from flyp.ensemble import run_ensemble
+
+    try:
+        best = run_ensemble(
+            benchmark_name,
+            data_dir,
+            zeroshot,
+            checkpoint,
+            grid,
+            finetuned_metrics=metrics_out,
+            curve_out=curve_out,
+            zeroshot_metrics=zeroshot_metrics,
+            metrics_out=wise_out,
+            **options,
+        )
+    except BaseException:  # the step failed: none of its outputs may look like a result
+        for path in (metrics_out, provenance_out):
+            path.unlink(missing_ok=True)
+        raise
+    _log(
+        f"weight ensembling: picked alpha={best['alpha']:g} "
+        f"(ID-val {best['val_metric']} {best['val_score']:.4f})"
+    )
 
 
 @main.command()

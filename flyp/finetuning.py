@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from flyp import distributed
-from flyp.datasets import get_benchmark
+from flyp.datasets import Benchmark, get_benchmark
 from flyp.datasets.manifest import data_hash
 from flyp.evalcache import open_eval_cache
 from flyp.io import sha256_file, write_text
 from flyp.methods import Context, get_method
 from flyp.models import (
+    Checkpoint,
     carried_info,
     checkpoint_transforms,
     get_tokenizer,
@@ -30,6 +31,82 @@ from flyp.training import (
     selection_info,
     val_columns,
 )
+
+
+def method_context(
+    bench: Benchmark,
+    pretrained: Checkpoint,
+    cfg: TrainConfig,
+    *,
+    data_dir: Path,
+    captions_dir: Path,
+    device: torch.device,
+    options: dict,
+    shots: int | None,
+    draw: int,
+    eval_cache: Path | None,
+) -> Context:
+    """What a method builds its classifier or task from: the benchmark, the pretrained model with
+    its tokenizer and its own preprocessing, the data and the run's settings."""
+    tokenizer = get_tokenizer(pretrained.model_name)
+    train_tf, eval_tf = checkpoint_transforms(pretrained)  # the pretrained weights' preprocessing
+    return Context(
+        benchmark=bench,
+        pretrained=pretrained,
+        data_dir=Path(data_dir),
+        captions_dir=Path(captions_dir),
+        device=device,
+        tokenizer=tokenizer,
+        train_transform=train_tf,
+        eval_transform=eval_tf,
+        seed=cfg.seed,
+        options=options,
+        shots=shots,
+        draw=draw,
+        workers=cfg.num_workers,
+        eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)),
+    )
+
+
+def run_info(
+    ctx: Context,
+    cfg: TrainConfig,
+    method,
+    method_name: str,
+    benchmark_name: str,
+    pretrained_path: Path,
+) -> dict:
+    """The checkpoint's record of the run ``ctx`` describes: the method, benchmark and settings,
+    the pretrained weights and the data it starts from (their hashes) and the code revision."""
+    return {
+        "method": method_name,
+        "benchmark": benchmark_name,
+        "seed": ctx.seed,
+        "shots": ctx.shots,
+        "draw": ctx.draw if ctx.shots else None,
+        "head_from_text": method.head_from_text,
+        "config": {**result_config(cfg), "options": ctx.options},
+        "pretrained": ctx.pretrained.info,
+        "pretrained_sha256": sha256_file(pretrained_path),
+        "data_hash": data_hash(ctx.data_dir),
+        "code": code_revision(),
+        **carried_info(ctx.pretrained),
+    }
+
+
+def score_untrained(method, ctx: Context, info: dict, *, out: Path, log_csv: Path) -> dict:
+    """For a method that does not train: its classifier scored on ID-val and written as the
+    selected checkpoint (epoch 0), by rank 0 alone. Its result depends on no training setting,
+    so its record keeps none."""
+    if not distributed.is_main():  # nothing to share out: rank 0 alone scores and writes
+        return {"best_epoch": 0, "best_val": None}
+    info["config"] = {"seed": ctx.seed, "options": ctx.options}
+    classifier = method.classifier(ctx)
+    val = ctx.validate(classifier)
+    info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)
+    save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
+    write_text(log_csv, log_csv_text([{"epoch": 0, "step": 0, **val_columns(val), "seconds": "0"}]))
+    return {"best_epoch": 0, "best_val": val}
 
 
 def finetune(
@@ -56,52 +133,21 @@ def finetune(
     method.check_options(options)
     pretrained = load_checkpoint(pretrained_path)
     torch.manual_seed(cfg.seed)  # any fresh parameters a method creates
-    tokenizer = get_tokenizer(pretrained.model_name)
-    train_tf, eval_tf = checkpoint_transforms(pretrained)  # the pretrained weights' preprocessing
-    ctx = Context(
-        benchmark=bench,
-        pretrained=pretrained,
-        data_dir=Path(data_dir),
-        captions_dir=Path(captions_dir),
+    ctx = method_context(
+        bench,
+        pretrained,
+        cfg,
+        data_dir=data_dir,
+        captions_dir=captions_dir,
         device=device,
-        tokenizer=tokenizer,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        seed=cfg.seed,
         options=options,
         shots=shots,
         draw=draw,
-        workers=cfg.num_workers,
-        eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)),
+        eval_cache=eval_cache,
     )
-    info = {
-        "method": method_name,
-        "benchmark": benchmark_name,
-        "seed": cfg.seed,
-        "shots": shots,
-        "draw": draw if shots else None,
-        "head_from_text": method.head_from_text,
-        "config": {**result_config(cfg), "options": options},
-        "pretrained": pretrained.info,
-        "pretrained_sha256": sha256_file(pretrained_path),
-        "data_hash": data_hash(data_dir),
-        "code": code_revision(),
-        **carried_info(pretrained),
-    }
-
-    if not method.trains:  # its result depends on no training setting, so it records none
-        if not distributed.is_main():  # nothing to share out: rank 0 alone scores and writes
-            return {"best_epoch": 0, "best_val": None}
-        info["config"] = {"seed": cfg.seed, "options": options}
-        classifier = method.classifier(ctx)
-        val = ctx.validate(classifier)
-        info.update(selection_info(0, val), select="metric", include_start=False, **ctx.notes)
-        save_checkpoint(out, ctx.model_name, classifier.clip, classifier.head, info)
-        write_text(
-            log_csv, log_csv_text([{"epoch": 0, "step": 0, **val_columns(val), "seconds": "0"}])
-        )
-        return {"best_epoch": 0, "best_val": val}
-
+    info = run_info(ctx, cfg, method, method_name, benchmark_name, pretrained_path)
+    if not method.trains:
+        return score_untrained(method, ctx, info, out=out, log_csv=log_csv)
     task = method.task(ctx)
     info.update(ctx.notes, **selection(shots))
     result = fit(

@@ -72,6 +72,10 @@ class Results:
         """The method's sweep selection (`flyp sweep-select`)."""
         return read_json(self._path(method, "sweep.json"))
 
+    def inputs_sha256(self) -> dict[str, str]:
+        """The sha256 of every file read, by its path under the root, in path order."""
+        return {str(p.relative_to(self.root)): sha256_file(p) for p in sorted(self.read)}
+
 
 def selected_on(prov: dict) -> str:
     """What picked a run's epoch (and alpha): "val_<ID metric>" or "val_loss" (few-shot)."""
@@ -152,6 +156,105 @@ def table_markdown(df: pd.DataFrame, benchmark: str) -> str:
     )
 
 
+def column_labels(bench) -> dict[str, str]:
+    """Each eval set's name, and "avg_ood", -> its name in the table and metrics. The ID test set
+    is called "id", whatever its table is named; a set scored with another metric than accuracy
+    says which (e.g. "id_macro_f1"), and so does "avg_ood" when every OOD set has that metric."""
+    label = {"avg_ood": "avg_ood"}
+    for s in bench.eval_sets:
+        name = "id" if s is bench.id_set else s.name
+        label[s.name] = name if s.metric == "accuracy" else f"{name}_{s.metric}"
+    if (
+        bench.ood_sets
+        and len({s.metric for s in bench.ood_sets}) == 1
+        and bench.ood_sets[0].metric != "accuracy"
+    ):
+        label["avg_ood"] = f"avg_ood_{bench.ood_sets[0].metric}"
+    return label
+
+
+class Rows:
+    """The table's rows as they are read from the runs' files, with what the rest of the report
+    takes from the same runs."""
+
+    def __init__(self, res: Results, columns: list[str], label: dict[str, str]):
+        self.res, self.columns, self.label = res, columns, label
+        self.rows: list[dict] = []
+        self.nested: dict[str, dict] = {}  # row name -> its nested-metrics entry
+        self.provs: list[dict] = []  # of every run behind a row ("+wise" rows reuse theirs)
+        self.points: list[tuple] = []  # (method, alpha, id, ood) for the figure
+        self.full: dict[str, list[dict]] = {}  # method -> its runs' metrics, for the robustness fit
+
+    def _add(self, name: str, metrics: list[dict], provs: list[dict], extra=None) -> None:
+        row, self.nested[name] = _aggregate(name, metrics, provs, self.columns, self.label, extra)
+        self.rows.append(row)
+
+    def add_methods(self, methods: list[str], seeds: list[int]) -> None:
+        """A row per method, over seeds."""
+        for m in methods:
+            metrics = self.full[m] = [self.res.metrics(full_run(m, s)) for s in seeds]
+            provs = [self.res.provenance(full_run(m, s)) for s in seeds]
+            self._add(m, metrics, provs)
+            self.provs += provs
+
+    def add_wise(self, methods: list[str], seeds: list[int], id_key: str) -> None:
+        """A row per method with weight ensembling ("<method>+wise"), over seeds, and the points
+        of its curve: at each alpha, the mean over seeds."""
+        for m in methods:
+            metrics = [self.res.metrics(full_run(m, s), wise=True) for s in seeds]
+            provs = [self.res.provenance(full_run(m, s)) for s in seeds]
+            alphas = ";".join(f"{x['alpha']:g}" for x in metrics)
+            self._add(f"{m}+wise", metrics, provs, {"alpha": alphas})
+            curves = pd.concat([self.res.curve(full_run(m, s)) for s in seeds])
+            for alpha, c in curves.groupby("alpha").mean(numeric_only=True).iterrows():
+                self.points.append(
+                    (m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan)))
+                )
+
+    def add_fewshot(self, methods: list[str], shots: list[int], draws: int) -> None:
+        """A row per few-shot method and shot count ("<method>@<k>shot"), over draws."""
+        for m in methods:
+            for k in sorted(shots):
+                name = f"{m}@{k}shot"
+                metrics = [self.res.metrics(draw_run(m, k, d)) for d in range(draws)]
+                provs = [self.res.provenance(draw_run(m, k, d)) for d in range(draws)]
+                self._add(name, metrics, provs)
+                self.provs += provs
+
+
+def insert_effective_robustness(df: pd.DataFrame, rows: Rows, methods: list[str], id_key: str):
+    """The line fit to the baselines' points (their runs and weight-ensembling curves), or None;
+    each row's effective robustness goes into ``df`` (an "eff_robustness" column before
+    "selected_on", NaN without a line) and into its nested-metrics entry."""
+    baseline = [(i, o) for m, _, i, o in rows.points if m in ROBUSTNESS_BASELINES]
+    baseline += [
+        (x[id_key], x["avg_ood"])
+        for m in methods
+        if m in ROBUSTNESS_BASELINES
+        for x in rows.full[m]
+    ]
+    line = fit_robustness_line(baseline)
+    eff = []
+    for r in rows.rows:
+        if line is None:
+            eff.append(np.nan)
+            continue
+        e = effective_robustness(line, r[rows.label[id_key]] / 100, r[rows.label["avg_ood"]] / 100)
+        eff.append(round(100 * e, 2))
+        rows.nested[r["method"]]["eff_robustness"] = round(e, 6)
+    df.insert(df.columns.get_loc("selected_on"), "eff_robustness", eff)
+    return line
+
+
+def picked_column(df: pd.DataFrame, selections: dict[str, dict]) -> list[str]:
+    """Each row's "picked" value: the setting the sweep picked for its method, "" for a few-shot
+    row or a method not swept."""
+    picked = {m: describe(s["trained"]) for m, s in selections.items()}
+    return [
+        "" if "@" in name else picked.get(name.removesuffix("+wise"), "") for name in df["method"]
+    ]
+
+
 def write_report(
     benchmark_name: str,
     results_dir: Path,
@@ -182,92 +285,31 @@ def write_report(
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
-    # The ID test set is called "id" in the table and metrics, whatever its table is named; a set
-    # scored with another metric than accuracy says which (e.g. "id_macro_f1").
-    label = {"avg_ood": "avg_ood"}
-    for s in bench.eval_sets:
-        name = "id" if s is bench.id_set else s.name
-        label[s.name] = name if s.metric == "accuracy" else f"{name}_{s.metric}"
-    if (
-        bench.ood_sets
-        and len({s.metric for s in bench.ood_sets}) == 1
-        and bench.ood_sets[0].metric != "accuracy"
-    ):
-        label["avg_ood"] = f"avg_ood_{bench.ood_sets[0].metric}"
-    id_key = bench.id_set.name
-
-    rows, nested, points = [], {}, []  # points: (method, alpha, id, ood) for the figure
-    all_provs = []
-    full = {}  # method -> its runs' metrics, reused for the robustness fit
-    for m in methods:
-        metrics = full[m] = [res.metrics(full_run(m, s)) for s in seeds]
-        provs = [res.provenance(full_run(m, s)) for s in seeds]
-        row, nested[m] = _aggregate(m, metrics, provs, columns, label)
-        rows.append(row)
-        all_provs += provs
-    for m in wise_methods:
-        metrics = [res.metrics(full_run(m, s), wise=True) for s in seeds]
-        provs = [res.provenance(full_run(m, s)) for s in seeds]
-        alphas = ";".join(f"{x['alpha']:g}" for x in metrics)
-        row, nested[f"{m}+wise"] = _aggregate(
-            f"{m}+wise", metrics, provs, columns, label, {"alpha": alphas}
-        )
-        rows.append(row)
-        curves = pd.concat([res.curve(full_run(m, s)) for s in seeds])
-        for alpha, c in curves.groupby("alpha").mean(numeric_only=True).iterrows():
-            points.append((m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan))))
-    for m in fewshot_methods:
-        for k in sorted(shots):
-            name = f"{m}@{k}shot"
-            metrics = [res.metrics(draw_run(m, k, d)) for d in range(draws)]
-            provs = [res.provenance(draw_run(m, k, d)) for d in range(draws)]
-            row, nested[name] = _aggregate(name, metrics, provs, columns, label)
-            rows.append(row)
-            all_provs += provs
-
-    df = pd.DataFrame(rows)
+    label, id_key = column_labels(bench), bench.id_set.name
+    rows = Rows(res, columns, label)
+    rows.add_methods(methods, seeds)
+    rows.add_wise(wise_methods, seeds, id_key)
+    rows.add_fewshot(fewshot_methods, shots, draws)
+    df = pd.DataFrame(rows.rows)
     if bench.ood_sets:
-        baseline = [(i, o) for m, _, i, o in points if m in ROBUSTNESS_BASELINES]
-        baseline += [
-            (x[id_key], x["avg_ood"]) for m in methods if m in ROBUSTNESS_BASELINES for x in full[m]
-        ]
-        line = fit_robustness_line(baseline)
-        eff = []
-        for r in rows:
-            if line is None:
-                eff.append(np.nan)
-                continue
-            e = effective_robustness(line, r[label[id_key]] / 100, r[label["avg_ood"]] / 100)
-            eff.append(round(100 * e, 2))
-            nested[r["method"]]["eff_robustness"] = round(e, 6)
-        df.insert(df.columns.get_loc("selected_on"), "eff_robustness", eff)
+        line = insert_effective_robustness(df, rows, methods, id_key)
         if plot_out is not None:
-            plot_id_vs_ood(df, points, line, label, plot_out, plot_csv, bench.name)
+            plot_id_vs_ood(df, rows.points, line, label, plot_out, plot_csv, bench.name)
     elif plot_out is not None:  # (Caltech101, Cars, ...: no OOD set to plot against)
-        plot_id_vs_alpha(points, label[id_key], plot_out, plot_csv, bench.name)
+        plot_id_vs_alpha(rows.points, label[id_key], plot_out, plot_csv, bench.name)
     if sweep_methods:
         selections = {m: res.selection(m) for m in sweep_methods}
-        picked = {m: describe(s["trained"]) for m, s in selections.items()}
-        df.insert(
-            df.columns.get_loc("selected_on"),
-            "picked",
-            [
-                "" if "@" in name else picked.get(name.removesuffix("+wise"), "")
-                for name in df["method"]
-            ],
-        )
+        df.insert(df.columns.get_loc("selected_on"), "picked", picked_column(df, selections))
         if sweep_plot is not None:
             plot_sweep(selections, sweep_plot, sweep_csv, bench.name)
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
-    write_json(metrics_out, nested)
+    write_json(metrics_out, rows.nested)
     if markdown is not None:
         write_text(markdown, table_markdown(df, bench.name))
-    save_code_diffs(all_provs, Path(code_dir or Path(table).parent / "code"))
+    save_code_diffs(rows.provs, Path(code_dir or Path(table).parent / "code"))
     if inputs_out is not None:
-        write_json(
-            inputs_out, {str(p.relative_to(res.root)): sha256_file(p) for p in sorted(res.read)}
-        )
+        write_json(inputs_out, res.inputs_sha256())
     return df
 
 

@@ -131,12 +131,8 @@ def _merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def resolve(params: dict, source: str = "params.yaml") -> dict:
-    """The settings of this run: the benchmark's preset with the scale's overrides merged in, the
-    top-level training keys (``top_level``), every method's grid without the keys these fix, the
-    few-shot protocol, seeds, alphas, methods and runtime. A run of one method trains with
-    ``training_settings`` of it."""
-    benchmark, scale = params["benchmark"], params["scale"]
+def _preset(params: dict, benchmark: str, scale: str, source: str) -> dict:
+    """The benchmark's preset with the scale's overrides merged in (a copy)."""
     if benchmark not in params["presets"]:
         raise UserError(
             f"{source}: benchmark: no preset {benchmark!r} under presets; "
@@ -146,13 +142,13 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
         raise UserError(
             f"{source}: scale: unknown scale {scale!r}; expected one of {sorted(params['scales'])}"
         )
-    run = _merge(params["presets"][benchmark], params["scales"][scale])
-    run.setdefault("finetune", {})
-    # The top-level training keys (`dvc exp run -S lr=1e-5`): the last layer of every run's
-    # settings, every method's (training_settings).
-    fixed = run["top_level"] = {
-        key: params[key] for key in TOP_LEVEL if params.get(key) is not None
-    }
+    return _merge(params["presets"][benchmark], params["scales"][scale])
+
+
+def _check_required(run: dict, fixed: dict, benchmark: str, source: str) -> None:
+    """Every REQUIRED training key has a value: finetuning's (the preset's or a top-level key),
+    and pretraining's unless released weights are exported; finetuning seeds are not the
+    preset's but the top-level ``seeds``."""
     for stage in ("pretrain", "finetune"):
         settings = {**run.get(stage, {}), **(fixed if stage == "finetune" else {})}
         for key in REQUIRED:
@@ -165,15 +161,22 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
             f"{source}: presets.{benchmark}.finetune.seeds: finetuning seeds are the "
             f"top-level `seeds`"
         )
-    # The pretraining seeds: one CLIP pretrained here per seed (none when released weights are
-    # exported). With several, run i of each method (seed i, or few-shot draw i) starts from the
-    # (i mod n)-th (common.smk: pretrain_seed).
+
+
+def _pretrain_seeds(run: dict) -> list:
+    """The pretraining seeds: one CLIP pretrained here per seed (none when released weights are
+    exported), taken out of the pretraining settings. With several, run i of each method (seed i,
+    or few-shot draw i) starts from the (i mod n)-th (common.smk: pretrain_seed)."""
     pretrain = run.get("pretrain", {})
-    run["pretrain_seeds"] = (
+    return (
         []
         if run["model"].get("pretrained")
         else list(pretrain.pop("seeds", None) or [pretrain.get("seed", 0)])
     )
+
+
+def _check_model_and_resources(run: dict, benchmark: str, source: str) -> None:
+    """The preset names a model and sizes every kind of job (JOB_KINDS)."""
     if not run.get("model", {}).get("name"):
         raise UserError(f"{source}: presets.{benchmark}.model.name: no model set")
     for kind in JOB_KINDS:
@@ -182,22 +185,50 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
                 f"{source}: presets.{benchmark}.resources.{kind}: not set; expected "
                 f"{{threads: N, mem_mb: N, runtime: minutes}}"
             )
-    run.setdefault("method_options", {})
-    run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
-    # A top-level finetuning key (`dvc exp run -S lr=1e-5`) sets it for every method: no grid
-    # varies it any more (a grid left with no key: the method is not swept).
-    run["sweep"] = {
+
+
+def _unfixed_grids(sweep: dict, fixed: dict) -> dict:
+    """Each method's grid without the keys a top-level finetuning key (`dvc exp run -S lr=1e-5`)
+    sets for every method; a method whose grid is left with no key is not swept."""
+    return {
         method: kept
-        for method, grid in run["sweep"].items()
+        for method, grid in sweep.items()
         if (kept := {k: v for k, v in grid.items() if k not in fixed})
     }
+
+
+def _alphas(params: dict, source: str) -> list[float]:
+    """The weight-ensembling alphas, sorted; they include 0 (zero-shot) and 1 (finetuned)."""
+    alphas = sorted(float(a) for a in params["alphas"])
+    if alphas[0] != 0.0 or alphas[-1] != 1.0:
+        raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
+    return alphas
+
+
+def resolve(params: dict, source: str = "params.yaml") -> dict:
+    """The settings of this run: the benchmark's preset with the scale's overrides merged in, the
+    top-level training keys (``top_level``), every method's grid without the keys these fix, the
+    few-shot protocol, seeds, alphas, methods and runtime. A run of one method trains with
+    ``training_settings`` of it."""
+    benchmark, scale = params["benchmark"], params["scale"]
+    run = _preset(params, benchmark, scale, source)
+    run.setdefault("finetune", {})
+    # The top-level training keys (`dvc exp run -S lr=1e-5`): the last layer of every run's
+    # settings, every method's (training_settings).
+    fixed = run["top_level"] = {
+        key: params[key] for key in TOP_LEVEL if params.get(key) is not None
+    }
+    _check_required(run, fixed, benchmark, source)
+    run["pretrain_seeds"] = _pretrain_seeds(run)
+    _check_model_and_resources(run, benchmark, source)
+    run.setdefault("method_options", {})
+    run.setdefault("sweep", {})  # method -> grid (flyp/sweep.py); none: every method as set
+    run["sweep"] = _unfixed_grids(run["sweep"], fixed)
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge(
         {"shots": [], "draws": 0, "methods": [], "finetune": {}}, run.get("fewshot") or {}
     )
-    alphas = sorted(float(a) for a in params["alphas"])
-    if alphas[0] != 0.0 or alphas[-1] != 1.0:
-        raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
+    alphas = _alphas(params, source)
     run.update(
         benchmark=benchmark,
         scale=scale,
