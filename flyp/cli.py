@@ -232,7 +232,7 @@ def main():
 
 @main.command("list")
 def list_cmd():
-    """Registered benchmarks, methods and model configs."""
+    """Registered benchmarks, and the methods with what each does."""
     from flyp.datasets import benchmark_names
     from flyp.methods import get_method, method_names
 
