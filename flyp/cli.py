@@ -645,7 +645,9 @@ def _finetune(
     "--alphas",
     default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
     show_default=True,
-    help="Mixing weights of the ensemble, in [0, 1].",
+    help="Mixing weights of the ensemble, in [0, 1]; the default is WiSE-FT's grid. The "
+    "pipeline passes the preset's grid (params.yaml presets.<benchmark>.alphas, or the "
+    "top-level alphas when set).",
 )
 @click.option(
     "--eval-cache",

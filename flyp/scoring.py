@@ -48,7 +48,8 @@ def macro_f1(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
 @register_metric("worst_region_accuracy")
 def worst_region_accuracy(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
     """Lowest accuracy over the regions of ``table["region"]`` that have images, region "Other"
-    excluded (FMoW, as WILDS scores it)."""
+    excluded (FMoW, as WILDS scores it: every other region counts, "nan" included, the countries
+    WILDS's mapping gives no region; flyp.datasets.wilds.fmow_regions)."""
     if table is None or "region" not in table:
         raise ValueError("worst_region_accuracy needs the test table's 'region' column")
     regions = list(table["region"])

@@ -1,6 +1,7 @@
 """params.yaml: validation with one-line errors, number coercion, preset resolution."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -244,3 +245,60 @@ def test_a_scaled_lr_is_the_lr_a_user_means():
         "top_level": {},
     }
     assert training_settings(run, "lpft", seed=0, classes=2)["lr"] == 1e-05
+
+
+# WiSE-FT's grid (mlfoundations/wise-ft: its code and README), which the paper's "+ weight
+# ensembling" rows come from; the embedded preset's main job evaluates 5 alphas.
+WISE_FT_ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+MAIN_JOB_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+# (preset, the top-level alphas (None: not set), the alphas the run evaluates)
+ALPHA_GRIDS = [
+    *[(name, None, WISE_FT_ALPHAS) for name in REAL_PRESETS],
+    ("embedded", None, MAIN_JOB_ALPHAS),
+    ("imagenet", [1.0, 0.0, 0.5], [0.0, 0.5, 1.0]),  # the top level wins, sorted
+    ("embedded", [0.0, 0.5, 1.0], [0.0, 0.5, 1.0]),
+    ("embedded", ["0", "0.3", "1"], [0.0, 0.3, 1.0]),  # as `dvc exp run -S` may write them
+]
+
+
+@pytest.mark.parametrize("preset, top_level, expected", ALPHA_GRIDS)
+def test_the_alpha_grid_is_the_presets_unless_the_top_level_sets_one(
+    params, preset, top_level, expected
+):
+    params.update(benchmark=preset, alphas=top_level)
+    assert load_params(params, SCHEMA)["alphas"] == expected
+
+
+def test_a_preset_without_an_alpha_grid_takes_wise_fts():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["presets"]["imagenet"]["alphas"]
+    assert load_params({**params, "benchmark": "imagenet"}, SCHEMA)["alphas"] == WISE_FT_ALPHAS
+
+
+@pytest.mark.parametrize(
+    "where, grid, expected",
+    [
+        ("alphas", [0.5, 1.0], r"^params\.yaml: alphas: must include 0 \(zero-shot\)"),
+        ("alphas", [0.0, 1.5], r"^params\.yaml: alphas\.1: "),
+        ("presets.imagenet.alphas", [0.0, 0.5], r"^params\.yaml: presets\.imagenet\.alphas: must"),
+        ("presets.imagenet.alphas", [], r"^params\.yaml: presets\.imagenet\.alphas: "),
+        ("scales.full.alphas", [0.1, 1.0], r"^params\.yaml: scales\.full\.alphas: must"),
+    ],
+)
+def test_a_bad_alpha_grid_is_one_line_naming_its_key(params, where, grid, expected):
+    params["benchmark"] = "imagenet"
+    _set(params, where, grid)
+    with pytest.raises(UserError, match=expected) as err:
+        load_params(params, SCHEMA)
+    assert "\n" not in str(err.value)
+
+
+def test_the_imagenet_dry_run_evaluates_wise_fts_grid_unless_the_top_level_sets_one(tmp_path):
+    from tests.test_fewshot_presets import dry_run
+    from tests.test_imagenet import workflow_copy
+
+    work = workflow_copy(tmp_path)
+    for args, grid in [((), WISE_FT_ALPHAS), (("alphas=[0,0.5,1]",), [0.0, 0.5, 1.0])]:
+        out = dry_run(work, "imagenet", *args, "--printshellcmds")  # args: more --config items
+        found = set(re.findall(r"--alphas (\S+)", out))
+        assert found == {",".join(str(a) for a in grid)}, args

@@ -149,7 +149,8 @@ FMOW_ROWS = [
     ("test", "2015-12-31T23:59:59Z", "CHN", "prison", None),
     ("test", "2016-01-01T00:00:00Z", "CHN", "runway", "ood_test"),  # WILDS test: 2016 on
     ("test", "2017-02-02T02:02:02.500Z", "AUS", "stadium", "ood_test"),
-    ("test", "2016-07-07T07:07:07Z", "ATA", "tower", "ood_test"),  # mapped, but no region
+    ("test", "2016-07-07T07:07:07Z", "ATA", "tower", "ood_test"),  # mapped, empty region: "nan"
+    ("test", "2017-08-08T08:08:08Z", "XXX", "park", "ood_test"),  # unknown country: Other
 ]
 COUNTRY_REGIONS = {
     "USA": "Americas",
@@ -198,7 +199,9 @@ def test_fmow_regions_from_country_codes():
         {"alpha-3": list(COUNTRY_REGIONS), "region": list(COUNTRY_REGIONS.values())}
     )
     regions = fmow_regions(pd.Series(["USA", "XXX", "ATA", "KEN", None]), mapping)
-    assert regions.tolist() == ["Americas", "Other", "Other", "Africa", "Other"]
+    # WILDS: a country the mapping gives no region is a region of its own (NaN, named "nan");
+    # a code the mapping lacks is "Other"
+    assert regions.tolist() == ["Americas", "Other", "nan", "Africa", "Other"]
 
 
 def test_fmow_tables_carry_labels_regions_and_the_right_images(fmow_raw, tmp_path):
@@ -214,7 +217,7 @@ def test_fmow_tables_carry_labels_regions_and_the_right_images(fmow_raw, tmp_pat
         for k, i in enumerate(rows):  # each image is the one of its metadata row
             assert np.asarray(dataset.load_image(k))[0, 0, 0] == 20 * i
     ood = read_table(table_path(out, "ood_test"))
-    assert ood["region"].tolist() == ["Asia", "Oceania", "Other"]
+    assert ood["region"].tolist() == ["Asia", "Oceania", "nan", "Other"]
     assert read_table(table_path(out, "id_test"))["region"].tolist() == ["Other"]
     assert read_table(table_path(out, "val"))["region"].tolist() == ["Africa"]
 
@@ -227,14 +230,16 @@ def test_fmow_ood_test_is_scored_on_its_worst_region(fmow_raw, tmp_path):
         ("id_test", False, "accuracy"),
         ("ood_test", True, "worst_region_accuracy"),
     ]
-    df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, Other
+    df = read_table(table_path(out, "ood_test"))  # Asia, Oceania, nan, Other
     labels = torch.tensor(df["label"].to_numpy())
     logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
     logits[1] = logits[1].roll(1)  # the Oceania image is wrong; the "Other" one does not count
-    logits[2] = logits[2].roll(1)
+    logits[3] = logits[3].roll(1)
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 0.0
     logits[1] = logits[1].roll(-1)
     assert score(logits, labels, bench.eval_set("ood_test"), df) == 1.0
+    logits[2] = logits[2].roll(1)  # the image of the country with no region counts, as in WILDS
+    assert score(logits, labels, bench.eval_set("ood_test"), df) == 0.0
 
 
 def test_fmow_id_test_is_scored_with_average_accuracy():
@@ -333,24 +338,32 @@ def test_fmow_flyp_captions_and_zero_shot_prompts_pick_the_article(tmp_path):
 # The fixtures: miniatures of the real downloads, through the real extraction and prepare code
 
 
-@pytest.mark.parametrize("name", ["iwildcam", "fmow"])
-def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
+def prepared_fixture(name: str, tmp_path):
+    """The fixture of ``name`` (seed 0), extracted into tmp_path/raw and prepared into
+    tmp_path/tables as the pipeline does; returns the fixture and the tables' folder."""
     bench = get_benchmark(name)
-    download = get_download(bench, name)
     fixture = get_fixture(name)(tmp_path / "fixture", np.random.default_rng(0))
-    archive = fixture.sources[name]
-    assert list(fixture.sources) == [d.name for d in bench.downloads]
-    # a gzip tar named as the codalab download is saved (its URL names no file)
-    assert archive.name == archive_filename(download) and archive.read_bytes()[:2] == b"\x1f\x8b"
     extract_archive(
-        archive,
+        fixture.sources[name],
         tmp_path / "raw" / name,
-        inner_tars=download.inner_tars,
+        inner_tars=get_download(bench, name).inner_tars,
         progress=False,
         log=lambda _: None,
     )
     out = tmp_path / "tables"
     bench.prepare(out, raw_dir=str(tmp_path / "raw"), **fixture.data)
+    return fixture, out
+
+
+@pytest.mark.parametrize("name", ["iwildcam", "fmow"])
+def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
+    bench = get_benchmark(name)
+    fixture, out = prepared_fixture(name, tmp_path)
+    archive = fixture.sources[name]
+    assert list(fixture.sources) == [d.name for d in bench.downloads]
+    # a gzip tar named as the codalab download is saved (its URL names no file)
+    download = get_download(bench, name)
+    assert archive.name == archive_filename(download) and archive.read_bytes()[:2] == b"\x1f\x8b"
     n_classes = {"iwildcam": 182, "fmow": 62}[name]
     assert len(bench.classnames) == n_classes
     tables = {t: read_table(table_path(out, t)) for t in bench.tables()}
@@ -368,6 +381,7 @@ def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
                 "Asia",
                 "Europe",
                 "Oceania",
+                "nan",
                 "Other",
             }, table
         assert (tables["ood_test"]["year"] >= 2016).all()
@@ -376,6 +390,32 @@ def test_fixture_extracts_and_prepares_into_every_split(name, tmp_path):
         id_traps = set(tables["train"]["location"])
         assert not id_traps & set(tables["ood_test"]["location"])
         assert set(tables["id_test"]["location"]) <= id_traps
+
+
+def test_the_fmow_fixtures_country_with_no_region_is_a_region_worst_region_accuracy_scores(
+    tmp_path,
+):
+    """The fixture's country_code_mapping.csv leaves Antarctica's region empty, as the real one
+    does; as in WILDS, its images are a region of their own ("nan") that worst-region accuracy
+    scores, while "Other" (codes the mapping lacks) is left out."""
+    _, out = prepared_fixture("fmow", tmp_path)
+    (mapping,) = (tmp_path / "raw" / "fmow").rglob("country_code_mapping.csv")
+    empty = pd.read_csv(mapping, keep_default_na=False).query("region == ''")
+    assert empty["alpha-3"].tolist() == ["ATA"]
+    df = read_table(table_path(out, "ood_test"))
+    assert (df["region"] == "nan").sum() > 0 and (df["region"] == "Other").sum() > 0
+    labels = torch.tensor(df["label"].to_numpy())
+    ood = get_benchmark("fmow").eval_set("ood_test")
+
+    def accuracy_with_wrong(region: str) -> float:
+        logits = torch.nn.functional.one_hot(labels, len(FMOW_CATEGORIES)).float()
+        wrong = torch.tensor((df["region"] == region).to_numpy())
+        logits[wrong] = logits[wrong].roll(1, dims=1)
+        return score(logits, labels, ood, df)
+
+    assert accuracy_with_wrong("nan") == 0.0  # a region like Asia or Europe
+    assert accuracy_with_wrong("Asia") == 0.0
+    assert accuracy_with_wrong("Other") == 1.0  # left out
 
 
 def test_fixtures_are_the_same_for_the_same_seed(tmp_path):

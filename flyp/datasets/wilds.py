@@ -14,9 +14,10 @@ ood_val    val (OOD validation)           written for analysis; never used for s
 
 Metrics (docs/reference.md, "Benchmarks, splits and metrics"): iWildCam is scored with macro-F1
 over the labels present in the test set (ID and OOD); FMoW's ID test set with average accuracy and
-its OOD test set with the accuracy of its worst region (region "Other" excluded), as WILDS and the
-reference report them. The metrics are registered in ``flyp.scoring``; the tables carry what they
-need (FMoW's ``region``).
+its OOD test set with the accuracy of its worst region, as WILDS and the reference report them:
+region "Other" (countries that country_code_mapping.csv lacks) is left out, and countries it gives
+no region form a region of their own, "nan", which counts (``fmow_regions``). The metrics are
+registered in ``flyp.scoring``; the tables carry what they need (FMoW's ``region``).
 
 The codalab host of WILDS has been unreliable for years: ``presets.<benchmark>.data.<download>``
 in params.yaml may name an archive placed by hand, a mirror, or an already extracted folder (e.g.
@@ -462,7 +463,13 @@ FMOW_URL = (
     "https://worksheets.codalab.org/rest/bundles/0xaec91eb7c9d548ebb15e1b5e60f966ab/contents/blob/"
 )
 FMOW_OOD_YEAR = 2016  # WILDS "official" = "time_after_2016"; OOD validation: the 3 years before
+# WILDS (wilds/datasets/fmow_dataset.py, FMoWDataset.__init__ and eval) maps each country code
+# with a dict built from country_code_mapping.csv read by pandas, whose empty region cells are
+# NaN: a code the mapping lacks is "Other", which worst-region accuracy leaves out, and a country
+# whose region is empty is NaN, a region of its own (its results name it "nan", as in
+# acc_region:nan) that worst-region accuracy scores like the others.
 OTHER_REGION = "Other"
+NO_REGION = "nan"
 
 
 def fmow_tables(meta: pd.DataFrame, ood_year: int = FMOW_OOD_YEAR) -> pd.Series:
@@ -485,14 +492,15 @@ def fmow_tables(meta: pd.DataFrame, ood_year: int = FMOW_OOD_YEAR) -> pd.Series:
 
 def fmow_regions(country_codes: pd.Series, mapping: pd.DataFrame) -> pd.Series:
     """Region of each image from its country code (``alpha-3`` -> ``region`` of
-    country_code_mapping.csv); codes the mapping lacks (or gives no region) are "Other"."""
+    country_code_mapping.csv), as WILDS maps it: codes the mapping lacks are "Other" (not scored
+    by worst-region accuracy); countries it gives no region are in region "nan" (scored)."""
     if not {"alpha-3", "region"} <= set(mapping.columns):
         raise UserError(
             "country_code_mapping.csv: expected columns alpha-3 and region, got "
             f"{list(mapping.columns)}"
         )
-    known = mapping.dropna(subset=["region"])
-    lookup = dict(zip(known["alpha-3"], known["region"], strict=True))
+    regions = mapping["region"].astype(object).where(mapping["region"].notna(), NO_REGION)
+    lookup = dict(zip(mapping["alpha-3"], regions, strict=True))
     return country_codes.map(lambda code: lookup.get(code, OTHER_REGION))
 
 

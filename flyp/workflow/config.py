@@ -197,19 +197,29 @@ def _unfixed_grids(sweep: dict, fixed: dict) -> dict:
     }
 
 
-def _alphas(params: dict, source: str) -> list[float]:
-    """The weight-ensembling alphas, sorted; they include 0 (zero-shot) and 1 (finetuned)."""
-    alphas = sorted(float(a) for a in params["alphas"])
+def _alphas(params: dict, run: dict, source: str) -> list[float]:
+    """The weight-ensembling alphas, sorted: the top-level ``alphas`` when set (every preset's),
+    else the preset's (``presets.<benchmark>.alphas``, a scale's over it); they include 0
+    (zero-shot) and 1 (finetuned)."""
+    benchmark, scale = params["benchmark"], params["scale"]
+    if params.get("alphas") is not None:
+        key, grid = "alphas", params["alphas"]
+    elif "alphas" in params["scales"][scale]:
+        key, grid = f"scales.{scale}.alphas", run["alphas"]
+    else:
+        key, grid = f"presets.{benchmark}.alphas", run["alphas"]
+    alphas = sorted(float(a) for a in grid)
     if alphas[0] != 0.0 or alphas[-1] != 1.0:
-        raise UserError(f"{source}: alphas: must include 0 (zero-shot) and 1 (finetuned)")
+        raise UserError(f"{source}: {key}: must include 0 (zero-shot) and 1 (finetuned)")
     return alphas
 
 
 def resolve(params: dict, source: str = "params.yaml") -> dict:
     """The settings of this run: the benchmark's preset with the scale's overrides merged in, the
     top-level training keys (``top_level``), every method's grid without the keys these fix, the
-    few-shot protocol, seeds, alphas, methods and runtime. A run of one method trains with
-    ``training_settings`` of it."""
+    few-shot protocol, seeds, the weight-ensembling alphas (the top-level ones when set, else
+    the preset's), methods and runtime. A run of one method trains with ``training_settings`` of
+    it."""
     benchmark, scale = params["benchmark"], params["scale"]
     run = _preset(params, benchmark, scale, source)
     run.setdefault("finetune", {})
@@ -228,7 +238,7 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     run["fewshot"] = _merge(
         {"shots": [], "draws": 0, "methods": [], "finetune": {}}, run.get("fewshot") or {}
     )
-    alphas = _alphas(params, source)
+    alphas = _alphas(params, run, source)
     run.update(
         benchmark=benchmark,
         scale=scale,

@@ -1,6 +1,7 @@
 # A full run's checkpoint on the ID test set and every OOD set, and weight-ensembled (WiSE-FT)
-# with the zero-shot checkpoint of the same run over the alpha grid, in the same job (one model
-# load and one process start fewer per checkpoint). Images are read from the evaluation cache
+# with the zero-shot checkpoint of the same run over the alpha grid (the preset's, or the
+# top-level alphas when set: flyp.workflow.config.resolve), in the same job (one model load and
+# one process start fewer per checkpoint). Images are read from the evaluation cache
 # (data.smk: eval_cache), not decoded again. A few-shot draw is scored by its own job
 # (finetune.smk: finetune_fewshot).
 
