@@ -155,7 +155,7 @@ def test_fewshot_table_matches_params():
 
 
 def test_seeds_and_alphas_match_params_and_the_cli():
-    expected = {"seeds": PARAMS["seeds"], "alphas": PARAMS["alphas"]}
+    expected = {"seeds": PARAMS["seeds"], "alphas": EMBEDDED["alphas"]}
     expected["pretrain.seeds"] = EMBEDDED["pretrain"]["seeds"]
     stated = re.findall(r"`(seeds|alphas|pretrain\.seeds): (\[[^\]]*\])`", README)
     assert {key for key, _ in stated} == set(expected)
@@ -163,3 +163,9 @@ def test_seeds_and_alphas_match_params_and_the_cli():
         assert yaml.safe_load(value) == expected[key], key
     default = next(p.default for p in main.commands["evaluate"].params if p.name == "alphas")
     assert f"`--alphas {default}`" in README
+    wise_ft = [i / 10 for i in range(11)]  # "0, 0.1, ..., 1" for every real preset
+    assert "WiSE-FT's 11 points, 0, 0.1, ..., 1" in README
+    assert PARAMS["alphas"] is None  # no top-level grid overrides the presets'
+    for name, preset in PARAMS["presets"].items():
+        if name != "embedded":
+            assert preset["alphas"] == wise_ft, name
