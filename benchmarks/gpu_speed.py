@@ -135,7 +135,7 @@ def time_steps(method, model, batch_size, size, config, steps, warmup, device) -
         grad_checkpointing=config["grad_checkpointing"],
     )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config["tf32"]
-    speed_up(module, cfg, device)
+    speed_up(module, cfg)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd)
     images, tokens, labels = batch(model, size, batch_size, device)
     autocast = torch.autocast(

@@ -185,9 +185,10 @@ def _train_options(f, required: bool = True):
         ),
         click.option(
             "--tf32/--no-tf32",
-            default=True,
+            default=False,
             show_default=True,
-            help="TF32 matmuls and convolutions on CUDA (no effect on a CPU).",
+            help="TF32 matmuls and convolutions in the training steps on CUDA (off: fp32; no "
+            "effect on a CPU).",
         ),
         click.option(
             "--compile/--no-compile",
@@ -202,6 +203,13 @@ def _train_options(f, required: bool = True):
             show_default=True,
             help="open_clip's gradient checkpointing (less memory, more compute).",
         ),
+        click.option(
+            "--sync-bn/--no-sync-bn",
+            default=True,
+            show_default=True,
+            help="Over several processes (torchrun), BatchNorm layers normalise over the global "
+            "batch, not each rank's slice (no effect on one process).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -209,7 +217,15 @@ def _train_options(f, required: bool = True):
 
 
 def _train_config(
-    *, workers, checkpoint_minutes, tf32, compile_towers, grad_checkpointing, threads, **settings
+    *,
+    workers,
+    checkpoint_minutes,
+    tf32,
+    compile_towers,
+    grad_checkpointing,
+    sync_bn,
+    threads,
+    **settings,
 ):
     """The TrainConfig of the training settings (flyp.settings) and run switches a command got."""
     from flyp.loading import resolve_workers
@@ -222,6 +238,7 @@ def _train_config(
         tf32=tf32,
         compile=compile_towers,
         grad_checkpointing=grad_checkpointing,
+        sync_bn=sync_bn,
     )
 
 

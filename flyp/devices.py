@@ -1,8 +1,9 @@
-"""The torch device a job runs on (``--device``), and the GPU it claims on a machine with
-several."""
+"""The torch device a job runs on (``--device``), the GPU it claims on a machine with several,
+and the arithmetic a phase of the job computes in on it."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -65,3 +66,30 @@ def claim_gpu(gpus: list[str], lock_dir: Path | None = None) -> int:
         _CLAIMED_GPUS.append(handle)
         return index
     return 0
+
+
+# What a phase (training, evaluation) computes its matmuls and convolutions in: plain fp32, TF32
+# (CUDA's 10-bit-mantissa tensor-core arithmetic for fp32 tensors), or bf16 autocast.
+ARITHMETICS = ("fp32", "tf32", "bf16")
+
+
+def arithmetic(precision: str, tf32: bool, device: torch.device | str) -> str:
+    """The arithmetic a phase computes in: ``bf16`` under bf16 autocast (``precision``), on any
+    device; ``tf32`` where TF32 is on and the phase runs on CUDA (a CPU has no TF32: the flags
+    change nothing there); ``fp32`` otherwise."""
+    if precision == "bf16":
+        return "bf16"
+    return "tf32" if tf32 and torch.device(device).type == "cuda" else "fp32"
+
+
+@contextlib.contextmanager
+def tf32_scope(on: bool):
+    """TF32 matmuls (cuBLAS) and convolutions (cuDNN) on inside when ``on``, off otherwise (cuDNN
+    convolutions default to TF32 in PyTorch: off means fp32 there too); both flags as they were
+    after. The flags are process-wide and exist on CPU builds too, where they change nothing."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

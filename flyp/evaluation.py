@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flyp.scoring import predict_many, score
+from flyp.scoring import eval_arithmetic, predict_many, score
 
 
 def evaluate_checkpoint(
@@ -25,7 +25,8 @@ def evaluate_checkpoint(
     a ``flyp evalcache`` folder, when given; the same metrics either way).
 
     Writes ``metrics_out`` ({set: value, ..., "avg_ood": mean over OOD sets}) and
-    ``provenance_out`` (checkpoint hash, data hash, params hash, seed, selected epoch).
+    ``provenance_out`` (checkpoint hash, data hash, params hash, seed, selected epoch, the
+    arithmetic of each phase).
     """
     from flyp.datasets import get_benchmark
     from flyp.io import UserError, write_json
@@ -52,7 +53,8 @@ def evaluate_checkpoint(
         eval_cache=eval_cache,
         log=log,
     )
-    write_json(provenance_out, provenance(ckpt, checkpoint, data_dir))
+    evaluated_in = eval_arithmetic(precision, device or "cpu")
+    write_json(provenance_out, provenance(ckpt, checkpoint, data_dir, evaluated_in))
     write_json(metrics_out, metrics)
     return metrics
 
@@ -125,10 +127,12 @@ def shared_preprocessing(classifiers: list):
     return classifiers[0].clip
 
 
-def provenance(ckpt, checkpoint_path, data_dir) -> dict:
+def provenance(ckpt, checkpoint_path, data_dir, evaluated_in: str = "fp32") -> dict:
     """Where a result comes from: checkpoint, data, parameter and pretrained-model hashes, seed,
     selected epoch (and the ID-val score it was selected on, with the metric's name), the code
-    that trained and evaluated it (commit, and the diff when the tree was dirty), the experiment."""
+    that trained and evaluated it (commit, and the diff when the tree was dirty), the arithmetic
+    of each phase (``evaluated_in``: the evaluation's), the ranks it trained on, the
+    experiment."""
     from pathlib import Path
 
     from flyp.datasets.manifest import data_hash
@@ -158,5 +162,20 @@ def provenance(ckpt, checkpoint_path, data_dir) -> dict:
         "code_diffs": {
             revision_label(r): r["diff"] for r in (train_code, eval_code) if r.get("diff")
         },
+        "arithmetic": arithmetic_record(info, evaluated_in),
+        "ranks": info.get("ranks"),  # training's: how many, whether BatchNorm synchronised
         "experiment": experiment_name(),
+    }
+
+
+def arithmetic_record(info: dict, evaluated_in: str) -> dict:
+    """What each phase of a result computed in (fp32, tf32 or bf16; flyp.devices.arithmetic):
+    the pretraining here (None: released weights), the finetuning (None: a method that takes no
+    gradient steps, zero-shot and the linear probe; a checkpoint older than this record) and the
+    evaluation."""
+    pretrained = info.get("pretrained") or {}
+    return {
+        "pretraining": (pretrained.get("arithmetic") or {}).get("training"),
+        "training": (info.get("arithmetic") or {}).get("training"),
+        "evaluation": evaluated_in,
     }

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from flyp.datasets import table_path
 from flyp.datasets.tables import ImageTable
+from flyp.devices import tf32_scope
 from flyp.io import UserError, atomic_path
 from flyp.loading import make_loader, to_device
 from flyp.models import clip_from_checkpoint, image_transforms, load_checkpoint
@@ -20,14 +21,16 @@ SPLITS = ["train", "val"]
 def image_features(
     clip, dataset, batch_size: int = 256, device=None, num_workers: int = 0
 ) -> torch.Tensor:
-    """L2-normalised image embeddings (N, D) under the eval transform."""
+    """L2-normalised image embeddings (N, D) under the eval transform, in fp32 (TF32 off, on
+    CUDA, whatever the process's flags say)."""
     device = device or next(clip.parameters()).device
     clip.eval()
     loader = make_loader(dataset, batch_size=batch_size, workers=num_workers, device=device)
-    out = [
-        torch.nn.functional.normalize(clip.encode_image(to_device(x, device)), dim=-1)
-        for x, _ in loader
-    ]
+    with tf32_scope(False):
+        out = [
+            torch.nn.functional.normalize(clip.encode_image(to_device(x, device)), dim=-1)
+            for x, _ in loader
+        ]
     return torch.cat(out).cpu()
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyp.devices import ARITHMETICS, arithmetic, tf32_scope
 from flyp.loading import make_loader, to_device
 
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, object], float]] = {}
@@ -120,7 +121,7 @@ def predict(
     return logits, labels
 
 
-EVAL_PRECISIONS = ("fp32", "tf32", "bf16")  # fp32; TF32 matmuls on CUDA; bf16 autocast
+EVAL_PRECISIONS = ARITHMETICS  # fp32; TF32 matmuls on CUDA; bf16 autocast
 
 
 @contextlib.contextmanager
@@ -133,12 +134,14 @@ def eval_precision(precision: str, device: torch.device):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
+    with tf32_scope(precision == "tf32"):
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def eval_arithmetic(precision: str, device: torch.device | str) -> str:
+    """The arithmetic ``eval_precision(precision, device)`` computes in (flyp.devices.arithmetic):
+    ``tf32`` only on CUDA."""
+    return arithmetic(precision, precision == "tf32", device)
 
 
 @torch.no_grad()

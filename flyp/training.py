@@ -9,8 +9,10 @@ epoch's weights are kept for evaluation (model selection on ID validation, never
 epoch, every ``checkpoint_minutes`` and on SIGTERM or SIGUSR1 (what SLURM sends before it pre-empts
 or ends a job) the run writes a resume state, so an interrupted run (killed, pre-empted, crashed)
 continues from its last state, mid-epoch too, to the same weights. Launched by torchrun over several
-processes (``flyp.distributed``), each rank trains on its slice of the same global batches and rank
-0 validates, selects and writes.
+processes (``flyp.distributed``), each rank trains on its slice of the same global batches (its
+BatchNorm layers, if any, normalising over the global batch: ``sync_bn``) and rank 0 validates,
+selects and writes. TF32, when asked for (``tf32``, on CUDA), is on for the training steps alone
+(``train_step``): validation and everything after the run compute in the arithmetic they state.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from flyp import distributed
+from flyp.devices import arithmetic, tf32_scope
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
 from flyp.task import Task
@@ -53,21 +56,40 @@ class TrainConfig:
     # Minutes between resume states written mid-epoch (besides each epoch's end and a stop signal);
     # 0: after every step. No effect on the result.
     checkpoint_minutes: float = 10.0
-    # Speed only (the same numbers on a CPU): TF32 matmuls and convolutions on CUDA; the CLIP's
-    # towers compiled with torch.compile; open_clip's gradient checkpointing (less activation
-    # memory for about a third more compute).
-    tf32: bool = True
+    # Speed only (the same numbers on a CPU): TF32 matmuls and convolutions on CUDA in the
+    # training steps (off: fp32, as the reference trains); the CLIP's towers compiled with
+    # torch.compile; open_clip's gradient checkpointing (less activation memory for about a third
+    # more compute).
+    tf32: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
+    # Over several ranks, BatchNorm layers normalise with the statistics of the global batch (as
+    # one process does), not of each rank's slice (open_clip's --use-bn-sync). No effect on one
+    # process or a model without BatchNorm.
+    sync_bn: bool = True
 
 
 # TrainConfig fields that change how a run goes, not what it computes: a run resumes across them.
 RUNTIME_ONLY = ("num_workers", "checkpoint_minutes")
+# Fields that change a result only over several ranks, as the number of ranks itself does: like
+# it, not part of the run's settings (a run resumes across them); a checkpoint records what they
+# did (``run_record``: its "ranks").
+RANKS_ONLY = ("sync_bn",)
 
 
 def result_config(cfg: TrainConfig) -> dict:
     """What of ``cfg`` decides a run's result (its resume state is kept across the rest)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_ONLY}
+    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_ONLY + RANKS_ONLY}
+
+
+def run_record(cfg: TrainConfig, device: torch.device, synced_bn: bool) -> dict:
+    """What a checkpoint records of how its run computed: the training steps' arithmetic (fp32,
+    tf32 or bf16: ``flyp.devices.arithmetic``) and the ranks (how many; whether BatchNorm layers
+    normalised over all of them)."""
+    return {
+        "arithmetic": {"training": arithmetic(cfg.precision, cfg.tf32, device)},
+        "ranks": {"world_size": distributed.world_size(), "sync_bn": bool(synced_bn)},
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -406,19 +428,19 @@ class TaskLoss(nn.Module):
 def step_loss(task: Task) -> Callable:
     """What computes a step's loss: ``task.loss`` in one process; over several ranks the same
     wrapped in DistributedDataParallel, which averages the gradients across ranks in backward
-    (overlapped with it, bucket by bucket). Buffers (BatchNorm's running statistics) are rank 0's;
-    a BatchNorm layer normalises with the statistics of its rank's slice, as open_clip's trainer
-    does by default."""
+    (overlapped with it, bucket by bucket). Buffers (BatchNorm's running statistics) are rank 0's.
+    A BatchNorm layer normalises with the statistics of the global batch (``cfg.sync_bn``, as
+    TrainingRun converts it: ``flyp.distributed.sync_batchnorm``), or, with ``sync_bn`` off, of
+    its rank's slice, as open_clip's trainer does by default."""
     if distributed.world_size() == 1:
         return task.loss
     return DistributedDataParallel(TaskLoss(task))
 
 
-def speed_up(module: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
-    """Apply the speed switches of ``cfg`` (TF32 on CUDA, compiled towers, gradient
-    checkpointing) to the CLIP in ``module`` (the module itself, or a classifier's ``clip``)."""
-    if device.type == "cuda" and cfg.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+def speed_up(module: nn.Module, cfg: TrainConfig) -> None:
+    """Apply the speed switches of ``cfg`` that change the module (compiled towers, gradient
+    checkpointing) to the CLIP in ``module`` (the module itself, or a classifier's ``clip``).
+    TF32 is the training step's alone (``train_step``)."""
     if not (cfg.compile or cfg.grad_checkpointing):
         return
     clip = getattr(module, "clip", module)
@@ -567,10 +589,13 @@ class TrainingRun:
         progress: Callable[[str], None],
     ):
         self.task, self.cfg, self.device, self.state = task, cfg, device, state
-        self.info, self.select, self.main = info, select, distributed.is_main()
+        self.select, self.main = select, distributed.is_main()
         self.progress = progress if self.main else _quiet
         self.module = task.module.to(device)
-        speed_up(self.module, cfg, device)
+        synced = cfg.sync_bn and distributed.world_size() > 1
+        synced = synced and distributed.sync_batchnorm(self.module, device)
+        self.info = {**info, **run_record(cfg, device, synced)}
+        speed_up(self.module, cfg)
         self.optimizer = make_optimizer(self.module, cfg.lr, cfg.wd, cfg.decay)
         self.data = TrainBatches(task.train_data, cfg, device)
         self.steps = len(self.data.loader)  # the partial batch counts: the schedule ends on it
@@ -632,12 +657,24 @@ class TrainingRun:
         self.progress("  ".join(f"{k}={v}" for k, v in row.items()))
         if is_better(self.select, val, self.best_val):
             self.best_epoch, self.best_val = row["epoch"], val
-            self.task.save(self.state.best_file, {**self.info, **selection_info(row["epoch"], val)})
+            self.save_checkpoint(row["epoch"], val)
+
+    def save_checkpoint(self, epoch: int, val: dict | None) -> None:
+        """The weights, as epoch ``epoch``'s candidate checkpoint; what saving computes (a
+        method's head from its text tower) in fp32, TF32 off."""
+        with tf32_scope(False):
+            self.task.save(self.state.best_file, {**self.info, **selection_info(epoch, val)})
+
+    def validate(self) -> dict | None:
+        """The task's ID-val result for the weights now, in fp32 (TF32 off: the training steps'
+        switch is theirs alone)."""
+        self.module.eval()
+        with tf32_scope(False):
+            return self.task.validate()
 
     def validate_start(self) -> None:
         """Epoch 0: the starting weights as a candidate (``include_start``), before any step."""
-        self.module.eval()
-        val = self.task.validate()
+        val = self.validate()
         row = {"epoch": 0, "step": 0, "lr": "", "train_loss": ""}
         self.record({**row, **val_columns(val), "seconds": f"{self.elapsed:.1f}"}, val)
 
@@ -658,9 +695,7 @@ class TrainingRun:
             losses.load(self.resumed["losses"])
         self.module.train()
         for count, batch in enumerate(self.data.loader, skip + 1):
-            with self.autocast:
-                loss = compute_loss(batch)
-            optimizer_step(loss, self.module, self.optimizer, self.cfg.grad_clip)
+            loss = self.train_step(compute_loss, batch)
             self.scheduler.step()
             if self.cfg.clamp_logit_scale:
                 clamp_logit_scale(self.module)
@@ -668,6 +703,16 @@ class TrainingRun:
             self.guard_loss(losses, epoch, count)
             self.save_or_stop(stopping, epoch, count, losses, t0)
         return losses
+
+    def train_step(self, compute_loss: Callable, batch) -> torch.Tensor:
+        """One step on ``batch``: forward (under bf16 autocast with ``precision`` bf16), backward
+        and the optimizer's step, with TF32 on for them alone when ``cfg.tf32`` (on CUDA; off
+        otherwise: fp32), the TF32 flags as they were after it. Returns the loss."""
+        with tf32_scope(self.cfg.tf32):
+            with self.autocast:
+                loss = compute_loss(batch)
+            optimizer_step(loss, self.module, self.optimizer, self.cfg.grad_clip)
+        return loss
 
     def guard_loss(self, losses: LossMeter, epoch: int, step: int) -> None:
         """Stop a run whose training loss stopped being finite (read every LOSS_READ_EVERY steps,
@@ -710,8 +755,7 @@ class TrainingRun:
     def end_epoch(self, epoch: int, train_loss: float, t0: float) -> None:
         """Rank 0, after epoch ``epoch`` (begun at time ``t0``): validate, log and select it, and
         write the resume state."""
-        self.module.eval()
-        val = self.task.validate()
+        val = self.validate()
         self.elapsed += time.time() - t0
         row = {
             "epoch": epoch,
@@ -726,7 +770,7 @@ class TrainingRun:
         """Rank 0, after the last epoch: the selected checkpoint to ``out``, the log to
         ``log_csv``; the resume state removed."""
         if self.cfg.epochs == 0 and not include_start:  # nothing to train: the starting weights
-            self.task.save(self.state.best_file, {**self.info, **selection_info(0, None)})
+            self.save_checkpoint(0, None)
         if not self.state.best_file.is_file():  # every epoch's validation score was NaN or inf
             raise UserError(
                 f"no epoch of the run ({run_label(self.info)}) has a finite validation "

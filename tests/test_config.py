@@ -104,6 +104,40 @@ def test_embedded_preset_keeps_open_clip_style_optimisation(params, scale):
     assert run["pretrain"]["decay"] == "matrices" and run["pretrain"]["clamp_logit_scale"]
 
 
+@pytest.mark.parametrize("scale", ["full", "smoke"])
+@pytest.mark.parametrize("preset", REAL_PRESETS)
+def test_real_presets_train_in_fp32_unless_runtime_asks_for_tf32(params, preset, scale):
+    run = load_params({**params, "benchmark": preset, "scale": scale}, SCHEMA)
+    assert run["runtime"]["tf32"] is False  # the reference trains in fp32
+    params["runtime"]["tf32"] = True  # a user's choice, for every preset
+    assert load_params({**params, "benchmark": preset}, SCHEMA)["runtime"]["tf32"] is True
+
+
+def test_the_embedded_preset_keeps_tf32_unless_runtime_turns_it_off(params):
+    assert params["runtime"]["tf32"] is None  # the preset's
+    assert load_params(params, SCHEMA)["runtime"]["tf32"] is True
+    params["runtime"]["tf32"] = False
+    assert load_params(params, SCHEMA)["runtime"]["tf32"] is False
+    del params["presets"]["embedded"]["tf32"]  # a preset that says nothing: fp32
+    params["runtime"]["tf32"] = None
+    assert load_params(params, SCHEMA)["runtime"]["tf32"] is False
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("true", True), ("False", False), ("null", True), ("3", "error")]
+)
+def test_snakemake_config_strings_become_booleans_and_null(params, given, expected):
+    """``--config runtime="{tf32: true}"``: Snakemake reads nested values as strings."""
+    params["runtime"] = {"tf32": given, "sync_bn": "false"}
+    if expected == "error":
+        with pytest.raises(UserError, match=r"^params.yaml: runtime.tf32: '3' is not of type"):
+            load_params(params, SCHEMA)
+        return
+    run = load_params(params, SCHEMA)
+    assert run["runtime"]["tf32"] is expected  # null: the embedded preset's (true)
+    assert run["runtime"]["sync_bn"] is False
+
+
 @pytest.mark.parametrize(
     "where, value",
     [

@@ -1,5 +1,6 @@
 """One run over several processes: 2 ranks at batch B/2 each train as 1 rank at batch B, for FLYP,
-FT and the collision-masked ablation (gloo on the CPU, as in CI).
+FT and the collision-masked ablation (gloo on the CPU, as in CI), and FT with the embedded
+preset's BatchNorm image tower (resnet10t) when its BatchNorm layers are synchronised.
 
 Two processes are spawned once for the module; each runs the same code as the test process does
 in one (the losses and the loop need no second path). The images are the eval transform's: random
@@ -9,6 +10,7 @@ count does); what the test compares is the rest: batches, caption draws, loss, g
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
@@ -31,11 +33,19 @@ BATCH = 16  # the global batch of the gradient check
 ROWS = list(range(3, 3 + BATCH))  # classes repeat within and across the halves: collisions
 # 96 training images at batch 20: 4 full batches and one of 16 an epoch (split 8 + 8)
 CFG = TrainConfig(epochs=2, lr=1e-3, wd=0.1, batch_size=20, warmup_steps=2, seed=0)
+# One epoch of FT with the embedded model (resnet10t, BatchNorm), 5 steps: BatchNorm over the
+# global batch (sync_bn, the default) or over each rank's slice
+BN_CFGS = {
+    "sync": TrainConfig(epochs=1, lr=1e-3, wd=0.1, batch_size=20, warmup_steps=2, seed=0),
+    "per-rank": TrainConfig(
+        epochs=1, lr=1e-3, wd=0.1, batch_size=20, warmup_steps=2, seed=0, sync_bn=False
+    ),
+}
 
 
 def vit_context(tables, captions, pretrained):
-    """A method context on the tiny benchmark with a tiny ViT (LayerNorm: no BatchNorm
-    statistics, which are per rank) and deterministic training images."""
+    """A method context on the tiny benchmark with the ``pretrained`` model (the tiny ViT: no
+    BatchNorm; or the embedded resnet10t) and deterministic training images."""
     from flyp.datasets import get_benchmark
     from flyp.methods import Context
     from flyp.models import checkpoint_transforms, get_tokenizer, load_checkpoint
@@ -73,14 +83,14 @@ def loss_and_grads(method: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
     return float(distributed.mean_over_ranks(loss.detach())), grads
 
 
-def train(method: str, ctx, out_dir, progress=lambda message: None) -> None:
+def train(method: str, ctx, out_dir, progress=lambda message: None, cfg=CFG, name=None) -> None:
     torch.manual_seed(0)
     task = get_method(method).task(ctx)
     fit(
         task,
-        CFG,
-        out=out_dir / f"{method}.safetensors",
-        log_csv=out_dir / f"{method}.csv",
+        cfg,
+        out=out_dir / f"{name or method}.safetensors",
+        log_csv=out_dir / f"{name or method}.csv",
         device=torch.device("cpu"),
         info={"method": method},
         select="last",
@@ -102,7 +112,7 @@ class StopAtSecondValidation:
         return self.validate()
 
 
-def _rank_main(rank: int, port: int, paths: tuple, out_dir) -> None:
+def _rank_main(rank: int, port: int, paths: tuple, rn_pretrained, out_dir) -> None:
     """One of the spawned ranks, set up as torchrun sets up each process."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -123,6 +133,9 @@ def _rank_main(rank: int, port: int, paths: tuple, out_dir) -> None:
         train("ft", ctx, out_dir / "resumed", messages.append)  # from a one-process run's state
         if rank == 0:
             (out_dir / "resumed" / "messages.txt").write_text("\n".join(messages))
+        rn_ctx = vit_context(*paths[:2], rn_pretrained)
+        for name, cfg in BN_CFGS.items():
+            train("ft", rn_ctx, out_dir, cfg=cfg, name=f"rn-{name}")
 
 
 def free_port() -> int:
@@ -149,7 +162,7 @@ def paths(tiny_tables, tiny_captions, vit_pretrained):
 
 
 @pytest.fixture(scope="module")
-def two_ranks(paths, tmp_path_factory):
+def two_ranks(paths, tiny_pretrained, tmp_path_factory):
     """What 2 spawned ranks computed and wrote, for every method."""
     out = tmp_path_factory.mktemp("ranks")
     torch.manual_seed(0)
@@ -166,7 +179,7 @@ def two_ranks(paths, tmp_path_factory):
             select="last",
             progress=lambda message: None,
         )
-    mp.spawn(_rank_main, args=(free_port(), paths, out), nprocs=WORLD)
+    mp.spawn(_rank_main, args=(free_port(), paths, tiny_pretrained, out), nprocs=WORLD)
     return out
 
 
@@ -222,6 +235,33 @@ def test_two_ranks_train_to_the_weights_of_one(method, paths, two_ranks, tmp_pat
     assert losses[1] == pytest.approx(losses[0], abs=2e-5)
 
 
+def largest_relative_differences(one: dict, two: dict) -> list[tuple[str, float]]:
+    """The three tensors (weights, BatchNorm's running statistics) that differ most between two
+    checkpoints, by relative error (of the whole tensor)."""
+    errors = {name: relative_error(two[name].double(), one[name].double()) for name in one}
+    return sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
+@pytest.mark.slow
+def test_two_ranks_with_synchronised_batchnorm_train_to_the_weights_of_one(
+    paths, tiny_pretrained, two_ranks, tmp_path
+):
+    """FT of the embedded model (resnet10t) for an epoch: with BatchNorm over the global batch
+    (sync_bn) 2 ranks at half the batch end where 1 process does; over each rank's slice they
+    do not (the switch is what makes them agree)."""
+    train("ft", vit_context(*paths[:2], tiny_pretrained), tmp_path, cfg=BN_CFGS["sync"])
+    one = load_file(tmp_path / "ft.safetensors")
+    start = load_file(tiny_pretrained)
+    assert any(not torch.equal(one[k], start[k]) for k in start)  # the steps moved the weights
+    synced = load_file(two_ranks / "rn-sync.safetensors")
+    assert synced.keys() == one.keys()
+    assert largest_relative_differences(one, synced)[0][1] <= 1e-4, largest_relative_differences(
+        one, synced
+    )
+    per_rank = load_file(two_ranks / "rn-per-rank.safetensors")
+    assert largest_relative_differences(one, per_rank)[0][1] > 1e-2
+
+
 @pytest.mark.slow
 def test_two_ranks_resume_a_run_where_one_stopped(paths, two_ranks, tmp_path):
     train("ft", vit_context(*paths), tmp_path)
@@ -259,14 +299,20 @@ def test_a_batch_the_ranks_cannot_share_equally_is_refused(monkeypatch, tmp_path
 
 
 @pytest.mark.usefixtures("fake_gpus")
-@pytest.mark.parametrize("gpus", [1, 2])
-def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, gpus):
+@pytest.mark.parametrize(
+    ("runtime", "switches"),
+    [
+        ("{gpus_per_job: 1}", " --no-tf32 --no-compile --no-grad-checkpointing "),
+        ("{gpus_per_job: 2}", " --no-tf32 --no-compile --no-grad-checkpointing --sync-bn "),
+        ("{gpus_per_job: 2, sync_bn: false, tf32: true}", " --tf32 --no-compile "),
+    ],
+)
+def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, runtime, switches):
+    """ImageNet's jobs (a preset that reproduces the reference: fp32, unless runtime.tf32 says
+    otherwise); BatchNorm's synchronisation is a switch of torchrun's jobs alone."""
+    gpus = int(re.search(r"gpus_per_job: (\d)", runtime).group(1))
     out = dry_run(
-        workflow_copy(tmp_path),
-        "seeds=[0]",
-        "methods=[zeroshot,flyp]",
-        f"runtime={{gpus_per_job: {gpus}}}",
-        "-p",
+        workflow_copy(tmp_path), "seeds=[0]", "methods=[zeroshot,flyp]", f"runtime={runtime}", "-p"
     )
     flyp, zeroshot = (
         re.search(rf"^Shell command: (.* --method {m} .*)$", out, re.M).group(1)
@@ -274,7 +320,11 @@ def test_training_jobs_run_under_torchrun_above_one_gpu(tmp_path, gpus):
     )
     launch = "torchrun --standalone --nproc_per_node 2 -m flyp.cli" if gpus > 1 else "flyp"
     assert flyp.startswith(f"{launch} finetune ")
+    assert switches in flyp
+    assert ("sync-bn" in flyp) == (gpus > 1)
+    assert "--no-sync-bn" in flyp if "sync_bn: false" in runtime else "--no-sync-bn" not in flyp
     assert zeroshot.startswith("flyp finetune ")  # nothing to train: one process
+    assert "tf32" not in zeroshot
     gpu = {
         re.search(r"method=(\w+)", block).group(1): re.search(r"\bgpu=(\d+)", block).group(1)
         for block in re.split(r"\n(?=rule )", out)
@@ -290,3 +340,47 @@ def test_a_training_jobs_threads_are_shared_among_its_ranks(monkeypatch):
     assert _threads_per_rank(8) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # as torchrun sets it
     assert [_threads_per_rank(n) for n in (8, 2, 0)] == [2, 1, 0]  # 0: torch's default
+
+
+class BatchNormWithItsOwnForward(torch.nn.BatchNorm2d):
+    """As timm's BatchNormAct2d: a BatchNorm subclass whose forward does more."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+@pytest.mark.parametrize(
+    ("device", "synced"), [("cpu", distributed.GlobalBatchNorm), ("cuda", torch.nn.SyncBatchNorm)]
+)
+def test_batchnorm_layers_are_synchronised_in_place_with_their_tensors(device, synced):
+    from flyp.models import create_clip
+
+    torch.manual_seed(0)
+    clip = create_clip("flyp-tiny-rn10t")
+    layers = {
+        n: m
+        for n, m in clip.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    tensors = {n: id(t) for n, t in [*clip.named_parameters(), *clip.named_buffers()]}
+    visual = clip.visual
+    assert distributed.sync_batchnorm(clip, torch.device(device))
+    assert clip.visual is visual  # the rest of the module is the same objects
+    converted = dict(clip.named_modules())
+    assert all(type(converted[n]) is synced for n in layers)
+    assert tensors == {n: id(t) for n, t in [*clip.named_parameters(), *clip.named_buffers()]}
+    assert not distributed.sync_batchnorm(torch.nn.Linear(2, 2), torch.device(device))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), BatchNormWithItsOwnForward(4))
+    with pytest.raises(UserError, match=r"^sync_bn: 0.1 is a BatchNormWithItsOwnForward, .*bn\)$"):
+        distributed.sync_batchnorm(torch.nn.Sequential(model), torch.device(device))
+
+
+def test_a_global_batchnorm_in_one_process_is_a_batchnorm():
+    torch.manual_seed(0)
+    plain = torch.nn.BatchNorm2d(4)
+    synced = distributed.converted_batchnorm(copy.deepcopy(plain), distributed.GlobalBatchNorm)
+    x = torch.randn(6, 4, 3, 3)
+    for mode in (True, False):
+        plain.train(mode), synced.train(mode)
+        assert torch.equal(plain(x), synced(x))
+    assert torch.equal(plain.running_var, synced.running_var)

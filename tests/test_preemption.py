@@ -184,6 +184,9 @@ def test_the_run_hash_ignores_what_does_not_change_results():
     cfg = TrainConfig(epochs=1, lr=0.1, wd=0.0, batch_size=4, warmup_steps=0, seed=0)
     other = TrainConfig(**{**cfg.__dict__, "num_workers": 4, "checkpoint_minutes": 1.0})
     assert result_config(cfg) == result_config(other)
+    # BatchNorm's synchronisation changes a result only over several ranks, as their number does
+    assert result_config(cfg) == result_config(TrainConfig(**{**cfg.__dict__, "sync_bn": False}))
+    assert result_config(cfg) != result_config(TrainConfig(**{**cfg.__dict__, "tf32": True}))
     assert result_config(cfg) != result_config(TrainConfig(**{**cfg.__dict__, "seed": 1}))
 
 

@@ -265,3 +265,149 @@ def test_resume_state_of_other_settings_is_ignored(tmp_path):
     )
     assert any("ignoring" in m for m in messages)
     assert not any("resuming" in m for m in messages)
+
+
+def tf32_flags() -> tuple[bool, bool]:
+    """(cuBLAS matmuls, cuDNN convolutions) in TF32: process-wide flags, present on CPU builds."""
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+class FlagTask(ToyTask):
+    """ToyTask noting the TF32 flags where the loop computes: the forward, the backward (a
+    gradient hook), validation and saving."""
+
+    def __init__(self):
+        super().__init__([0.5] * 4)
+        self.seen = {"forward": set(), "backward": set(), "validate": set(), "save": set()}
+
+    def loss(self, batch):
+        self.seen["forward"].add(tf32_flags())
+        loss = super().loss(batch)
+        loss.register_hook(lambda grad: self.seen["backward"].add(tf32_flags()))
+        return loss
+
+    def validate(self):
+        self.seen["validate"].add(tf32_flags())
+        return super().validate()
+
+    def save(self, path, info):
+        self.seen["save"].add(tf32_flags())
+        super().save(path, info)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_is_the_training_steps_alone_and_restored_after(tmp_path, monkeypatch, tf32):
+    """TF32 on (or off: fp32) in the forward, backward and optimizer step; off in validation and
+    saving; the process's flags as they were after the run (here torch's defaults, cuDNN's TF32
+    on, cuBLAS's off: a scope that neither set nor restored them would show)."""
+    from flyp import training
+
+    steps = set()
+
+    def noting_step(*args, **kwargs):
+        steps.add(tf32_flags())
+        return optimizer_step(*args, **kwargs)
+
+    optimizer_step = training.optimizer_step
+    monkeypatch.setattr(training, "optimizer_step", noting_step)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    task = FlagTask()
+    cfg = TrainConfig(**{**CFG.__dict__, "tf32": tf32})
+    fit(
+        task,
+        cfg,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
+    assert task.seen["forward"] == task.seen["backward"] == steps == {(tf32, tf32)}
+    assert task.seen["validate"] == task.seen["save"] == {(False, False)}
+    assert tf32_flags() == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("precision", "tf32", "device", "expected"),
+    [
+        ("fp32", False, "cpu", "fp32"),
+        ("fp32", True, "cpu", "fp32"),  # a CPU has no TF32
+        ("bf16", False, "cpu", "bf16"),
+        ("fp32", True, "cuda", "tf32"),
+        ("fp32", False, "cuda:1", "fp32"),
+        ("bf16", True, "cuda", "bf16"),
+    ],
+)
+def test_the_arithmetic_of_a_phase(precision, tf32, device, expected):
+    from flyp.devices import arithmetic
+    from flyp.scoring import eval_arithmetic
+
+    assert arithmetic(precision, tf32, torch.device(device)) == expected
+    eval_precision = "tf32" if tf32 and precision == "fp32" else precision
+    assert eval_arithmetic(eval_precision, device) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_checkpoint_records_its_training_arithmetic_and_ranks(tmp_path, precision):
+    cfg = TrainConfig(**{**CFG.__dict__, "precision": precision, "tf32": True})
+    fit(
+        ToyTask([0.5] * 4),
+        cfg,
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={"method": "toy"},
+        progress=lambda m: None,
+    )
+    info = _load(tmp_path / "best.pt")["info"]
+    assert info["arithmetic"] == {"training": precision}  # tf32 asked for: a CPU has none
+    assert info["ranks"] == {"world_size": 1, "sync_bn": False}
+    assert info["method"] == "toy"
+
+
+def test_provenance_names_the_arithmetic_of_each_phase(tiny_tables, tiny_captions, tmp_path):
+    """Pretraining (from the pretrained checkpoint's record), finetuning in bf16 autocast, and an
+    evaluation asked for in TF32, which on a CPU computes in fp32."""
+    import json
+
+    from flyp.evaluation import evaluate_checkpoint
+    from flyp.finetuning import finetune
+    from flyp.models import create_clip, save_checkpoint
+
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained.safetensors"
+    record = {"stage": "pretrain", "arithmetic": {"training": "fp32"}}
+    save_checkpoint(pretrained, "flyp-tiny-rn10t", create_clip("flyp-tiny-rn10t"), info=record)
+    cfg = TrainConfig(
+        epochs=1, lr=1e-4, wd=0.0, batch_size=32, warmup_steps=0, seed=0, precision="bf16"
+    )
+    finetune(
+        "embedded",
+        tiny_tables,
+        tiny_captions,
+        pretrained,
+        "ft",
+        cfg,
+        options={},
+        out=tmp_path / "ft.safetensors",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
+    evaluate_checkpoint(
+        "embedded",
+        tiny_tables,
+        tmp_path / "ft.safetensors",
+        metrics_out=tmp_path / "metrics.json",
+        provenance_out=tmp_path / "provenance.json",
+        precision="tf32",
+        log=lambda m: None,
+    )
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["arithmetic"] == {
+        "pretraining": "fp32",
+        "training": "bf16",
+        "evaluation": "fp32",
+    }
+    assert provenance["ranks"] == {"world_size": 1, "sync_bn": False}

@@ -48,24 +48,34 @@ def _set(obj, path, value) -> None:
     obj[list(path)[-1]] = value
 
 
+def _scalar(text: str, types: set[str]):
+    """The number, boolean or null that ``text`` spells where the schema wants one of ``types``,
+    or ``text`` itself when it spells none of them."""
+    word = text.strip()
+    if types & {"number", "integer"} and _NUMBER.match(word):
+        number = float(word)
+        return int(number) if "integer" in types and number.is_integer() else number
+    if "boolean" in types and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if "null" in types and word in ("null", "~"):
+        return None
+    return text
+
+
 def coerce_numbers(config: dict, validator) -> dict:
-    """Turn numeric strings into numbers where the schema wants a number or integer."""
+    """Turn numeric strings into numbers where the schema wants a number or integer, and
+    ``true``/``false``/``null`` into a boolean or null where it wants one (Snakemake's
+    ``--config runtime="{tf32: true}"`` reads nested values as strings)."""
     for _ in range(1000):
         fixed = False
         for error in validator.iter_errors(config):
             for e in [error, *error.context]:
-                if (
-                    e.validator == "type"
-                    and isinstance(e.instance, str)
-                    and _types(e.validator_value) & {"number", "integer"}
-                    and _NUMBER.match(e.instance.strip())
-                ):
-                    number = float(e.instance)
-                    if "integer" in _types(e.validator_value) and number.is_integer():
-                        number = int(number)
-                    _set(config, e.absolute_path, number)
-                    fixed = True
-                    break
+                if e.validator == "type" and isinstance(e.instance, str):
+                    value = _scalar(e.instance, _types(e.validator_value))
+                    if value is not e.instance:
+                        _set(config, e.absolute_path, value)
+                        fixed = True
+                        break
             if fixed:
                 break
         if not fixed:
@@ -218,8 +228,8 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     """The settings of this run: the benchmark's preset with the scale's overrides merged in, the
     top-level training keys (``top_level``), every method's grid without the keys these fix, the
     few-shot protocol, seeds, the weight-ensembling alphas (the top-level ones when set, else
-    the preset's), methods and runtime. A run of one method trains with ``training_settings`` of
-    it."""
+    the preset's), methods and runtime (its ``tf32`` the preset's unless set: ``_runtime``). A
+    run of one method trains with ``training_settings`` of it."""
     benchmark, scale = params["benchmark"], params["scale"]
     run = _preset(params, benchmark, scale, source)
     run.setdefault("finetune", {})
@@ -245,9 +255,17 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
         seeds=list(params["seeds"]),
         alphas=alphas,
         methods=list(params["methods"]),
-        runtime=params["runtime"],
+        runtime=_runtime(params["runtime"], run),
     )
     return run
+
+
+def _runtime(runtime: dict, run: dict) -> dict:
+    """``runtime`` with ``tf32`` resolved: when null (the default), the preset's (after the
+    scale's) ``tf32``, false unless it says otherwise: a preset that reproduces the reference
+    trains in fp32; true or false: every preset's."""
+    tf32 = runtime.get("tf32")
+    return {**runtime, "tf32": bool(run.get("tf32", False) if tf32 is None else tf32)}
 
 
 def training_settings(

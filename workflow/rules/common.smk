@@ -261,15 +261,18 @@ WORKERS = RUN["runtime"]["workers"]
 # How often a training job writes a resume state mid-epoch: a resource, as the worker count (the
 # run's result is the same), passed as text (a resource is a number or a string).
 CHECKPOINT_MINUTES = str(RUN["runtime"]["checkpoint_minutes"])
-# Switches that change how a GPU computes (TF32, compilation, recomputation, evaluation
-# arithmetic): params, not resources, since on a GPU they move the last digits of a result.
+# One training run over several GPUs (runtime.gpus_per_job above 1): torchrun starts a process per
+# GPU (flyp/distributed.py). A param, as the switches below: the last digits of a result move.
+GPUS_PER_JOB = RUN["runtime"]["gpus_per_job"]
+# Switches that change how a GPU computes (TF32 in the training steps, as resolved for the preset;
+# compilation, recomputation, evaluation arithmetic): params, not resources, since on a GPU they
+# move the last digits of a result. BatchNorm over every rank's rows (sync_bn) is passed to the
+# jobs that torchrun starts alone: one process has nothing to synchronise.
 SPEED_ARGS = " ".join(
-    cli_option(k, RUN["runtime"][k]) for k in ("tf32", "compile", "grad_checkpointing")
+    cli_option(k, RUN["runtime"][k])
+    for k in ("tf32", "compile", "grad_checkpointing", *(("sync_bn",) if GPUS_PER_JOB > 1 else ()))
 )
 EVAL_PRECISION = RUN["runtime"]["eval_precision"]
-# One training run over several GPUs (runtime.gpus_per_job above 1): torchrun starts a process per
-# GPU (flyp/distributed.py). A param, as the switches above: the last digits of a result move.
-GPUS_PER_JOB = RUN["runtime"]["gpus_per_job"]
 TRAIN_LAUNCH = (
     f"torchrun --standalone --nproc_per_node {GPUS_PER_JOB} -m flyp.cli"
     if GPUS_PER_JOB > 1
