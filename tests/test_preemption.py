@@ -104,7 +104,7 @@ def log_without_times(path: Path) -> list[list[str]]:
 def test_an_interrupted_run_resumes_mid_epoch_to_the_same_checkpoint(
     how, straight, tiny_tables, tiny_captions, tiny_pretrained, tmp_path
 ):
-    step = random.randint(1, 6 * EPOCHS - 1)  # any step but the last
+    step = random.randint(1, 6 * EPOCHS - 2)  # any step but the last two
     out = tmp_path / "run"
     state = out / ".best.safetensors.resume" / "state.pt"
     # A resume state after every step, so that kill -9 finds one at the step it hits.
@@ -129,7 +129,9 @@ def test_an_interrupted_run_resumes_mid_epoch_to_the_same_checkpoint(
         assert "the same command continues the run" in err
     assert not (out / "best.safetensors").exists(), "an interrupted run wrote its checkpoint"
     stopped_at = state_step(state)
-    assert 0 < stopped_at < 18, f"{how} at step {step}: state at step {stopped_at}"
+    # A kill lands a little after the state it waited for: on a busy machine the run may have
+    # finished its last step (the state at step 18) but not yet written its checkpoint.
+    assert 0 < stopped_at <= 18, f"{how} at step {step}: state at step {stopped_at}"
 
     # Resumed with another worker count: each example's augmentation is seeded, so the result
     # does not depend on it, and the resume state stands.
