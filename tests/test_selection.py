@@ -257,8 +257,15 @@ def test_few_shot_finetuning_records_the_protocol(
 
     info = load_checkpoint(tmp_path / "best.safetensors").info
     assert info["select"] == "val_loss" and info["val_metric"] == "accuracy"
-    # the protocol's switches are recorded where they are not the default
+    # the protocol's switches are recorded where they are not the default, in the checkpoint
+    # and in the provenance a draw's results keep (its checkpoint is a temp file)
     assert {k: info[k] for k in ("tie", "augmentation") if k in info} == (protocol or {})
+    from flyp.evaluation import provenance
+
+    prov = provenance(
+        load_checkpoint(tmp_path / "best.safetensors"), tmp_path / "best.safetensors", tiny_tables
+    )
+    assert {k: prov[k] for k in ("tie", "augmentation") if k in prov} == (protocol or {})
     assert info["best_epoch"] == result["best_epoch"]
     epochs = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1"]
