@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from flyp.io import Preempted, UserError
+from flyp.settings import AUGMENTATIONS, STD_DDOFS, TIES
 
 
 class _Group(click.Group):
@@ -479,6 +480,28 @@ def pretrained(model_name, pretrained, out, log_csv):
     _log(f"wrote {out}")
 
 
+# The few-shot protocol's switches (flyp.settings), which a draw's command names only where its
+# preset's are not the default.
+FEWSHOT_PROTOCOL_OPTIONS = [
+    click.option(
+        "--val-loss-tie",
+        type=click.Choice(TIES),
+        default=TIES[0],
+        show_default=True,
+        help="Few-shot: which of two epochs with the same lowest val loss a draw keeps "
+        "(later: the FLYP reference's).",
+    ),
+    click.option(
+        "--augmentation",
+        type=click.Choice(AUGMENTATIONS),
+        default=AUGMENTATIONS[0],
+        show_default=True,
+        help="Few-shot: each training image's random crop and caption drawn afresh every "
+        "epoch, or once for the whole run (the FLYP reference's).",
+    ),
+]
+
+
 def _finetune_options(f):
     """The options of `flyp finetune`, which `flyp fewshot` shares."""
     options = [
@@ -514,6 +537,7 @@ def _finetune_options(f):
             show_default=True,
             help="Which few-shot draw (seeds the k-per-class sample).",
         ),
+        *FEWSHOT_PROTOCOL_OPTIONS,
         click.option(
             "--eval-cache",
             type=click.Path(file_okay=False, path_type=Path),
@@ -585,6 +609,8 @@ def _finetune(
     options,
     shots,
     draw,
+    val_loss_tie,
+    augmentation,
     eval_cache,
     out,
     log_csv,
@@ -618,6 +644,7 @@ def _finetune(
             device=here,
             shots=shots,
             draw=draw,
+            protocol={"tie": val_loss_tie, "augmentation": augmentation},
             eval_cache=eval_cache,
             log=_log,
         )
@@ -920,6 +947,14 @@ def sweep_select(method_name, grid, out, checkpoints):
 @click.option(
     "--draws", type=click.IntRange(min=0), default=0, help="Few-shot draws of each k (0..n-1)."
 )
+@click.option(
+    "--fewshot-std-ddof",
+    type=click.Choice([str(d) for d in STD_DDOFS]),
+    default=str(STD_DDOFS[0]),
+    show_default=True,
+    help="The std over draws: the sample std (1) or numpy's np.std (0, the FLYP reference's); "
+    "with 0 a std_ddof column says which std each row reports.",
+)
 @click.option("--table", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--metrics-out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path))
@@ -959,6 +994,7 @@ def report(
     fewshot_methods,
     shots,
     draws,
+    fewshot_std_ddof,
     table,
     metrics_out,
     plot_out,
@@ -982,6 +1018,7 @@ def report(
         fewshot_methods=_csv_list(fewshot_methods),
         shots=_csv_ints(shots, "--shots"),
         draws=draws,
+        fewshot_std_ddof=int(fewshot_std_ddof),
         table=table,
         metrics_out=metrics_out,
         plot_out=plot_out,

@@ -150,6 +150,8 @@ def provenance(ckpt, checkpoint_path, data_dir, evaluated_in: str = "fp32") -> d
         "seed": info.get("seed"),
         "shots": info.get("shots"),
         "draw": info.get("draw"),
+        # a few-shot draw's protocol switches, where not the default (flyp.finetuning.selection)
+        **{k: info[k] for k in ("tie", "augmentation") if k in info},
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "data_hash": data_hash(Path(data_dir)),
         # the parameters only (the method and its training config), never the pretrained model's

@@ -11,7 +11,7 @@ from flyp import distributed
 from flyp.datasets import Benchmark, get_benchmark
 from flyp.datasets.manifest import data_hash
 from flyp.evalcache import open_eval_cache
-from flyp.io import sha256_file, write_text
+from flyp.io import UserError, sha256_file, write_text
 from flyp.methods import Context, get_method
 from flyp.models import (
     Checkpoint,
@@ -24,6 +24,7 @@ from flyp.models import (
 )
 from flyp.provenance import code_revision
 from flyp.training import (
+    PROTOCOL_DEFAULTS,
     TrainConfig,
     fit,
     log_csv_text,
@@ -123,11 +124,13 @@ def finetune(
     device: torch.device,
     shots: int | None = None,
     draw: int = 0,
+    protocol: dict | None = None,
     eval_cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
-    ``flyp evalcache`` folder of the pretrained model's preprocessing) when given."""
+    ``flyp evalcache`` folder of the pretrained model's preprocessing) when given. ``protocol``:
+    a few-shot run's ``tie`` and ``augmentation`` (``selection``)."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -149,25 +152,28 @@ def finetune(
     if not method.trains:
         return score_untrained(method, ctx, info, out=out, log_csv=log_csv)
     task = method.task(ctx)
-    info.update(ctx.notes, **selection(shots))
+    picks = selection(shots, **(protocol or {}))
+    info.update(ctx.notes, **picks)
     result = fit(
-        task,
-        cfg,
-        out=out,
-        log_csv=log_csv,
-        device=device,
-        info=info,
-        progress=log,
-        **selection(shots),
+        task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log, **picks
     )
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 
 
-def selection(shots: int | None) -> dict:
-    """How ``fit`` picks the epoch. Full runs: the best ID-val score with the benchmark's own ID
-    metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the starting model)
-    the lowest cross-entropy on the k-per-class val sample (docs/reference.md, "Hyperparameters
-    and protocol")."""
+def selection(shots: int | None, tie: str = "earlier", augmentation: str = "per_epoch") -> dict:
+    """How ``fit`` picks the epoch (and trains). Full runs: the best ID-val score with the
+    benchmark's own ID metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the
+    starting model) the lowest cross-entropy on the k-per-class val sample (docs/reference.md,
+    "Hyperparameters and protocol"); ``tie`` and ``augmentation`` (flyp.training.TIES,
+    AUGMENTATIONS) are theirs, in the result only when not the default (the checkpoint records
+    them). A full run takes neither."""
+    protocol = {"tie": tie, "augmentation": augmentation}
+    changed = {k: v for k, v in protocol.items() if v != PROTOCOL_DEFAULTS[k]}
     if shots is None:
+        if changed:
+            raise UserError(
+                f"{', '.join(changed)}: settings of the few-shot protocol; a full run "
+                f"(no --shots) takes none"
+            )
         return {"select": "metric", "include_start": False}
-    return {"select": "val_loss", "include_start": True}
+    return {"select": "val_loss", "include_start": True, **changed}

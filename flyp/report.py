@@ -2,9 +2,11 @@
 
 Rows: every method (mean and standard deviation over seeds), every finetuned method with weight
 ensembling ("<method>+wise", alpha picked on ID-val per seed), and the few-shot runs
-("<method>@<k>shot", mean and standard deviation over draws). When a sweep ran (flyp/sweep.py),
-a "picked" column names each swept method's setting, and a figure shows every grid point's ID-val
-score.
+("<method>@<k>shot", mean and standard deviation over draws). A standard deviation is the sample
+one (ddof 1); over draws it may be numpy's ``np.std`` (ddof 0, as the FLYP reference reports its
+few-shot runs), and the table then has a "std_ddof" column saying which each row's is. When a sweep
+ran (flyp/sweep.py), a "picked" column names each swept method's setting, and a figure shows every
+grid point's ID-val score.
 
 Effective robustness (Taori et al., NeurIPS 2020): a line is fit to the baselines' (ID, OOD)
 points in logit space, OOD = f(ID); a method's effective robustness is its OOD accuracy minus f of
@@ -84,12 +86,19 @@ def selected_on(prov: dict) -> str:
     return f"val_{prov.get('val_metric')}"
 
 
-def _aggregate(name, metrics, provs, columns, label, extra=None) -> tuple[dict, dict]:
-    """A table row (percent, mean and std over runs) and its nested-metrics entry (fractions)."""
+def spread(values: np.ndarray, ddof: int = 1) -> float:
+    """The standard deviation of ``values`` with ``ddof`` delta degrees of freedom (1: the sample
+    std; 0: numpy's default, ``np.std``); 0 for a single value."""
+    return float(values.std(ddof=ddof)) if len(values) > 1 else 0.0
+
+
+def _aggregate(name, metrics, provs, columns, label, extra=None, ddof=1) -> tuple[dict, dict]:
+    """A table row (percent, mean and std over runs, ``spread`` with ``ddof``) and its
+    nested-metrics entry (fractions)."""
     row, nested = {"method": name, "runs": len(metrics)}, {}
     for c in columns:
         values = np.array([m[c] for m in metrics], float)
-        mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+        mean, std = values.mean(), spread(values, ddof)
         row[label[c]], row[f"{label[c]}_std"] = round(100 * mean, 2), round(100 * std, 2)
         nested[label[c]], nested[f"{label[c]}_std"] = round(mean, 6), round(std, 6)
     row.update(extra or {})
@@ -144,12 +153,21 @@ PROVENANCE_COLUMNS = [
 ]
 
 
+STD_NOTE = "`_std` over seeds (or few-shot draws)"
+# With a "std_ddof" column (Rows.label_ddof): which std each row's is.
+STD_DDOF_NOTE = (
+    "`_std` over seeds (or few-shot draws), with the `std_ddof` column's delta degrees of "
+    "freedom: 1 the sample std, 0 numpy's `np.std` (the FLYP reference's over few-shot draws)"
+)
+
+
 def table_markdown(df: pd.DataFrame, benchmark: str) -> str:
     """The table's numbers for reading (in git, where results/table.csv, in DVC, is not)."""
     revisions = sorted(set(";".join(df["git_revision"].astype(str)).split(";")))
     numbers = df.drop(columns=[c for c in PROVENANCE_COLUMNS if c in df.columns])
+    note = STD_DDOF_NOTE if "std_ddof" in df.columns else STD_NOTE
     return (
-        f"# Results: {benchmark}\n\nPercent; `_std` over seeds (or few-shot draws). Made by "
+        f"# Results: {benchmark}\n\nPercent; {note}. Made by "
         f"{', '.join(f'`{r}`' for r in revisions)}; each row's provenance is in "
         "`results/table.csv` (DVC: `dvc pull`, or rebuild it).\n\n"
         f"{numbers.to_markdown(index=False)}\n"
@@ -180,14 +198,18 @@ class Rows:
     def __init__(self, res: Results, columns: list[str], label: dict[str, str]):
         self.res, self.columns, self.label = res, columns, label
         self.rows: list[dict] = []
+        self.ddof: list[int] = []  # each row's std's delta degrees of freedom
         self.nested: dict[str, dict] = {}  # row name -> its nested-metrics entry
         self.provs: list[dict] = []  # of every run behind a row ("+wise" rows reuse theirs)
         self.points: list[tuple] = []  # (method, alpha, id, ood) for the figure
         self.full: dict[str, list[dict]] = {}  # method -> its runs' metrics, for the robustness fit
 
-    def _add(self, name: str, metrics: list[dict], provs: list[dict], extra=None) -> None:
-        row, self.nested[name] = _aggregate(name, metrics, provs, self.columns, self.label, extra)
+    def _add(self, name: str, metrics: list[dict], provs: list[dict], extra=None, ddof=1) -> None:
+        row, self.nested[name] = _aggregate(
+            name, metrics, provs, self.columns, self.label, extra, ddof
+        )
         self.rows.append(row)
+        self.ddof.append(ddof)
 
     def add_methods(self, methods: list[str], seeds: list[int]) -> None:
         """A row per method, over seeds."""
@@ -211,15 +233,26 @@ class Rows:
                     (m, float(alpha), float(c[id_key]), float(c.get("avg_ood", np.nan)))
                 )
 
-    def add_fewshot(self, methods: list[str], shots: list[int], draws: int) -> None:
-        """A row per few-shot method and shot count ("<method>@<k>shot"), over draws."""
+    def add_fewshot(self, methods: list[str], shots: list[int], draws: int, ddof: int = 1):
+        """A row per few-shot method and shot count ("<method>@<k>shot"), over draws (their std
+        with ``ddof``)."""
         for m in methods:
             for k in sorted(shots):
                 name = f"{m}@{k}shot"
                 metrics = [self.res.metrics(draw_run(m, k, d)) for d in range(draws)]
                 provs = [self.res.provenance(draw_run(m, k, d)) for d in range(draws)]
-                self._add(name, metrics, provs)
+                self._add(name, metrics, provs, ddof=ddof)
                 self.provs += provs
+
+    def label_ddof(self, df: pd.DataFrame) -> None:
+        """Where a row's std is not the sample std (ddof 1), a "std_ddof" column (before
+        "selected_on") and a "std_ddof" key in every nested-metrics entry say each row's; none
+        otherwise (the table as it was)."""
+        if all(d == 1 for d in self.ddof):
+            return
+        df.insert(df.columns.get_loc("selected_on"), "std_ddof", self.ddof)
+        for row, ddof in zip(self.rows, self.ddof, strict=True):
+            self.nested[row["method"]]["std_ddof"] = ddof
 
 
 def insert_effective_robustness(df: pd.DataFrame, rows: Rows, methods: list[str], id_key: str):
@@ -265,6 +298,7 @@ def write_report(
     fewshot_methods: list[str] = (),
     shots: list[int] = (),
     draws: int = 0,
+    fewshot_std_ddof: int = 1,
     table: Path,
     metrics_out: Path,
     plot_out: Path | None = None,
@@ -281,7 +315,8 @@ def write_report(
     every per-run file the table was made from (``inputs_out``), and the table's numbers as
     Markdown (``markdown``). With ``sweep_methods`` (those a sweep picked a setting for), the
     table's "picked" column and the sweep's figure (``sweep_plot``) and its data (``sweep_csv``);
-    without, the table has no such column."""
+    without, the table has no such column. The std over few-shot draws is with
+    ``fewshot_std_ddof`` (0: a "std_ddof" column says so, ``Rows.label_ddof``)."""
     bench = get_benchmark(benchmark_name)
     res = Results(results_dir)
     columns = [s.name for s in bench.eval_sets] + (["avg_ood"] if bench.ood_sets else [])
@@ -289,7 +324,7 @@ def write_report(
     rows = Rows(res, columns, label)
     rows.add_methods(methods, seeds)
     rows.add_wise(wise_methods, seeds, id_key)
-    rows.add_fewshot(fewshot_methods, shots, draws)
+    rows.add_fewshot(fewshot_methods, shots, draws, fewshot_std_ddof)
     df = pd.DataFrame(rows.rows)
     if bench.ood_sets:
         line = insert_effective_robustness(df, rows, methods, id_key)
@@ -302,6 +337,7 @@ def write_report(
         df.insert(df.columns.get_loc("selected_on"), "picked", picked_column(df, selections))
         if sweep_plot is not None:
             plot_sweep(selections, sweep_plot, sweep_csv, bench.name)
+    rows.label_ddof(df)
     with atomic_path(table) as tmp:
         df.to_csv(tmp, index=False)
     write_json(metrics_out, rows.nested)

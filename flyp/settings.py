@@ -107,3 +107,15 @@ BY_NAME = {s.name: s for s in ARGUMENTS}
 REQUIRED = tuple(s.name for s in TRAINING if s.default is None)
 TOP_LEVEL = tuple(s.name for s in TRAINING if s.top_level)
 SWEEPABLE = tuple(s.name for s in TRAINING if s.sweepable)
+
+# The few-shot protocol's switches (params.yaml ``presets.<name>.fewshot``), each value's meaning
+# where it is used; the first of each is the default. TIES: which of two epochs with the same
+# lowest val loss a draw keeps (`flyp fewshot --val-loss-tie`; "later": the FLYP reference's
+# `if cnt_loss <= min_cnt_loss`). AUGMENTATIONS: a training image's random crop and caption drawn
+# afresh every epoch, or once for the whole run (`--augmentation`; "once": the FLYP reference's
+# few-shot loop, which transforms its k-per-class batch once). STD_DDOFS: the delta degrees of
+# freedom of the table's std over draws (`flyp report --fewshot-std-ddof`; 0: the reference's
+# `np.std`).
+TIES = ("earlier", "later")
+AUGMENTATIONS = ("per_epoch", "once")
+STD_DDOFS = (1, 0)

@@ -37,6 +37,7 @@ from flyp import distributed
 from flyp.devices import arithmetic, tf32_scope
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
+from flyp.settings import AUGMENTATIONS, TIES
 from flyp.task import Task
 
 
@@ -248,12 +249,18 @@ LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_metric", "val_score", "v
 # Which epoch fit() keeps: the best ID-val score (the benchmark's ID metric), the lowest ID-val
 # cross-entropy (the few-shot protocol of the FLYP reference), or the last one.
 SELECT_MODES = ("metric", "val_loss", "last")
+# Which of two epochs with the same score (or loss) fit() keeps, and whether a training image's
+# random augmentation (and a FLYP caption's template) is drawn afresh every epoch or once for the
+# run (flyp.settings.TIES, AUGMENTATIONS; the FLYP reference's few-shot loop keeps the later epoch
+# and transforms its k-per-class batch once).
+PROTOCOL_DEFAULTS = {"tie": TIES[0], "augmentation": AUGMENTATIONS[0]}
 
 
-def is_better(select: str, val: dict | None, best: dict | None) -> bool:
+def is_better(select: str, val: dict | None, best: dict | None, tie: str = "earlier") -> bool:
     """Whether an epoch with validation ``val`` replaces the kept one (``best``; None: none kept
-    yet). Ties keep the earlier epoch. An epoch whose score (or, selecting on it, loss) is not a
-    finite number is never kept: NaN compares false both ways, so it could otherwise stay "best"."""
+    yet). A tie keeps the earlier epoch, or with ``tie="later"`` the later one. An epoch whose
+    score (or, selecting on it, loss) is not a finite number is never kept: NaN compares false
+    both ways, so it could otherwise stay "best"."""
     if val is not None and not math.isfinite(val["val_score"]):
         return False
     if select == "last":
@@ -263,8 +270,10 @@ def is_better(select: str, val: dict | None, best: dict | None) -> bool:
     if best is None:
         return True
     if select == "metric":
-        return val["val_score"] > best["val_score"]
-    return val["val_loss"] < best["val_loss"]
+        new, kept = val["val_score"], best["val_score"]
+        return new > kept or (tie == "later" and new == kept)
+    new, kept = val["val_loss"], best["val_loss"]
+    return new < kept or (tie == "later" and new == kept)
 
 
 def val_columns(val: dict | None) -> dict:
@@ -494,11 +503,15 @@ def read_resume_state(path: Path, progress: Callable[[str], None]) -> dict | Non
     return state if isinstance(state, dict) else None
 
 
-def check_run(task: Task, cfg: TrainConfig, info: dict, select: str) -> None:
-    """Refuse, before any work, a run the loop cannot make: an unknown ``select``, a global batch
-    the ranks cannot share equally, or too few examples for each rank to have one."""
+def check_run(task: Task, cfg: TrainConfig, info: dict, select: str, protocol: dict) -> None:
+    """Refuse, before any work, a run the loop cannot make: an unknown ``select`` or selection
+    ``protocol`` value (``tie``, ``augmentation``), a global batch the ranks cannot share equally,
+    or too few examples for each rank to have one."""
     if select not in SELECT_MODES:
         raise ValueError(f"select: expected one of {SELECT_MODES}, got {select!r}")
+    for key, allowed in (("tie", TIES), ("augmentation", AUGMENTATIONS)):
+        if protocol[key] not in allowed:
+            raise ValueError(f"{key}: expected one of {allowed}, got {protocol[key]!r}")
     world = distributed.world_size()
     if cfg.batch_size % world:
         raise UserError(
@@ -575,7 +588,8 @@ class TrainBatches:
 class TrainingRun:
     """The parts of one ``fit``: the module, its optimizer and schedule, the training batches, and
     what the run has kept so far (every epoch's log row, the selected epoch and its ID-val result,
-    the seconds spent), which the resume state holds. Rank 0 alone validates, logs and writes."""
+    the seconds spent), which the resume state holds. Rank 0 alone validates, logs and writes.
+    ``protocol``: ``tie`` (TIES) and ``augmentation`` (AUGMENTATIONS), as ``fit`` takes them."""
 
     def __init__(
         self,
@@ -586,10 +600,12 @@ class TrainingRun:
         *,
         info: dict,
         select: str,
+        protocol: dict,
         progress: Callable[[str], None],
     ):
         self.task, self.cfg, self.device, self.state = task, cfg, device, state
         self.select, self.main = select, distributed.is_main()
+        self.tie, self.augmentation = protocol["tie"], protocol["augmentation"]
         self.progress = progress if self.main else _quiet
         self.module = task.module.to(device)
         synced = cfg.sync_bn and distributed.world_size() > 1
@@ -655,7 +671,7 @@ class TrainingRun:
         """Log an epoch's row; keep its weights when they are the best so far."""
         self.history.append(row)
         self.progress("  ".join(f"{k}={v}" for k, v in row.items()))
-        if is_better(self.select, val, self.best_val):
+        if is_better(self.select, val, self.best_val, self.tie):
             self.best_epoch, self.best_val = row["epoch"], val
             self.save_checkpoint(row["epoch"], val)
 
@@ -684,8 +700,10 @@ class TrainingRun:
         """Train epoch ``epoch`` (begun at time ``t0``; a resumed one from the step its state was
         written at) and return its losses. Seeded per epoch: shuffling, augmentation (per
         example, SeededItems) and caption sampling depend only on (seed, epoch), so a resumed run
-        draws exactly what an uninterrupted one would have."""
-        epoch_seed = self.cfg.seed * 100_003 + epoch
+        draws exactly what an uninterrupted one would have. With ``augmentation="once"`` every
+        epoch draws what the first one drew (the same order, crops and captions): each image is
+        transformed once for the whole run."""
+        epoch_seed = self.cfg.seed * 100_003 + (1 if self.augmentation == "once" else epoch)
         torch.manual_seed(epoch_seed)
         skip = self.start_step if epoch == self.start_epoch else 0
         self.data.start_epoch(epoch_seed, skip)
@@ -781,6 +799,22 @@ class TrainingRun:
         self.state.remove()
 
 
+def resume_hash(cfg: TrainConfig, info: dict, select: str, include_start: bool, protocol: dict):
+    """What a run's resume state must have been written with (ResumeState): the settings that
+    decide its result, and the selection; ``protocol``'s keys only where they differ from the
+    default (a run of the default protocol resumes from a state written before it existed)."""
+    changed = {k: v for k, v in protocol.items() if v != PROTOCOL_DEFAULTS[k]}
+    return sha256_json(
+        {
+            "cfg": result_config(cfg),
+            "info": info,
+            "select": select,
+            "include_start": include_start,
+            **changed,
+        }
+    )
+
+
 def fit(
     task: Task,
     cfg: TrainConfig,
@@ -791,31 +825,34 @@ def fit(
     info: dict,
     select: str = "metric",
     include_start: bool = False,
+    tie: str = "earlier",
+    augmentation: str = "per_epoch",
     progress: Callable[[str], None] = print,
 ) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` and write the selected checkpoint to ``out``.
 
     ``select`` (one of SELECT_MODES): keep the epoch with the best ID-val score, the one with the
-    lowest ID-val loss, or the last one. ``include_start``: the starting weights are a candidate
-    too, as epoch 0 (validated before the first step). The resume state lives in a hidden folder
-    beside ``out`` and is removed once ``out`` is written; it is written at the end of each epoch,
-    every ``cfg.checkpoint_minutes`` mid-epoch, and on SIGTERM or SIGUSR1, after which the run
-    raises Preempted (the same call then resumes it, mid-epoch, to the same weights). A
-    non-finite training loss (kept on the device, read every LOSS_READ_EVERY steps; the message
-    names its step) or non-finite weights (checked each epoch) stop the run with a UserError, and
-    ``out`` is not written.
+    lowest ID-val loss, or the last one; on a tie the earlier epoch, or the later with ``tie``
+    "later". ``include_start``: the starting weights are a candidate too, as epoch 0 (validated
+    before the first step). ``augmentation`` "once": every epoch trains on what the first drew
+    (AUGMENTATIONS). The resume state lives in a hidden folder beside ``out`` and is removed once
+    ``out`` is written; it is written at the end of each epoch, every ``cfg.checkpoint_minutes``
+    mid-epoch, and on SIGTERM or SIGUSR1, after which the run raises Preempted (the same call then
+    resumes it, mid-epoch, to the same weights). A non-finite training loss (kept on the device,
+    read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights (checked
+    each epoch) stop the run with a UserError, and ``out`` is not written.
 
     In a run over several ranks (``flyp.distributed``), ``cfg.batch_size`` is the global batch:
     each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs
     and writes while the others wait.
     """
-    check_run(task, cfg, info, select)
+    protocol = {"tie": tie, "augmentation": augmentation}
+    check_run(task, cfg, info, select, protocol)
     out, log_csv = Path(out), Path(log_csv)
-    run_hash = sha256_json(
-        {"cfg": result_config(cfg), "info": info, "select": select, "include_start": include_start}
+    state = ResumeState(out, resume_hash(cfg, info, select, include_start, protocol))
+    run = TrainingRun(
+        task, cfg, device, state, info=info, select=select, protocol=protocol, progress=progress
     )
-    state = ResumeState(out, run_hash)
-    run = TrainingRun(task, cfg, device, state, info=info, select=select, progress=progress)
     run.resume()
     compute_loss = step_loss(task)  # after resuming: DistributedDataParallel starts in sync
     if include_start and not run.history and run.main:  # epoch 0: the starting weights

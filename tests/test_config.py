@@ -170,6 +170,36 @@ def test_few_shot_protocol_is_per_preset(params):
         assert none["shots"] == [] and none["draws"] == 0 and none["methods"] == []
 
 
+def test_few_shot_switches_keep_the_embedded_preset_and_follow_the_reference_for_sst2_pcam(
+    params,
+):
+    """The embedded preset (and a preset without few-shot runs) keeps the defaults: the earlier
+    epoch on a val-loss tie, augmentation every epoch, the sample std over draws; SST2 and PCam
+    follow the FLYP reference's few-shot code: the later epoch, one transformed batch, np.std."""
+    from flyp.workflow.config import fewshot_protocol
+
+    ours = {"val_loss_tie": "earlier", "augmentation": "per_epoch", "std_ddof": 1}
+    reference = {"val_loss_tie": "later", "augmentation": "once", "std_ddof": 0}
+    for name, expected in [("embedded", ours), ("caltech101", ours)] + [
+        (name, reference) for name in ("sst2", "pcam")
+    ]:
+        run = load_params({**params, "benchmark": name}, SCHEMA)
+        assert {k: run["fewshot"][k] for k in expected} == expected, name
+        changed = {} if expected is ours else {"val_loss_tie": "later", "augmentation": "once"}
+        assert fewshot_protocol(run) == changed, name
+    smoke = load_params({**params, "scale": "smoke"}, SCHEMA)  # a scale resets no switch
+    assert {k: smoke["fewshot"][k] for k in ours} == ours
+
+
+@pytest.mark.parametrize(
+    "key, value", [("val_loss_tie", "first"), ("augmentation", "never"), ("std_ddof", 2)]
+)
+def test_a_bad_few_shot_switch_is_named(params, key, value):
+    params["presets"]["sst2"]["fewshot"][key] = value
+    with pytest.raises(UserError, match=rf"^params\.yaml: presets\.sst2\.fewshot\.{key}: "):
+        load_params({**params, "benchmark": "sst2"}, SCHEMA)
+
+
 def test_few_shot_settings_are_not_top_level(params):
     with pytest.raises(UserError, match="fewshot"):
         load_params({**params, "fewshot": {"shots": [4], "draws": 2}}, SCHEMA)

@@ -322,7 +322,8 @@ PREQUOTED = {
     "params.sweep",
     "params.evaluate",
     "params.launch",
-}  # launch: torchrun and its integer arguments, or flyp
+    "params.std_ddof",
+}  # launch: torchrun and its integer arguments, or flyp; std_ddof: "" or an integer option
 
 
 def test_every_parameter_in_a_shell_command_is_quoted():

@@ -63,15 +63,26 @@ def test_sst2_dry_run_has_the_papers_few_shot_protocol(tmp_path):
         if "--shots 32 --draw 49" in line and "--method flyp" in line
     )
     assert "--batch-size 64 " in k32 and "--lr 1e-05 " in k32 and "--wd 0.2 " in k32
+    # the reference's few-shot code: the later epoch on a val-loss tie, one transformed batch for
+    # all epochs (methods that train), np.std over the draws in the table
+    assert " --shots 32 --draw 49 --val-loss-tie later --augmentation once " in k32
+    lp = [line for line in out.splitlines() if "--method lp" in line and "--shots" in line]
+    assert lp and not any("--val-loss-tie" in line or "--augmentation" in line for line in lp)
+    report = next(line for line in out.splitlines() if "flyp report" in line)
+    assert " --draws 50 --fewshot-std-ddof 0 " in report
 
 
 def test_the_smoke_scale_plans_the_main_jobs_dag_with_the_default_params(tmp_path):
     """`--config scale=smoke` (the tiny world the tests build) with params.yaml as it is: the same
     jobs as the main job, few-shot draws included (`snakemake -n`)."""
     work = workflow_copy(tmp_path)
-    main = job_counts(dry_run(work, "embedded"))
+    out = dry_run(work, "embedded", "--printshellcmds")
+    main = job_counts(out)
     smoke = job_counts(dry_run(work, "embedded", "scale=smoke"))
     assert smoke == main and smoke["finetune_fewshot"] > 0
+    # the embedded preset keeps the protocol's defaults, which no command names
+    for option in ("--val-loss-tie", "--augmentation", "--fewshot-std-ddof"):
+        assert option not in out
 
 
 def test_every_class_of_the_smoke_world_has_the_smoke_scales_k(tmp_path):

@@ -10,12 +10,14 @@ runs in the fast tier (`pytest`), the other presets in the slow one (`pytest -m 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -23,6 +25,8 @@ import yaml
 from flyp.datasets import get_benchmark
 from flyp.datasets.download import archive_filename, get_download
 from flyp.fixtures import fixture_names
+from flyp.methods import get_method
+from flyp.workflow.config import FEWSHOT_SWITCHES
 from tests.conftest import ROOT
 
 METHODS = ["zeroshot", "lp", "ft", "flyp"]
@@ -69,6 +73,44 @@ def fewshot_rows(preset: str, project: Path, out: Path) -> list[str]:
     return [f"{m}@{k}shot" for m in params["fewshot"]["methods"] for k in sorted(shots)]
 
 
+def check_fewshot_std(preset: str, project: Path, out: Path, table: pd.DataFrame) -> None:
+    """Each few-shot row's std over its draws is the one the preset asks for (fewshot.std_ddof:
+    1 the sample std, 0 numpy's np.std, the FLYP reference's), recomputed from the draws' own
+    metrics; with 0 the table's std_ddof column says so. The draws of a method that trains
+    record the protocol's switches that are not the default in their provenance."""
+    params = yaml.safe_load((project / "params.yaml").read_text())["presets"][preset]
+    if "fewshot" not in params:
+        return
+    protocol = {
+        **params["fewshot"],
+        **yaml.safe_load((out / "fixture.yaml").read_text())["presets"][preset]["fewshot"],
+    }
+    ddof = protocol.get("std_ddof", FEWSHOT_SWITCHES["std_ddof"])
+    assert protocol["draws"] > 1  # a std to check
+    rows = table.set_index("method")
+    for m in protocol["methods"]:
+        for k in protocol["shots"]:
+            ids = [
+                json.loads(
+                    (out / "results" / preset / m / f"k{k}/draw{d}/metrics.json").read_text()
+                )[get_benchmark(preset).id_set.name]
+                for d in range(protocol["draws"])
+            ]
+            draw0 = out / "results" / preset / m / f"k{k}/draw0/provenance.json"
+            recorded = json.loads(draw0.read_text())
+            if get_method(m).trains:  # the switches a draw trained with, where not the default
+                for key, name in [("val_loss_tie", "tie"), ("augmentation", "augmentation")]:
+                    value = protocol.get(key, FEWSHOT_SWITCHES[key])
+                    expected = None if value == FEWSHOT_SWITCHES[key] else value
+                    assert recorded.get(name) == expected, (m, key)
+            row = rows.loc[f"{m}@{k}shot"]
+            assert row["id_std"] == pytest.approx(round(100 * np.std(ids, ddof=ddof), 2)), m
+            if ddof == 0:
+                assert row["std_ddof"] == 0
+    if ddof == 0:
+        assert set(rows.loc[[r for r in rows.index if "@" not in r], "std_ddof"]) == {1}
+
+
 FAST_PRESET = "imagenet"
 
 
@@ -111,6 +153,7 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
     assert set(columns) <= set(table.columns)
     assert table[columns].notna().all().all()
     assert table[columns].apply(lambda c: c.between(0, 100)).all().all()  # percent
+    check_fewshot_std(preset, project, out, table)
     # run from another folder (-d), the jobs name the commit of the code they ran
     for column in ("git_revision", "eval_revision"):
         assert table[column].str.fullmatch(r"[0-9a-f]{40}(\+diff\.[0-9a-f]{12})?").all(), column

@@ -2,6 +2,7 @@
 robustness and the figure, from hand-made result files."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -112,3 +113,52 @@ def test_effective_robustness_is_distance_above_the_logit_line():
     ) == pytest.approx(0.0, abs=1e-9)
     assert effective_robustness(line, 0.65, 0.9) > 0.3
     assert fit_robustness_line([(0.5, 0.4), (0.5, 0.3)]) is None  # one ID value: no line
+
+
+def _fewshot_report(tmp_path, **kw):
+    res = tmp_path / "results"
+    for seed, acc in [(0, 0.6), (1, 0.8)]:
+        _write(res, "ft", f"seed{seed}", {**dict.fromkeys(SETS, 0.5), "test": acc})
+    for draw, acc in enumerate([0.3, 0.5, 0.7]):
+        _write(res, "ft", f"k4/draw{draw}", dict.fromkeys(SETS, acc))
+    df = write_report(
+        "embedded",
+        res,
+        methods=["ft"],
+        seeds=[0, 1],
+        wise_methods=[],
+        fewshot_methods=["ft"],
+        shots=[4],
+        draws=3,
+        table=tmp_path / "table.csv",
+        metrics_out=tmp_path / "metrics.json",
+        markdown=tmp_path / "table.md",
+        **kw,
+    )
+    return df.set_index("method"), json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_the_std_over_draws_is_the_sample_std_unless_asked_for_numpys(tmp_path):
+    """By default every std is the sample std (ddof 1) and the table says nothing more; with
+    ``fewshot_std_ddof=0`` (the FLYP reference's np.std) the few-shot rows' std is numpy's, the
+    seeds' rows keep the sample std, and a std_ddof column (table.csv, table.md) and key
+    (metrics.json) say which each row's is."""
+    draws = np.array([0.3, 0.5, 0.7])
+    df, nested = _fewshot_report(tmp_path / "default")
+    assert df.loc["ft@4shot", "id_std"] == pytest.approx(100 * draws.std(ddof=1), abs=0.01)
+    assert "std_ddof" not in df.columns and "std_ddof" not in nested["ft@4shot"]
+    md = (tmp_path / "default/table.md").read_text()
+    assert "Percent; `_std` over seeds (or few-shot draws). Made by" in md
+
+    df, nested = _fewshot_report(tmp_path / "numpy", fewshot_std_ddof=0)
+    assert df.loc["ft@4shot", "id_std"] == pytest.approx(100 * np.std(draws), abs=0.01)  # 16.33
+    assert df.loc["ft@4shot", "id_std"] != pytest.approx(100 * draws.std(ddof=1), abs=0.01)
+    assert df.loc["ft", "id_std"] == pytest.approx(14.14, abs=0.01)  # over seeds: ddof 1
+    assert nested["ft@4shot"]["id_std"] == pytest.approx(np.std(draws), abs=1e-6)
+    assert df["std_ddof"].to_dict() == {"ft": 1, "ft@4shot": 0}
+    assert {k: v["std_ddof"] for k, v in nested.items()} == {"ft": 1, "ft@4shot": 0}
+    saved = pd.read_csv(tmp_path / "numpy/table.csv")
+    assert list(saved.columns).index("std_ddof") == list(saved.columns).index("selected_on") - 1
+    md = (tmp_path / "numpy/table.md").read_text()
+    assert "`std_ddof` column's delta degrees of freedom" in md
+    assert re.search(r"\|\s*std_ddof\s*\|", md.splitlines()[4])  # the header row

@@ -14,6 +14,7 @@ import flyp.evaluation
 from flyp.datasets import EvalSet, get_benchmark
 from flyp.ensemble import ensemble_curve, pick_alpha
 from flyp.finetuning import finetune, selection
+from flyp.io import UserError
 from flyp.methods import Context
 from flyp.scoring import accuracy, macro_f1
 from flyp.task import Task
@@ -192,10 +193,48 @@ def test_few_shot_loss_selection_differs_from_metric_selection(tmp_path):
 def test_full_runs_select_on_the_metric_and_few_shot_runs_on_the_loss():
     assert selection(None) == {"select": "metric", "include_start": False}
     assert selection(16) == {"select": "val_loss", "include_start": True}
+    # the protocol's switches, where not the default (the FLYP reference's few-shot code)
+    assert selection(16, tie="later", augmentation="once") == {
+        "select": "val_loss",
+        "include_start": True,
+        "tie": "later",
+        "augmentation": "once",
+    }
+    with pytest.raises(UserError, match="^tie, augmentation: settings of the few-shot protocol"):
+        selection(None, tie="later", augmentation="once")
 
 
+@pytest.mark.parametrize("tie, kept", [("earlier", 0), ("later", 2)])
+def test_a_val_loss_tie_keeps_the_earlier_or_the_later_epoch(tmp_path, tie, kept):
+    """Epochs 0, 1, 2 with the same val loss: by default the first is kept; with the FLYP
+    reference's `cnt_loss <= min_cnt_loss` (tie "later") the last, whose weights are saved."""
+    same = [_confident(BALANCED, 1.0)] * 3
+    task = ScriptedTask(_context(), same)
+    result, saved = _fit(tmp_path, task, **selection(4, tie=tie))
+    assert task.calls == 3 and result.best_epoch == kept
+    assert saved["info"]["best_epoch"] == kept
+    final = task.module.weight.detach()
+    assert torch.equal(saved["w"], final) == (kept == 2)  # training moved the weights
+
+
+def test_a_tie_on_the_metric_keeps_the_later_epoch_when_asked(tmp_path):
+    task = ScriptedTask(_context(), [_logits(BALANCED), _logits(BALANCED)])
+    assert _fit(tmp_path / "a", task)[0].best_epoch == 1
+    task = ScriptedTask(_context(), [_logits(BALANCED), _logits(BALANCED)])
+    assert _fit(tmp_path / "b", task, tie="later")[0].best_epoch == 2
+
+
+def test_a_bad_tie_or_augmentation_is_refused(tmp_path):
+    task = ScriptedTask(_context(), [])
+    with pytest.raises(ValueError, match="^tie: expected one of"):
+        _fit(tmp_path, task, tie="sometimes")
+    with pytest.raises(ValueError, match="^augmentation: expected one of"):
+        _fit(tmp_path, task, augmentation="never")
+
+
+@pytest.mark.parametrize("protocol", [None, {"tie": "later", "augmentation": "once"}])
 def test_few_shot_finetuning_records_the_protocol(
-    ctx, tmp_path, tiny_tables, tiny_captions, tiny_pretrained
+    ctx, tmp_path, tiny_tables, tiny_captions, tiny_pretrained, protocol
 ):
     cfg = TrainConfig(epochs=1, lr=1e-4, wd=0.0, batch_size=4, warmup_steps=0, seed=0)
     result = finetune(
@@ -211,12 +250,22 @@ def test_few_shot_finetuning_records_the_protocol(
         device=torch.device("cpu"),
         shots=1,
         draw=0,
+        protocol=protocol,
         log=lambda m: None,
     )
     from flyp.models import load_checkpoint
 
     info = load_checkpoint(tmp_path / "best.safetensors").info
     assert info["select"] == "val_loss" and info["val_metric"] == "accuracy"
+    # the protocol's switches are recorded where they are not the default, in the checkpoint
+    # and in the provenance a draw's results keep (its checkpoint is a temp file)
+    assert {k: info[k] for k in ("tie", "augmentation") if k in info} == (protocol or {})
+    from flyp.evaluation import provenance
+
+    prov = provenance(
+        load_checkpoint(tmp_path / "best.safetensors"), tmp_path / "best.safetensors", tiny_tables
+    )
+    assert {k: prov[k] for k in ("tie", "augmentation") if k in prov} == (protocol or {})
     assert info["best_epoch"] == result["best_epoch"]
     epochs = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1"]

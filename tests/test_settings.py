@@ -11,7 +11,17 @@ import pytest
 import yaml
 
 from flyp.cli import main
-from flyp.settings import ARGUMENTS, REQUIRED, SEED, SWEEPABLE, TOP_LEVEL, TRAINING
+from flyp.settings import (
+    ARGUMENTS,
+    AUGMENTATIONS,
+    REQUIRED,
+    SEED,
+    STD_DDOFS,
+    SWEEPABLE,
+    TIES,
+    TOP_LEVEL,
+    TRAINING,
+)
 from flyp.training import TrainConfig
 from flyp.workflow import config
 from tests.conftest import ROOT
@@ -60,6 +70,24 @@ def test_train_config_holds_every_setting_with_its_default():
         if default is not dataclasses.MISSING:
             # grad_clip 0 (no clipping) is None in the config
             assert default == setting.default or (default is None and not setting.default)
+
+
+def test_the_few_shot_switches_say_the_same_everywhere():
+    """The few-shot protocol's switches (flyp.settings TIES, AUGMENTATIONS, STD_DDOFS): the
+    schema's values and defaults (the first of each), the resolver's defaults, and the options of
+    `flyp fewshot` / `flyp finetune` and `flyp report`."""
+    declared = {"val_loss_tie": TIES, "augmentation": AUGMENTATIONS, "std_ddof": STD_DDOFS}
+    schema = DEFS["fewshot"]["properties"]
+    for key, values in declared.items():
+        assert schema[key]["enum"] == list(values) and schema[key]["default"] == values[0], key
+        assert config.FEWSHOT_SWITCHES[key] == values[0], key
+    for command in ("finetune", "fewshot"):
+        options = {p.name: p for p in main.commands[command].params}
+        for key, values in [("val_loss_tie", TIES), ("augmentation", AUGMENTATIONS)]:
+            assert list(options[key].type.choices) == list(values)
+            assert options[key].default == values[0]
+    ddof = next(p for p in main.commands["report"].params if p.name == "fewshot_std_ddof")
+    assert list(ddof.type.choices) == [str(d) for d in STD_DDOFS] and ddof.default == "1"
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "fewshot"])

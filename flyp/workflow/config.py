@@ -17,13 +17,20 @@ import yaml
 from jsonschema.exceptions import best_match
 
 from flyp.io import UserError
-from flyp.settings import REQUIRED, TOP_LEVEL, TRAINING
+from flyp.settings import AUGMENTATIONS, REQUIRED, STD_DDOFS, TIES, TOP_LEVEL, TRAINING
 
 # The training settings (flyp.settings): those a method's ``method_options`` may set, besides
 # ``lr_scale`` (a factor on whatever lr the other layers give it), and those params.yaml may set
 # at its top level for every method (null: not set).
 TRAIN_KEYS = tuple(s.name for s in TRAINING)
 LR_SCALE = "lr_scale"
+# The few-shot protocol's switches (``presets.<name>.fewshot``) and their defaults (flyp.settings):
+# a draw's epoch on a val-loss tie, its augmentation, the table's std over draws.
+FEWSHOT_SWITCHES = {
+    "val_loss_tie": TIES[0],
+    "augmentation": AUGMENTATIONS[0],
+    "std_ddof": STD_DDOFS[0],
+}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -246,7 +253,8 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     run["sweep"] = _unfixed_grids(run["sweep"], fixed)
     # The preset's few-shot protocol (after the scale's overrides); none when it has no `fewshot`.
     run["fewshot"] = _merge(
-        {"shots": [], "draws": 0, "methods": [], "finetune": {}}, run.get("fewshot") or {}
+        {"shots": [], "draws": 0, "methods": [], "finetune": {}, **FEWSHOT_SWITCHES},
+        run.get("fewshot") or {},
     )
     alphas = _alphas(params, run, source)
     run.update(
@@ -303,6 +311,18 @@ def training_settings(
     if LR_SCALE in options:
         cfg["lr"] = float(f"{cfg['lr'] * float(options[LR_SCALE]):.12g}")
     return {**cfg, "seed": seed}
+
+
+def fewshot_protocol(run: dict) -> dict:
+    """The switches a few-shot draw of a method that trains runs with (``val_loss_tie``,
+    ``augmentation``; flyp.settings) where the preset's are not the default, so that a draw of
+    the default protocol has the settings and command it had before they existed. (A method that
+    does not train keeps no epoch and draws no augmentation: it takes neither.)"""
+    return {
+        key: run["fewshot"][key]
+        for key in ("val_loss_tie", "augmentation")
+        if run["fewshot"][key] != FEWSHOT_SWITCHES[key]
+    }
 
 
 def method_settings(run: dict, method: str, point: dict | None = None) -> dict:

@@ -17,7 +17,13 @@ from flyp.settings import ARGUMENTS
 from flyp.sweep import grid_points, is_swept, point_name
 from flyp.workflow.catalog import method_info
 from flyp.workflow.codeversion import code_version
-from flyp.workflow.config import load_params, method_settings, read_yaml, training_settings
+from flyp.workflow.config import (
+    fewshot_protocol,
+    load_params,
+    method_settings,
+    read_yaml,
+    training_settings,
+)
 from flyp.workflow.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
@@ -348,7 +354,8 @@ def report_sweep_args(wildcards, output):
 def finetune_config(run):
     """Everything that decides a finetuning run (Snakemake's params trigger sees it all): its
     training settings (flyp.workflow.config.training_settings: preset, scale, method_options,
-    few-shot protocol, sweep point, top-level keys, lr_scale), its seed, few-shot draw and the
+    few-shot protocol, sweep point, top-level keys, lr_scale), its seed, few-shot draw (with the
+    protocol's switches that are not the default: flyp.workflow.config.fewshot_protocol) and the
     method's own options. A method that does not train (zero-shot, the linear probe) depends on
     none of the training settings, so `-S lr=...` does not rerun it."""
     point = sweep_point(run)
@@ -358,7 +365,8 @@ def finetune_config(run):
         return {"seed": run.train_seed, "shots": run.shots, "draw": draw, "options": options}
     cfg = training_settings(RUN, run.method, seed=run.train_seed, classes=len(BENCH.classnames),
                             shots=run.shots, point=point)
-    return {**cfg, "shots": run.shots, "draw": draw, "options": options}
+    protocol = fewshot_protocol(RUN) if run.fewshot else {}
+    return {**cfg, "shots": run.shots, "draw": draw, **protocol, "options": options}
 
 
 # A method whose full runs do not depend on the seed (flyp.methods.Method.seeded: zero-shot, the
@@ -398,6 +406,7 @@ def finetune_args(wildcards, input):
     args = [train_args(cfg) if "lr" in cfg else f"--seed {cfg['seed']}"]
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
+        args += [cli_option(k, cfg[k]) for k in ("val_loss_tie", "augmentation") if k in cfg]
     options = dict(cfg["options"])
     options.update({k: input[k] for k in method_inputs(wildcards)})
     args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in sorted(options.items())]

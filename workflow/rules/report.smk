@@ -61,6 +61,11 @@ rule report:
         fewshot_methods=",".join(FEWSHOT["methods"]),
         shots=",".join(str(k) for k in FEWSHOT["shots"]),
         draws=len(DRAWS),
+        # the std over draws: the sample std, or (fewshot.std_ddof 0) numpy's; the option only
+        # then, so that the default's command is as it was
+        std_ddof=(
+            f" --fewshot-std-ddof {int(FEWSHOT['std_ddof'])}" if FEWSHOT["std_ddof"] != 1 else ""
+        ),
         sweep=report_sweep_args,
     threads: job_threads("light")
     resources:
@@ -74,7 +79,7 @@ rule report:
         "flyp report --benchmark {params.benchmark:q} --results {params.results:q} "
         "--methods={params.methods:q} --seeds={params.seeds:q} --wise-methods={params.wise:q} "
         "--fewshot-methods={params.fewshot_methods:q} --shots={params.shots:q} "
-        "--draws {params.draws:q} "
+        "--draws {params.draws:q}{params.std_ddof} "
         "--table {output.table} --metrics-out {output.metrics} --plot-out {output.plot} "
         "--plot-csv {output.plot_csv} --code-dir {output.code} --inputs-out {output.inputs} "
         "--markdown {output.markdown}{params.sweep} > {log} 2>&1"
