@@ -124,10 +124,12 @@ def finetune(
     shots: int | None = None,
     draw: int = 0,
     eval_cache: Path | None = None,
+    keep_last: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
-    ``flyp evalcache`` folder of the pretrained model's preprocessing) when given."""
+    ``flyp evalcache`` folder of the pretrained model's preprocessing) when given. ``keep_last``:
+    a full run keeps its last epoch (see ``selection``)."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -149,7 +151,7 @@ def finetune(
     if not method.trains:
         return score_untrained(method, ctx, info, out=out, log_csv=log_csv)
     task = method.task(ctx)
-    info.update(ctx.notes, **selection(shots))
+    info.update(ctx.notes, **selection(shots, keep_last))
     result = fit(
         task,
         cfg,
@@ -158,16 +160,18 @@ def finetune(
         device=device,
         info=info,
         progress=log,
-        **selection(shots),
+        **selection(shots, keep_last),
     )
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 
 
-def selection(shots: int | None) -> dict:
+def selection(shots: int | None, keep_last: bool = False) -> dict:
     """How ``fit`` picks the epoch. Full runs: the best ID-val score with the benchmark's own ID
-    metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the starting model)
-    the lowest cross-entropy on the k-per-class val sample (docs/reference.md, "Hyperparameters
-    and protocol")."""
+    metric, or with ``keep_last`` the last epoch (the FLYP reference's ImageNet protocol: it
+    reports a fixed epoch and selects nothing; presets.<name>.selection: last_epoch). Few-shot
+    runs follow the FLYP reference: among epochs 0..E (0 = the starting model) the lowest
+    cross-entropy on the k-per-class val sample (docs/reference.md, "Hyperparameters and
+    protocol")."""
     if shots is None:
-        return {"select": "metric", "include_start": False}
+        return {"select": "last" if keep_last else "metric", "include_start": False}
     return {"select": "val_loss", "include_start": True}
