@@ -429,11 +429,9 @@ def prepare(
     )
     wnids, id_to_wnid = read_devkit(devkit)
     wnid_index = {w: i for i, w in enumerate(wnids)}
-
     train_root = find_root(raw / "imagenet_train", _has_wnid_folders, "wnid folders")
-    train, val = split_holdout(
-        train_table(train_root, wnid_index, out_dir), val_size, seed, val_in_train
-    )
+    every_train = train_table(train_root, wnid_index, out_dir)
+    train, val = split_holdout(every_train, val_size, seed, val_in_train)
     val_root = find_root(
         raw / "imagenet_val",
         lambda d: (d / "ILSVRC2012_val_00000001.JPEG").is_file() or _has_wnid_folders(d),
