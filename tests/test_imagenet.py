@@ -546,3 +546,13 @@ def test_a_weights_file_named_openai_needs_a_quickgelu_model(tmp_path, tiny_weig
     renamed = tmp_path / "ViT-B-16-laion.safetensors"
     shutil.copy(path, renamed)
     check_quickgelu("ViT-B-16", str(renamed))
+
+
+def test_a_boolean_prepare_option_reads_true_and_false_and_refuses_anything_else():
+    from flyp.cli import _parse_options
+
+    defaults = {"val_in_train": False, "val_size": 10000}
+    for text, value in (("True", True), ("false", False), ("1", True), ("0", False)):
+        assert _parse_options((f"val_in_train={text}",), defaults) == {"val_in_train": value}
+    with pytest.raises(UserError, match="option 'val_in_train': expected bool, got 'maybe'"):
+        _parse_options(("val_in_train=maybe",), defaults)
