@@ -46,13 +46,21 @@ def _parse_options(pairs: tuple[str, ...], defaults: dict | None = None) -> dict
                 raise UserError(f"unknown option {key!r}; expected one of {sorted(defaults)}")
             kind = type(defaults[key]) if defaults[key] is not None else str
             try:
-                value = kind(value)
+                value = _parse_bool(value) if kind is bool else kind(value)
             except ValueError:
                 raise UserError(
                     f"option {key!r}: expected {kind.__name__}, got {value!r}"
                 ) from None
         out[key] = value
     return out
+
+
+def _parse_bool(value: str) -> bool:
+    """true/false (any case, as YAML and Python write them), or 1/0."""
+    words = {"true": True, "1": True, "false": False, "0": False}
+    if value.strip().lower() not in words:
+        raise ValueError(value)
+    return words[value.strip().lower()]
 
 
 def _csv_list(value: str) -> list[str]:
@@ -543,6 +551,12 @@ def _finetune_options(f):
             type=click.Path(file_okay=False, path_type=Path),
             help="Read ID-val from this `flyp evalcache` folder instead of decoding it.",
         ),
+        click.option(
+            "--keep-last",
+            is_flag=True,
+            help="Keep the last epoch (the FLYP reference's ImageNet protocol), not the best "
+            "on ID-val; few-shot runs keep their own protocol.",
+        ),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--log-csv", required=True, type=click.Path(dir_okay=False, path_type=Path)),
         threads_option,
@@ -612,6 +626,7 @@ def _finetune(
     val_loss_tie,
     augmentation,
     eval_cache,
+    keep_last,
     out,
     log_csv,
     threads,
@@ -646,6 +661,7 @@ def _finetune(
             draw=draw,
             protocol={"tie": val_loss_tie, "augmentation": augmentation},
             eval_cache=eval_cache,
+            keep_last=keep_last,
             log=_log,
         )
         if not is_main():
@@ -882,10 +898,23 @@ def evalcache(benchmark_name, checkpoint, data_dir, out_dir, batch_size, workers
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @data_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="L2-normalise the features (--no-normalize: raw encode_image output, as the FLYP "
+    "reference's linear probe).",
+)
+@click.option(
+    "--train-transform",
+    is_flag=True,
+    help="Take the train features through the train transform (one seeded random crop per "
+    "image, as the FLYP reference's linear probe); default: the eval transform.",
+)
 @workers_option
 @threads_option
 @device_option
-def features(checkpoint, data_dir, out, workers, threads, device):
+def features(checkpoint, data_dir, out, normalize, train_transform, workers, threads, device):
     """Cache frozen image features of the train and val tables (for linear probes)."""
     _setup_torch(threads)
     from flyp.devices import resolve_device
@@ -898,6 +927,8 @@ def features(checkpoint, data_dir, out, workers, threads, device):
         out,
         device=resolve_device(device),
         num_workers=resolve_workers(workers, threads),
+        normalize=normalize,
+        train_transform=train_transform,
     )
     _log(f"wrote {out}")
 

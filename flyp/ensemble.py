@@ -23,6 +23,7 @@ from flyp.models import (
     clip_from_checkpoint,
     get_tokenizer,
     head_from_state,
+    normalizes_features,
     shape_mismatch,
 )
 
@@ -78,9 +79,32 @@ def interpolated_classifier(
     clip = clip.to(device)
     if head_from_text(ft):
         head = build_zero_shot_head(clip, get_tokenizer(ft.model_name), classnames, templates)
+    elif normalizes_features(zs.info) != normalizes_features(ft.info):
+        heads = [head_from_state(h).to(device) for h in (zs.head, ft.head)]
+        flags = [normalizes_features(c.info) for c in (zs, ft)]
+        return ImageClassifier(clip, MixedHead(*heads, *flags, a), normalize=False).eval()
     else:
         head = head_from_state(interpolate_state(zs.head, ft.head, a)).to(device)
-    return ImageClassifier(clip, head).eval()
+    return ImageClassifier(clip, head, normalizes_features(ft.info)).eval()
+
+
+class MixedHead(torch.nn.Module):
+    """``(1 - a) * zs_head(x) + a * ft_head(x)`` on raw image features, each head given them
+    L2-normalised or not as it was fitted: the mix of two heads that read features on different
+    scales (the zero-shot head normalised ones, a probe fitted on raw ones). With both on the same
+    features it is the interpolated head itself (a linear map), so alpha 0 and 1 are exactly the
+    two models."""
+
+    def __init__(self, zs_head, ft_head, zs_normalize: bool, ft_normalize: bool, a: float):
+        super().__init__()
+        self.zs_head, self.ft_head, self.a = zs_head, ft_head, a
+        self.zs_normalize, self.ft_normalize = zs_normalize, ft_normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(x, dim=-1)
+        zs = self.zs_head(unit if self.zs_normalize else x)
+        ft = self.ft_head(unit if self.ft_normalize else x)
+        return (1 - self.a) * zs + self.a * ft
 
 
 # Weights of mixed models held at once while a pass runs (the alpha grid is split into groups

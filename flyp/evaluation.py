@@ -144,7 +144,9 @@ def provenance(ckpt, checkpoint_path, data_dir, evaluated_in: str = "fp32") -> d
     return {
         "method": info.get("method"),
         "best_epoch": info.get("best_epoch"),
-        "select": info.get("select"),  # what picked the epoch: "metric" (val_metric) or "val_loss"
+        "select": info.get(
+            "select"
+        ),  # what kept the epoch: "metric" (val_metric), "val_loss", "last"
         "val_metric": info.get("val_metric"),
         "best_val_score": info.get("best_val_score"),
         "seed": info.get("seed"),

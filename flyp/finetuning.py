@@ -126,11 +126,13 @@ def finetune(
     draw: int = 0,
     protocol: dict | None = None,
     eval_cache: Path | None = None,
+    keep_last: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
     ``flyp evalcache`` folder of the pretrained model's preprocessing) when given. ``protocol``:
-    a few-shot run's ``tie`` and ``augmentation`` (``selection``)."""
+    a few-shot run's ``tie`` and ``augmentation``; ``keep_last``: a full run keeps its last epoch
+    (see ``selection``)."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -152,7 +154,7 @@ def finetune(
     if not method.trains:
         return score_untrained(method, ctx, info, out=out, log_csv=log_csv)
     task = method.task(ctx)
-    picks = selection(shots, **(protocol or {}))
+    picks = selection(shots, keep_last, **(protocol or {}))
     info.update(ctx.notes, **picks)
     result = fit(
         task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log, **picks
@@ -160,11 +162,18 @@ def finetune(
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 
 
-def selection(shots: int | None, tie: str = "earlier", augmentation: str = "per_epoch") -> dict:
+def selection(
+    shots: int | None,
+    keep_last: bool = False,
+    tie: str = "earlier",
+    augmentation: str = "per_epoch",
+) -> dict:
     """How ``fit`` picks the epoch (and trains). Full runs: the best ID-val score with the
-    benchmark's own ID metric. Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the
-    starting model) the lowest cross-entropy on the k-per-class val sample (docs/reference.md,
-    "Hyperparameters and protocol"); ``tie`` and ``augmentation`` (flyp.training.TIES,
+    benchmark's own ID metric, or with ``keep_last`` the last epoch (the FLYP reference's ImageNet
+    protocol: it reports a fixed epoch and selects nothing; presets.<name>.selection:
+    last_epoch). Few-shot runs follow the FLYP reference: among epochs 0..E (0 = the starting
+    model) the lowest cross-entropy on the k-per-class val sample (docs/reference.md,
+    "Hyperparameters and protocol"); ``tie`` and ``augmentation`` (flyp.settings.TIES,
     AUGMENTATIONS) are theirs, in the result only when not the default (the checkpoint records
     them). A full run takes neither."""
     protocol = {"tie": tie, "augmentation": augmentation}
@@ -175,5 +184,5 @@ def selection(shots: int | None, tie: str = "earlier", augmentation: str = "per_
                 f"{', '.join(changed)}: settings of the few-shot protocol; a full run "
                 f"(no --shots) takes none"
             )
-        return {"select": "metric", "include_start": False}
+        return {"select": "last" if keep_last else "metric", "include_start": False}
     return {"select": "val_loss", "include_start": True, **changed}

@@ -214,16 +214,20 @@ def uint8_output(transform: Compose) -> Compose:
 
 
 class ImageClassifier(nn.Module):
-    """Image encoder + linear head on L2-normalised features (as in WiSE-FT / FLYP). The zero-shot
-    head's weights are ``logit_scale.exp() * text_embeddings`` so logits match CLIP's."""
+    """Image encoder + linear head on L2-normalised features (as in WiSE-FT / FLYP), or with
+    ``normalize=False`` on the raw ``encode_image`` output (a linear probe fitted on it, as the
+    FLYP reference's ``linear_lbfgs.py``, and LP-FT from such a probe). The zero-shot head's
+    weights are ``logit_scale.exp() * text_embeddings`` so logits match CLIP's."""
 
-    def __init__(self, clip: nn.Module, head: nn.Linear):
+    def __init__(self, clip: nn.Module, head: nn.Module, normalize: bool = True):
         super().__init__()
         self.clip = clip
         self.head = head
+        self.normalize = normalize
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(images), dim=-1)  # (B, D)
+        x = self.clip.encode_image(images)  # (B, D)
+        return F.normalize(x, dim=-1) if self.normalize else x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))  # (B, C)
@@ -451,7 +455,15 @@ def head_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
     return head
 
 
+def normalizes_features(info: dict) -> bool:
+    """Whether a checkpoint's head reads L2-normalised features (``normalize_features`` in its
+    info; absent: True, every head but a probe fitted on raw features and LP-FT from one)."""
+    return bool(info.get("normalize_features", True))
+
+
 def classifier_from_checkpoint(ckpt: Checkpoint) -> ImageClassifier:
     if ckpt.head is None:
         raise UserError(f"checkpoint of {ckpt.model_name!r} has no classification head")
-    return ImageClassifier(clip_from_checkpoint(ckpt), head_from_state(ckpt.head))
+    return ImageClassifier(
+        clip_from_checkpoint(ckpt), head_from_state(ckpt.head), normalizes_features(ckpt.info)
+    )

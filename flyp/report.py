@@ -80,9 +80,12 @@ class Results:
 
 
 def selected_on(prov: dict) -> str:
-    """What picked a run's epoch (and alpha): "val_<ID metric>" or "val_loss" (few-shot)."""
+    """What picked a run's epoch (and alpha): "val_<ID metric>", "val_loss" (few-shot) or
+    "last_epoch" (no selection: the last epoch kept, presets.<name>.selection)."""
     if prov.get("select") == "val_loss":
         return "val_loss"
+    if prov.get("select") == "last":
+        return "last_epoch"
     return f"val_{prov.get('val_metric')}"
 
 

@@ -366,3 +366,22 @@ def test_the_imagenet_dry_run_evaluates_wise_fts_grid_unless_the_top_level_sets_
         out = dry_run(work, "imagenet", *args, "--printshellcmds")  # args: more --config items
         found = set(re.findall(r"--alphas (\S+)", out))
         assert found == {",".join(str(a) for a in grid)}, args
+
+
+def test_last_epoch_selection_keeps_imagenets_val_in_train_and_no_other_benchmarks():
+    from types import SimpleNamespace
+
+    from flyp.datasets import get_benchmark
+    from flyp.workflow.config import prepare_options
+
+    imagenet, embedded = get_benchmark("imagenet"), get_benchmark("embedded")
+    run = {"data": {"seed": 0, "val_size": 10000, "imagenet_train": "/x"}, "selection": "heldout"}
+    assert prepare_options(run, imagenet) == {"seed": 0, "val_size": 10000}  # no archive source
+    last = {**run, "selection": "last_epoch"}
+    assert prepare_options(last, imagenet) == {"seed": 0, "val_size": 10000, "val_in_train": True}
+    own = {**last, "data": {"val_in_train": False}}  # a preset's own value wins
+    assert prepare_options(own, imagenet) == {"val_in_train": False}
+    assert prepare_options({"data": {"seed": 0}, "selection": "last_epoch"}, embedded) == {
+        "seed": 0
+    }
+    assert prepare_options({"data": {}}, SimpleNamespace(downloads=[], prepare=len)) == {}

@@ -170,6 +170,9 @@ def test_train_is_labelled_by_wnid_and_a_seeded_sample_is_held_out_as_val(tables
     assert len(set(splits.values())) > 1  # the seed decides
     with pytest.raises(UserError, match="val_size"):
         split_holdout(both, 9, 0)
+    # val_in_train (selection: last_epoch, the FLYP reference): the same val, train keeps all
+    train_all, same_val = split_holdout(both, 2, 0, keep_in_train=True)
+    assert len(train_all) == 9 and same_val.equals(split_holdout(both, 2, 0)[1])
 
 
 def test_imagenet_v2_folder_names_are_class_indices_not_sort_positions(tables):
@@ -354,6 +357,30 @@ def test_dry_run_lists_the_whole_imagenet_dag_without_network(tmp_path):
     assert not (work / "data").exists()  # a dry run
 
 
+def test_the_references_protocol_trains_on_every_image_and_keeps_the_last_epoch(tmp_path):
+    """presets.imagenet.selection: last_epoch: the prepare step keeps ID-val in train and every
+    full finetuning run keeps its last epoch; few-shot runs (none here) would keep theirs."""
+    work = workflow_copy(tmp_path)
+    params = work / "params.yaml"
+    text = params.read_text()
+    assert "    selection: heldout\n" in text
+    default = dry_run(work, "-p")
+    params.write_text(text.replace("    selection: heldout\n", "    selection: last_epoch\n"))
+    last = dry_run(work, "-p")
+    finetunes = [ln for ln in last.splitlines() if ln.startswith("Shell command: flyp finetune")]
+    trains = [ln for ln in finetunes if "--method zeroshot " not in ln and "--method lp " not in ln]
+    assert trains and all("--keep-last" in ln for ln in trains)
+    assert not any("--keep-last" in ln for ln in finetunes if ln not in trains)
+    assert "-o val_in_train=True" in last and "val_in_train" not in default
+    assert "--keep-last" not in default
+    # the real presets' probe: the FLYP reference's features and C grid
+    assert "--no-normalize --train-transform 2> logs/imagenet/features.log" in default
+    lp = [ln for ln in default.splitlines() if "--method lp " in ln]
+    assert lp and all(
+        f" -o {o} " in ln for ln in lp for o in ("c_count=100", "log10_c_max=2", "log10_c_min=-1")
+    )
+
+
 def test_a_manually_placed_archive_is_read_in_place_not_downloaded(tmp_path):
     work = workflow_copy(tmp_path)
     placed = tmp_path / "ILSVRC2012_img_val.tar"
@@ -519,3 +546,13 @@ def test_a_weights_file_named_openai_needs_a_quickgelu_model(tmp_path, tiny_weig
     renamed = tmp_path / "ViT-B-16-laion.safetensors"
     shutil.copy(path, renamed)
     check_quickgelu("ViT-B-16", str(renamed))
+
+
+def test_a_boolean_prepare_option_reads_true_and_false_and_refuses_anything_else():
+    from flyp.cli import _parse_options
+
+    defaults = {"val_in_train": False, "val_size": 10000}
+    for text, value in (("True", True), ("false", False), ("1", True), ("0", False)):
+        assert _parse_options((f"val_in_train={text}",), defaults) == {"val_in_train": value}
+    with pytest.raises(UserError, match="option 'val_in_train': expected bool, got 'maybe'"):
+        _parse_options(("val_in_train=maybe",), defaults)

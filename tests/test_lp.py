@@ -176,3 +176,80 @@ def test_the_probe_and_zero_shot_do_not_depend_on_the_seed(
         assert states[0].keys() == states[1].keys()
         assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert all(get_method(m).seeded for m in ("ft", "flyp", "lpft", "l2sp"))
+
+
+def test_the_c_grid_options_give_the_default_grid_and_the_references():
+    from flyp.methods.lp import log_grid
+
+    assert log_grid(-2, 5, 8) == flyp.methods.lp.C_GRID  # the default, exactly
+    reference = np.logspace(-1, 2, 100)  # linear_lbfgs.py's Cs
+    assert np.allclose(log_grid(-1, 2, 100), reference, rtol=1e-12, atol=0)
+    assert log_grid(0.5, 3, 1) == [10.0**0.5]
+
+
+def test_raw_train_augmented_features_give_a_probe_on_raw_features_and_lpft_follows(
+    ctx, tiny_pretrained, tiny_tables, tmp_path
+):
+    """features: {normalize: false, train_transform: true} (the FLYP reference's probe): the file
+    says so, the probe's head reads raw encode_image output, its checkpoint records it, and LP-FT
+    from it keeps reading raw features."""
+    from flyp.features import features_options, read_features
+    from flyp.models import classifier_from_checkpoint, load_checkpoint, save_checkpoint
+
+    default, raw = tmp_path / "default.safetensors", tmp_path / "raw.safetensors"
+    write_features(tiny_pretrained, tiny_tables, default)
+    write_features(tiny_pretrained, tiny_tables, raw, normalize=False, train_transform=True)
+    assert features_options(default) == {"normalize": True, "train_transform": False}
+    assert features_options(raw) == {"normalize": False, "train_transform": True}
+    d, r = read_features(default), read_features(raw)
+    assert torch.allclose(
+        d["val"][0], torch.nn.functional.normalize(r["val"][0], dim=-1), atol=1e-5
+    )
+    assert not torch.allclose(r["val"][0].norm(dim=-1), torch.ones(len(r["val"][1])))
+    assert not torch.allclose(  # the train split went through the random crop
+        d["train"][0], torch.nn.functional.normalize(r["train"][0], dim=-1), atol=1e-3
+    )
+    again = tmp_path / "again.safetensors"  # the crops are seeded: the same file again
+    write_features(tiny_pretrained, tiny_tables, again, normalize=False, train_transform=True)
+    assert torch.equal(read_features(again)["train"][0], r["train"][0])
+
+    ctx.options = {"features": str(raw), "c_count": 3, "log10_c_min": -1, "log10_c_max": 1}
+    probe = get_method("lp").classifier(ctx)
+    assert probe.normalize is False and ctx.notes["normalize_features"] is False
+    assert ctx.notes["lp_C"] in (0.1, 1.0, 10.0)
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(probe(images), probe.head(probe.clip.encode_image(images)))
+    path = tmp_path / "lp.safetensors"
+    save_checkpoint(path, ctx.model_name, probe.clip, probe.head, dict(ctx.notes))
+    assert classifier_from_checkpoint(load_checkpoint(path)).normalize is False
+    lpft = dataclasses.replace(ctx, options={"init_head": str(path)}, notes={})
+    task = get_method("lpft").task(lpft)
+    assert task.module.normalize is False and lpft.notes["normalize_features"] is False
+
+
+def test_weight_ensembling_mixes_a_raw_feature_head_with_the_zero_shot_one(tiny_pretrained):
+    """alpha 0 is the zero-shot model and 1 the finetuned one, whatever features each head reads;
+    two heads on the same features mix as WiSE-FT's interpolated head."""
+    from flyp.ensemble import interpolated_classifier
+    from flyp.models import Checkpoint, load_checkpoint
+
+    pre = load_checkpoint(tiny_pretrained)
+    torch.manual_seed(0)
+    dim = 128  # flyp-tiny-rn10t's embedding width
+    zs_head = {"weight": torch.randn(3, dim), "bias": torch.zeros(3)}
+    ft_head = {"weight": torch.randn(3, dim), "bias": torch.randn(3)}
+    zs = Checkpoint(pre.model_name, pre.clip, zs_head)
+    raw = Checkpoint(pre.model_name, pre.clip, ft_head, {"normalize_features": False})
+    unit = Checkpoint(pre.model_name, pre.clip, ft_head)
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        emb = interpolated_classifier(zs, zs, 0.0, [], []).clip.encode_image(images)
+        on_unit = zs_head["weight"] @ torch.nn.functional.normalize(emb, dim=-1).T
+        on_raw = (ft_head["weight"] @ emb.T).T + ft_head["bias"]
+        out = {a: interpolated_classifier(zs, raw, a, [], [])(images) for a in (0.0, 0.5, 1.0)}
+        assert torch.allclose(out[0.0], on_unit.T, atol=1e-5)
+        assert torch.allclose(out[1.0], on_raw, atol=1e-4)
+        assert torch.allclose(out[0.5], 0.5 * on_unit.T + 0.5 * on_raw, atol=1e-4)
+        same = interpolated_classifier(zs, unit, 0.5, [], [])
+        assert same.normalize and isinstance(same.head, torch.nn.Linear)

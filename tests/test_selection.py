@@ -269,3 +269,30 @@ def test_few_shot_finetuning_records_the_protocol(
     assert info["best_epoch"] == result["best_epoch"]
     epochs = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1"]
+
+
+def test_keep_last_keeps_the_last_epoch_of_a_full_run_and_reports_it(tmp_path):
+    """presets.<name>.selection: last_epoch (the FLYP reference's ImageNet protocol): the best
+    ID-val epoch is 2, the last one 3, and the last one is kept."""
+    from flyp.report import selected_on
+
+    assert selection(None, keep_last=True) == {"select": "last", "include_start": False}
+    assert selection(16, keep_last=True) == selection(16)  # few-shot keeps its protocol
+    scripted = [_logits(MAJORITY), _logits(BALANCED), _logits(MAJORITY)]
+    three = dataclasses.replace(CFG, epochs=3)
+    kept = {}
+    for mode in ("metric", "last"):
+        result = fit(
+            ScriptedTask(_context(), scripted),
+            three,
+            out=tmp_path / f"{mode}.pt",
+            log_csv=tmp_path / f"{mode}.csv",
+            device=torch.device("cpu"),
+            info={},
+            progress=lambda m: None,
+            **selection(None, keep_last=mode == "last"),
+        )
+        kept[mode] = result.best_epoch
+    assert kept == {"metric": 2, "last": 3}
+    assert selected_on({"select": "last"}) == "last_epoch"
+    assert selected_on({"select": "metric", "val_metric": "accuracy"}) == "val_accuracy"

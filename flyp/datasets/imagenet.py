@@ -3,7 +3,10 @@
 ========== =====================================================================================
 train      ImageNet-1k train, less the held-out ``val`` sample
 val        a seeded sample of train (``val_size`` images), for model selection: the ImageNet val
-           set is the test set, so it cannot also pick the epoch
+           set is the test set, so it cannot also pick the epoch. With ``val_in_train`` the
+           sample stays in train as well (the FLYP reference trains on all 1.28M images and
+           keeps the last epoch: presets.imagenet.selection: last_epoch); ID-val then scores
+           training images
 test       ID: ImageNet-1k val (50,000), labels from the devkit
 v2         ImageNetV2 matched-frequency (folders ``0..999`` are class indices)
 r          ImageNet-R: 200 classes, scored on those 200 columns of the 1000-class head
@@ -394,17 +397,26 @@ def objectnet_table(root: Path, out_dir: Path) -> pd.DataFrame:
     return df
 
 
-def split_holdout(df: pd.DataFrame, size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held-out val): ``size`` rows drawn uniformly with ``seed``; both keep file order."""
+def split_holdout(
+    df: pd.DataFrame, size: int, seed: int, keep_in_train: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val): ``size`` rows drawn uniformly with ``seed`` are val, and are taken out of
+    train unless ``keep_in_train``; both keep file order."""
     if not 0 < size < len(df):
         raise UserError(f"val_size {size}: must be between 1 and the {len(df)} train images - 1")
     held = np.zeros(len(df), dtype=bool)
     held[np.random.default_rng(seed).choice(len(df), size=size, replace=False)] = True
-    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+    train = df if keep_in_train else df[~held]
+    return train.reset_index(drop=True), df[held].reset_index(drop=True)
 
 
 def prepare(
-    out_dir: Path, *, raw_dir: str = "data/raw", seed: int = 0, val_size: int = 10000
+    out_dir: Path,
+    *,
+    raw_dir: str = "data/raw",
+    seed: int = 0,
+    val_size: int = 10000,
+    val_in_train: bool = False,
 ) -> None:
     """Index the unpacked archives under ``raw_dir`` (one folder per download, named as in
     ``DOWNLOADS``) into the benchmark's tables in ``out_dir``."""
@@ -417,9 +429,9 @@ def prepare(
     )
     wnids, id_to_wnid = read_devkit(devkit)
     wnid_index = {w: i for i, w in enumerate(wnids)}
-
     train_root = find_root(raw / "imagenet_train", _has_wnid_folders, "wnid folders")
-    train, val = split_holdout(train_table(train_root, wnid_index, out_dir), val_size, seed)
+    every_train = train_table(train_root, wnid_index, out_dir)
+    train, val = split_holdout(every_train, val_size, seed, val_in_train)
     val_root = find_root(
         raw / "imagenet_val",
         lambda d: (d / "ILSVRC2012_val_00000001.JPEG").is_file() or _has_wnid_folders(d),

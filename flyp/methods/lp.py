@@ -1,9 +1,13 @@
-"""LP: a linear probe, multinomial logistic regression on frozen, L2-normalised image features of
-the pretrained model (Radford et al. 2021). The inverse regularisation C is chosen on ID-val from a
-log grid, never on test, by the benchmark's own ID metric (macro-F1 for iWildCam). Features come
-from the cached file (option ``features``), computed once per model and dataset by
-``flyp features``. The solver (``flyp.linear_probe``) is sklearn's objective in float32 on the
-context's device, so it runs at ImageNet size."""
+"""LP: a linear probe, multinomial logistic regression on frozen image features of the pretrained
+model (Radford et al. 2021). The inverse regularisation C is chosen on ID-val from a log grid
+(options ``log10_c_min``, ``log10_c_max``, ``c_count``: ``c_count`` values evenly spaced in
+log10 C; default 1e-2, 1e-1, ..., 1e5; the FLYP reference's ``linear_lbfgs.py`` sweeps
+``logspace(-1, 2, 100)``), never on test, by the benchmark's own ID metric (macro-F1 for
+iWildCam); each C starts from the previous C's solution. Features come from the cached file
+(option ``features``), computed once per model and dataset by ``flyp features``, L2-normalised or
+raw as that file says; the classifier applies the head to the same kind of features. The solver
+(``flyp.linear_probe``) is sklearn's objective in float32 on the context's device, so it runs at
+ImageNet size."""
 
 from __future__ import annotations
 
@@ -12,14 +16,24 @@ import torch.nn.functional as F
 
 from flyp.datasets import table_path
 from flyp.datasets.tables import read_table
-from flyp.features import read_features
+from flyp.features import features_options, read_features
 from flyp.io import UserError
 from flyp.linear_probe import CHUNK_ROWS, regularisation_path
 from flyp.methods import Context, Method, register_method
 from flyp.models import ImageClassifier
+from flyp.options import Option
 from flyp.scoring import METRICS
 
 C_GRID = [10.0**k for k in range(-2, 6)]
+
+
+def log_grid(log10_min: float, log10_max: float, count: int) -> list[float]:
+    """``count`` values of C evenly spaced in log10 from 10**log10_min to 10**log10_max (numpy's
+    logspace); log_grid(-2, 5, 8) is C_GRID exactly."""
+    if count == 1:
+        return [10.0**log10_min]
+    step = (log10_max - log10_min) / (count - 1)
+    return [10.0 ** (log10_min + i * step) for i in range(count)]
 
 
 def probe_head(fit, classes: torch.Tensor, n_classes: int) -> torch.nn.Linear:
@@ -90,9 +104,21 @@ class LinearProbe(Method):
     seeded = False  # no random draw: the same run for every seed
     description = "logistic regression on frozen image features, C chosen on ID-val"
     inputs = {"features": "features"}
+    options = (
+        Option("log10_c_min", float, default=-2.0),
+        Option("log10_c_max", float, default=5.0),
+        Option("c_count", int, default=8, minimum=1),
+    )
+
+    def c_grid(self, ctx: Context) -> list[float]:
+        low, high = self.option(ctx, "log10_c_min"), self.option(ctx, "log10_c_max")
+        if high < low:
+            raise UserError(f"option 'log10_c_max' {high:g}: below log10_c_min {low:g}")
+        return log_grid(low, high, self.option(ctx, "c_count"))
 
     def classifier(self, ctx: Context) -> ImageClassifier:
         features = read_features(self.option(ctx, "features"))
+        normalize = features_options(self.option(ctx, "features"))["normalize"]
         train, val = (
             ctx.subset_features(features["train"]),
             ctx.subset_features(features["val"], split="val"),
@@ -107,10 +133,13 @@ class LinearProbe(Method):
         head, c, value = fit_linear_probe(
             train,
             val,
+            self.c_grid(ctx),
             metric=metric,
             val_table=table,
             n_classes=len(ctx.benchmark.classnames),
             device=ctx.device,
         )
         ctx.notes.update(lp_C=c, lp_val_metric=metric, lp_val_score=value)
-        return ImageClassifier(ctx.fresh_clip(), head.to(ctx.device))
+        if not normalize:  # recorded only off the default: default checkpoints keep their bytes
+            ctx.notes["normalize_features"] = False
+        return ImageClassifier(ctx.fresh_clip(), head.to(ctx.device), normalize)

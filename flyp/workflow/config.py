@@ -325,6 +325,29 @@ def fewshot_protocol(run: dict) -> dict:
     }
 
 
+# The prepare option of a benchmark whose ID-val is a sample held out of its train split
+# (ImageNet): true keeps that sample in train too, as the FLYP reference trains on every image.
+VAL_IN_TRAIN = "val_in_train"
+
+
+def prepare_options(run: dict, bench) -> dict:
+    """The options of ``bench``'s prepare step: the preset's data options less the archive
+    sources (those are the download rules'). With ``selection: last_epoch`` (the FLYP reference's
+    ImageNet protocol: train on every train image, keep the last epoch), a benchmark whose
+    prepare step holds ID-val out of train (it takes ``val_in_train``) keeps it in train too."""
+    downloads = {d.name for d in bench.downloads}
+    options = {k: v for k, v in run["data"].items() if k not in downloads}
+    if run.get("selection") == "last_epoch" and VAL_IN_TRAIN in _keywords(bench.prepare):
+        options.setdefault(VAL_IN_TRAIN, True)
+    return options
+
+
+def _keywords(function) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(function).parameters)
+
+
 def method_settings(run: dict, method: str, point: dict | None = None) -> dict:
     """The method's own options (``method_options.<method>`` but its training keys and
     ``lr_scale``), with those of the sweep's ``point`` (L2-SP's ``lambda``) over them."""

@@ -21,6 +21,7 @@ from flyp.workflow.config import (
     fewshot_protocol,
     load_params,
     method_settings,
+    prepare_options,
     read_yaml,
     training_settings,
 )
@@ -47,6 +48,17 @@ SEVERAL_PRETRAINED = len(PRETRAIN_SEEDS) > 1
 PER_PRETRAINED = "-seed{pseed}" if SEVERAL_PRETRAINED else ""  # in the names of what each has
 PRETRAINED = f"{MODELS}/pretrained{PER_PRETRAINED}.safetensors"
 FEATURES = f"{MODELS}/features{PER_PRETRAINED}.safetensors"  # the linear probe's
+KEEP_LAST = RUN.get("selection", "heldout") == "last_epoch"  # full runs keep the last epoch
+# `flyp features` options off their defaults (presets.<name>.features): raw features, train split
+# through the train transform (the FLYP reference's linear probe); none: the default command.
+FEATURES_ARGS = "".join(
+    flag
+    for flag, on in (
+        (" --no-normalize", not RUN.get("features", {}).get("normalize", True)),
+        (" --train-transform", RUN.get("features", {}).get("train_transform", False)),
+    )
+    if on
+)
 
 # The runs of a method (flyp/runs.py): a full run per seed of `seeds` (<method>/seed<s>); with a
 # `fewshot` protocol, a draw per k and draw (<method>/k<k>/draw<d>); with a sweep, a grid run per
@@ -366,7 +378,10 @@ def finetune_config(run):
     cfg = training_settings(RUN, run.method, seed=run.train_seed, classes=len(BENCH.classnames),
                             shots=run.shots, point=point)
     protocol = fewshot_protocol(RUN) if run.fewshot else {}
-    return {**cfg, "shots": run.shots, "draw": draw, **protocol, "options": options}
+    # presets.<name>.selection: last_epoch: a full run keeps its last epoch (set only then, so
+    # that the default's params, and so its jobs, stay as they were)
+    keep = {"keep_last": True} if KEEP_LAST and not run.fewshot else {}
+    return {**cfg, "shots": run.shots, "draw": draw, **protocol, "options": options, **keep}
 
 
 # A method whose full runs do not depend on the seed (flyp.methods.Method.seeded: zero-shot, the
@@ -407,6 +422,8 @@ def finetune_args(wildcards, input):
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
         args += [cli_option(k, cfg[k]) for k in ("val_loss_tie", "augmentation") if k in cfg]
+    if cfg.get("keep_last"):
+        args.append("--keep-last")
     options = dict(cfg["options"])
     options.update({k: input[k] for k in method_inputs(wildcards)})
     args += [f"-o {shlex.quote(f'{k}={v}')}" for k, v in sorted(options.items())]

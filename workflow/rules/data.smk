@@ -13,8 +13,7 @@ rule prepare_data:
         # data options, less the archive sources (those are for the download rules)
         options=" ".join(
             f"-o {shlex.quote(f'{k}={v}')}"
-            for k, v in sorted(RUN["data"].items())
-            if k not in {d.name for d in BENCH.downloads}
+            for k, v in sorted(prepare_options(RUN, BENCH).items())
         ),
     threads: job_threads("prepare")
     resources:

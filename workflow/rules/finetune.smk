@@ -12,6 +12,7 @@ rule features:
         FEATURES,
     params:
         code=step_code("features"),
+        options=FEATURES_ARGS,
     threads: job_threads("infer", gpus=1)
     resources:
         **GPU,
@@ -24,7 +25,8 @@ rule features:
         f"logs/{BENCHMARK}/features{PER_PRETRAINED}.log",
     shell:
         "flyp features --checkpoint {input.pretrained} --data {input.tables} --out {output} "
-        "--threads {threads} --device {resources.device:q} --workers {resources.workers:q} 2> {log}"
+        "--threads {threads} --device {resources.device:q} --workers {resources.workers:q}"
+        "{params.options} 2> {log}"
 
 
 rule finetune:
