@@ -78,9 +78,10 @@ def check_grid(method: str, grid: dict[str, list], info, where: str) -> None:
 def trained(info: dict, point: dict) -> dict:
     """The values of ``point``'s keys that a run trained at, from its checkpoint's info: a
     training setting as finetuning resolved it (LP-FT's lr after its lr_scale), an option as the
-    method got it."""
+    method got it (a checkpoint holds options as the command line gave them, as text; a grid's
+    options are numbers)."""
     config = info.get("config") or {}
-    return {k: config[k] if k in config else config["options"][k] for k in point}
+    return {k: config[k] if k in config else float(config["options"][k]) for k in point}
 
 
 def select(points: list[dict], checkpoints: list[Path]) -> dict:

@@ -22,7 +22,7 @@ from flyp.io import UserError
 from flyp.models import save_checkpoint
 from flyp.report import sweep_lines, write_report
 from flyp.runs import grid_run
-from flyp.sweep import grid_points, is_swept, point_name, select
+from flyp.sweep import describe, grid_points, is_swept, point_name, select, trained
 from flyp.workflow.config import load_params, training_settings
 from tests.conftest import ROOT, set_embedded, training_methods
 from tests.test_report import SETS, _write
@@ -441,3 +441,12 @@ def test_the_sweep_end_to_end_on_the_smoke_scale(smoke_seeds_and_sweep):
         timeout=300,
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_an_option_is_read_back_from_a_checkpoint_as_a_number():
+    # A checkpoint holds a method's options as its command line gave them: text. The picked
+    # setting the table shows must format it as a number (L2-SP's lambda on its grid).
+    info = {"config": {"lr": 0.003, "options": {"lambda": "0.001"}}}
+    picked = trained(info, {"lr": 0.003, "lambda": 0.001})
+    assert picked == {"lr": 0.003, "lambda": 0.001}
+    assert describe(picked) == "lr=0.003;lambda=0.001"
