@@ -31,6 +31,7 @@ FEWSHOT_SWITCHES = {
     "augmentation": AUGMENTATIONS[0],
     "std_ddof": STD_DDOFS[0],
 }
+DRAW_SWITCHES = ("val_loss_tie", "augmentation")  # those a draw trains with (std_ddof: report's)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -320,7 +321,7 @@ def fewshot_protocol(run: dict) -> dict:
     does not train keeps no epoch and draws no augmentation: it takes neither.)"""
     return {
         key: run["fewshot"][key]
-        for key in ("val_loss_tie", "augmentation")
+        for key in DRAW_SWITCHES
         if run["fewshot"][key] != FEWSHOT_SWITCHES[key]
     }
 

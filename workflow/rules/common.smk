@@ -18,6 +18,7 @@ from flyp.sweep import grid_points, is_swept, point_name
 from flyp.workflow.catalog import method_info
 from flyp.workflow.codeversion import code_version
 from flyp.workflow.config import (
+    DRAW_SWITCHES,
     fewshot_protocol,
     load_params,
     method_settings,
@@ -421,7 +422,7 @@ def finetune_args(wildcards, input):
     args = [train_args(cfg) if "lr" in cfg else f"--seed {cfg['seed']}"]
     if cfg["shots"] is not None:
         args.append(f"--shots {cfg['shots']} --draw {cfg['draw']}")
-        args += [cli_option(k, cfg[k]) for k in ("val_loss_tie", "augmentation") if k in cfg]
+        args += [cli_option(k, cfg[k]) for k in DRAW_SWITCHES if k in cfg]
     if cfg.get("keep_last"):
         args.append("--keep-last")
     options = dict(cfg["options"])
