@@ -112,14 +112,20 @@ threads_option = click.option(
     help="Torch CPU threads (0: torch's default).",
 )
 device_option = click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N. auto and cuda take a GPU no other flyp process holds "
+    "(lock files); cuda:N waits for GPU N while another holds it ($FLYP_GPU_WAIT seconds, "
+    "default 600, then an error).",
 )
 train_device_option = click.option(
     "--device",
     default="auto",
     show_default=True,
-    help="auto, cpu, cuda or cuda:N. Launched by torchrun over several processes "
-    "(`torchrun --nproc_per_node N -m flyp.cli ...`): auto or cuda (rank r on cuda:r, "
+    help="auto, cpu, cuda or cuda:N, claimed as by `flyp evaluate --device`. Launched by "
+    "torchrun over several processes (`torchrun --nproc_per_node N -m flyp.cli ...`): auto or "
+    "cuda (each rank claims a GPU no other flyp process holds, not necessarily cuda:<rank>; "
     "NCCL) or cpu (gloo); --batch-size is then the global batch, split over the ranks.",
 )
 
