@@ -74,11 +74,17 @@ def _csv_ints(value: str, option: str) -> list[int]:
         raise UserError(f"{option}: expected comma-separated integers, got {value!r}") from None
 
 
-def _setup_torch(threads: int):
+def _setup_torch(threads: int, deterministic: bool = False):
+    """Torch's CPU threads and, for a training command with --deterministic, deterministic
+    kernels: set here, before anything touches CUDA (cuBLAS reads its workspace setting once)."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
+    if deterministic:
+        from flyp.devices import use_deterministic_algorithms
+
+        use_deterministic_algorithms()
     return torch
 
 
@@ -219,6 +225,13 @@ def _train_options(f, required: bool = True):
             help="open_clip's gradient checkpointing (less memory, more compute).",
         ),
         click.option(
+            "--deterministic",
+            is_flag=True,
+            help="Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS's fixed "
+            "workspace, no cuDNN autotuning): on a GPU a rerun or a resumed run matches bit for "
+            "bit, at some speed; an op with no deterministic kernel stops the run.",
+        ),
+        click.option(
             "--sync-bn/--no-sync-bn",
             default=True,
             show_default=True,
@@ -238,6 +251,7 @@ def _train_config(
     tf32,
     compile_towers,
     grad_checkpointing,
+    deterministic,
     sync_bn,
     threads,
     **settings,
@@ -253,6 +267,7 @@ def _train_config(
         tf32=tf32,
         compile=compile_towers,
         grad_checkpointing=grad_checkpointing,
+        deterministic=deterministic,
         sync_bn=sync_bn,
     )
 
@@ -433,7 +448,7 @@ def captions(benchmark_name, data_dir, out_dir):
 def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device, **train):
     """Contrastively pretrain a CLIP from scratch on the benchmark's pretraining table."""
     threads = _threads_per_rank(threads)
-    _setup_torch(threads)
+    _setup_torch(threads, train["deterministic"])
     from flyp.datasets import get_benchmark
     from flyp.distributed import process_group
     from flyp.pretraining import pretrain as run
@@ -641,7 +656,7 @@ def _finetune(
 ):
     """`flyp finetune`: the device it ran on (None on a rank other than 0 of several)."""
     threads = _threads_per_rank(threads)
-    _setup_torch(threads)
+    _setup_torch(threads, train["deterministic"])
     from flyp.distributed import is_main, process_group
     from flyp.finetuning import finetune as run
     from flyp.methods import get_method

@@ -144,3 +144,19 @@ def tf32_scope(on: bool):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
+
+# cuBLAS's deterministic workspace (CUDA's reproducibility notes): read when cuBLAS starts.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels for the rest of the process (``runtime.deterministic``): torch's
+    deterministic algorithms, erroring (not warning) at an op that has none; cuBLAS's fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, unless already set); cuDNN without autotuning and with
+    its deterministic algorithms. Call it before CUDA is first used. On CUDA this replaces, e.g.,
+    ``index_add_``'s atomic adds (the zero-shot head's sums) and attention's nondeterministic
+    backward; a CPU's kernels are deterministic either way."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

@@ -64,6 +64,10 @@ class TrainConfig:
     tf32: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
+    # Deterministic kernels (set for the process by the CLI: flyp.devices.
+    # use_deterministic_algorithms); on a GPU, a rerun matches bit for bit. Recorded in the
+    # checkpoint when on (``run_record``); a run resumes across it.
+    deterministic: bool = False
     # Over several ranks, BatchNorm layers normalise with the statistics of the global batch (as
     # one process does), not of each rank's slice (open_clip's --use-bn-sync). No effect on one
     # process or a model without BatchNorm.
@@ -71,7 +75,7 @@ class TrainConfig:
 
 
 # TrainConfig fields that change how a run goes, not what it computes: a run resumes across them.
-RUNTIME_ONLY = ("num_workers", "checkpoint_minutes")
+RUNTIME_ONLY = ("num_workers", "checkpoint_minutes", "deterministic")
 # Fields that change a result only over several ranks, as the number of ranks itself does: like
 # it, not part of the run's settings (a run resumes across them); a checkpoint records what they
 # did (``run_record``: its "ranks").
@@ -86,10 +90,11 @@ def result_config(cfg: TrainConfig) -> dict:
 def run_record(cfg: TrainConfig, device: torch.device, synced_bn: bool) -> dict:
     """What a checkpoint records of how its run computed: the training steps' arithmetic (fp32,
     tf32 or bf16: ``flyp.devices.arithmetic``) and the ranks (how many; whether BatchNorm layers
-    normalised over all of them)."""
+    normalised over all of them); ``deterministic: true`` when its kernels were (absent: not)."""
     return {
         "arithmetic": {"training": arithmetic(cfg.precision, cfg.tf32, device)},
         "ranks": {"world_size": distributed.world_size(), "sync_bn": bool(synced_bn)},
+        **({"deterministic": True} if cfg.deterministic else {}),
     }
 
 

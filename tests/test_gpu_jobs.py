@@ -62,6 +62,7 @@ def test_gpu_jobs_declare_a_gpu_and_run_one_per_gpu(tmp_path, fake_gpus):
     assert "--grad-clip 0 " in flyp
     assert "--precision fp32 --decay all --no-clamp-logit-scale " in flyp
     assert "--grad-clip 1.0 " in re.search(r"flyp finetune .*--method ft .*seed0.*", out).group(0)
+    assert "--deterministic" not in out  # runtime.deterministic false: commands as before
 
 
 @pytest.mark.parametrize(
@@ -171,3 +172,17 @@ def test_gpu_jobs_on_one_named_gpu_run_one_at_a_time(tmp_path, fake_gpus):
     commands = re.findall(r"flyp (?:finetune|features|evaluate)\b.*", out)
     assert commands and all("--device cuda:1" in c for c in commands)
 
+
+def test_deterministic_kernels_reach_training_commands_only_when_asked(tmp_path):
+    out = dry_run(
+        workflow_copy(tmp_path),
+        *SMALL,
+        "runtime={device: cpu, deterministic: true}",
+        "-p",
+    )
+    flyp, zeroshot = (
+        re.search(rf"^Shell command: (.* --method {m} .*)$", out, re.M).group(1)
+        for m in ("flyp", "zeroshot")
+    )
+    assert " --deterministic " in flyp
+    assert "--deterministic" not in zeroshot  # nothing trains there

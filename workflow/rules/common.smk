@@ -299,6 +299,10 @@ SPEED_ARGS = " ".join(
     cli_option(k, RUN["runtime"][k])
     for k in ("tf32", "compile", "grad_checkpointing", *(("sync_bn",) if GPUS_PER_JOB > 1 else ()))
 )
+# Deterministic kernels (runtime.deterministic): passed when asked for alone, so that the commands
+# of a run without it stay as they were.
+if RUN["runtime"]["deterministic"]:
+    SPEED_ARGS += " --deterministic"
 EVAL_PRECISION = RUN["runtime"]["eval_precision"]
 TRAIN_LAUNCH = (
     f"torchrun --standalone --nproc_per_node {GPUS_PER_JOB} -m flyp.cli"
