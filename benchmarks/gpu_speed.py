@@ -13,11 +13,11 @@ whatever it raises (out of memory, a compiler failure, anything) becomes its row
 first line, and the run goes on. ``--json-out`` is rewritten after every row, so a run stopped by
 a time limit keeps what it measured.
 
-``--dry`` (``--smoke``, its older name): on the CPU, the fixture ViT (flyp/model_configs), 32 px,
-batches 4 and 8, two timed steps, ``torch.compile`` with the eager backend (dynamo traces, nothing
-is built): every section and config path in seconds. ``--fail PATTERN`` makes the rows whose label
-matches (fnmatch, e.g. ``'train * tf32'``, ``'eval bf16'``) raise, to check that a failure stays a
-row.
+``--dry`` (``--smoke``, its older name): on the CPU, one thread, the fixture ViT
+(flyp/model_configs), 32 px, batches 4 and 8, two timed steps, ``torch.compile`` with the eager
+backend (dynamo traces, nothing is built): every section and config path in seconds. ``--fail
+PATTERN`` makes the rows whose label matches (fnmatch, e.g. ``'train * tf32'``, ``'eval bf16'``)
+raise, to check that a failure stays a row.
 
 Sections (``--sections``):
 
@@ -479,6 +479,7 @@ DRY = {
     "data_batch": 8,
     "workers": "0,1",
     "compile_backend": "eager",
+    "threads": 1,  # tiny ops: more threads only contend, the more so on a shared machine
 }
 
 
@@ -491,6 +492,7 @@ def parse_args() -> argparse.Namespace:
         help="CPU, fixture ViT, tiny sizes, eager compile: checks every path runs, in seconds",
     )
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--model", default="ViT-B-16-quickgelu")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--sections", default="train,eval,data")
@@ -521,10 +523,13 @@ def parse_args() -> argparse.Namespace:
     args.workers = [int(w) for w in args.workers.split(",")]
     args.fail = [pattern for pattern in args.fail.split(",") if pattern]
     args.device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     return args
 
 
 def main() -> None:
+    began = time.perf_counter()
     args = parse_args()
     device = args.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -550,7 +555,9 @@ def main() -> None:
     if "data" in sections:
         data_section(args, out)
     failed = sum("error" in row for row in out)
-    print(f"\n{len(out)} rows, {failed} failed, {sum('skipped' in row for row in out)} skipped")
+    skipped = sum("skipped" in row for row in out)
+    seconds = time.perf_counter() - began
+    print(f"\n{len(out)} rows, {failed} failed, {skipped} skipped in {seconds:.0f} s")
 
 
 class Figures(list):

@@ -66,16 +66,23 @@ def test_dry_run_has_a_row_per_configuration_when_some_fail(tmp_path):
     assert all(row["images_per_s"] > 0 and row["step_tflop"] > 0 for row in train)
     assert all(row["mfu"] is None for row in train)  # a CPU: no peak known, MFU n/a
     assert "unknown GPU, MFU n/a" in stdout
-    assert f"{len(expected)} rows, {len(failing)} failed, 0 skipped" in stdout
+    assert f"{len(expected)} rows, {len(failing)} failed, 0 skipped in " in stdout
 
 
-def test_compiled_configs_are_skipped_where_no_kernel_can_be_built(tmp_path):
-    rows, stdout = run_dry(
-        tmp_path,
-        *("--sections", "train", "--configs", "fp32,bf16+compile", "--batch-sizes", "4"),
-        *("--compile-backend", "inductor"),
-        env={"CXX": "/nonexistent/c++"},
-    )
+def test_compiled_configs_are_skipped_where_no_kernel_can_be_built(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.json"
+    args = ["--dry", "--sections", "train", "--configs", "fp32,bf16+compile"]
+    args += ["--batch-sizes", "4", "--compile-backend", "inductor", "--json-out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["gpu_speed.py", *args])
+    monkeypatch.setenv("CXX", "/nonexistent/c++")  # inductor's C++ compiler on a CPU
+    threads = torch.get_num_threads()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        gpu_speed.main()
+    finally:  # the process's threads and TF32 flags as they were
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    rows, stdout = json.loads(out.read_text())["results"], capsys.readouterr().out
     skipped = [row for row in rows if "skipped" in row]
     assert [row["label"] for row in skipped] == [
         "train flyp b4 bf16+compile",
