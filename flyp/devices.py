@@ -92,7 +92,7 @@ def claim_gpu(
     lock_dir.mkdir(parents=True, exist_ok=True)
     wait = gpu_wait() if wait is None else wait
     candidates = range(len(gpus)) if wanted is None else [wanted]
-    deadline = time.monotonic() + wait
+    deadline, waiting = time.monotonic() + wait, False
     while True:
         for index in candidates:
             handle = open(lock_dir / f"{gpus[index]}.lock", "w")  # held open: the lock lasts
@@ -111,10 +111,11 @@ def claim_gpu(
                 f"{lock_dir}): run fewer GPU jobs at once (--resources gpu=N) or wait longer "
                 f"(${GPU_WAIT} seconds)"
             )
-        if left + 1 > wait:  # the first time round
+        if not waiting:  # said once
             print(
                 f"{what} held by other flyp processes: waiting up to {wait:.0f} s", file=sys.stderr
             )
+            waiting = True
         time.sleep(min(1.0, left))
 
 
