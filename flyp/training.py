@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from flyp import distributed
-from flyp.devices import arithmetic, tf32_scope
+from flyp.devices import arithmetic, tf32_scope, use_deterministic_algorithms
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
 from flyp.settings import AUGMENTATIONS, TIES
@@ -612,6 +612,8 @@ class TrainingRun:
         self.select, self.main = select, distributed.is_main()
         self.tie, self.augmentation = protocol["tie"], protocol["augmentation"]
         self.progress = progress if self.main else _quiet
+        if cfg.deterministic:  # the CLI set it before CUDA started; a library caller, here
+            use_deterministic_algorithms()
         self.module = task.module.to(device)
         synced = cfg.sync_bn and distributed.world_size() > 1
         synced = synced and distributed.sync_batchnorm(self.module, device)

@@ -65,3 +65,38 @@ def test_it_is_recorded_only_when_on_and_a_run_resumes_across_it():
     assert "deterministic" not in run_record(CFG, cpu, False)  # a default checkpoint: as before
     assert result_config(on) == result_config(CFG)  # not a result-deciding setting
     assert "deterministic" not in result_config(CFG)  # the run's hash is as before
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_a_run_with_it_sets_it_and_its_checkpoint_says_so(tmp_path, restored_determinism, on):
+    from flyp.training import fit
+    from tests.test_training import ToyTask
+
+    torch.use_deterministic_algorithms(False)
+    fit(
+        ToyTask([0.5]),
+        TrainConfig(**{**CFG.__dict__, "deterministic": on}),
+        out=tmp_path / "best.pt",
+        log_csv=tmp_path / "log.csv",
+        device=torch.device("cpu"),
+        info={},
+        progress=lambda m: None,
+    )
+    info = torch.load(tmp_path / "best.pt", weights_only=False)["info"]
+    assert info.get("deterministic") is (True if on else None)
+    assert torch.are_deterministic_algorithms_enabled() is on
+
+
+def test_provenance_says_deterministic_only_where_training_was(tmp_path):
+    from types import SimpleNamespace
+
+    from flyp.evaluation import provenance
+
+    (tmp_path / "manifest.json").write_text('{"tables": {}}')  # data with no tables
+    (tmp_path / "c.safetensors").write_bytes(b"weights")
+    made = [
+        provenance(SimpleNamespace(info=info), tmp_path / "c.safetensors", tmp_path)
+        for info in ({}, {"deterministic": True})
+    ]
+    assert "deterministic" not in made[0]  # a default result's provenance: as before
+    assert made[1]["deterministic"] is True
