@@ -324,7 +324,8 @@ def download(benchmark_name, name, source, archive, extract_to, size, md5, sha25
 @click.option("--seed", type=int, default=0, show_default=True)
 def fixture(benchmark_name, out_dir, seed):
     """Write a miniature of a real benchmark in its download formats, with a tiny model, and
-    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv."""
+    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv.
+    ``--benchmark imagefolder`` or ``csv``: an example of your own data (docs/own-data.md)."""
     from flyp.fixtures import make_fixture, run_commands
 
     project = _project_root()

@@ -96,7 +96,15 @@ def register_benchmark(name: str):
 
 # Modules of this package that are tools, not benchmarks (``tables`` imports torch: the download
 # and prepare jobs and the Snakefile must not pay for it).
-_NOT_BENCHMARKS = {"download", "manifest", "parquet", "rawdata", "tables"}
+_NOT_BENCHMARKS = {
+    "download",
+    "manifest",
+    "owndata",
+    "owndata_prepare",
+    "parquet",
+    "rawdata",
+    "tables",
+}
 
 
 def _load_all() -> None:
@@ -113,6 +121,12 @@ def benchmark_names() -> list[str]:
 
 
 def get_benchmark(name: str) -> Benchmark:
+    """The registered benchmark ``name``, or the user's own data a JSON spec names
+    (``{"dataset": "imagefolder", ...}``: flyp.datasets.owndata)."""
+    if name.lstrip().startswith("{"):
+        from flyp.datasets.owndata import from_spec
+
+        return from_spec(name).benchmark()
     _load_all()
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
