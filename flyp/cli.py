@@ -326,10 +326,13 @@ def fixture(benchmark_name, out_dir, seed):
     """Write a miniature of a real benchmark in its download formats, with a tiny model, and
     print the command that runs the whole DAG on it (offline) to DIR/results/table.csv.
     ``--benchmark imagefolder`` or ``csv``: an example of your own data (docs/own-data.md)."""
+    from flyp.datasets.owndata import DATASETS
     from flyp.fixtures import make_fixture, run_commands
+    from flyp.fixtures.owndata import make_own_data_fixture
 
     project = _project_root()
-    overlay = make_fixture(benchmark_name, out_dir, seed)
+    make = make_own_data_fixture if benchmark_name in DATASETS else make_fixture
+    overlay = make(benchmark_name, out_dir, seed)
     _log(f"wrote the {benchmark_name} fixture and its config overlay {overlay}")
     for command in run_commands(overlay, project):
         click.echo(command)

@@ -33,7 +33,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flyp.datasets import Benchmark, EvalSet
+from flyp.datasets import Benchmark, EvalSet, register_spec_reader
 from flyp.io import UserError
 
 DATASETS = ("imagefolder", "csv")
@@ -88,10 +88,18 @@ class OwnData:
                 found.setdefault(split, set()).add(label)
         return {split: sorted(labels) for split, labels in found.items()}
 
+    @staticmethod
+    def is_image(path: str) -> bool:
+        return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+    def class_keys(self, splits: dict[str, list[str]] | None = None) -> list[str]:
+        """The train split's labels in class order (label i is the i-th)."""
+        return label_order((splits or self.splits())["train"])
+
     def benchmark(self) -> Benchmark:
         splits = self.splits()
         check_splits(splits, self.path)
-        keys = label_order(splits["train"])
+        keys = self.class_keys(splits)
         names = read_classnames(self.classnames, keys) if self.classnames else None
         if self.metric == "worst_group" and not self.has_groups():
             raise UserError(f"{self.path}: metric worst_group needs a 'group' column (a CSV)")
@@ -344,3 +352,10 @@ def stat_all(base: Path, paths: list[str]) -> list[tuple[str, int, int]]:
             raise UserError(f"{base / rel}: not readable ({e.strerror})") from None
         out.append((rel, st.st_size, st.st_mtime_ns))
     return out
+
+
+@register_spec_reader("imagefolder")
+@register_spec_reader("csv")
+def read_spec(text: str) -> Benchmark:
+    """The benchmark of the source a JSON spec names (flyp.datasets.get_benchmark)."""
+    return from_spec(text).benchmark()

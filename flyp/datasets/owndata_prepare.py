@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flyp.datasets.owndata import IMAGE_SUFFIXES, OwnData, folder_splits, label_order
 from flyp.datasets.parquet import write_table
 from flyp.datasets.rawdata import image_path, stratified_split, write_split_record
 from flyp.io import UserError
@@ -49,10 +48,11 @@ def check_images(files: list[str], workers: int) -> None:
             raise UserError(f"{file}: {problem}")
 
 
-def image_rows(source: OwnData) -> tuple[pd.DataFrame, int]:
-    """The source's images (split, label, path, group), and how many other files it skipped."""
+def image_rows(source) -> tuple[pd.DataFrame, int]:
+    """The images of ``source`` (a flyp.datasets.owndata.OwnData) as (split, label, path,
+    group) rows, and how many other files it skipped."""
     rows = pd.DataFrame(source.listing(), columns=["split", "label", "path", "group"])
-    is_image = rows["path"].map(lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    is_image = rows["path"].map(source.is_image)
     images = rows[is_image].reset_index(drop=True)
     normal = images["path"].map(os.path.normpath)
     twice = normal[normal.duplicated()]
@@ -67,10 +67,10 @@ def image_rows(source: OwnData) -> tuple[pd.DataFrame, int]:
     return images, int((~is_image).sum())
 
 
-def check_class_folders(source: OwnData, images: pd.DataFrame) -> None:
+def check_class_folders(source, images: pd.DataFrame) -> None:
     """Every class folder of every split holds at least one image."""
     have = set(zip(images["split"], images["label"], strict=True))
-    for split, labels in folder_splits(Path(source.path)).items():
+    for split, labels in source.splits().items():
         for label in labels:
             if (split, label) not in have:
                 folder = Path(source.path) / (
@@ -95,11 +95,11 @@ def held_out_val(train: pd.DataFrame, seed: int, val_size: int, val_fraction: fl
 
 
 def prepare_tables(
-    source: OwnData, out_dir: Path, seed: int, val_size: int, val_fraction: float, workers: int
+    source, out_dir: Path, seed: int, val_size: int, val_fraction: float, workers: int
 ) -> None:
     images, skipped = image_rows(source)
     bench = source.benchmark()  # checks the classes of every split, classnames and templates
-    keys = label_order(images.loc[images["split"] == "train", "label"])
+    keys = source.class_keys()
     images["label_index"] = images["label"].map({k: i for i, k in enumerate(keys)})
     check_images([str(source.base / p) for p in images["path"]], workers)
     tables = {name: images[images["split"] == name] for name in images["split"].unique()}
