@@ -263,6 +263,7 @@ def list_cmd():
     from flyp.methods import get_method, method_names
 
     click.echo("benchmarks: " + ", ".join(benchmark_names()))
+    click.echo("your own data: dataset imagefolder or csv in a preset (docs/own-data.md)")
     for name in method_names():
         click.echo(f"method {name}: {get_method(name).description}")
 
