@@ -284,6 +284,7 @@ def list_cmd():
     from flyp.methods import get_method, method_names
 
     click.echo("benchmarks: " + ", ".join(benchmark_names()))
+    click.echo("your own data: dataset imagefolder or csv in a preset (docs/own-data.md)")
     for name in method_names():
         click.echo(f"method {name}: {get_method(name).description}")
 
@@ -345,11 +346,15 @@ def download(benchmark_name, name, source, archive, extract_to, size, md5, sha25
 @click.option("--seed", type=int, default=0, show_default=True)
 def fixture(benchmark_name, out_dir, seed):
     """Write a miniature of a real benchmark in its download formats, with a tiny model, and
-    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv."""
+    print the command that runs the whole DAG on it (offline) to DIR/results/table.csv.
+    ``--benchmark imagefolder`` or ``csv``: an example of your own data (docs/own-data.md)."""
+    from flyp.datasets.owndata import DATASETS
     from flyp.fixtures import make_fixture, run_commands
+    from flyp.fixtures.owndata import make_own_data_fixture
 
     project = _project_root()
-    overlay = make_fixture(benchmark_name, out_dir, seed)
+    make = make_own_data_fixture if benchmark_name in DATASETS else make_fixture
+    overlay = make(benchmark_name, out_dir, seed)
     _log(f"wrote the {benchmark_name} fixture and its config overlay {overlay}")
     for command in run_commands(overlay, project):
         click.echo(command)

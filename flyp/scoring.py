@@ -68,6 +68,23 @@ def worst_region_accuracy(logits: torch.Tensor, labels: torch.Tensor, table=None
     return min((hits[i] / counts[i]).item() for i in scored)
 
 
+@register_metric("worst_group_accuracy")
+def worst_group_accuracy(logits: torch.Tensor, labels: torch.Tensor, table=None) -> float:
+    """Lowest accuracy over the groups of ``table["group"]`` (a user's own data with the
+    ``worst_group`` metric: flyp.datasets.owndata; every group with images counts)."""
+    if table is None or "group" not in table:
+        raise ValueError("worst_group_accuracy needs the table's 'group' column")
+    groups = list(table["group"])
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} predictions")
+    code = {name: i for i, name in enumerate(sorted(set(groups)))}
+    group = torch.tensor([code[g] for g in groups])  # (N,) group index of each image
+    correct = (logits.argmax(dim=1) == labels).float()
+    hits = torch.zeros(len(code)).scatter_reduce(0, group, correct, reduce="sum")
+    counts = torch.bincount(group, minlength=len(code)).float()
+    return (hits / counts).min().item()
+
+
 CACHE_BYTES = 1 << 30  # keep transformed eval images in memory up to this size (1 GiB)
 
 

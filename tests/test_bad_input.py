@@ -100,6 +100,13 @@ More cases:
       here: test_a_deleted_table_of_the_manifest_is_one_line
 - a truncated metrics file
       here: test_a_truncated_metrics_file_stops_the_report
+- your own data (a folder or CSV of images, flyp/datasets/owndata.py): an empty class folder, a
+  class in test or an OOD set that train lacks, a zero-byte or unreadable image, a CSV without a
+  column or with an unknown split, a classnames file naming a label without images or missing an
+  image's label, a path listed twice
+      here: test_own_data_*; a file that is not an image is skipped and counted:
+      test_own_data.py: test_prepare_writes_path_tables_whose_labels_match_the_folders;
+      a bad own-data preset: test_own_data.py: test_a_bad_own_data_preset_is_one_line
 - an evaluation cache of another resolution, of changed tables, or a folder that is not one;
   bad input to `flyp evalcache`
       test_evalcache.py: test_a_cache_made_for_another_resolution_is_refused,
@@ -738,3 +745,109 @@ def test_dvc_exp_run_during_a_snakemake_run_stops_before_touching_anything(tmp_p
     result = CliRunner().invoke(main, ["sync"])
     one_line_error(result, "a snakemake run is in progress in ", "git checkout params.yaml", code=2)
     assert output.read_bytes() == b"being written"
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own data: `flyp prepare` on a folder or CSV stops with one line naming the file or folder,
+# and writes nothing.
+
+
+def _own_folder(root, classes=("cat", "dog"), splits=("train", "test")):
+    for split in splits:
+        for c in classes:
+            for i in range(3):
+                _own_image(root / split / c / f"{i}.png")
+    return root
+
+
+def _own_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+
+def _own_prepare(tmp_path, needle, **spec):
+    """`flyp prepare` of the source ``spec`` names (imagefolder unless it says csv): one line with
+    ``needle``, and nothing written."""
+    if "csv" not in spec:
+        spec = {"dataset": "imagefolder", "root": str(tmp_path / "images"), **spec}
+    out = tmp_path / "tables"
+    one_line_error(invoke("prepare", "--benchmark", json.dumps(spec), "--out", out), needle)
+    assert files_in(out) == set() if out.exists() else True
+
+
+def test_own_data_an_empty_class_folder_is_named(tmp_path):
+    (_own_folder(tmp_path / "images") / "train" / "bird").mkdir()
+    _own_prepare(tmp_path, f"{tmp_path}/images/train/bird: empty class folder")
+
+
+def test_own_data_a_class_that_train_lacks_is_named(tmp_path):
+    root = _own_folder(tmp_path / "images")
+    _own_image(root / "ood" / "night" / "bird" / "0.png")
+    _own_prepare(tmp_path, "split 'night' has class(es) ['bird'] that train lacks")
+
+
+def test_own_data_a_zero_byte_image_is_named(tmp_path):
+    root = _own_folder(tmp_path / "images")
+    (root / "train" / "cat" / "empty.jpg").write_bytes(b"")
+    _own_prepare(tmp_path, f"{root}/train/cat/empty.jpg: zero-byte image")
+
+
+def test_own_data_an_unreadable_image_is_named(tmp_path):
+    root = _own_folder(tmp_path / "images")
+    (root / "test" / "dog" / "bad.png").write_bytes(b"not a png at all")
+    _own_prepare(tmp_path, f"{root}/test/dog/bad.png: not a readable image")
+
+
+def _own_csv(tmp_path, rows, header="path,label,split"):
+    _own_folder(tmp_path / "images")
+    lines = [header, *rows]
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "data.csv")
+
+
+def _csv_rows():
+    return [
+        f"images/{s}/{c}/{i}.png,{c},{s}"
+        for s in ("train", "test")
+        for c in ("cat", "dog")
+        for i in range(3)
+    ]
+
+
+def test_own_data_a_csv_without_a_column_is_named(tmp_path):
+    csv_file = _own_csv(tmp_path, [r.rsplit(",", 1)[0] for r in _csv_rows()], header="path,label")
+    _own_prepare(tmp_path, f"{csv_file}: missing column(s) ['split']", dataset="csv", csv=csv_file)
+
+
+def test_own_data_an_unknown_split_is_named(tmp_path):
+    rows = _csv_rows()
+    rows[3] = rows[3].replace(",train", ",validation")
+    csv_file = _own_csv(tmp_path, rows)
+    _own_prepare(
+        tmp_path, f"{csv_file}: line 5: unknown split 'validation'", dataset="csv", csv=csv_file
+    )
+
+
+def test_own_data_a_path_listed_twice_is_named(tmp_path):
+    rows = _csv_rows()
+    csv_file = _own_csv(tmp_path, [*rows, rows[0].replace(",train", ",test")])
+    _own_prepare(
+        tmp_path,
+        "path 'images/train/cat/0.png' is listed more than once",
+        dataset="csv",
+        csv=csv_file,
+    )
+
+
+def test_own_data_a_classname_without_images_is_named(tmp_path):
+    _own_folder(tmp_path / "images")
+    names = tmp_path / "names.csv"
+    names.write_text("label,name\ncat,cat\ndog,dog\nbird,bird\n")
+    _own_prepare(tmp_path, f"{names}: label(s) ['bird'] have no images", classnames=str(names))
+
+
+def test_own_data_a_label_without_a_name_is_named(tmp_path):
+    _own_folder(tmp_path / "images")
+    names = tmp_path / "names.json"
+    names.write_text('{"cat": "cat"}')
+    _own_prepare(tmp_path, f"{names}: no name for label(s) ['dog']", classnames=str(names))

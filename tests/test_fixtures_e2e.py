@@ -172,3 +172,41 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
             )
             assert fetched.stat().st_size == sources[d.name]["size"]
             assert (out / "logs/raw" / f"download_{fetched.name}.log").is_file()
+
+
+@pytest.mark.slow  # 4.5 minutes each on the 2 shared cores (2026-12-07)
+@pytest.mark.parametrize("dataset", ["imagefolder", "csv"])
+def test_your_own_images_run_from_a_folder_to_the_table(dataset, tmp_path):
+    """`flyp fixture --benchmark imagefolder` (or csv) writes the embedded world's images as files
+    and an overlay whose preset names them; the printed command takes them through every step
+    to a table with both OOD sets, every method's rows, and tables whose labels are the files'."""
+    project = tmp_path / "project"
+    copy_project(project)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9"}
+    env.pop("DVC_STAGE", None)
+    out = tmp_path / "example"
+    printed = run(["flyp", "fixture", "--benchmark", dataset, "--out", str(out)], project, env)
+    cmd = shlex.split(printed.stdout.strip().splitlines()[-1])
+    cmd[cmd.index("--cores") + 1] = "2"
+    end = cmd.index("--")
+    cmd[end:end] = ["--config", f"methods=[{','.join(METHODS)}]"]
+    run(cmd, project, env)
+
+    overlay = yaml.safe_load((out / "fixture.yaml").read_text())
+    preset = overlay["benchmark"]
+    table = pd.read_csv(out / "results" / "table.csv")
+    assert list(table["method"]) == [*METHODS, *(f"{m}+wise" for m in METHODS[1:])]
+    suffix = "" if dataset == "imagefolder" else "_worst_group_accuracy"
+    columns = [f"{c}{suffix}" for c in ("id", "renditions", "sketch")]
+    assert table[columns].apply(lambda c: c.between(0, 100)).all().all()
+    tables = out / "data" / preset / "tables"
+    classes = json.loads((tables / "splits.json").read_text())["classes"]
+    assert len(classes) == 12
+    for name in ("train", "val", "test", "renditions", "sketch"):
+        df = pd.read_parquet(tables / f"{name}.parquet")
+        assert len(df) and "image" not in df.columns  # paths, no image bytes
+        for image_id, label in zip(df["image_id"], df["label"], strict=True):
+            # the class folder (imagefolder) or the file's name (csv) names the class
+            assert classes[label] in (Path(image_id).parent.name, Path(image_id).stem[:-4]), (
+                image_id
+            )

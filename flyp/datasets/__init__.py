@@ -11,6 +11,7 @@ tables, so a new benchmark is a new module that registers itself here.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Callable[[], Benchmark]] = {}
+# Kinds of data a JSON spec may name in place of a registered benchmark ({"dataset": kind, ...}):
+# kind -> reader(spec text) -> Benchmark (flyp.datasets.owndata: imagefolder, csv).
+SPEC_READERS: dict[str, Callable[[str], Benchmark]] = {}
 
 
 def register_benchmark(name: str):
@@ -94,9 +98,35 @@ def register_benchmark(name: str):
     return wrap
 
 
+def register_spec_reader(kind: str):
+    def wrap(reader: Callable[[str], Benchmark]):
+        SPEC_READERS[kind] = reader
+        return reader
+
+    return wrap
+
+
+def _read_spec(text: str) -> Benchmark:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"benchmark spec {text!r}: not JSON ({e.msg})") from None
+    kind = spec.get("dataset") if isinstance(spec, dict) else None
+    if kind not in SPEC_READERS:
+        raise UserError(f"benchmark spec {text!r}: expected a 'dataset' of {sorted(SPEC_READERS)}")
+    return SPEC_READERS[kind](text)
+
+
 # Modules of this package that are tools, not benchmarks (``tables`` imports torch: the download
 # and prepare jobs and the Snakefile must not pay for it).
-_NOT_BENCHMARKS = {"download", "manifest", "parquet", "rawdata", "tables"}
+_NOT_BENCHMARKS = {
+    "download",
+    "manifest",
+    "owndata_prepare",
+    "parquet",
+    "rawdata",
+    "tables",
+}
 
 
 def _load_all() -> None:
@@ -113,7 +143,11 @@ def benchmark_names() -> list[str]:
 
 
 def get_benchmark(name: str) -> Benchmark:
+    """The registered benchmark ``name``, or the user's own data a JSON spec names
+    (``{"dataset": "imagefolder", ...}``: flyp.datasets.owndata)."""
     _load_all()
+    if name.lstrip().startswith("{"):
+        return _read_spec(name)
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
     return BENCHMARKS[name]()

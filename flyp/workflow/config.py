@@ -9,6 +9,7 @@ expects one.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -241,6 +242,11 @@ def resolve(params: dict, source: str = "params.yaml") -> dict:
     benchmark, scale = params["benchmark"], params["scale"]
     run = _preset(params, benchmark, scale, source)
     run.setdefault("finetune", {})
+    if "dataset" in run and not run.get("model", {}).get("pretrained"):
+        raise UserError(
+            f"{source}: presets.{benchmark}.model.pretrained: a dataset preset has no "
+            f"pretraining set; name released weights (an open_clip tag such as openai, or a file)"
+        )
     # The top-level training keys (`dvc exp run -S lr=1e-5`): the last layer of every run's
     # settings, every method's (training_settings).
     fixed = run["top_level"] = {
@@ -336,6 +342,8 @@ def prepare_options(run: dict, bench) -> dict:
     sources (those are the download rules'). With ``selection: last_epoch`` (the FLYP reference's
     ImageNet protocol: train on every train image, keep the last epoch), a benchmark whose
     prepare step holds ID-val out of train (it takes ``val_in_train``) keeps it in train too."""
+    if "dataset" in run:  # own data: the options that are not its source
+        return {k: v for k, v in run["data"].items() if k in OWN_DATA_PREPARE}
     downloads = {d.name for d in bench.downloads}
     options = {k: v for k, v in run["data"].items() if k not in downloads}
     if run.get("selection") == "last_epoch" and VAL_IN_TRAIN in _keywords(bench.prepare):
@@ -365,7 +373,7 @@ def check_names(run: dict, source: str = "params.yaml") -> None:
     from flyp.datasets import benchmark_names
     from flyp.workflow.catalog import method_names
 
-    if run["benchmark"] not in benchmark_names():
+    if "dataset" not in run and run["benchmark"] not in benchmark_names():
         raise UserError(
             f"{source}: benchmark: unknown benchmark {run['benchmark']!r}; "
             f"expected one of {benchmark_names()}"
@@ -425,11 +433,43 @@ def check_sweep(run: dict, source: str = "params.yaml") -> None:
         check_grid(name, grid, method_info(name), where)
 
 
+def with_own_data_defaults(config: dict) -> dict:
+    """A copy of ``config`` where every preset that names a ``dataset`` (a user's own data:
+    imagefolder or csv) has the top-level ``own_data`` settings (model, finetuning, alphas,
+    method options, resources) under its own, so that it validates and resolves as the others."""
+    presets = config.get("presets")
+    if not isinstance(presets, dict) or not isinstance(config.get("own_data"), dict):
+        return config
+    config = copy.deepcopy(config)
+    for name, preset in presets.items():
+        if isinstance(preset, dict) and "dataset" in preset:
+            config["presets"][name] = _merge(config["own_data"], preset)
+    return config
+
+
+# The data options of an own-data preset that its prepare step takes (the others name the source:
+# flyp.datasets.owndata.OwnData).
+OWN_DATA_PREPARE = ("seed", "val_size", "val_fraction")
+
+
+def own_data_spec(run: dict, source: str = "params.yaml") -> str | None:
+    """The benchmark spec of an own-data preset (``dataset: imagefolder | csv``) as the steps'
+    ``--benchmark`` takes it (JSON, flyp.datasets.owndata); None for a registered benchmark."""
+    if "dataset" not in run:
+        return None
+    data = run["data"]
+    key = "root" if run["dataset"] == "imagefolder" else "csv"
+    spec = {"dataset": run["dataset"], "name": run["benchmark"], key: data[key]}
+    spec.update({k: data[k] for k in ("classnames", "templates", "metric") if k in data})
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
 def load_params(config: dict, schema_path: str | Path, source: str = "params.yaml") -> dict:
     """Validate the raw params (as Snakemake loaded them) and return the resolved run settings."""
     schema = read_yaml(schema_path)
-    params = validate(config, schema, source)
+    params = validate(with_own_data_defaults(config), schema, source)
     run = resolve(params, source)
+    run["benchmark_spec"] = own_data_spec(run, source)
     check_names(run, source)
     check_method_options(run, source)
     check_sweep(run, source)

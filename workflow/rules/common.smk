@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flyp import runs
 from flyp.datasets import get_benchmark
+from flyp.datasets.owndata import from_spec
 from flyp.io import UserError, read_json
 from flyp.settings import ARGUMENTS
 from flyp.sweep import grid_points, is_swept, point_name
@@ -30,11 +31,19 @@ from flyp.workflow.sync import STAGE as DVC_STAGE, TARGET, hold_dvc_lock
 
 try:
     RUN = load_params(config, workflow.source_path("../schemas/params.schema.yaml"))
+    BENCHMARK = RUN["benchmark"]
+    # What the steps' --benchmark takes: a registered name, or the JSON spec of a preset's own data
+    # (dataset: imagefolder | csv; flyp/datasets/owndata.py), from which each step rebuilds it.
+    BENCHMARK_ARG = RUN["benchmark_spec"] or BENCHMARK
+    BENCH = get_benchmark(BENCHMARK_ARG)
+    # Own data: the images' names, sizes and mtimes, hashed, so that an image added, removed or
+    # touched reruns prepare_data and what follows it (none for a registered benchmark).
+    SOURCE_FINGERPRINT = (
+        {"images": from_spec(BENCHMARK_ARG).fingerprint()} if RUN["benchmark_spec"] else {}
+    )
 except UserError as e:
     sys.exit(f"error: {e}")
 
-BENCHMARK = RUN["benchmark"]
-BENCH = get_benchmark(BENCHMARK)
 TABLES = f"data/{BENCHMARK}/tables"  # prepared Parquet tables + manifest.json
 CAPTIONS = f"data/{BENCHMARK}/captions"  # FLYP caption tables
 EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed once (uint8)

@@ -8,8 +8,9 @@ rule prepare_data:
     output:
         tables=directory(TABLES),
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         code=step_code("prepare", BENCH.prepare),
+        **SOURCE_FINGERPRINT,
         # data options, less the archive sources (those are for the download rules)
         options=" ".join(
             f"-o {shlex.quote(f'{k}={v}')}"
@@ -34,7 +35,7 @@ rule captions:
         captions=f"{CAPTIONS}/captions.parquet",
         templates=f"{CAPTIONS}/templates.parquet",
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         classnames=BENCH.classnames,
         templates=BENCH.templates,
         code=step_code("captions"),
@@ -61,7 +62,7 @@ rule eval_cache:
     output:
         cache=directory(EVAL_CACHE),
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         sets=["val", *(s.name for s in BENCH.eval_sets)],  # not the templates: no model runs
         code=step_code("evalcache"),
     threads: job_threads("infer")

@@ -45,7 +45,7 @@ rule download:
     wildcard_constraints:
         archive="|".join(map(re.escape, FETCHED)) or "(?!)",  # (?!): matches nothing
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         name=lambda wildcards: FETCHED[wildcards.archive],
         source=lambda wildcards: (
             f"--source {shlex.quote(SOURCES[FETCHED[wildcards.archive]])}"
@@ -76,7 +76,7 @@ rule extract:
     wildcard_constraints:
         name="|".join(map(re.escape, DOWNLOADS)) or "(?!)",
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         sums=lambda wildcards: STATED_SUMS[wildcards.name],
     threads: job_threads("fetch")
     resources:

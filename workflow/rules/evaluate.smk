@@ -18,7 +18,7 @@ rule evaluate_ensemble:
         curve=f"{RESULTS}/{runs.FULL}/wise_curve.csv",
         wise=f"{RESULTS}/{runs.FULL}/wise_metrics.json",
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         bench=BENCH_SPEC,
         code=step_code("evaluate", *EVAL_CODE),
         precision=EVAL_PRECISION,

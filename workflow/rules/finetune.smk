@@ -42,7 +42,7 @@ rule finetune:
         model=f"{MODELS}/{runs.FULL}/best.safetensors",
         log_csv=f"{MODELS}/{runs.FULL}/train_log.csv",
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         captions=lambda wildcards, input: os.path.dirname(input.captions),
         config=lambda wildcards: json.dumps(finetune_config(Run.of(wildcards)), sort_keys=True),
         args=finetune_args,

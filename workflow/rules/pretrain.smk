@@ -24,7 +24,7 @@ rule pretrain:
         model=PRETRAINED,
         log_csv=f"{MODELS}/pretrain_log{PER_PRETRAINED}.csv",
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         model=RUN["model"]["name"],
         pretrained=RUN["model"]["pretrained"] or "",
         train=lambda wildcards: (

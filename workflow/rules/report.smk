@@ -51,7 +51,7 @@ rule report:
         markdown="results/table.md",
         **SWEEP_REPORT["output"],
     params:
-        benchmark=BENCHMARK,
+        benchmark=BENCHMARK_ARG,
         bench=BENCH_SPEC,
         code=step_code("report"),
         results=lambda wildcards, output: os.path.dirname(output.inputs),
