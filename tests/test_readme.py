@@ -21,7 +21,8 @@ README = (ROOT / "README.md").read_text()
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 EMBEDDED = PARAMS["presets"]["embedded"]
 MAIN = ("snakemake", "--cores", "all", "results/table.csv")
-FIXTURE = "/tmp/flyp-fixture"  # the README's fixture folder; the test writes one of its own
+# The README's fixture folders (ImageNet's, your own images'); the test writes its own copies
+FIXTURES = ("/tmp/flyp-fixture", "/tmp/my-images")
 
 
 def split(line: str) -> list[list[str]]:
@@ -75,12 +76,15 @@ def dry_run(words: tuple[str, ...]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory):
-    """The README's `flyp fixture` command, writing into a folder of the test's own."""
-    out = tmp_path_factory.mktemp("readme") / "fixture"
-    words = next(w for w in FLYP if w[:2] == ("flyp", "fixture"))
-    subprocess.run([x.replace(FIXTURE, str(out)) for x in words], check=True, capture_output=True)
-    return out
+def fixture_dirs(tmp_path_factory):
+    """The README's `flyp fixture` commands, each writing into a folder of the test's own."""
+    made = {}
+    for folder in FIXTURES:
+        out = tmp_path_factory.mktemp("readme") / "fixture"
+        words = next(w for w in FLYP if w[:2] == ("flyp", "fixture") and folder in w)
+        subprocess.run([x.replace(folder, str(out)) for x in words], check=True, capture_output=True)
+        made[folder] = str(out)
+    return made
 
 
 def test_the_two_commands_are_there_as_ci_and_newcomers_run_them():
@@ -100,9 +104,10 @@ def test_flyp_commands_exist(words):
 @pytest.mark.parametrize("words", SNAKEMAKE, ids=" ".join)
 def test_snakemake_commands_dry_run(words, request):
     stated = STATED_JOBS.get(words)
-    if any(FIXTURE in w for w in words):
-        fixture = str(request.getfixturevalue("fixture_dir"))
-        words = tuple(w.replace(FIXTURE, fixture) for w in words)
+    for folder in FIXTURES:
+        if any(folder in w for w in words):
+            out = request.getfixturevalue("fixture_dirs")[folder]
+            words = tuple(w.replace(folder, out) for w in words)
     assert stated is None or dry_run(words)["total"] == stated, words
     dry_run(words)
 
