@@ -30,7 +30,7 @@ import torch
 
 from flyp.contrastive import ContrastiveTask
 from flyp.models import create_clip
-from flyp.progress import Watch
+from flyp.progress import StepLog, Watch, log_curves, open_curves
 from flyp.training import TrainConfig, fit
 
 MODEL = "flyp-tiny-rn10t"
@@ -43,7 +43,7 @@ class RandomPairs(ContrastiveTask):
         torch.manual_seed(0)
         super().__init__(create_clip(MODEL), MODEL, torch.device("cpu"))
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-        tokens = torch.randint(1, 1000, (n, 77))
+        tokens = torch.randint(1, 1000, (n, 16))  # the model's context length
         self.train_data = torch.utils.data.TensorDataset(images, tokens)
 
     def captions(self, batch):
@@ -94,6 +94,46 @@ def import_seconds(module: str, repeats: int = 3) -> float:
     return fastest(f"import {module}") - fastest("pass")
 
 
+# What opening the curves adds to a training job, which has imported torch, pandas and the loop
+# already: dvclive's import and its Live() (which imports DVC to look for a repository).
+OPEN_CURVES = """
+import tempfile, time
+import flyp.training, pandas
+start = time.perf_counter()
+from flyp.progress import open_curves
+open_curves(tempfile.mkdtemp(), None, lambda m: None)
+print(time.perf_counter() - start)
+"""
+
+
+def open_curves_seconds(repeats: int = 3) -> float:
+    """The fastest of ``repeats`` fresh processes' seconds to open the curves (OPEN_CURVES)."""
+    runs = [
+        subprocess.run([sys.executable, "-c", OPEN_CURVES], check=True, capture_output=True)
+        for _ in range(repeats)
+    ]
+    return min(float(r.stdout) for r in runs)
+
+
+def report_microseconds(calls: int = 20_000) -> dict:
+    """Microseconds a call of the loop's progress check (StepLog.due, no line due), and of a line
+    with its curve points (StepLog.line + log_curves, when dvclive is installed)."""
+    lines = StepLog(10**9, 64, lambda m: None, Watch(every_steps=0, every_seconds=3600))
+    start = time.perf_counter()
+    for step in range(calls):
+        lines.due(step)
+    costs = {"check": 1e6 * (time.perf_counter() - start) / calls}
+    with tempfile.TemporaryDirectory() as tmp:
+        live = open_curves(Path(tmp) / "c", None, lambda m: None)
+        start = time.perf_counter()
+        for step in range(calls // 20):
+            log_curves(live, step, lines.line(step, 1, 1, 1e-4, 1.0))
+        costs["line + curves" if live else "line"] = (
+            1e6 * (time.perf_counter() - start) / (calls // 20)
+        )
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -128,11 +168,15 @@ def main() -> None:
         )
         assert torch.equal(weights[v], weights["default"]), f"{v}: other weights"
     print("weights identical across variants: yes")
+    for name, micros in report_microseconds().items():
+        print(f"{name}: {micros:.1f} us a call")
     for module in ("dvclive", "tqdm", "torch"):
         try:
             print(f"import {module}: {import_seconds(module):.3f} s (fastest of 3, less `pass`)")
         except subprocess.CalledProcessError:
             print(f"import {module}: not installed")
+    if "every step + curves" in variants:
+        print(f"opening the curves in a training job: {open_curves_seconds():.3f} s (fastest of 3)")
 
 
 if __name__ == "__main__":

@@ -122,9 +122,20 @@ def open_curves(folder: Path | None, resumed_at: int | None, log: Callable[[str]
     except ImportError:
         log("training curves off: dvclive is not installed (pip install dvclive)")
         return None
+
+    class FilesOnly(Live):
+        """DVCLive's metric files alone. Live() otherwise imports DVC and opens the repository
+        (0.8 to 1 s of a job's start-up, benchmarks/RESULTS.md) for what this uses none of: an
+        experiment, a dvc.yaml, Studio's link to the repository."""
+
+        def _init_dvc(self):
+            pass
+
     if resumed_at is not None:
         _drop_points_after(Path(folder), resumed_at)
-    live = Live(dir=str(folder), resume=resumed_at is not None, save_dvc_exp=False, dvcyaml=None)
+    live = FilesOnly(
+        dir=str(folder), resume=resumed_at is not None, save_dvc_exp=False, dvcyaml=None
+    )
     log(f"training curves (DVCLive) in {folder}: dvc plots show")
     return live
 
