@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from flyp.io import Preempted, UserError
+from flyp.progress import CURVES_ROOT, Watch, curves_folder
 from flyp.settings import AUGMENTATIONS, STD_DDOFS, TIES
 
 
@@ -236,7 +237,7 @@ def _watch_options() -> list:
         click.option(
             "--progress-seconds",
             type=click.FloatRange(min=0),
-            default=60.0,
+            default=Watch.every_seconds,
             show_default=True,
             envvar="FLYP_PROGRESS_SECONDS",
             help="Seconds between training's progress lines (step, images/s, lr, loss, time left).",
@@ -244,7 +245,7 @@ def _watch_options() -> list:
         click.option(
             "--progress-steps",
             type=click.IntRange(min=0),
-            default=1000,
+            default=Watch.every_steps,
             show_default=True,
             envvar="FLYP_PROGRESS_STEPS",
             help="Steps between progress lines, if sooner than --progress-seconds (0: by time "
@@ -252,7 +253,7 @@ def _watch_options() -> list:
         ),
         click.option(
             "--curves",
-            default="logs/curves",
+            default=CURVES_ROOT,
             show_default=True,
             envvar="FLYP_CURVES",
             help="Folder for the run's DVCLive curves, in a subfolder named after --out "
@@ -263,8 +264,6 @@ def _watch_options() -> list:
 
 def _watch(out: Path, train: dict):
     """The Watch of a training command; its options taken out of ``train``."""
-    from flyp.progress import Watch, curves_folder
-
     seconds, steps, curves = (train.pop(k) for k in WATCH_OPTIONS)
     folder = None if curves in ("", "off") else curves_folder(Path(curves), out)
     return Watch(every_steps=steps, every_seconds=seconds, curves=folder)
@@ -477,8 +476,7 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
     from flyp.distributed import process_group
     from flyp.pretraining import pretrain as run
 
-    watch = _watch(out, train)
-    cfg = _train_config(**train, threads=threads)
+    watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
         run(
             get_benchmark(benchmark_name),
@@ -691,8 +689,7 @@ def _finetune(
     missing = [BY_NAME[k].flag for k in REQUIRED if train[k] is None]
     if missing and get_method(method_name).trains:
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
-    watch = _watch(out, train)
-    cfg = _train_config(**train, threads=threads)
+    watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
         result = run(
             benchmark_name,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 # Seconds between the lines of a long step when its log is a file, not a terminal.
 LINE_SECONDS = 30.0
+# Where training commands write their runs' curves by default (dvc.yaml's plots read it).
+CURVES_ROOT = "logs/curves"
 
 
 @dataclass(frozen=True)

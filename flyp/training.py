@@ -882,11 +882,10 @@ def fit(
     (AUGMENTATIONS). The resume state lives in a hidden folder beside ``out`` and is removed once
     ``out`` is written; it is written at the end of each epoch, every ``cfg.checkpoint_minutes``
     mid-epoch, and on SIGTERM or SIGUSR1, after which the run raises Preempted (the same call then
-    resumes it, mid-epoch, to the same weights). ``watch``: how often ``progress`` gets a line of
-    the run's step, rate, loss and time left, and where its DVCLive curves go (flyp.progress);
-    the loss is read at those lines alone. A non-finite training loss (kept on the device,
-    read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights (checked
-    each epoch) stop the run with a UserError, and ``out`` is not written.
+    resumes it, mid-epoch, to the same weights). ``watch``: the progress lines and curves
+    (flyp.progress). A non-finite training loss (kept on the device, read every LOSS_READ_EVERY
+    steps; the message names its step) or non-finite weights (checked each epoch) stop the run
+    with a UserError, and ``out`` is not written.
 
     In a run over several ranks (``flyp.distributed``), ``cfg.batch_size`` is the global batch:
     each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs

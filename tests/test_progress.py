@@ -221,3 +221,40 @@ def test_a_resumed_run_continues_its_curves_without_repeating_steps(tmp_path):
 # What dvc.yaml's top-level plots say of the runs' curves (tests/test_dvc_snakemake.py checks that
 # the project's dvc.yaml says the same).
 DVC_YAML_PLOTS = "plots:\n  - logs/curves:\n      x: step\n"
+
+
+def test_a_training_command_names_its_curves_after_its_checkpoint_or_has_none(
+    tmp_path, monkeypatch
+):
+    from flyp.cli import _watch
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "models" / "x" / "best.safetensors"
+    train = {"progress_seconds": 5.0, "progress_steps": 0, "curves": "logs/curves", "lr": 1.0}
+    assert _watch(out, train) == Watch(0, 5.0, Path("logs/curves/models/x/best"))
+    assert train == {"lr": 1.0}  # the rest is the training settings'
+    off = {"progress_seconds": 60.0, "progress_steps": 1000, "curves": "off"}
+    assert _watch(out, off) == Watch()
+
+
+@pytest.mark.slow  # about 25 s: a real finetuning job
+def test_flyp_finetune_logs_progress_and_writes_curves_named_after_its_checkpoint(
+    tiny_tables, tiny_captions, tiny_pretrained, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from flyp.cli import main
+    from tests.test_cli import _finetune_args
+
+    pytest.importorskip("dvclive")
+    monkeypatch.chdir(tmp_path)
+    args = _finetune_args(tiny_tables, tiny_captions, tiny_pretrained, tmp_path / "run")
+    env = {"FLYP_PROGRESS_STEPS": "1"}  # the rules' commands name no progress option
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    assert result.exit_code == 0, result.output
+    steps = [line for line in result.output.splitlines() if "] step " in line]
+    assert [line.split()[2] for line in steps] == ["1/3", "2/3", "3/3"]  # 96 images, batch 32
+    assert all("images/s" in line and ", left " in line for line in steps)
+    folder = tmp_path / "logs" / "curves" / "run" / "best"
+    assert [s for s, _ in _points(folder, "train/loss")] == [1, 2, 3]
+    assert [s for s, _ in _points(folder, "val/score")] == [3]
