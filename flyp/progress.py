@@ -163,8 +163,9 @@ def log_curves(live, step: int, values: dict) -> None:
 
 def progress_bar(iterable: Iterable | None = None, *, total=None, desc: str = "", **tqdm_options):
     """tqdm over ``iterable`` (or updated by hand) on stderr: a bar on a terminal; on a file (a
-    Snakemake log) one plain line at most every LINE_SECONDS, so that the log shows the count,
-    rate and time left without carriage returns."""
+    Snakemake log) one plain line at most every LINE_SECONDS, from LINE_SECONDS in, and one at
+    the end, so that the log of a long step shows the count, rate and time left without carriage
+    returns (and that of a short one nothing more)."""
     from tqdm import tqdm
 
     if sys.stderr.isatty():
@@ -175,6 +176,7 @@ def progress_bar(iterable: Iterable | None = None, *, total=None, desc: str = ""
         desc=desc,
         file=_Lines(sys.stderr),
         mininterval=LINE_SECONDS,
+        delay=LINE_SECONDS,  # a step shorter than that logs no line at all
         ascii=True,
         ncols=100,
         **tqdm_options,

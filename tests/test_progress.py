@@ -139,6 +139,12 @@ def test_a_long_step_in_a_log_file_writes_lines_not_carriage_returns(capsys, mon
     assert lines[-1].startswith("caching val: 100%") and "5/5" in lines[-1]
 
 
+def test_a_short_step_in_a_log_file_logs_no_progress_line(capsys):
+    for _ in progress_bar(range(5), desc="evaluating test", unit="img"):
+        pass
+    assert capsys.readouterr().err == ""
+
+
 def _points(folder, name):
     """(step, value) rows of a DVCLive metric file."""
     header, *rows = (folder / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
