@@ -255,7 +255,7 @@ def test_flyp_finetune_logs_progress_and_writes_curves_named_after_its_checkpoin
     pytest.importorskip("dvclive")
     monkeypatch.chdir(tmp_path)
     args = _finetune_args(tiny_tables, tiny_captions, tiny_pretrained, tmp_path / "run")
-    env = {"FLYP_PROGRESS_STEPS": "1"}  # the rules' commands name no progress option
+    env = {"FLYP_PROGRESS_STEPS": "1", "FLYP_CURVES": "logs/curves"}  # as the rules leave them
     result = CliRunner().invoke(main, [str(a) for a in args], env=env)
     assert result.exit_code == 0, result.output
     steps = [line for line in result.output.splitlines() if "] step " in line]
