@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from flyp.io import Preempted, UserError
+from flyp.progress import CURVES_ROOT, Watch, curves_folder
 from flyp.settings import AUGMENTATIONS, STD_DDOFS, TIES
 
 
@@ -238,10 +239,53 @@ def _train_options(f, required: bool = True):
             help="Over several processes (torchrun), BatchNorm layers normalise over the global "
             "batch, not each rank's slice (no effect on one process).",
         ),
+        *_watch_options(),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+WATCH_OPTIONS = ("progress_seconds", "progress_steps", "curves")
+
+
+def _watch_options() -> list:
+    """How a training run reports its progress (flyp.progress): no effect on a number, so the
+    rules pass none of them (an environment variable sets each)."""
+    return [
+        click.option(
+            "--progress-seconds",
+            type=click.FloatRange(min=0),
+            default=Watch.every_seconds,
+            show_default=True,
+            envvar="FLYP_PROGRESS_SECONDS",
+            help="Seconds between training's progress lines (step, images/s, lr, loss, time left).",
+        ),
+        click.option(
+            "--progress-steps",
+            type=click.IntRange(min=0),
+            default=Watch.every_steps,
+            show_default=True,
+            envvar="FLYP_PROGRESS_STEPS",
+            help="Steps between progress lines, if sooner than --progress-seconds (0: by time "
+            "only).",
+        ),
+        click.option(
+            "--curves",
+            default=CURVES_ROOT,
+            show_default=True,
+            envvar="FLYP_CURVES",
+            help="Folder for the run's DVCLive curves, in a subfolder named after --out "
+            "(`dvc plots show`); 'off': none. Needs dvclive; without it the run says so.",
+        ),
+    ]
+
+
+def _watch(out: Path, train: dict):
+    """The Watch of a training command; its options taken out of ``train``."""
+    seconds, steps, curves = (train.pop(k) for k in WATCH_OPTIONS)
+    folder = None if curves in ("", "off") else curves_folder(Path(curves), out)
+    return Watch(every_steps=steps, every_seconds=seconds, curves=folder)
 
 
 def _train_config(
@@ -458,7 +502,7 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
     from flyp.distributed import process_group
     from flyp.pretraining import pretrain as run
 
-    cfg = _train_config(**train, threads=threads)
+    watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
         run(
             get_benchmark(benchmark_name),
@@ -469,6 +513,7 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
             log_csv=log_csv,
             device=here,
             log=_log,
+            watch=watch,
         )
 
 
@@ -670,7 +715,7 @@ def _finetune(
     missing = [BY_NAME[k].flag for k in REQUIRED if train[k] is None]
     if missing and get_method(method_name).trains:
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
-    cfg = _train_config(**train, threads=threads)
+    watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
         result = run(
             benchmark_name,
@@ -689,6 +734,7 @@ def _finetune(
             eval_cache=eval_cache,
             keep_last=keep_last,
             log=_log,
+            watch=watch,
         )
         if not is_main():
             return None

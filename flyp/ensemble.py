@@ -186,7 +186,7 @@ def evaluate_alphas(
         interpolated_classifier(zs, ft, a, bench.classnames, bench.templates, options["device"])
         for a in grid
     ]
-    logits, labels = predict_many(classifiers, val_set, **options)
+    logits, labels = predict_many(classifiers, val_set, desc="evaluating ID-val", **options)
     metrics = evaluate_classifiers(
         classifiers, bench, data_dir, eval_cache=eval_cache, log=lambda m: None, **options
     )

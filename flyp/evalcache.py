@@ -32,6 +32,7 @@ import torch
 
 from flyp.io import UserError, atomic_path, read_json, sha256_file, write_json
 from flyp.loading import make_loader
+from flyp.progress import progress_bar
 
 FORMAT = "flyp-evalcache/1"
 MANIFEST = "evalcache.json"
@@ -99,9 +100,12 @@ def write_images(dataset, path: Path, *, batch_size: int, num_workers: int) -> N
     with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         start = 0
-        for images, _ in make_loader(dataset, batch_size=batch_size, workers=num_workers):
-            array[start : start + len(images)] = images.numpy()
-            start += len(images)
+        loader = make_loader(dataset, batch_size=batch_size, workers=num_workers)
+        with progress_bar(total=len(dataset), unit="img", desc=f"caching {path.stem}") as bar:
+            for images, _ in loader:
+                array[start : start + len(images)] = images.numpy()
+                start += len(images)
+                bar.update(len(images))
         array.flush()
         del array
 

@@ -104,6 +104,7 @@ def evaluate_classifiers(
             num_workers=num_workers,
             device=device,
             precision=precision,
+            desc=f"evaluating {eval_set.name}",
         )
         for metrics, each in zip(results, logits, strict=True):
             metrics[eval_set.name] = score(each, labels, eval_set, dataset.df)

@@ -22,6 +22,7 @@ from flyp.models import (
     preprocess_cfg,
     save_checkpoint,
 )
+from flyp.progress import Watch
 from flyp.provenance import code_revision
 from flyp.training import (
     PROTOCOL_DEFAULTS,
@@ -128,11 +129,12 @@ def finetune(
     eval_cache: Path | None = None,
     keep_last: bool = False,
     log: Callable[[str], None] = print,
+    watch: Watch | None = None,
 ) -> dict:
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
     ``flyp evalcache`` folder of the pretrained model's preprocessing) when given. ``protocol``:
     a few-shot run's ``tie`` and ``augmentation``; ``keep_last``: a full run keeps its last epoch
-    (see ``selection``)."""
+    (see ``selection``); ``watch``: its progress lines and curves (flyp.progress)."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -157,7 +159,15 @@ def finetune(
     picks = selection(shots, keep_last, **(protocol or {}))
     info.update(ctx.notes, **picks)
     result = fit(
-        task, cfg, out=out, log_csv=log_csv, device=device, info=info, progress=log, **picks
+        task,
+        cfg,
+        out=out,
+        log_csv=log_csv,
+        device=device,
+        info=info,
+        progress=log,
+        watch=watch,
+        **picks,
     )
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 

@@ -67,6 +67,7 @@ def pretrain(
     log_csv: Path,
     device: torch.device,
     log=print,
+    watch=None,
 ) -> None:
     torch.manual_seed(cfg.seed)  # model initialisation
     clip = create_clip(model_name)
@@ -95,4 +96,14 @@ def pretrain(
         "epochs": cfg.epochs,
         "code": code_revision(),
     }
-    fit(task, cfg, out=out, log_csv=log_csv, device=device, info=info, select="last", progress=log)
+    fit(
+        task,
+        cfg,
+        out=out,
+        log_csv=log_csv,
+        device=device,
+        info=info,
+        select="last",
+        progress=log,
+        watch=watch,
+    )

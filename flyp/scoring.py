@@ -13,6 +13,7 @@ from torch import nn
 
 from flyp.devices import ARITHMETICS, arithmetic, tf32_scope
 from flyp.loading import make_loader, to_device
+from flyp.progress import progress_bar
 
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, object], float]] = {}
 
@@ -170,22 +171,26 @@ def predict_many(
     num_workers: int = 0,
     device: torch.device | None = None,
     precision: str = "fp32",
+    desc: str | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """([logits (N, C) of each classifier], labels (N,)) in one pass over ``dataset``: each batch
     is loaded (decoded, transformed, copied to the device) once and seen by every classifier while
-    it is there. Each classifier's logits are those ``predict`` gives it alone."""
+    it is there. Each classifier's logits are those ``predict`` gives it alone. ``desc``: show the
+    pass's progress under that name (flyp.progress.progress_bar; counted on the host, no sync)."""
     device = torch.device(device or next(classifiers[0].parameters()).device)
     modes = [c.training for c in classifiers]
     for c in classifiers:
         c.eval()
     loader = make_loader(dataset, batch_size=batch_size, workers=num_workers, device=device)
     logits, labels = [[] for _ in classifiers], []
-    with eval_precision(precision, device):
+    bar = progress_bar(total=len(dataset), unit="img", desc=desc, disable=desc is None)
+    with eval_precision(precision, device), bar:
         for images, y in loader:
             images = to_device(images, device)
             for out, classifier in zip(logits, classifiers, strict=True):
                 out.append(classifier(images).float())  # kept on the device: no sync a batch
             labels.append(y)
+            bar.update(len(y))
     for c, mode in zip(classifiers, modes, strict=True):
         c.train(mode)
     return [torch.cat(out).cpu() for out in logits], torch.cat(labels)

@@ -37,6 +37,7 @@ from flyp import distributed
 from flyp.devices import arithmetic, tf32_scope, use_deterministic_algorithms
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
+from flyp.progress import StepLog, Watch, log_curves, mean_since, open_curves
 from flyp.settings import AUGMENTATIONS, TIES
 from flyp.task import Task
 
@@ -633,6 +634,7 @@ class TrainingRun:
         # Where training starts and what it has kept: a new run's, unless resume() finds a state.
         self.start_epoch, self.start_step, self.resumed = 1, 0, None
         self.best_epoch, self.best_val, self.history, self.elapsed = 0, None, [], 0.0
+        self.steplog, self.live, self.last_read = None, None, None  # start_watch: rank 0's
 
     def resume(self) -> None:
         """Continue from this run's resume state, if there is one."""
@@ -678,6 +680,7 @@ class TrainingRun:
         """Log an epoch's row; keep its weights when they are the best so far."""
         self.history.append(row)
         self.progress("  ".join(f"{k}={v}" for k, v in row.items()))
+        self.watch_epoch(row, val)
         if is_better(self.select, val, self.best_val, self.tie):
             self.best_epoch, self.best_val = row["epoch"], val
             self.save_checkpoint(row["epoch"], val)
@@ -726,8 +729,48 @@ class TrainingRun:
                 clamp_logit_scale(self.module)
             losses.add(loss, (epoch - 1) * self.steps + count)
             self.guard_loss(losses, epoch, count)
+            self.report(epoch, count, losses)
             self.save_or_stop(stopping, epoch, count, losses, t0)
         return losses
+
+    def start_watch(self, watch: Watch) -> None:
+        """Rank 0: progress lines (and DVCLive curves in ``watch.curves``) from the step the run
+        starts or resumes at (flyp.progress)."""
+        if not self.main:
+            return
+        total = self.cfg.epochs * self.steps
+        self.steplog = StepLog(total, self.cfg.batch_size, self.progress, watch)
+        done = (self.start_epoch - 1) * self.steps + self.start_step
+        self.steplog.start(done)
+        self.live = open_curves(watch.curves, None if self.resumed is None else done, self.progress)
+        self.progress(
+            f"training: {total} steps ({self.cfg.epochs} epochs of {self.steps}), batch "
+            f"{self.cfg.batch_size}; a progress line every {watch.every_steps} steps or "
+            f"{watch.every_seconds:g} s"
+        )
+
+    def report(self, epoch: int, count: int, losses: LossMeter) -> None:
+        """Rank 0, after step ``count`` of ``epoch``: a progress line when one is due, with the
+        mean loss since the last one (read on the host here alone: a sync on CUDA)."""
+        step = (epoch - 1) * self.steps + count
+        if self.steplog is None or not self.steplog.due(step):
+            return
+        loss_sum = float(losses.sum)
+        loss = mean_since(self.last_read, epoch, count, loss_sum)
+        self.last_read = (epoch, count, loss_sum)
+        lr = self.optimizer.param_groups[0]["lr"]
+        log_curves(self.live, step, self.steplog.line(step, epoch, self.cfg.epochs, lr, loss))
+
+    def watch_epoch(self, row: dict, val: dict | None) -> None:
+        """An epoch's row into the curves (its mean training loss, ID-val score and loss); the
+        next progress line's rate counts from now, after the validation pass."""
+        if self.steplog is None:
+            return
+        self.steplog.restart_window()
+        values = {"epoch/train_loss": row["train_loss"] or None}
+        if val is not None:
+            values.update({"val/score": val["val_score"], "val/loss": val["val_loss"]})
+        log_curves(self.live, row["step"], {k: _number(v) for k, v in values.items()})
 
     def train_step(self, compute_loss: Callable, batch) -> torch.Tensor:
         """One step on ``batch``: forward (under bf16 autocast with ``precision`` bf16), backward
@@ -835,6 +878,7 @@ def fit(
     tie: str = "earlier",
     augmentation: str = "per_epoch",
     progress: Callable[[str], None] = print,
+    watch: Watch | None = None,
 ) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` and write the selected checkpoint to ``out``.
 
@@ -845,9 +889,10 @@ def fit(
     (AUGMENTATIONS). The resume state lives in a hidden folder beside ``out`` and is removed once
     ``out`` is written; it is written at the end of each epoch, every ``cfg.checkpoint_minutes``
     mid-epoch, and on SIGTERM or SIGUSR1, after which the run raises Preempted (the same call then
-    resumes it, mid-epoch, to the same weights). A non-finite training loss (kept on the device,
-    read every LOSS_READ_EVERY steps; the message names its step) or non-finite weights (checked
-    each epoch) stop the run with a UserError, and ``out`` is not written.
+    resumes it, mid-epoch, to the same weights). ``watch``: the progress lines and curves
+    (flyp.progress). A non-finite training loss (kept on the device, read every LOSS_READ_EVERY
+    steps; the message names its step) or non-finite weights (checked each epoch) stop the run
+    with a UserError, and ``out`` is not written.
 
     In a run over several ranks (``flyp.distributed``), ``cfg.batch_size`` is the global batch:
     each rank trains on its slice of it (RankBatches), and rank 0 alone validates, selects, logs
@@ -861,6 +906,7 @@ def fit(
         task, cfg, device, state, info=info, select=select, protocol=protocol, progress=progress
     )
     run.resume()
+    run.start_watch(watch or Watch())
     compute_loss = step_loss(task)  # after resuming: DistributedDataParallel starts in sync
     if include_start and not run.history and run.main:  # epoch 0: the starting weights
         run.validate_start()
@@ -878,6 +924,11 @@ def fit(
         run.finish(out, log_csv, include_start)
     distributed.barrier()
     return FitResult(run.best_epoch, run.best_val, run.history, run.elapsed)
+
+
+def _number(value) -> float | None:
+    """A log row's number (its CSV text, or a float), None where it has none."""
+    return None if value in (None, "") else float(value)
 
 
 def _quiet(message: str) -> None:

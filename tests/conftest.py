@@ -9,6 +9,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Training commands run by the tests write no DVCLive curves (by default under the working
+# folder, here the checkout: logs/curves/); tests/test_progress.py turns them on where it looks.
+os.environ.setdefault("FLYP_CURVES", "off")
 # The cores shared among pytest-xdist's workers (one each on two cores), so that they do not fight
 # over them.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -135,7 +135,26 @@ def test_every_plotted_file_is_written_by_the_main_job():
     files = plotted_files("embedded")
     assert sum("pretrain_log" in f for f in files) == 3  # one curve per pretraining seed
     for path in files:
+        if path == CURVES:  # written beside the training jobs' outputs, not as one of them
+            continue
         assert any(under(path, [w]) for w in written), f"dvc.yaml plots {path}; no job writes it"
+
+
+# Where training jobs write their DVCLive curves (flyp/progress.py; `flyp finetune --curves`).
+CURVES = "logs/curves"
+
+
+def test_the_runs_curves_are_plotted_from_outside_every_dvc_output(stage):
+    from flyp.cli import finetune, pretrain
+    from tests.test_progress import DVC_YAML_PLOTS
+
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert {CURVES: {"x": "step"}} in plots
+    assert yaml.safe_load(DVC_YAML_PLOTS)["plots"] == [{CURVES: {"x": "step"}}]
+    assert not under(CURVES, stage["outs"]) and not any(under(o, [CURVES]) for o in stage["outs"])
+    for command in (finetune, pretrain):
+        (curves,) = [p for p in command.params if p.name == "curves"]
+        assert curves.default == CURVES and curves.envvar == "FLYP_CURVES"
 
 
 def test_dvc_depends_on_all_parameters_and_all_code(stage):

@@ -41,10 +41,9 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from flyp.datasets import Benchmark, Download
 from flyp.io import UserError
+from flyp.progress import progress_bar
 
 CHUNK = 1 << 20
 USER_AGENT = "flyp-download/0.1 (python urllib)"
@@ -191,7 +190,7 @@ def verify(
         return
     with (
         open(path, "rb") as f,
-        tqdm(
+        progress_bar(
             total=actual,
             unit="B",
             unit_scale=True,
@@ -359,7 +358,7 @@ def _copy_from(
     with (
         stream,
         open(part, "r+b" if start else "wb") as out,
-        tqdm(
+        progress_bar(
             total=total,
             initial=start,
             unit="B",
@@ -525,7 +524,7 @@ def extract_archive(
     kind = archive_format(archive)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
     try:
-        with tqdm(
+        with progress_bar(
             total=archive.stat().st_size,
             unit="B",
             unit_scale=True,

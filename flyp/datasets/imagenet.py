@@ -41,6 +41,7 @@ import pandas as pd
 from flyp.datasets import Benchmark, Download, EvalSet, register_benchmark
 from flyp.datasets.parquet import write_table
 from flyp.io import UserError
+from flyp.progress import progress_bar
 
 _IMAGENET_SITE = "https://image-net.org/download-images.php (free account)"
 DOWNLOADS = [
@@ -247,7 +248,13 @@ def _rows(
     """One row per image of ``root/<folder>/``; paths relative to ``out_dir`` (the tables)."""
     out = os.path.abspath(out_dir)
     ids, ys, paths, more = [], [], [], {k: [] for k in extra or {}}
-    for i, (folder, label) in enumerate(zip(folders, labels, strict=True)):
+    pairs = progress_bar(
+        zip(folders, labels, strict=True),
+        total=len(folders),
+        unit="folder",
+        desc=f"listing {root.name}",
+    )
+    for i, (folder, label) in enumerate(pairs):
         rel = os.path.relpath(os.path.abspath(root / folder), out)
         for name in _image_names(root / folder):
             ids.append(f"{folder}/{name}")
