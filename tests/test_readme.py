@@ -82,7 +82,8 @@ def fixture_dirs(tmp_path_factory):
     for folder in FIXTURES:
         out = tmp_path_factory.mktemp("readme") / "fixture"
         words = next(w for w in FLYP if w[:2] == ("flyp", "fixture") and folder in w)
-        subprocess.run([x.replace(folder, str(out)) for x in words], check=True, capture_output=True)
+        words = [x.replace(folder, str(out)) for x in words]
+        subprocess.run(words, check=True, capture_output=True)
         made[folder] = str(out)
     return made
 
