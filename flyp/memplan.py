@@ -44,6 +44,7 @@ MARGIN_BYTES = 1 * GIB
 EVAL_BATCH = 256  # `flyp evaluate --batch-size`, features and ID-val scoring (flyp.scoring)
 # Weight ensembling holds at most this many bytes of mixed models at once (flyp/ensemble.py).
 ENSEMBLE_BYTES = 8 << 30
+ENSEMBLE_ALPHAS = 11  # WiSE-FT's grid, the real presets' (at most one pass's models)
 
 # How each method trains (flyp/methods/*.py), as memory sees it. ``contrastive``: both towers and
 # logit_scale, CLIP loss on (image, caption) pairs (FLYP, pretraining); ``contrastive_image_only``:
@@ -79,10 +80,8 @@ def job_kind(method: str) -> str:
         return CONTRASTIVE
     if method == EVALUATION:
         return INFERENCE
-    if method not in METHOD_KINDS:
-        raise UserError(
-            f"method {method!r}: no memory plan; expected one of {sorted(METHOD_KINDS)}"
-        )
+    if method not in METHOD_KINDS:  # a KeyError: the pre-flight check lets the job run unchecked
+        raise KeyError(f"method {method!r} has no memory kind (flyp.memplan.METHOD_KINDS)")
     return METHOD_KINDS[method]
 
 
@@ -360,7 +359,8 @@ def estimate(job: Job) -> Estimate:
         working = (
             max(step.block_saved) + 2 * max(step.block_inputs) if step.block_saved else step.outside
         )
-        mixed = ENSEMBLE_BYTES // step.params * step.params if job.method == EVALUATION else 0
+        models = min(ENSEMBLE_BYTES // step.params, ENSEMBLE_ALPHAS)  # flyp.ensemble: a pass
+        mixed = models * step.params if job.method == EVALUATION else 0
         return Estimate(step.params + mixed, 0, 0, 0, working)
     step = trace(job.model, kind, job.per_rank, job.classes, job.precision)
     if job.grad_checkpointing and not step.checkpointable:
