@@ -418,10 +418,10 @@ def _changes(job: Job) -> list[tuple[dict, str]]:
 
 def _smaller_batch(job: Job, memory: int) -> str | None:
     """The largest batch (halving) that fits, and what a smaller batch changes."""
-    batch = job.batch // 2
-    while batch >= job.gpus and not fits(replace(job, batch=batch), memory):
+    batch, least = job.batch // 2, 2 * job.gpus  # two examples a rank (BatchNorm needs two)
+    while batch >= least and not fits(replace(job, batch=batch), memory):
         batch //= 2
-    if batch < job.gpus:
+    if batch < least:
         return None
     if job.kind == INFERENCE:
         return f"--batch-size {batch}"
