@@ -264,17 +264,16 @@ def _train_config(
 def _fit_device(device, job, cfg=None):
     """The pre-flight memory check (flyp.memplan) of the job ``job()`` makes, before it
     allocates on CUDA ``device`` (a CPU job runs as it is, unchecked): one line naming the
-    settings that would fit when it does not. Returns ``cfg`` (a TrainConfig) with its
-    grad_checkpointing "auto" resolved (on a CPU: off); the checkpoint records the value used."""
+    settings that would fit when it does not. Returns ``cfg`` (a TrainConfig), with what its
+    grad_checkpointing "auto" resolves to on this device (``checkpoint_blocks``; on a CPU: off),
+    which the checkpoint records (``grad_checkpointing: {auto: ...}``)."""
     from dataclasses import replace
 
     from flyp import memplan
 
     auto = cfg is not None and cfg.grad_checkpointing == "auto"
     if device.type != "cuda":
-        return (
-            None if cfg is None else replace(cfg, grad_checkpointing=cfg.grad_checkpointing is True)
-        )
+        return replace(cfg, checkpoint_blocks=False) if auto else cfg
     job = job()
     try:
         job = memplan.preflight(job, device, auto=auto)
@@ -283,7 +282,7 @@ def _fit_device(device, job, cfg=None):
     except Exception as e:  # an architecture or method the planner cannot trace: unchecked
         _log(f"note: no memory plan for {job.name} ({type(e).__name__}: {e})")
         job = replace(job, grad_checkpointing=False) if auto else job
-    return None if cfg is None else replace(cfg, grad_checkpointing=job.grad_checkpointing)
+    return replace(cfg, checkpoint_blocks=job.grad_checkpointing) if auto else cfg
 
 
 def _training_job(what: str, model: str, method: str, cfg, classes: int = 0):

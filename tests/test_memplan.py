@@ -2,6 +2,8 @@
 CPU: the meta-device trace against a real step's saved tensors, every preset's defaults against
 one 80 GB GPU, and a faked small GPU."""
 
+import json
+
 import open_clip
 import pytest
 import torch
@@ -128,14 +130,17 @@ def test_the_cli_check_resolves_auto_on_a_gpu_and_leaves_a_cpu_job_as_it_is(monk
     cfg = TrainConfig(1, 1e-5, 0.1, 512, 0, 0, grad_checkpointing="auto")
     job = memplan.Job("imagenet flyp", VIT, "flyp", 512, 1000)
     monkeypatch.setattr(memplan, "device_memory", lambda device: (GPU_80, GPU_80))
-    assert _fit_device(torch.device("cuda"), lambda: job, cfg).grad_checkpointing is True
+    assert _fit_device(torch.device("cuda"), lambda: job, cfg).checkpoint_blocks is True
     monkeypatch.setattr(memplan, "device_memory", lambda device: (141 << 30, 141 << 30))
-    assert _fit_device(torch.device("cuda"), lambda: job, cfg).grad_checkpointing is False
+    assert _fit_device(torch.device("cuda"), lambda: job, cfg).checkpoint_blocks is False
 
     def no_plan():
         raise AssertionError("a CPU job is not planned")
 
-    assert _fit_device(torch.device("cpu"), no_plan, cfg).grad_checkpointing is False
+    on_cpu = _fit_device(torch.device("cpu"), no_plan, cfg)
+    assert on_cpu.grad_checkpointing == "auto" and on_cpu.checkpoint_blocks is False
+    fixed = TrainConfig(1, 1e-5, 0.1, 512, 0, 0)  # false: nothing to resolve
+    assert _fit_device(torch.device("cpu"), no_plan, fixed) == fixed
 
 
 def test_a_finetune_on_a_faked_small_gpu_stops_before_it_allocates(
@@ -158,7 +163,9 @@ def test_a_cpu_finetune_with_auto_trains_without_checkpointing_and_records_it(
     result = invoke(*_finetune(tiny_tables, tiny_captions, tiny_pretrained, out, "auto"))
     assert result.exit_code == 0, result.output
     with safe_open(str(out), framework="pt") as f:
-        assert '"grad_checkpointing": false' in f.metadata()["flyp"]
+        info = json.loads(f.metadata()["flyp"])["info"]
+    assert info["config"]["grad_checkpointing"] == "auto"  # as asked: resumes on any device
+    assert info["grad_checkpointing"] == {"auto": False}  # as run
 
 
 def _finetune(tables, captions, pretrained, out, grad_checkpointing):
