@@ -75,11 +75,17 @@ def _csv_ints(value: str, option: str) -> list[int]:
         raise UserError(f"{option}: expected comma-separated integers, got {value!r}") from None
 
 
-def _setup_torch(threads: int):
+def _setup_torch(threads: int, deterministic: bool = False):
+    """Torch's CPU threads and, for a training command with --deterministic, deterministic
+    kernels: set here, before anything touches CUDA (cuBLAS reads its workspace setting once)."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
+    if deterministic:
+        from flyp.devices import use_deterministic_algorithms
+
+        use_deterministic_algorithms()
     return torch
 
 
@@ -113,14 +119,20 @@ threads_option = click.option(
     help="Torch CPU threads (0: torch's default).",
 )
 device_option = click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N. auto and cuda take a GPU no other flyp process holds "
+    "(lock files); cuda:N waits for GPU N while another holds it ($FLYP_GPU_WAIT seconds, "
+    "default 600, then an error).",
 )
 train_device_option = click.option(
     "--device",
     default="auto",
     show_default=True,
-    help="auto, cpu, cuda or cuda:N. Launched by torchrun over several processes "
-    "(`torchrun --nproc_per_node N -m flyp.cli ...`): auto or cuda (rank r on cuda:r, "
+    help="auto, cpu, cuda or cuda:N, claimed as by `flyp evaluate --device`. Launched by "
+    "torchrun over several processes (`torchrun --nproc_per_node N -m flyp.cli ...`): auto or "
+    "cuda (each rank claims a GPU no other flyp process holds, not necessarily cuda:<rank>; "
     "NCCL) or cpu (gloo); --batch-size is then the global batch, split over the ranks.",
 )
 
@@ -219,6 +231,13 @@ def _train_options(f, required: bool = True):
         ),
         click.option("--no-grad-checkpointing", is_flag=True, help="Off (the default)."),
         click.option(
+            "--deterministic",
+            is_flag=True,
+            help="Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS's fixed "
+            "workspace, no cuDNN autotuning): on a GPU a rerun or a resumed run matches bit for "
+            "bit, at some speed; an op with no deterministic kernel stops the run.",
+        ),
+        click.option(
             "--sync-bn/--no-sync-bn",
             default=True,
             show_default=True,
@@ -239,6 +258,7 @@ def _train_config(
     compile_towers,
     grad_checkpointing,
     no_grad_checkpointing,
+    deterministic,
     sync_bn,
     threads,
     **settings,
@@ -257,6 +277,7 @@ def _train_config(
         grad_checkpointing={None: False, "on": True, "auto": "auto"}[
             None if no_grad_checkpointing else grad_checkpointing
         ],
+        deterministic=deterministic,
         sync_bn=sync_bn,
     )
 
@@ -474,7 +495,7 @@ def captions(benchmark_name, data_dir, out_dir):
 def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device, **train):
     """Contrastively pretrain a CLIP from scratch on the benchmark's pretraining table."""
     threads = _threads_per_rank(threads)
-    _setup_torch(threads)
+    _setup_torch(threads, train["deterministic"])
     from flyp.datasets import get_benchmark
     from flyp.distributed import process_group
     from flyp.pretraining import pretrain as run
@@ -727,7 +748,7 @@ def _finetune(
 ):
     """`flyp finetune`: the device it ran on (None on a rank other than 0 of several)."""
     threads = _threads_per_rank(threads)
-    _setup_torch(threads)
+    _setup_torch(threads, train["deterministic"])
     from flyp.distributed import is_main, process_group
     from flyp.finetuning import finetune as run
     from flyp.methods import get_method

@@ -80,7 +80,8 @@ def process_group(device: str = "auto"):
     """The torch device of this process, inside the process group that torchrun's environment
     describes (no group when launched as one process: ``resolve_device`` alone). With ``auto`` on
     a machine with GPUs, or ``cuda``, each rank claims a GPU that no other flyp process holds
-    (``resolve_device``) and the ranks join over NCCL; with ``cpu``, or ``auto`` on a machine
+    (through lock files, so not necessarily cuda:<rank>) and makes it its current device
+    (``resolve_device``), and the ranks join over NCCL; with ``cpu``, or ``auto`` on a machine
     without GPUs, they are CPU processes joined over gloo."""
     ranks = launched_ranks()
     if ranks == 1:
@@ -91,16 +92,14 @@ def process_group(device: str = "auto"):
             f"--device {device}: a run over {ranks} processes gives each rank a GPU "
             f"of its own; use auto, cuda or cpu"
         )
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    if gpus and gpus < per_node:  # checked before claiming: a rank would wait for a GPU
+        raise UserError(
+            f"{per_node} processes on this machine, but it has {gpus} CUDA GPU(s): one "
+            f"each is needed (runtime.gpus_per_job)"
+        )
     here = resolve_device(device)
-    if here.type == "cuda":
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
-        if torch.cuda.device_count() < per_node:
-            raise UserError(
-                f"{per_node} processes on this machine, but it has "
-                f"{torch.cuda.device_count()} CUDA GPU(s): one each is needed "
-                f"(runtime.gpus_per_job)"
-            )
-        torch.cuda.set_device(here)
     dist.init_process_group("nccl" if here.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield here

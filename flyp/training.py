@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from flyp import distributed
-from flyp.devices import arithmetic, tf32_scope
+from flyp.devices import arithmetic, tf32_scope, use_deterministic_algorithms
 from flyp.io import Preempted, UserError, atomic_path, sha256_json, write_text
 from flyp.loading import STOP_SIGNALS, make_loader
 from flyp.settings import AUGMENTATIONS, TIES
@@ -67,6 +67,10 @@ class TrainConfig:
     # What "auto" was resolved to on the job's device (flyp.memplan, by the CLI); the same numbers
     # either way, so a run resumes across it (another GPU may resolve it otherwise).
     checkpoint_blocks: bool | None = None
+    # Deterministic kernels (set for the process by the CLI: flyp.devices.
+    # use_deterministic_algorithms); on a GPU, a rerun matches bit for bit. Recorded in the
+    # checkpoint when on (``run_record``); a run resumes across it.
+    deterministic: bool = False
     # Over several ranks, BatchNorm layers normalise with the statistics of the global batch (as
     # one process does), not of each rank's slice (open_clip's --use-bn-sync). No effect on one
     # process or a model without BatchNorm.
@@ -74,7 +78,7 @@ class TrainConfig:
 
 
 # TrainConfig fields that change how a run goes, not what it computes: a run resumes across them.
-RUNTIME_ONLY = ("num_workers", "checkpoint_minutes", "checkpoint_blocks")
+RUNTIME_ONLY = ("num_workers", "checkpoint_minutes", "deterministic", "checkpoint_blocks")
 # Fields that change a result only over several ranks, as the number of ranks itself does: like
 # it, not part of the run's settings (a run resumes across them); a checkpoint records what they
 # did (``run_record``: its "ranks").
@@ -89,11 +93,13 @@ def result_config(cfg: TrainConfig) -> dict:
 def run_record(cfg: TrainConfig, device: torch.device, synced_bn: bool) -> dict:
     """What a checkpoint records of how its run computed: the training steps' arithmetic (fp32,
     tf32 or bf16: ``flyp.devices.arithmetic``) and the ranks (how many; whether BatchNorm layers
-    normalised over all of them)."""
-    auto = cfg.grad_checkpointing == "auto"  # what it was resolved to
+    normalised over all of them); ``deterministic: true`` when its kernels were (absent: not);
+    with grad_checkpointing auto, what it was resolved to."""
+    auto = cfg.grad_checkpointing == "auto"
     return {
         "arithmetic": {"training": arithmetic(cfg.precision, cfg.tf32, device)},
         "ranks": {"world_size": distributed.world_size(), "sync_bn": bool(synced_bn)},
+        **({"deterministic": True} if cfg.deterministic else {}),
         **({"grad_checkpointing": {"auto": bool(cfg.checkpoint_blocks)}} if auto else {}),
     }
 
@@ -614,6 +620,8 @@ class TrainingRun:
         self.select, self.main = select, distributed.is_main()
         self.tie, self.augmentation = protocol["tie"], protocol["augmentation"]
         self.progress = progress if self.main else _quiet
+        if cfg.deterministic:  # the CLI set it before CUDA started; a library caller, here
+            use_deterministic_algorithms()
         self.module = task.module.to(device)
         synced = cfg.sync_bn and distributed.world_size() > 1
         synced = synced and distributed.sync_batchnorm(self.module, device)

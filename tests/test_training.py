@@ -310,22 +310,27 @@ def test_tf32_is_the_training_steps_alone_and_restored_after(tmp_path, monkeypat
 
     optimizer_step = training.optimizer_step
     monkeypatch.setattr(training, "optimizer_step", noting_step)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    task = FlagTask()
-    cfg = TrainConfig(**{**CFG.__dict__, "tf32": tf32})
-    fit(
-        task,
-        cfg,
-        out=tmp_path / "best.pt",
-        log_csv=tmp_path / "log.csv",
-        device=torch.device("cpu"),
-        info={},
-        progress=lambda m: None,
-    )
+    # Set and restored by hand: torch's cuBLAS flag object has no attribute of its own that
+    # monkeypatch could put back (its undo fails with AttributeError).
+    saved = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        task = FlagTask()
+        fit(
+            task,
+            TrainConfig(**{**CFG.__dict__, "tf32": tf32}),
+            out=tmp_path / "best.pt",
+            log_csv=tmp_path / "log.csv",
+            device=torch.device("cpu"),
+            info={},
+            progress=lambda m: None,
+        )
+        after = tf32_flags()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     assert task.seen["forward"] == task.seen["backward"] == steps == {(tf32, tf32)}
     assert task.seen["validate"] == task.seen["save"] == {(False, False)}
-    assert tf32_flags() == (False, True)
+    assert after == (False, True)
 
 
 @pytest.mark.parametrize(

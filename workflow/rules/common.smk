@@ -216,7 +216,7 @@ CLUSTER = workflow.nodes is not None or workflow.remote_exec
 # A job on a GPU (device cuda or cuda:N, or auto where a GPU is found or on a cluster) declares
 # `gpu=1` (a training job `gpu=runtime.gpus_per_job`), the resource Snakemake's SLURM executor
 # turns into --gpus. A local run then runs at most as many of them at once as the machine has GPUs
-# (each job, or each rank, claims a free one: flyp.training.resolve_device), unless
+# (each job, or each rank, claims a free one: flyp.devices.resolve_device), unless
 # `--resources gpu=N` says otherwise. On a cluster the scheduler hands out GPUs.
 GPUS = gpu_count()
 if DEVICE.startswith("cuda") and GPUS == 0 and not CLUSTER:
@@ -225,14 +225,19 @@ if DEVICE.startswith("cuda") and GPUS == 0 and not CLUSTER:
              f"profile (--profile workflow/profiles/slurm)")
 USES_GPU = DEVICE.startswith("cuda") or (DEVICE == "auto" and (GPUS > 0 or CLUSTER))
 # The device a job is started with: a job that declares a GPU insists on one (auto becomes cuda), so
-# that a node without a GPU stops it with one line (flyp.training.resolve_device) instead of
+# that a node without a GPU stops it with one line (flyp.devices.resolve_device) instead of
 # training on the CPU; a job that declares none runs on the CPU.
 JOB_DEVICE = DEVICE if DEVICE != "auto" else "cuda" if USES_GPU else "cpu"
 GPU = {"gpu": 1} if USES_GPU else {}
+# runtime.device cuda:N names one GPU for every job: a local run then has one GPU to hand out, so
+# its GPU jobs run one at a time on GPU N (and a job started beside them waits for N's lock:
+# flyp.devices.claim_gpu).
+LOCAL_GPUS = 1 if ":" in DEVICE else GPUS
 if USES_GPU and GPUS > 0 and not CLUSTER and "gpu" not in workflow.global_resources:
-    workflow.global_resources["gpu"] = GPUS
-    print(f"note: GPU jobs: at most {GPUS} at once, one GPU each (--resources gpu=N to change)",
-          file=sys.stderr)
+    workflow.global_resources["gpu"] = LOCAL_GPUS
+    print(f"note: GPU jobs: at most {LOCAL_GPUS} at once, "
+          + (f"all on {DEVICE}" if ":" in DEVICE else "one GPU each")
+          + " (--resources gpu=N to change)", file=sys.stderr)
 
 # What each kind of job asks for besides GPUs (presets.<benchmark>.resources in params.yaml): cores,
 # host memory (mem_mb) and wall-clock minutes (runtime, SLURM's --time). Resources, not params:
@@ -259,7 +264,7 @@ def job_threads(kind, gpus=0):
     cores, so that the GPUs, not the cores, bound how many jobs run at once (one per GPU)."""
     threads = SIZES[kind]["threads"]
     if gpus and USES_GPU and GPUS > 0 and not CLUSTER:
-        threads = min(threads, max(1, workflow.cores * gpus // GPUS))
+        threads = min(threads, max(1, workflow.cores * gpus // LOCAL_GPUS))
     return threads
 
 
@@ -283,6 +288,9 @@ CHECKPOINT_MINUTES = str(RUN["runtime"]["checkpoint_minutes"])
 # One training run over several GPUs (runtime.gpus_per_job above 1): torchrun starts a process per
 # GPU (flyp/distributed.py). A param, as the switches below: the last digits of a result move.
 GPUS_PER_JOB = RUN["runtime"]["gpus_per_job"]
+if GPUS_PER_JOB > 1 and ":" in DEVICE:
+    sys.exit(f"error: params.yaml: runtime.device: {DEVICE} names one GPU, but "
+             f"runtime.gpus_per_job: {GPUS_PER_JOB} starts a process per GPU; use auto or cuda")
 # Switches that change how a GPU computes (TF32 in the training steps, as resolved for the preset;
 # compilation, recomputation, evaluation arithmetic): params, not resources, since on a GPU they
 # move the last digits of a result. BatchNorm over every rank's rows (sync_bn) is passed to the
@@ -300,6 +308,10 @@ SPEED_ARGS = " ".join(
     speed_option(k)
     for k in ("tf32", "compile", "grad_checkpointing", *(("sync_bn",) if GPUS_PER_JOB > 1 else ()))
 )
+# Deterministic kernels (runtime.deterministic): passed when asked for alone, so that the commands
+# of a run without it stay as they were.
+if RUN["runtime"]["deterministic"]:
+    SPEED_ARGS += " --deterministic"
 EVAL_PRECISION = RUN["runtime"]["eval_precision"]
 TRAIN_LAUNCH = (
     f"torchrun --standalone --nproc_per_node {GPUS_PER_JOB} -m flyp.cli"
