@@ -225,9 +225,8 @@ def _train_options(f, required: bool = True):
             is_flag=False,
             flag_value="on",
             default=None,
-            help="open_clip's gradient checkpointing (less memory, more compute; the same "
-            "numbers); auto: on where the job's memory plan does not fit its GPU without it "
-            "(flyp plan). Off by default.",
+            help="open_clip's gradient checkpointing (less memory, more compute, the same "
+            "numbers); auto: on where the job's memory plan (flyp plan) needs it. Default: off.",
         ),
         click.option("--no-grad-checkpointing", is_flag=True, help="Off (the default)."),
         click.option(
