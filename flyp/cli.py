@@ -6,6 +6,7 @@ in ``workflow/rules/`` only call these commands.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -220,11 +221,15 @@ def _train_options(f, required: bool = True):
             help="torch.compile the CLIP's image and text towers.",
         ),
         click.option(
-            "--grad-checkpointing/--no-grad-checkpointing",
-            default=False,
-            show_default=True,
-            help="open_clip's gradient checkpointing (less memory, more compute).",
+            "--grad-checkpointing",
+            type=click.Choice(["on", "auto"]),
+            is_flag=False,
+            flag_value="on",
+            default=None,
+            help="open_clip's gradient checkpointing (less memory, more compute, the same "
+            "numbers); auto: on where the job's memory plan (flyp plan) needs it. Default: off.",
         ),
+        click.option("--no-grad-checkpointing", is_flag=True, help="Off (the default)."),
         click.option(
             "--deterministic",
             is_flag=True,
@@ -295,12 +300,14 @@ def _train_config(
     tf32,
     compile_towers,
     grad_checkpointing,
+    no_grad_checkpointing,
     deterministic,
     sync_bn,
     threads,
     **settings,
 ):
-    """The TrainConfig of the training settings (flyp.settings) and run switches a command got."""
+    """The TrainConfig of the training settings (flyp.settings) and run switches a command got;
+    its ``grad_checkpointing`` "auto" until the pre-flight check (``_fit_device``) resolves it."""
     from flyp.loading import resolve_workers
     from flyp.training import TrainConfig
 
@@ -310,9 +317,48 @@ def _train_config(
         checkpoint_minutes=checkpoint_minutes,
         tf32=tf32,
         compile=compile_towers,
-        grad_checkpointing=grad_checkpointing,
+        grad_checkpointing={None: False, "on": True, "auto": "auto"}[
+            None if no_grad_checkpointing else grad_checkpointing
+        ],
         deterministic=deterministic,
         sync_bn=sync_bn,
+    )
+
+
+def _fit_device(device, job, cfg=None):
+    """The pre-flight memory check (flyp.memplan) of the job ``job()`` makes, before it
+    allocates on CUDA ``device`` (a CPU job runs as it is, unchecked): one line naming the
+    settings that would fit when it does not. Returns ``cfg`` (a TrainConfig), with what its
+    grad_checkpointing "auto" resolves to on this device (``checkpoint_blocks``; on a CPU: off),
+    which the checkpoint records (``grad_checkpointing: {auto: ...}``)."""
+    from dataclasses import replace
+
+    from flyp import memplan
+
+    auto = cfg is not None and cfg.grad_checkpointing == "auto"
+    if device.type != "cuda":
+        return replace(cfg, checkpoint_blocks=False) if auto else cfg
+    job = job()
+    try:
+        job = memplan.preflight(job, device, auto=auto)
+    except memplan.UserError:
+        raise
+    except Exception as e:  # an architecture or method the planner cannot trace: unchecked
+        _log(f"note: no memory plan for {job.name} ({type(e).__name__}: {e})")
+        job = replace(job, grad_checkpointing=False) if auto else job
+    return replace(cfg, checkpoint_blocks=job.grad_checkpointing) if auto else cfg
+
+
+def _training_job(what: str, model: str, method: str, cfg, classes: int = 0):
+    """The memory plan's view (flyp.memplan.Job) of a training run with ``cfg``."""
+    from flyp import memplan
+    from flyp.distributed import world_size
+
+    if memplan.job_kind(method) == memplan.INFERENCE or cfg.batch_size is None:
+        return memplan.Job(what, model, method, memplan.EVAL_BATCH, classes)
+    gc = cfg.grad_checkpointing is True
+    return memplan.Job(
+        what, model, method, cfg.batch_size, classes, cfg.precision, gc, world_size()
     )
 
 
@@ -504,6 +550,8 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
 
     watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
+        what = f"pretraining {model_name}"
+        cfg = _fit_device(here, lambda: _training_job(what, model_name, "pretrain", cfg), cfg)
         run(
             get_benchmark(benchmark_name),
             data_dir,
@@ -515,6 +563,40 @@ def pretrain(benchmark_name, data_dir, model_name, out, log_csv, threads, device
             log=_log,
             watch=watch,
         )
+
+
+@main.command()
+@click.option("--benchmark", "benchmark_name", required=True, help="A preset of params.yaml.")
+@click.option(
+    "--gpu-memory",
+    type=click.FloatRange(min=0, min_open=True),
+    default=80.0,
+    show_default=True,
+    help="GiB of memory of one GPU (an H100: 80, an H200: 141).",
+)
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), help="Every method's (a what-if).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Every method's.")
+@click.option(
+    "--grad-checkpointing",
+    type=click.Choice(["true", "false", "auto"]),
+    help="runtime.grad_checkpointing.",
+)
+@click.option("--no-grad-checkpointing", is_flag=True, help="As --grad-checkpointing false.")
+@click.option("--gpus-per-job", type=click.IntRange(min=1), help="runtime.gpus_per_job.")
+def plan(benchmark_name, gpu_memory, params_path, no_grad_checkpointing, **overrides):
+    """Estimate each GPU job's peak memory for a preset of params.yaml (meta device: no GPU, no
+    weights) and say whether it fits one GPU of --gpu-memory GiB, and what would if not."""
+    from flyp.workflow.gpuplan import plan as make_plan
+    from flyp.workflow.gpuplan import preset_jobs, table
+
+    root = _project_root()
+    gc = "false" if no_grad_checkpointing else overrides["grad_checkpointing"]
+    overrides["grad_checkpointing"] = {"true": True, "false": False}.get(gc, gc)
+    schema = root / "workflow" / "schemas" / "params.schema.yaml"
+    jobs = preset_jobs(params_path or root / "params.yaml", schema, benchmark_name, overrides)
+    memory = int(gpu_memory * (1 << 30))
+    click.echo(table(make_plan(jobs, memory), memory))
 
 
 @main.command()
@@ -685,6 +767,15 @@ def fewshot(metrics_out, provenance_out, eval_precision, **settings):
     )
 
 
+def _finetune_job(benchmark_name, pretrained_path, method_name, cfg):
+    from flyp.datasets import get_benchmark
+    from flyp.models import checkpoint_layout
+
+    model = checkpoint_layout(pretrained_path)[0]["model_name"]
+    classes = len(get_benchmark(benchmark_name).classnames)
+    return _training_job(f"{benchmark_name} {method_name}", model, method_name, cfg, classes)
+
+
 def _finetune(
     benchmark_name,
     data_dir,
@@ -717,6 +808,8 @@ def _finetune(
         raise click.UsageError(f"method {method_name!r} trains: {', '.join(missing)} required")
     watch, cfg = _watch(out, train), _train_config(**train, threads=threads)  # in this order
     with process_group(device) as here:
+        job = functools.partial(_finetune_job, benchmark_name, pretrained_path, method_name, cfg)
+        cfg = _fit_device(here, job, cfg)
         result = run(
             benchmark_name,
             data_dir,
@@ -826,6 +919,7 @@ def evaluate(
 
     grid = _ensemble_grid(alphas, zeroshot, curve_out, wise_out)
     device = resolve_device(device)
+    _fit_device(device, lambda: _evaluation_job(benchmark_name, checkpoint, batch_size, zeroshot))
     options = dict(
         batch_size=batch_size,
         num_workers=resolve_workers(workers, threads),
@@ -857,6 +951,19 @@ def evaluate(
             wise_out=wise_out,
             zeroshot_metrics=zeroshot_metrics,
         )
+
+
+def _evaluation_job(benchmark_name, checkpoint, batch_size, zeroshot):
+    """The memory plan's view of `flyp evaluate` (with weight ensembling's models when
+    ``zeroshot``)."""
+    from flyp import memplan
+    from flyp.datasets import get_benchmark
+    from flyp.models import checkpoint_layout
+
+    model = checkpoint_layout(checkpoint)[0]["model_name"]
+    method = memplan.EVALUATION if zeroshot is not None else "zeroshot"
+    classes = len(get_benchmark(benchmark_name).classnames)
+    return memplan.Job(f"evaluation of {checkpoint}", model, method, batch_size, classes)
 
 
 def _ensemble_grid(

@@ -169,6 +169,8 @@ def provenance(ckpt, checkpoint_path, data_dir, evaluated_in: str = "fp32") -> d
         },
         "arithmetic": arithmetic_record(info, evaluated_in),
         "ranks": info.get("ranks"),  # training's: how many, whether BatchNorm synchronised
+        # runtime.grad_checkpointing auto: what the training job's GPU resolved it to
+        **{k: info[k] for k in ("grad_checkpointing",) if k in info},
         # training's kernels were deterministic (runtime.deterministic); absent: not asked for
         **({"deterministic": True} if info.get("deterministic") else {}),
         "experiment": experiment_name(),

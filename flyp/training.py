@@ -64,7 +64,10 @@ class TrainConfig:
     # more compute).
     tf32: bool = False
     compile: bool = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | str = False  # or "auto": on where the job's memory plan needs it
+    # What "auto" was resolved to on the job's device (flyp.memplan, by the CLI); the same numbers
+    # either way, so a run resumes across it (another GPU may resolve it otherwise).
+    checkpoint_blocks: bool | None = None
     # Deterministic kernels (set for the process by the CLI: flyp.devices.
     # use_deterministic_algorithms); on a GPU, a rerun matches bit for bit. Recorded in the
     # checkpoint when on (``run_record``); a run resumes across it.
@@ -76,7 +79,7 @@ class TrainConfig:
 
 
 # TrainConfig fields that change how a run goes, not what it computes: a run resumes across them.
-RUNTIME_ONLY = ("num_workers", "checkpoint_minutes", "deterministic")
+RUNTIME_ONLY = ("num_workers", "checkpoint_minutes", "deterministic", "checkpoint_blocks")
 # Fields that change a result only over several ranks, as the number of ranks itself does: like
 # it, not part of the run's settings (a run resumes across them); a checkpoint records what they
 # did (``run_record``: its "ranks").
@@ -91,11 +94,14 @@ def result_config(cfg: TrainConfig) -> dict:
 def run_record(cfg: TrainConfig, device: torch.device, synced_bn: bool) -> dict:
     """What a checkpoint records of how its run computed: the training steps' arithmetic (fp32,
     tf32 or bf16: ``flyp.devices.arithmetic``) and the ranks (how many; whether BatchNorm layers
-    normalised over all of them); ``deterministic: true`` when its kernels were (absent: not)."""
+    normalised over all of them); ``deterministic: true`` when its kernels were (absent: not);
+    with grad_checkpointing auto, what it was resolved to."""
+    auto = cfg.grad_checkpointing == "auto"
     return {
         "arithmetic": {"training": arithmetic(cfg.precision, cfg.tf32, device)},
         "ranks": {"world_size": distributed.world_size(), "sync_bn": bool(synced_bn)},
         **({"deterministic": True} if cfg.deterministic else {}),
+        **({"grad_checkpointing": {"auto": bool(cfg.checkpoint_blocks)}} if auto else {}),
     }
 
 
@@ -456,12 +462,14 @@ def speed_up(module: nn.Module, cfg: TrainConfig) -> None:
     """Apply the speed switches of ``cfg`` that change the module (compiled towers, gradient
     checkpointing) to the CLIP in ``module`` (the module itself, or a classifier's ``clip``).
     TF32 is the training step's alone (``train_step``)."""
-    if not (cfg.compile or cfg.grad_checkpointing):
+    checkpointing = cfg.grad_checkpointing
+    checkpointing = bool(cfg.checkpoint_blocks) if checkpointing == "auto" else checkpointing
+    if not (cfg.compile or checkpointing):
         return
     clip = getattr(module, "clip", module)
     if not hasattr(clip, "visual"):
         raise UserError(f"compile / grad_checkpointing: {type(module).__name__} holds no CLIP")
-    if cfg.grad_checkpointing:
+    if checkpointing:
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in clip.modules()):
             # The recomputed forward would update BatchNorm's running statistics twice a step.
             raise UserError(

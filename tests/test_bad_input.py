@@ -112,6 +112,9 @@ More cases:
       test_evalcache.py: test_a_cache_made_for_another_resolution_is_refused,
       test_a_cache_of_tables_that_changed_since_is_refused,
       test_evaluate_refuses_a_folder_that_is_not_a_cache, test_bad_input_to_evalcache_is_one_line
+- a job too big for its GPU's free memory (runtime.grad_checkpointing, batch, precision)
+      test_memplan.py: test_the_pre_flight_check_stops_a_job_that_would_not_fit_with_one_line,
+      test_a_finetune_on_a_faked_small_gpu_stops_before_it_allocates
 """
 
 import errno

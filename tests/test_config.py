@@ -385,3 +385,18 @@ def test_last_epoch_selection_keeps_imagenets_val_in_train_and_no_other_benchmar
         "seed": 0
     }
     assert prepare_options({"data": {}}, SimpleNamespace(downloads=[], prepare=len)) == {}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [(None, "auto"), ("auto", "auto"), ("true", True), ("false", False)]
+)
+def test_grad_checkpointing_is_auto_unless_runtime_says_true_or_false(params, given, expected):
+    """auto: each GPU job decides from its memory plan (flyp.memplan); ``--config
+    runtime="{grad_checkpointing: true}"`` reads as a string, coerced."""
+    params["runtime"].pop("grad_checkpointing", None)
+    if given is not None:
+        params["runtime"]["grad_checkpointing"] = given
+    assert load_params(params, SCHEMA)["runtime"]["grad_checkpointing"] == expected
+    params["runtime"]["grad_checkpointing"] = "sometimes"
+    with pytest.raises(UserError, match=r"^params.yaml: runtime.grad_checkpointing: "):
+        load_params(params, SCHEMA)

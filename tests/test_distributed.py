@@ -302,8 +302,10 @@ def test_a_batch_the_ranks_cannot_share_equally_is_refused(monkeypatch, tmp_path
 @pytest.mark.parametrize(
     ("runtime", "switches"),
     [
-        ("{gpus_per_job: 1}", " --no-tf32 --no-compile --no-grad-checkpointing "),
-        ("{gpus_per_job: 2}", " --no-tf32 --no-compile --no-grad-checkpointing --sync-bn "),
+        # grad_checkpointing auto (the default): decided by the job on its GPU (flyp.memplan)
+        ("{gpus_per_job: 1}", " --no-tf32 --no-compile --grad-checkpointing auto "),
+        ("{gpus_per_job: 2}", " --no-tf32 --no-compile --grad-checkpointing auto --sync-bn "),
+        ("{gpus_per_job: 1, grad_checkpointing: false}", " --no-compile --no-grad-checkpointing "),
         ("{gpus_per_job: 2, sync_bn: false, tf32: true}", " --tf32 --no-compile "),
     ],
 )

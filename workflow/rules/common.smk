@@ -304,8 +304,17 @@ if GPUS_PER_JOB > 1 and ":" in DEVICE:
 # compilation, recomputation, evaluation arithmetic): params, not resources, since on a GPU they
 # move the last digits of a result. BatchNorm over every rank's rows (sync_bn) is passed to the
 # jobs that torchrun starts alone: one process has nothing to synchronise.
+# grad_checkpointing auto is decided by the job on its GPU (flyp.memplan: on where the job's memory
+# plan does not fit without it); a job on the CPU runs it off, as `--no-grad-checkpointing` says.
+def speed_option(key):
+    value = RUN["runtime"][key]
+    if value == "auto":
+        return cli_option(key, False) if JOB_DEVICE == "cpu" else f"--{key.replace('_', '-')} auto"
+    return cli_option(key, value)
+
+
 SPEED_ARGS = " ".join(
-    cli_option(k, RUN["runtime"][k])
+    speed_option(k)
     for k in ("tf32", "compile", "grad_checkpointing", *(("sync_bn",) if GPUS_PER_JOB > 1 else ()))
 )
 # Deterministic kernels (runtime.deterministic): passed when asked for alone, so that the commands
