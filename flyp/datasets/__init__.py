@@ -96,7 +96,7 @@ def register_benchmark(name: str):
 
 # Modules of this package that are tools, not benchmarks (``tables`` imports torch: the download
 # and prepare jobs and the Snakefile must not pay for it).
-_NOT_BENCHMARKS = {"download", "manifest", "parquet", "rawdata", "tables"}
+_NOT_BENCHMARKS = {"download", "manifest", "parquet", "rawdata", "resized", "tables"}
 
 
 def _load_all() -> None:

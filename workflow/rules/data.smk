@@ -76,3 +76,44 @@ rule eval_cache:
         "flyp evalcache --benchmark {params.benchmark:q} --checkpoint {input.pretrained} "
         "--data {input.tables} --out {output.cache} --threads {threads} "
         "--workers {resources.workers:q} 2> {log}"
+
+
+# A copy of the train images with the shorter side cut to presets.<name>.data.train_resize px
+# (flyp/datasets/resized.py), made once, which every training job reads instead of the full-size
+# images: decoding is most of the data path's time (benchmarks/RESULTS.md). It is remade when the
+# prepared tables are (the raw train images changed), its code or the side changes, nothing
+# else; a training job refuses a copy whose source table or image files changed since.
+TRAIN_RESIZE = RUN["data"].get("train_resize")
+TRAIN_COPY = f"data/{BENCHMARK}/train_resized"
+
+
+def train_copy(wildcards):
+    """The resized copy a job reads: for a method that trains, when the preset asks for one."""
+    return {"train_copy": TRAIN_COPY} if TRAIN_RESIZE and trains(wildcards) else {}
+
+
+def train_copy_args(wildcards):
+    """`--train-data` with a space before it, or nothing (the command as without a copy)."""
+    return f" --train-data {TRAIN_COPY}" if train_copy(wildcards) else ""
+
+
+if TRAIN_RESIZE:
+
+    rule resize_train:
+        input:
+            tables=TABLES,
+        output:
+            resized=directory(TRAIN_COPY),
+        params:
+            side=TRAIN_RESIZE,
+            code=step_code("resize"),
+        threads: job_threads("prepare")
+        resources:
+            **job_size("prepare"),
+        conda:
+            ENV
+        log:
+            f"logs/{BENCHMARK}/resize_train.log",
+        shell:
+            "flyp resize --data {input.tables} --out {output.resized} --side {params.side} "
+            "--workers {threads} 2> {log}"
