@@ -202,7 +202,8 @@ def open_resized(train_dir: Path, data_dir: Path, name: str = "train") -> dict:
     from flyp.datasets import table_path
 
     train_dir = Path(train_dir)
-    manifest = read_json(train_dir / MANIFEST)
+    found = (train_dir / MANIFEST).is_file()
+    manifest = read_json(train_dir / MANIFEST) if found else {}
     if manifest.get("format") != FORMAT or name not in manifest.get("tables", {}):
         raise UserError(
             f"--train-data {train_dir}: not a resized copy of a {name} table "
