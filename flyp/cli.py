@@ -536,6 +536,14 @@ FEWSHOT_PROTOCOL_OPTIONS = [
 ]
 
 
+train_data_option = click.option(
+    "--train-data",
+    "train_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read the train table from this `flyp resize` copy (resized images) instead of --data's.",
+)
+
+
 def _finetune_options(f):
     """The options of `flyp finetune`, which `flyp fewshot` shares."""
     options = [
@@ -577,12 +585,7 @@ def _finetune_options(f):
             type=click.Path(file_okay=False, path_type=Path),
             help="Read ID-val from this `flyp evalcache` folder instead of decoding it.",
         ),
-        click.option(
-            "--train-data",
-            "train_dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Read the train table from this `flyp resize` copy instead of --data's.",
-        ),
+        train_data_option,
         click.option(
             "--keep-last",
             is_flag=True,
