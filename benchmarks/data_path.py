@@ -8,9 +8,10 @@ ImageNet's typical size (about 400x350, quality 90) read from files as the real 
 - eval cache: the eval transform's uint8 images written once (``flyp.evalcache``, what
   ``flyp evalcache`` writes per set) and read from the memory-mapped array, against decoding and
   transforming them (old and new path) for every evaluation;
-- resized copy: train images/s per core (decode + train transform, workers 0) from full-size
-  JPEGs of ImageNet's sizes (500x375, 375x500, 500x333; a few 1024x768 and 1600x1200) against
-  the copy ``flyp resize`` makes of them (shorter side ``--side``, JPEG quality 95).
+- resized copy: train images/s per core (decode + seeded train crop, in the main process) from
+  full-size JPEGs of ImageNet's sizes (500x375, 375x500, 500x333; a few 1024x768 and 1600x1200)
+  against the copy ``flyp resize`` makes of them (shorter side ``--side``, JPEG quality 95), by
+  the wall clock and by the process's CPU time.
 
     PYTHONPATH=. python benchmarks/data_path.py                  # 400 images, workers 0 and 1
     PYTHONPATH=. python benchmarks/data_path.py --images 100 --workers 0,2,4
@@ -39,6 +40,7 @@ from flyp.datasets.tables import ImageTable, write_table
 from flyp.evalcache import CachedImages, write_images
 from flyp.loading import make_loader, to_device
 from flyp.models import normalise_images, preprocess_transforms
+from flyp.training import SeededItems
 
 # ViT-B/16's preprocessing (OpenAI's mean and std, 224 px, bicubic, shortest-side resize).
 CFG = {
@@ -219,33 +221,43 @@ LARGE = ((1024, 768), (1600, 1200))
 
 
 def resized_figures(args) -> None:
-    """Train images/s per core (decode + train transform at 224 px, workers 0), full-size
+    """Train images/s per core (decode + train transform at 224 px, in this process), full-size
     against the resized copy, per group of sizes and for a mix of 9 typical to 1 large; each
-    rate the best of ``--repeats`` alternating runs. Also what making the copy costs."""
+    rate the best of ``--repeats`` alternating passes, by the wall clock and by this process's
+    CPU time (steadier where other processes share the cores). Also what the copy costs."""
     new_train = preprocess_transforms(CFG)[0]
     sides = [int(s) for s in args.side.split(",")]
-    n_large = max(1, args.images // 10)
     groups = {
         "500x375, 375x500, 500x333": (TYPICAL, args.images),
-        "1024x768, 1600x1200": (LARGE, n_large),
+        "1024x768, 1600x1200": (LARGE, max(1, args.images // 10)),
         "mix, 1 in 10 large": (TYPICAL * 3 + LARGE[:1] + TYPICAL * 3 + LARGE[1:], args.images),
     }
     print(
-        f"train transform at 224 px, workers 0 (one core), batch {args.batch_size}; copy: "
-        f"shorter side {', '.join(map(str, sides))} px, JPEG quality 95"
+        f"train transform at 224 px, one core, {args.threads} torch thread(s); copy: shorter side"
+        f" {', '.join(map(str, sides))} px, JPEG quality 95; img/s: wall clock | CPU time"
     )
     print(
-        f"{'images':<28}{'n':>5}{'KB':>6}{'side':>6}{'KB':>6}{'make ms':>9}"
-        f"{'full img/s':>12}{'copy img/s':>12}{'ratio':>7}"
+        f"{'images':<27}{'n':>4}{'KB':>5}{'side':>5}{'KB':>4}{'make ms':>8}"
+        f"{'full img/s':>15}{'copy img/s':>15}{'ratio':>12}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for k, (label, (sizes, n)) in enumerate(groups.items()):
-            table = jpeg_table(Path(tmp), n + args.batch_size, k, sizes, f"group{k}")
+            table = jpeg_table(Path(tmp), n, k, sizes, f"group{k}")
             for side in sides:
-                resized_row(table, label, side, new_train, args)
+                resized_row(table, label, side, new_train, args.repeats)
 
 
-def resized_row(table: Path, label: str, side: int, transform, args) -> None:
+def decode_rates(table: Path, transform) -> tuple[float, float]:
+    """(images/s by the wall clock, images/s of this process's CPU time) of reading and
+    transforming every image of ``table``, each crop seeded by its index."""
+    items = SeededItems(ImageTable(table, transform))
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(len(items)):
+        items[i]
+    return len(items) / (time.perf_counter() - wall), len(items) / (time.process_time() - cpu)
+
+
+def resized_row(table: Path, label: str, side: int, transform, repeats: int) -> None:
     """One line of ``resized_figures``: make the copy of ``table``, then time both."""
     folder, name = table.parent, table.stem
     copy = folder / f"{name}-{side}"
@@ -253,20 +265,19 @@ def resized_row(table: Path, label: str, side: int, transform, args) -> None:
     write_resized_copy(folder, copy, side, tables=(name,), log=lambda msg: None)
     made = (time.perf_counter() - start) * 1e3 / len(ImageTable(table))
     resized = copy / f"{name}.parquet"
-    full = small = 0.0
-    for _ in range(args.repeats):
-        torch.manual_seed(0)
-        full = max(full, images_per_second(table, transform, 0, True, args.batch_size))
-        torch.manual_seed(0)
-        small = max(small, images_per_second(resized, transform, 0, True, args.batch_size))
+    full, small = (0.0, 0.0), (0.0, 0.0)
+    for _ in range(repeats):
+        full = tuple(map(max, full, decode_rates(table, transform)))
+        small = tuple(map(max, small, decode_rates(resized, transform)))
     kb = [
         np.mean([(t.parent / p).stat().st_size for p in ImageTable(t).df["path"]]) / 1e3
         for t in (table, resized)
     ]
-    n = len(ImageTable(table)) - args.batch_size
+    n = len(ImageTable(table))
     print(
-        f"{label:<28}{n:>5}{kb[0]:>6.0f}{side:>6}{kb[1]:>6.0f}{made:>9.1f}"
-        f"{full:>12.1f}{small:>12.1f}{small / full:>7.2f}",
+        f"{label:<27}{n:>4}{kb[0]:>5.0f}{side:>5}{kb[1]:>4.0f}{made:>8.1f}"
+        f"{full[0]:>8.1f}{full[1]:>7.1f}{small[0]:>8.1f}{small[1]:>7.1f}"
+        f"{small[0] / full[0]:>6.2f}{small[1] / full[1]:>6.2f}",
         flush=True,
     )
 
