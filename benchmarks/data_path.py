@@ -223,13 +223,14 @@ LARGE = ((1024, 768), (1600, 1200))
 def resized_figures(args) -> None:
     """Train images/s per core (decode + train transform at 224 px, in this process), full-size
     against the resized copy, per group of sizes and for a mix of 9 typical to 1 large; each
-    rate the best of ``--repeats`` alternating passes, by the wall clock and by this process's
-    CPU time (steadier where other processes share the cores). Also what the copy costs."""
+    rate the best run of about 20 images over ``--repeats`` alternating passes, by the wall clock
+    and by this process's CPU time (steadier where other processes share the cores). Also what
+    making the copy costs a source image (one process)."""
     new_train = preprocess_transforms(CFG)[0]
     sides = [int(s) for s in args.side.split(",")]
     groups = {
         "500x375, 375x500, 500x333": (TYPICAL, args.images),
-        "1024x768, 1600x1200": (LARGE, max(1, args.images // 10)),
+        "1024x768, 1600x1200": (LARGE, max(20, args.images // 10)),
         "mix, 1 in 10 large": (TYPICAL * 3 + LARGE[:1] + TYPICAL * 3 + LARGE[1:], args.images),
     }
     print(
@@ -243,21 +244,27 @@ def resized_figures(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k, (label, (sizes, n)) in enumerate(groups.items()):
             table = jpeg_table(Path(tmp), n, k, sizes, f"group{k}")
+            chunk = len(sizes) * max(1, 20 // len(sizes))  # whole cycles of the sizes
             for side in sides:
-                resized_row(table, label, side, new_train, args.repeats)
+                resized_row(table, label, side, new_train, args.repeats, chunk)
 
 
-def decode_rates(table: Path, transform) -> tuple[float, float]:
+def decode_rates(table: Path, transform, chunk: int) -> tuple[float, float]:
     """(images/s by the wall clock, images/s of this process's CPU time) of reading and
-    transforming every image of ``table``, each crop seeded by its index."""
+    transforming the images of ``table`` (each crop seeded by its index), the best over runs of
+    ``chunk`` images (a whole cycle of the sizes): the least disturbed by other processes."""
     items = SeededItems(ImageTable(table, transform))
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(len(items)):
-        items[i]
-    return len(items) / (time.perf_counter() - wall), len(items) / (time.process_time() - cpu)
+    best_wall = best_cpu = 0.0
+    for first in range(0, len(items) - chunk + 1, chunk):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(first, first + chunk):
+            items[i]
+        best_wall = max(best_wall, chunk / (time.perf_counter() - wall))
+        best_cpu = max(best_cpu, chunk / max(time.process_time() - cpu, 1e-9))
+    return best_wall, best_cpu
 
 
-def resized_row(table: Path, label: str, side: int, transform, repeats: int) -> None:
+def resized_row(table: Path, label: str, side: int, transform, repeats: int, chunk: int) -> None:
     """One line of ``resized_figures``: make the copy of ``table``, then time both."""
     folder, name = table.parent, table.stem
     copy = folder / f"{name}-{side}"
@@ -267,8 +274,8 @@ def resized_row(table: Path, label: str, side: int, transform, repeats: int) -> 
     resized = copy / f"{name}.parquet"
     full, small = (0.0, 0.0), (0.0, 0.0)
     for _ in range(repeats):
-        full = tuple(map(max, full, decode_rates(table, transform)))
-        small = tuple(map(max, small, decode_rates(resized, transform)))
+        full = tuple(map(max, full, decode_rates(table, transform, chunk)))
+        small = tuple(map(max, small, decode_rates(resized, transform, chunk)))
     kb = [
         np.mean([(t.parent / p).stat().st_size for p in ImageTable(t).df["path"]]) / 1e3
         for t in (table, resized)
