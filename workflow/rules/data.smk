@@ -78,25 +78,7 @@ rule eval_cache:
         "--workers {resources.workers:q} 2> {log}"
 
 
-# A copy of the train images with the shorter side cut to presets.<name>.data.train_resize px
-# (flyp/datasets/resized.py), made once, which every training job reads instead of the full-size
-# images: decoding is most of the data path's time (benchmarks/RESULTS.md). It is remade when the
-# prepared tables are (the raw train images changed), its code or the side changes, nothing
-# else; a training job refuses a copy whose source table or image files changed since.
-TRAIN_RESIZE = RUN["data"].get("train_resize")
-TRAIN_COPY = f"data/{BENCHMARK}/train_resized"
-
-
-def train_copy(wildcards):
-    """The resized copy a job reads: for a method that trains, when the preset asks for one."""
-    return {"train_copy": TRAIN_COPY} if TRAIN_RESIZE and trains(wildcards) else {}
-
-
-def train_copy_args(wildcards):
-    """`--train-data` with a space before it, or nothing (the command as without a copy)."""
-    return f" --train-data {TRAIN_COPY}" if train_copy(wildcards) else ""
-
-
+# The resized train images (common.smk: TRAIN_RESIZE), when the preset asks for them.
 if TRAIN_RESIZE:
 
     rule resize_train:

@@ -33,7 +33,7 @@ rule finetune:
     input:
         unpack(method_inputs),
         unpack(sweep_selection),
-        unpack(train_copy),  # data.smk: the resized train images, when the preset has them
+        unpack(train_copy),  # the resized train images, when the preset has them
         pretrained=pretrained_model,
         tables=TABLES,
         captions=rules.captions.output.captions,
