@@ -7,10 +7,15 @@ ImageNet's typical size (about 400x350, quality 90) read from files as the real 
   device (``flyp.models.normalise_images``; here the device is the CPU);
 - eval cache: the eval transform's uint8 images written once (``flyp.evalcache``, what
   ``flyp evalcache`` writes per set) and read from the memory-mapped array, against decoding and
-  transforming them (old and new path) for every evaluation.
+  transforming them (old and new path) for every evaluation;
+- resized copy: train images/s per core (decode + seeded train crop, in the main process) from
+  full-size JPEGs of ImageNet's sizes (500x375, 375x500, 500x333; a few 1024x768 and 1600x1200)
+  against the copy ``flyp resize`` makes of them (shorter side ``--side``, JPEG quality 95), by
+  the wall clock and by the process's CPU time.
 
     PYTHONPATH=. python benchmarks/data_path.py                  # 400 images, workers 0 and 1
     PYTHONPATH=. python benchmarks/data_path.py --images 100 --workers 0,2,4
+    PYTHONPATH=. python benchmarks/data_path.py --only resized --side 273,256
 
 Each (path, transform, workers) reads every image once after a warm-up batch; the main process
 runs one torch thread (``--threads``), so workers 0 is images/s a core. Old and new alternate
@@ -30,10 +35,12 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from flyp.datasets.resized import write_resized_copy
 from flyp.datasets.tables import ImageTable, write_table
 from flyp.evalcache import CachedImages, write_images
 from flyp.loading import make_loader, to_device
 from flyp.models import normalise_images, preprocess_transforms
+from flyp.training import SeededItems
 
 # ViT-B/16's preprocessing (OpenAI's mean and std, 224 px, bicubic, shortest-side resize).
 CFG = {
@@ -56,20 +63,20 @@ def photo(rng: np.random.Generator, size=(400, 350)) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(base) + noise, 0, 255).astype(np.uint8))
 
 
-def jpeg_table(folder: Path, n: int, seed: int = 0) -> Path:
-    """``n`` JPEGs (quality 90) and a path table pointing at them; returns the table."""
+def jpeg_table(
+    folder: Path, n: int, seed: int = 0, sizes=((400, 350),), name: str = "jpegs"
+) -> Path:
+    """``n`` JPEGs (quality 90), image i of ``sizes[i % len(sizes)]`` (width, height), and a
+    path table ``<name>.parquet`` pointing at them; returns the table."""
     rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        photo(rng).save(folder / "images" / f"{i}.jpg", quality=90)
-    table = folder / "jpegs.parquet"
+    (folder / "images" / name).mkdir(parents=True, exist_ok=True)
+    paths = [f"images/{name}/{i}.jpg" for i in range(n)]
+    for i, path in enumerate(paths):
+        photo(rng, sizes[i % len(sizes)]).save(folder / path, quality=90)
+    table = folder / f"{name}.parquet"
     write_table(
         pd.DataFrame(
-            {
-                "image_id": [str(i) for i in range(n)],
-                "label": rng.integers(0, 10, n),
-                "path": [f"images/{i}.jpg" for i in range(n)],
-            }
+            {"image_id": [str(i) for i in range(n)], "label": rng.integers(0, 10, n), "path": paths}
         ),
         table,
     )
@@ -145,13 +152,19 @@ def main() -> None:
         default=2,
         help="old and new alternate; the fastest of each is kept (shared CPUs)",
     )
+    parser.add_argument("--only", choices=["all", "transforms", "resized"], default="all")
+    parser.add_argument("--side", default="273", help="the copy's shorter side(s), px")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only != "transforms":
+        resized_figures(args)
+    if args.only == "resized":
+        return
     old_train, old_eval = old_transforms(CFG)
     new_train, new_eval = preprocess_transforms(CFG)
     with tempfile.TemporaryDirectory() as tmp:
         table = jpeg_table(Path(tmp), args.images + args.batch_size)
-        size = sum(f.stat().st_size for f in (Path(tmp) / "images").iterdir())
+        size = sum(f.stat().st_size for f in (Path(tmp) / "images" / "jpegs").iterdir())
         print(
             f"{args.images} JPEGs of 400x350 (quality 90, mean {size / 1e3 / args.images:.0f}"
             f" KB), 224 px, batch {args.batch_size}, {args.threads} torch thread(s)"
@@ -197,6 +210,81 @@ def eval_cache(table: Path, folder: Path, old_eval, new_eval, args) -> None:
         f"new {new:.1f} img/s, cache {read:.1f} img/s; cache/old {read / old:.1f}x, "
         f"cache/new {read / new:.1f}x; the cache's batches alone, not normalised (on a GPU "
         f"the device normalises): {raw:.1f} img/s",
+        flush=True,
+    )
+
+
+# ImageNet's train JPEGs: most 500 px on the long side (500x375, 375x500, 500x333), a few larger
+# (camera originals). How many are larger decides a mix's figure, so each group is shown too.
+TYPICAL = ((500, 375), (375, 500), (500, 333))
+LARGE = ((1024, 768), (1600, 1200))
+
+
+def resized_figures(args) -> None:
+    """Train images/s per core (decode + train transform at 224 px, in this process), full-size
+    against the resized copy, per group of sizes and for a mix of 9 typical to 1 large; each
+    rate the best run of about 20 images over ``--repeats`` alternating passes, by the wall clock
+    and by this process's CPU time (steadier where other processes share the cores). Also what
+    making the copy costs a source image (one process)."""
+    new_train = preprocess_transforms(CFG)[0]
+    sides = [int(s) for s in args.side.split(",")]
+    groups = {
+        "500x375, 375x500, 500x333": (TYPICAL, args.images),
+        "1024x768, 1600x1200": (LARGE, max(20, args.images // 10)),
+        "mix, 1 in 10 large": (TYPICAL * 3 + LARGE[:1] + TYPICAL * 3 + LARGE[1:], args.images),
+    }
+    print(
+        f"train transform at 224 px, one core, {args.threads} torch thread(s); copy: shorter side"
+        f" {', '.join(map(str, sides))} px, JPEG quality 95; img/s: wall clock | CPU time"
+    )
+    print(
+        f"{'images':<27}{'n':>4}{'KB':>5}{'side':>5}{'KB':>4}{'make ms':>8}"
+        f"{'full img/s':>15}{'copy img/s':>15}{'ratio':>12}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (label, (sizes, n)) in enumerate(groups.items()):
+            table = jpeg_table(Path(tmp), n, k, sizes, f"group{k}")
+            chunk = len(sizes) * max(1, 20 // len(sizes))  # whole cycles of the sizes
+            for side in sides:
+                resized_row(table, label, side, new_train, args.repeats, chunk)
+
+
+def decode_rates(table: Path, transform, chunk: int) -> tuple[float, float]:
+    """(images/s by the wall clock, images/s of this process's CPU time) of reading and
+    transforming the images of ``table`` (each crop seeded by its index), the best over runs of
+    ``chunk`` images (a whole cycle of the sizes): the least disturbed by other processes."""
+    items = SeededItems(ImageTable(table, transform))
+    best_wall = best_cpu = 0.0
+    for first in range(0, len(items) - chunk + 1, chunk):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(first, first + chunk):
+            items[i]
+        best_wall = max(best_wall, chunk / (time.perf_counter() - wall))
+        best_cpu = max(best_cpu, chunk / max(time.process_time() - cpu, 1e-9))
+    return best_wall, best_cpu
+
+
+def resized_row(table: Path, label: str, side: int, transform, repeats: int, chunk: int) -> None:
+    """One line of ``resized_figures``: make the copy of ``table``, then time both."""
+    folder, name = table.parent, table.stem
+    copy = folder / f"{name}-{side}"
+    start = time.perf_counter()
+    write_resized_copy(folder, copy, side, tables=(name,), log=lambda msg: None)
+    made = (time.perf_counter() - start) * 1e3 / len(ImageTable(table))
+    resized = copy / f"{name}.parquet"
+    full, small = (0.0, 0.0), (0.0, 0.0)
+    for _ in range(repeats):
+        full = tuple(map(max, full, decode_rates(table, transform, chunk)))
+        small = tuple(map(max, small, decode_rates(resized, transform, chunk)))
+    kb = [
+        np.mean([(t.parent / p).stat().st_size for p in ImageTable(t).df["path"]]) / 1e3
+        for t in (table, resized)
+    ]
+    n = len(ImageTable(table))
+    print(
+        f"{label:<27}{n:>4}{kb[0]:>5.0f}{side:>5}{kb[1]:>4.0f}{made:>8.1f}"
+        f"{full[0]:>8.1f}{full[1]:>7.1f}{small[0]:>8.1f}{small[1]:>7.1f}"
+        f"{small[0] / full[0]:>6.2f}{small[1] / full[1]:>6.2f}",
         flush=True,
     )
 

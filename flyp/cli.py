@@ -532,6 +532,32 @@ def captions(benchmark_name, data_dir, out_dir):
 
 
 @main.command()
+@data_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--side", required=True, type=click.IntRange(min=1), help="Shorter side of the copy, px."
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    default=("train",),
+    show_default=True,
+    help="A path table of --data to copy (repeatable).",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes.")
+def resize(data_dir, out_dir, side, tables, workers):
+    """Write a copy of path tables' images with the shorter side cut to --side px (JPEG quality
+    95; smaller images copied as they are) and tables pointing at it, for `flyp finetune
+    --train-data`: training then decodes fewer pixels (flyp/datasets/resized.py)."""
+    from flyp.datasets.resized import write_resized_copy
+
+    t0 = time.time()
+    write_resized_copy(data_dir, out_dir, side, tables=tuple(tables), workers=workers, log=_log)
+    _log(f"wrote {out_dir} in {time.time() - t0:.1f}s")
+
+
+@main.command()
 @benchmark_option
 @data_option
 @click.option("--model", "model_name", required=True, help="open_clip architecture name.")
@@ -663,6 +689,14 @@ FEWSHOT_PROTOCOL_OPTIONS = [
 ]
 
 
+train_data_option = click.option(
+    "--train-data",
+    "train_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read the train table from this `flyp resize` copy (resized images) instead of --data's.",
+)
+
+
 def _finetune_options(f):
     """The options of `flyp finetune`, which `flyp fewshot` shares."""
     options = [
@@ -704,6 +738,7 @@ def _finetune_options(f):
             type=click.Path(file_okay=False, path_type=Path),
             help="Read ID-val from this `flyp evalcache` folder instead of decoding it.",
         ),
+        train_data_option,
         click.option(
             "--keep-last",
             is_flag=True,
@@ -788,6 +823,7 @@ def _finetune(
     val_loss_tie,
     augmentation,
     eval_cache,
+    train_dir,
     keep_last,
     out,
     log_csv,
@@ -825,6 +861,7 @@ def _finetune(
             draw=draw,
             protocol={"tie": val_loss_tie, "augmentation": augmentation},
             eval_cache=eval_cache,
+            train_dir=train_dir,
             keep_last=keep_last,
             log=_log,
             watch=watch,

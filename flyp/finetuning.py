@@ -10,8 +10,10 @@ import torch
 from flyp import distributed
 from flyp.datasets import Benchmark, get_benchmark
 from flyp.datasets.manifest import data_hash
+from flyp.datasets.resized import MANIFEST as RESIZED_MANIFEST
+from flyp.datasets.resized import check_crop, open_resized
 from flyp.evalcache import open_eval_cache
-from flyp.io import UserError, sha256_file, write_text
+from flyp.io import UserError, read_json, sha256_file, write_text
 from flyp.methods import Context, get_method
 from flyp.models import (
     Checkpoint,
@@ -47,11 +49,15 @@ def method_context(
     shots: int | None,
     draw: int,
     eval_cache: Path | None,
+    train_dir: Path | None = None,
 ) -> Context:
     """What a method builds its classifier or task from: the benchmark, the pretrained model with
-    its tokenizer and its own preprocessing, the data and the run's settings."""
+    its tokenizer and its own preprocessing, the data and the run's settings. ``train_dir``: a
+    resized copy of the train table (``flyp resize``), checked against ``data_dir``'s."""
     tokenizer = get_tokenizer(pretrained.model_name)
     train_tf, eval_tf = checkpoint_transforms(pretrained)  # the pretrained weights' preprocessing
+    if train_dir is not None:
+        check_crop(open_resized(train_dir, data_dir), train_dir, preprocess_cfg(pretrained)["size"])
     return Context(
         benchmark=bench,
         pretrained=pretrained,
@@ -67,6 +73,7 @@ def method_context(
         draw=draw,
         workers=cfg.num_workers,
         eval_cache=open_eval_cache(eval_cache, data_dir, preprocess_cfg(pretrained)),
+        train_dir=None if train_dir is None else Path(train_dir),
     )
 
 
@@ -91,9 +98,21 @@ def run_info(
         "pretrained": ctx.pretrained.info,
         "pretrained_sha256": sha256_file(pretrained_path),
         "data_hash": data_hash(ctx.data_dir),
+        **resized_info(ctx.train_dir),
         "code": code_revision(),
         **carried_info(ctx.pretrained),
     }
+
+
+def resized_info(train_dir: Path | None) -> dict:
+    """A run that trained on a resized copy records it: its side, JPEG quality and table hash
+    (none otherwise, so that other checkpoints' records are as they were)."""
+    if train_dir is None:
+        return {}
+    manifest = read_json(Path(train_dir) / RESIZED_MANIFEST)
+    table = manifest["tables"]["train"]
+    keys = {"side": manifest["side"], "quality": manifest["quality"], "sha256": table["sha256"]}
+    return {"train_data": {**keys, "source": table["source"]}}
 
 
 def score_untrained(method, ctx: Context, info: dict, *, out: Path, log_csv: Path) -> dict:
@@ -127,6 +146,7 @@ def finetune(
     draw: int = 0,
     protocol: dict | None = None,
     eval_cache: Path | None = None,
+    train_dir: Path | None = None,
     keep_last: bool = False,
     log: Callable[[str], None] = print,
     watch: Watch | None = None,
@@ -134,7 +154,8 @@ def finetune(
     """Finetune and write the selected checkpoint; ID-val is read from ``eval_cache`` (a
     ``flyp evalcache`` folder of the pretrained model's preprocessing) when given. ``protocol``:
     a few-shot run's ``tie`` and ``augmentation``; ``keep_last``: a full run keeps its last epoch
-    (see ``selection``); ``watch``: its progress lines and curves (flyp.progress)."""
+    (see ``selection``); ``train_dir``: train on this resized copy of the train table; ``watch``:
+    its progress lines and curves (flyp.progress)."""
     bench = get_benchmark(benchmark_name)
     method = get_method(method_name)
     method.check_options(options)
@@ -151,6 +172,7 @@ def finetune(
         shots=shots,
         draw=draw,
         eval_cache=eval_cache,
+        train_dir=train_dir,
     )
     info = run_info(ctx, cfg, method, method_name, benchmark_name, pretrained_path)
     if not method.trains:

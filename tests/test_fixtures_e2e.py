@@ -111,6 +111,28 @@ def check_fewshot_std(preset: str, project: Path, out: Path, table: pd.DataFrame
         assert set(rows.loc[[r for r in rows.index if "@" not in r], "std_ddof"]) == {1}
 
 
+def check_resized_copy(preset: str, out: Path) -> None:
+    """A preset with presets.<name>.data.train_resize trains on the resized copy (rule
+    resize_train): the ImageNet fixture's has half its train images larger than the side, so
+    the copy resized some and copied the others, and a trained run's checkpoint records it."""
+    from flyp.models import load_checkpoint
+
+    side = yaml.safe_load((out / "fixture.yaml").read_text())["presets"][preset]["data"].get(
+        "train_resize"
+    )
+    if not side:
+        return
+    manifest = json.loads((out / "data" / preset / "train_resized/manifest.json").read_text())
+    train = manifest["tables"]["train"]
+    assert manifest["side"] == side and 0 < train["resized"] < train["rows"]
+    trained = load_checkpoint(out / "models" / preset / "ft/seed0/best.safetensors")
+    assert trained.info["train_data"]["side"] == side
+    assert (
+        "train_data"
+        not in load_checkpoint(out / "models" / preset / "zeroshot/seed0/best.safetensors").info
+    )
+
+
 FAST_PRESET = "imagenet"
 
 
@@ -154,6 +176,7 @@ def test_a_fixture_runs_from_its_archives_to_the_table(preset, tmp_path):
     assert table[columns].notna().all().all()
     assert table[columns].apply(lambda c: c.between(0, 100)).all().all()  # percent
     check_fewshot_std(preset, project, out, table)
+    check_resized_copy(preset, out)
     # run from another folder (-d), the jobs name the commit of the code they ran
     for column in ("git_revision", "eval_revision"):
         assert table[column].str.fullmatch(r"[0-9a-f]{40}(\+diff\.[0-9a-f]{12})?").all(), column

@@ -381,6 +381,43 @@ def test_the_references_protocol_trains_on_every_image_and_keeps_the_last_epoch(
     )
 
 
+def test_training_reads_the_resized_copy_and_the_other_jobs_the_tables(tmp_path):
+    """presets.imagenet.data.train_resize: one resize_train job (`flyp resize` at that side),
+    whose copy every training job reads (--train-data); zero-shot, the probe, features and
+    evaluation read the prepared tables, and the prepare step never sees the key. Null: no such
+    job, and the commands are those of a preset without the key."""
+    import yaml
+
+    work = workflow_copy(tmp_path)
+    side = yaml.safe_load((ROOT / "params.yaml").read_text())["presets"]["imagenet"]["data"][
+        "train_resize"
+    ]
+    on = dry_run(work, "-p")
+    assert job_counts(on)["resize_train"] == 1
+    resize = [ln for ln in on.splitlines() if ln.startswith("Shell command: flyp resize")]
+    assert resize == [
+        "Shell command: flyp resize --data data/imagenet/tables --out "
+        f"data/imagenet/train_resized --side {side} --workers 2 2> logs/imagenet/resize_train.log"
+    ]
+    finetunes = [ln for ln in on.splitlines() if ln.startswith("Shell command: flyp finetune")]
+    untrained = [ln for ln in finetunes if "--method zeroshot " in ln or "--method lp " in ln]
+    assert untrained and not any("--train-data" in ln for ln in untrained)
+    trains = [ln for ln in finetunes if ln not in untrained]
+    assert trains and all("--train-data data/imagenet/train_resized " in ln for ln in trains)
+    prepare = [ln for ln in on.splitlines() if ln.startswith("Shell command: flyp prepare")]
+    assert prepare and "train_resize" not in prepare[0]  # not a prepare option
+
+    (work / "local.yaml").write_text(
+        json.dumps({"presets": {"imagenet": {"data": {"train_resize": None}}}})
+    )
+    off = dry_run(work, "-p", "--configfile", "local.yaml")
+    assert "resize_train" not in job_counts(off) and "--train-data" not in off
+    shell = sorted(ln for ln in off.splitlines() if ln.startswith("Shell command: flyp finetune"))
+    assert shell == sorted(
+        ln.replace(" --train-data data/imagenet/train_resized", "") for ln in finetunes
+    )
+
+
 def test_a_manually_placed_archive_is_read_in_place_not_downloaded(tmp_path):
     work = workflow_copy(tmp_path)
     placed = tmp_path / "ILSVRC2012_img_val.tar"

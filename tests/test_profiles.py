@@ -22,6 +22,7 @@ KIND = {
     "download": "fetch",
     "extract": "fetch",
     "prepare_data": "prepare",
+    "resize_train": "prepare",  # the ImageNet fixture's resized train images
     "pretrain": "pretrain",
     "captions": "light",
     "report": "light",
@@ -130,6 +131,7 @@ def test_slurm_jobs_ask_for_their_cores_memory_time_gpus_partition_and_account(f
         "download",
         "extract",
         "prepare_data",
+        "resize_train",
         "pretrain",
         "captions",
         "eval_cache",

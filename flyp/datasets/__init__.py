@@ -125,6 +125,7 @@ _NOT_BENCHMARKS = {
     "owndata_prepare",
     "parquet",
     "rawdata",
+    "resized",
     "tables",
 }
 

@@ -45,6 +45,8 @@ class Context:
     notes: dict = field(default_factory=dict)  # facts a method records in its checkpoint
     workers: int = 0  # DataLoader worker processes (ID-val; training's are TrainConfig's)
     eval_cache: EvalCache | None = None  # ID-val's transformed images, if made (flyp.evalcache)
+    # The train table of a resized copy (flyp.datasets.resized), read instead of data_dir's
+    train_dir: Path | None = None
     _val: CachedEvalSet | CachedImages | None = None
 
     @property
@@ -76,7 +78,8 @@ class Context:
         return np.sort(np.concatenate(picked))
 
     def _table(self, split: str, transform) -> ImageTable:
-        table = ImageTable(table_path(self.data_dir, split), transform)
+        folder = self.train_dir if split == "train" and self.train_dir else self.data_dir
+        table = ImageTable(table_path(folder, split), transform)
         rows = self.subset(table.labels.numpy(), split)
         if rows is None:
             return table

@@ -335,17 +335,21 @@ def fewshot_protocol(run: dict) -> dict:
 # The prepare option of a benchmark whose ID-val is a sample held out of its train split
 # (ImageNet): true keeps that sample in train too, as the FLYP reference trains on every image.
 VAL_IN_TRAIN = "val_in_train"
+# The data option that is not the prepare step's: the shorter side of the train images' resized
+# copy (rule resize_train, `flyp resize`), null for none.
+TRAIN_RESIZE = "train_resize"
 
 
 def prepare_options(run: dict, bench) -> dict:
     """The options of ``bench``'s prepare step: the preset's data options less the archive
-    sources (those are the download rules'). With ``selection: last_epoch`` (the FLYP reference's
-    ImageNet protocol: train on every train image, keep the last epoch), a benchmark whose
-    prepare step holds ID-val out of train (it takes ``val_in_train``) keeps it in train too."""
+    sources (those are the download rules') and ``train_resize`` (rule resize_train's). With
+    ``selection: last_epoch`` (the FLYP reference's ImageNet protocol: train on every train image,
+    keep the last epoch), a benchmark whose prepare step holds ID-val out of train (it takes
+    ``val_in_train``) keeps it in train too."""
     if "dataset" in run:  # own data: the options that are not its source
         return {k: v for k, v in run["data"].items() if k in OWN_DATA_PREPARE}
     downloads = {d.name for d in bench.downloads}
-    options = {k: v for k, v in run["data"].items() if k not in downloads}
+    options = {k: v for k, v in run["data"].items() if k not in downloads | {TRAIN_RESIZE}}
     if run.get("selection") == "last_epoch" and VAL_IN_TRAIN in _keywords(bench.prepare):
         options.setdefault(VAL_IN_TRAIN, True)
     return options

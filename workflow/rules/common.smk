@@ -47,6 +47,13 @@ except UserError as e:
 TABLES = f"data/{BENCHMARK}/tables"  # prepared Parquet tables + manifest.json
 CAPTIONS = f"data/{BENCHMARK}/captions"  # FLYP caption tables
 EVAL_CACHE = f"data/{BENCHMARK}/evalcache"  # ID-val and eval sets, transformed once (uint8)
+# A copy of the train images with the shorter side cut to presets.<name>.data.train_resize px
+# (flyp/datasets/resized.py), made once, which every training job reads instead of the full-size
+# images: decoding is most of the data path's time (benchmarks/RESULTS.md). It is remade when the
+# prepared tables are (the raw train images changed), its code or the side changes, nothing
+# else; a training job refuses a copy whose source table or image files changed since.
+TRAIN_RESIZE = RUN["data"].get("train_resize")
+TRAIN_COPY = f"data/{BENCHMARK}/train_resized"
 MODELS = f"models/{BENCHMARK}"
 RESULTS = f"results/{BENCHMARK}"
 TRAINED_HERE = RUN["model"]["pretrained"] is None  # else: released open_clip weights
@@ -257,6 +264,16 @@ SIZES = RUN["resources"]
 def trains(wildcards):
     """Whether a finetune job trains (else it is sized and placed as an inference job)."""
     return method_info(wildcards.method).trains
+
+
+def train_copy(wildcards):
+    """The resized copy a job reads: for a method that trains, when the preset asks for one."""
+    return {"train_copy": TRAIN_COPY} if TRAIN_RESIZE and trains(wildcards) else {}
+
+
+def train_copy_args(wildcards):
+    """`--train-data` with a space before it, or nothing (the command as without a copy)."""
+    return f" --train-data {TRAIN_COPY}" if train_copy(wildcards) else ""
 
 
 def finetune_kind(wildcards):

@@ -77,3 +77,26 @@ rule eval_cache:
         "flyp evalcache --benchmark {params.benchmark:q} --checkpoint {input.pretrained} "
         "--data {input.tables} --out {output.cache} --threads {threads} "
         "--workers {resources.workers:q} 2> {log}"
+
+
+# The resized train images (common.smk: TRAIN_RESIZE), when the preset asks for them.
+if TRAIN_RESIZE:
+
+    rule resize_train:
+        input:
+            tables=TABLES,
+        output:
+            resized=directory(TRAIN_COPY),
+        params:
+            side=TRAIN_RESIZE,
+            code=step_code("resize"),
+        threads: job_threads("prepare")
+        resources:
+            **job_size("prepare"),
+        conda:
+            ENV
+        log:
+            f"logs/{BENCHMARK}/resize_train.log",
+        shell:
+            "flyp resize --data {input.tables} --out {output.resized} --side {params.side} "
+            "--workers {threads} 2> {log}"

@@ -33,6 +33,7 @@ rule finetune:
     input:
         unpack(method_inputs),
         unpack(sweep_selection),
+        unpack(train_copy),  # the resized train images, when the preset has them
         pretrained=pretrained_model,
         tables=TABLES,
         captions=rules.captions.output.captions,
@@ -50,6 +51,7 @@ rule finetune:
         launch=lambda wildcards: TRAIN_LAUNCH if method_info(wildcards.method).trains else "flyp",
         bench=BENCH_SPEC,
         code=method_code,
+        train_data=train_copy_args,
         step="finetune",
         evaluate="",  # finetune_fewshot: its test-set evaluation, in the same process
     threads: finetune_threads
@@ -64,7 +66,8 @@ rule finetune:
     log:
         f"logs/{BENCHMARK}/finetune_{{method}}_seed{{seed}}.log",
     shell:
-        "{params.launch} {params.step:q} --benchmark {params.benchmark:q} --data {input.tables} "
+        "{params.launch} {params.step:q} --benchmark {params.benchmark:q} --data {input.tables}"
+        "{params.train_data} "
         "--captions {params.captions:q} --pretrained {input.pretrained} "
         "--method {wildcards.method:q} {params.args} {params.speed} "
         "--eval-cache {input.cache} --out {output.model} --log-csv {output.log_csv} "
