@@ -188,6 +188,17 @@ def _setting_option(setting, required: bool):
     )
 
 
+checkpoint_minutes_option = click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Minutes between mid-epoch resume states (0: every "
+    "step); one is also written at each epoch's end and on SIGTERM or SIGUSR1, "
+    "which then stop the run (exit code 128 + the signal's number).",
+)
+
+
 def _train_options(f, required: bool = True):
     """The training settings (flyp.settings), shared by pretraining and every finetuning method
     (``required``: those without a default must be given; finetuning asks for them only for a
@@ -197,15 +208,7 @@ def _train_options(f, required: bool = True):
     options = [
         *(_setting_option(s, required) for s in ARGUMENTS),
         workers_option,
-        click.option(
-            "--checkpoint-minutes",
-            type=click.FloatRange(min=0),
-            default=10.0,
-            show_default=True,
-            help="Minutes between mid-epoch resume states (0: every "
-            "step); one is also written at each epoch's end and on SIGTERM or SIGUSR1, "
-            "which then stop the run (exit code 128 + the signal's number).",
-        ),
+        checkpoint_minutes_option,
         click.option(
             "--tf32/--no-tf32",
             default=False,
@@ -868,12 +871,16 @@ def _finetune(
         )
         if not is_main():
             return None
+    _log_kept(method_name, result, out)
+    return here
+
+
+def _log_kept(method_name, result, out):
     val = result["best_val"] or {}
     _log(
         f"{method_name}: kept epoch {result['best_epoch']} (ID-val {val.get('val_metric')} "
         f"{val.get('val_score')}, loss {val.get('val_loss')}) -> {out}"
     )
-    return here
 
 
 @main.command()

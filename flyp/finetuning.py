@@ -180,17 +180,8 @@ def finetune(
     task = method.task(ctx)
     picks = selection(shots, keep_last, **(protocol or {}))
     info.update(ctx.notes, **picks)
-    result = fit(
-        task,
-        cfg,
-        out=out,
-        log_csv=log_csv,
-        device=device,
-        info=info,
-        progress=log,
-        watch=watch,
-        **picks,
-    )
+    where = {"out": out, "log_csv": log_csv, "device": device}
+    result = fit(task, cfg, info=info, progress=log, watch=watch, **where, **picks)
     return {"best_epoch": result.best_epoch, "best_val": result.best_val}
 
 
