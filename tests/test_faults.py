@@ -320,6 +320,7 @@ PREQUOTED = {
     "params.speed",
     "params.zeroshot_scores",
     "params.sweep",
+    "params.train_data",
     "params.evaluate",
     "params.launch",
     "params.std_ddof",

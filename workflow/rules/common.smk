@@ -272,8 +272,8 @@ def train_copy(wildcards):
 
 
 def train_copy_args(wildcards):
-    """`--train-data` with a space before it, or nothing (the command as without a copy)."""
-    return f" --train-data {TRAIN_COPY}" if train_copy(wildcards) else ""
+    """` --train-data DIR` (quoted), or nothing (the command as without a copy)."""
+    return f" --train-data {shlex.quote(TRAIN_COPY)}" if train_copy(wildcards) else ""
 
 
 def finetune_kind(wildcards):

@@ -98,5 +98,5 @@ if TRAIN_RESIZE:
         log:
             f"logs/{BENCHMARK}/resize_train.log",
         shell:
-            "flyp resize --data {input.tables} --out {output.resized} --side {params.side} "
+            "flyp resize --data {input.tables} --out {output.resized} --side {params.side:q} "
             "--workers {threads} 2> {log}"
