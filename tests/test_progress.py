@@ -67,9 +67,9 @@ def test_the_loss_of_a_line_is_the_mean_since_the_previous_one():
     assert mean_since((1, 4, 10.0), 2, 2, 3.0) == 1.5  # a new epoch: its own steps
 
 
-def _fit(tmp_path, messages, watch=None):
+def _fit(tmp_path, messages, watch=None, task=None):
     return fit(
-        ToyTask([0.2, 0.9, 0.5, 0.8]),
+        task or ToyTask([0.2, 0.9, 0.5, 0.8]),
         CFG,
         out=tmp_path / "best.pt",
         log_csv=tmp_path / "log.csv",
@@ -197,29 +197,11 @@ def test_a_resumed_run_continues_its_curves_without_repeating_steps(tmp_path):
     folder, scores = tmp_path / "curves", [0.2, 0.9, 0.5, 0.8]
     watch = Watch(every_steps=2, every_seconds=3600, curves=folder)
     with pytest.raises(KeyboardInterrupt):  # in epoch 3's validation, after its steps
-        fit(
-            ToyTask(scores, fail_at_epoch=3),
-            CFG,
-            out=tmp_path / "best.pt",
-            log_csv=tmp_path / "log.csv",
-            device=torch.device("cpu"),
-            info={},
-            progress=lambda m: None,
-            watch=watch,
-        )
+        _fit(tmp_path, [], watch, task=ToyTask(scores, fail_at_epoch=3))
     assert [s for s, _ in _points(folder, "train/loss")] == [2, 4, 6, 8, 10, 12]
     task = ToyTask(scores)
     task.epoch = 2
-    fit(
-        task,
-        CFG,
-        out=tmp_path / "best.pt",
-        log_csv=tmp_path / "log.csv",
-        device=torch.device("cpu"),
-        info={},
-        progress=lambda m: None,
-        watch=watch,
-    )
+    _fit(tmp_path, [], watch, task=task)
     assert [s for s, _ in _points(folder, "train/loss")] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [s for s, _ in _points(folder, "val/score")] == [4, 8, 12, 16]
 
