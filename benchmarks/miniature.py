@@ -9,6 +9,17 @@ never at which method wins:
 - a sampling standard error of at most 0.5 point on ID and on the OOD average, for both;
 - several pretraining seeds (at least 3), each its own pretrained CLIP.
 
+and three about CLIP's regime, which a miniature whose pretrained model is only an initialisation
+fails:
+
+- small learning rates win: every swept method's ID-val pick (``<method>/sweep.json``, seed 0's
+  grid) is an lr strictly inside its grid, and the grid's largest lr is at least 1 point worse on
+  ID-val than the pick (for L2-SP, each lr's best over its other keys);
+- weight ensembling helps out of distribution: on every ft run, some alpha strictly between 0 and
+  1 has a higher OOD average than both ends of its curve (``ft/seed*/wise_curve.csv``);
+- finetuning distorts: on every pretraining seed, ft is at least 10 points above zero-shot on ID
+  and below it on at least one OOD set (runs paired by pretrained model).
+
     python benchmarks/miniature.py                        # the main job's results
     python benchmarks/miniature.py --results DIR [--results DIR ...] --data TABLES
 
@@ -21,6 +32,7 @@ and whether it holds; ``--strict`` exits with 1 when one does not.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -35,6 +47,7 @@ FT_GAIN = 10.0
 ZS_OOD = (25.0, 85.0)
 MAX_SE = 0.5
 MIN_PRETRAIN_SEEDS = 3
+TOP_LR_LOSS = 1.0  # points of ID-val the grid's largest lr loses against the pick
 PRETRAINED = "pretrained"  # a run's key for its pretrained model's hash
 
 
@@ -133,7 +146,62 @@ def check(
             pretrain_seeds >= MIN_PRETRAIN_SEEDS,
         )
     )
-    return rows
+    return rows + regime(results, zeroshot, ft, ood)
+
+
+def lr_pick(selection: dict) -> tuple[str, bool]:
+    """How a sweep's pick sits in its lr grid: (description, strictly inside and the largest lr
+    at least TOP_LR_LOSS points worse on ID-val). Scores per lr: the best over the other keys."""
+    best: dict[float, float] = {}
+    for run in selection["runs"]:
+        lr, score = run["setting"]["lr"], run["val_score"]
+        if isinstance(score, (int, float)) and math.isfinite(score):
+            best[lr] = max(best.get(lr, -math.inf), score)
+    lrs, pick = sorted(best), selection["picked"]["lr"]
+    loss = best[pick] - best[lrs[-1]]
+    inside = lrs[0] < pick < lrs[-1]
+    return f"{pick:g} in {lrs[0]:g}..{lrs[-1]:g}, top -{loss:.1f}", inside and loss >= TOP_LR_LOSS
+
+
+def wise_helps(curve: Path) -> tuple[str, bool]:
+    """(the curve's OOD averages by alpha, whether an interior alpha beats both ends)."""
+    with curve.open() as f:
+        rows = sorted((float(r["alpha"]), 100 * float(r["avg_ood"])) for r in csv.DictReader(f))
+    ends = max(rows[0][1], rows[-1][1]) if rows[0][0] == 0 and rows[-1][0] == 1 else math.inf
+    inner = max((ood for alpha, ood in rows if 0 < alpha < 1), default=-math.inf)
+    return " ".join(f"{ood:.1f}" for _, ood in rows), inner > ends
+
+
+def regime(results: list[Path], zeroshot: list, ft: list, ood: list[str]) -> list:
+    """The criteria of CLIP's finetuning regime (the module's docstring)."""
+    selections = sorted(p for folder in results for p in folder.glob("*/sweep.json"))
+    picks = {p.parent.name: lr_pick(json.loads(p.read_text())) for p in selections}
+    curves = sorted(c for folder in results for c in (folder / "ft").glob("seed*/wise_curve.csv"))
+    helps = [wise_helps(c) for c in curves]
+    by_model = {run[PRETRAINED]: run for run in zeroshot}
+    distorts = []
+    for run in ft:
+        zs = by_model.get(run[PRETRAINED], zeroshot[0])
+        worst = min(ood, key=lambda name: run[name] - zs[name])
+        gain, drop = run["test"] - zs["test"], run[worst] - zs[worst]
+        distorts.append((f"+{gain:.1f} ID, {worst} {drop:+.1f}", gain >= FT_GAIN and drop < 0))
+    return [
+        (
+            f"small lrs win: each pick strictly inside its grid, top lr >= {TOP_LR_LOSS:g} worse",
+            "; ".join(f"{m} {text}" for m, (text, _) in picks.items()) or "no sweep.json",
+            bool(picks) and all(ok for _, ok in picks.values()),
+        ),
+        (
+            "weight ensembling helps: an alpha in (0, 1) beats both ends on OOD, every ft run",
+            " | ".join(text for text, _ in helps) or "no ft/seed*/wise_curve.csv",
+            bool(helps) and all(ok for _, ok in helps),
+        ),
+        (
+            f"ft distorts: >= {FT_GAIN:g} above zero-shot ID, below it on an OOD set, every seed",
+            "; ".join(text for text, _ in distorts),
+            all(ok for _, ok in distorts),
+        ),
+    ]
 
 
 def report(rows: list[tuple[str, str, bool]]) -> str:

@@ -45,8 +45,27 @@ def write_world(
     return tables
 
 
-def accuracies(test: float, ood: float = 0.5) -> dict[str, float]:
-    return {"test": test, **dict.fromkeys(OOD, ood)}
+def accuracies(test: float, ood: float = 0.5, **sets: float) -> dict[str, float]:
+    return {"test": test, **dict.fromkeys(OOD, ood), **sets}
+
+
+def write_regime(results: Path, scores: dict[float, float], curves: list[list[float]]):
+    """ft's sweep.json (ID-val score per lr, the best picked) and one wise_curve.csv per seed
+    (the OOD average at alphas 0, 0.5, 1)."""
+    picked = max(scores, key=scores.get)
+    runs = [{"setting": {"lr": lr}, "val_score": v} for lr, v in scores.items()]
+    (results / "ft").mkdir(parents=True, exist_ok=True)
+    (results / "ft/sweep.json").write_text(json.dumps({"picked": {"lr": picked}, "runs": runs}))
+    for seed, curve in enumerate(curves):
+        folder = results / "ft" / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["alpha,test,avg_ood"] + [
+            f"{alpha},0.7,{ood}" for alpha, ood in zip([0, 0.5, 1], curve, strict=True)
+        ]
+        (folder / "wise_curve.csv").write_text("\n".join(lines) + "\n")
+
+
+INSIDE = {1e-5: 80.0, 1e-4: 84.0, 1e-3: 82.5}  # picks 1e-4; the top lr 1.5 points worse
 
 
 @pytest.fixture
@@ -62,8 +81,12 @@ def test_a_world_that_meets_every_criterion(tmp_path, sizes):
     tables = write_world(
         tmp_path,
         sizes,
-        {"zeroshot": [accuracies(0.6)] * 3, "ft": [accuracies(0.75), accuracies(0.73)]},
+        {
+            "zeroshot": [accuracies(0.6)] * 3,
+            "ft": [accuracies(0.75, sketch=0.45), accuracies(0.73, sketch=0.45)],
+        },
     )
+    write_regime(tmp_path / "results", INSIDE, [[0.5, 0.55, 0.52]] * 2)
     rows = miniature.check([tmp_path / "results"], tables, pretrain_seeds=3)
     assert all(holds for _, _, holds in rows), rows
     got = verdicts(rows)
@@ -87,7 +110,32 @@ def test_each_criterion_fails_on_its_own(tmp_path, sizes):
         "zero-shot standard error <= 0.5 point, ID / OOD average",
         "ft standard error <= 0.5 point, ID / OOD average",
         "pretraining seeds >= 3",
+        # no sweep.json, no weight-ensembling curve, and ft only 5 points above zero-shot
+        "small lrs win: each pick strictly inside its grid, top lr >= 1 worse",
+        "weight ensembling helps: an alpha in (0, 1) beats both ends on OOD, every ft run",
+        "ft distorts: >= 10 above zero-shot ID, below it on an OOD set, every seed",
     }
+
+
+@pytest.mark.parametrize(
+    "scores, curves, fails",
+    [
+        (INSIDE, [[0.5, 0.55, 0.52]], set()),
+        ({1e-5: 80.0, 1e-4: 82.0, 1e-3: 84.0}, [[0.5, 0.55, 0.52]], {"small lrs win"}),  # top lr
+        ({1e-5: 80.0, 1e-4: 84.0, 1e-3: 83.5}, [[0.5, 0.55, 0.52]], {"small lrs win"}),  # -0.5 only
+        (INSIDE, [[0.5, 0.55, 0.52], [0.5, 0.52, 0.56]], {"weight ensembling helps"}),  # alpha 1
+    ],
+)
+def test_the_regime_criteria(tmp_path, sizes, scores, curves, fails):
+    runs = {
+        "zeroshot": [accuracies(0.6)] * len(curves),
+        "ft": [accuracies(0.75, sketch=0.45)] * len(curves),
+    }
+    tables = write_world(tmp_path, sizes, runs)
+    write_regime(tmp_path / "results", scores, curves)
+    got = verdicts(miniature.check([tmp_path / "results"], tables, pretrain_seeds=3))
+    failed = {c.split(":")[0] for c, (_, holds) in got.items() if not holds}
+    assert failed == fails, got
 
 
 def test_runs_of_several_pretraining_seeds_are_pooled(tmp_path, sizes):
