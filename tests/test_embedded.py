@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from flyp.datasets import get_benchmark, table_path
@@ -67,3 +68,19 @@ def test_ood_distributions_differ_from_id():
     id_world = DISTRIBUTIONS["train"]
     for name in ["v2", "sketch", "r", "a", "objectnet"]:
         assert DISTRIBUTIONS[name] != id_world, name
+
+
+def test_caption_noise_is_a_data_option(tmp_path):
+    from flyp.datasets.embedded import CaptionNoise, prepare
+    from flyp.io import UserError
+
+    clean = make_table("pretrain", 200, seed=0, noise=CaptionNoise(0.0, 0.0, 0.0))
+    noisy = make_table("pretrain", 200, seed=0, noise=CaptionNoise(0.5, 0.0, 0.0))
+    named = [
+        sum(CLASSNAMES[label] in text for label, text in zip(t.label, t.caption, strict=True))
+        for t in (clean, noisy)
+    ]
+    assert named[0] == 200 and 60 < named[1] < 140  # half the captions name another object
+    assert (clean.image == noisy.image).all()  # the images do not depend on the captions
+    with pytest.raises(UserError, match="data option mislabelled: expected a fraction"):
+        prepare(tmp_path, mislabelled=1.5)

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from flyp.datasets import Benchmark, EvalSet, register_benchmark
 from flyp.datasets.parquet import write_table
+from flyp.io import UserError
 
 CLASSNAMES = [
     "circle",
@@ -579,6 +580,17 @@ _CAPTION_FORMS = [
 MISLABELLED = 0.03  # captions that name the wrong object
 SYNONYMOUS = 0.1  # captions that name the object by a synonym
 UNNAMED = 0.06  # captions that name no object
+
+
+@dataclass(frozen=True)
+class CaptionNoise:
+    """How often a pretraining caption names another object, a synonym, or no object."""
+
+    mislabelled: float = MISLABELLED
+    synonymous: float = SYNONYMOUS
+    unnamed: float = UNNAMED
+
+
 _BG_WORDS = {
     "plain": "plain",
     "gradient": "smooth",
@@ -588,11 +600,11 @@ _BG_WORDS = {
 }
 
 
-def caption(rng: np.random.Generator, scene: Scene) -> str:
+def caption(rng: np.random.Generator, scene: Scene, noise: CaptionNoise = CaptionNoise()) -> str:
     draw = rng.random()
-    if draw < MISLABELLED:  # alt-text that names another object
+    if draw < noise.mislabelled:  # alt-text that names another object
         cls = str(rng.choice([c for c in CLASSNAMES if c != scene.cls]))
-    elif draw < MISLABELLED + SYNONYMOUS:
+    elif draw < noise.mislabelled + noise.synonymous:
         cls = str(rng.choice(SYNONYMS[scene.cls]))
     else:
         cls = scene.cls
@@ -604,7 +616,7 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
         style=str(rng.choice(STYLE_WORDS[scene.style])),
         bg=_BG_WORDS[scene.background],
     )
-    if rng.random() < UNNAMED:  # alt-text that never names the object
+    if rng.random() < noise.unnamed:  # alt-text that never names the object
         return f"a {words['style']} with {color} colors"
     text = str(rng.choice(_CAPTION_FORMS)).format(**words)
     if scene.rotated and rng.random() < 0.5:
@@ -628,7 +640,7 @@ _CHUNK = 500
 
 
 def _make_chunk(args) -> list[dict]:
-    seed, table, start, stop, image_size = args
+    seed, table, start, stop, image_size, noise = args
     dist = DISTRIBUTIONS[table]
     rows = []
     for i in range(start, stop):
@@ -642,16 +654,22 @@ def _make_chunk(args) -> list[dict]:
             "style": scene.style,
         }
         if table == "pretrain":
-            row["caption"] = caption(rng, scene)
+            row["caption"] = caption(rng, scene, noise)
         rows.append(row)
     return rows
 
 
 def make_table(
-    table: str, n: int, seed: int, image_size: int = 32, workers: int = 1, chunk: int = _CHUNK
+    table: str,
+    n: int,
+    seed: int,
+    image_size: int = 32,
+    workers: int = 1,
+    chunk: int = _CHUNK,
+    noise: CaptionNoise = CaptionNoise(),
 ):
     """Draw ``n`` images of ``table`` (a key of DISTRIBUTIONS) as a DataFrame."""
-    jobs = [(seed, table, a, min(a + chunk, n), image_size) for a in range(0, n, chunk)]
+    jobs = [(seed, table, a, min(a + chunk, n), image_size, noise) for a in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             chunks = list(pool.map(_make_chunk, jobs))
@@ -671,12 +689,26 @@ def prepare(
     test_size: int = 2000,
     ood_size: int = 1000,
     workers: int = 1,
+    mislabelled: float = MISLABELLED,
+    synonymous: float = SYNONYMOUS,
+    unnamed: float = UNNAMED,
 ) -> None:
-    """Write every table of the embedded benchmark into ``out_dir``."""
+    """Write every table of the embedded benchmark into ``out_dir``. ``mislabelled``,
+    ``synonymous`` and ``unnamed``: the fractions of pretraining captions that name another
+    object, a synonym, or no object."""
+    for name, value in (("mislabelled", mislabelled), ("synonymous", synonymous)):
+        if not 0 <= value <= 1:
+            raise UserError(f"data option {name}: expected a fraction in [0, 1], got {value}")
+    if mislabelled + synonymous > 1 or not 0 <= unnamed <= 1:
+        raise UserError(
+            f"data options mislabelled + synonymous ({mislabelled + synonymous:g}) and unnamed "
+            f"({unnamed:g}): expected fractions of at most 1"
+        )
+    noise = CaptionNoise(mislabelled, synonymous, unnamed)
     sizes = {"pretrain": pretrain_size, "train": train_size, "val": val_size, "test": test_size}
     sizes.update({s.name: ood_size for s in EVAL_SETS if s.ood})
     for table, n in sizes.items():
-        df = make_table(table, n, seed, image_size, workers)
+        df = make_table(table, n, seed, image_size, workers, noise=noise)
         df.attrs["description"] = DISTRIBUTIONS[table].__repr__()
         write_table(df, Path(out_dir) / f"{table}.parquet")
 
