@@ -151,12 +151,13 @@ def check(
 
 def lr_pick(selection: dict) -> tuple[str, bool]:
     """How a sweep's pick sits in its lr grid: (description, strictly inside and the largest lr
-    at least TOP_LR_LOSS points worse on ID-val). Scores per lr: the best over the other keys."""
+    at least TOP_LR_LOSS points worse on ID-val). Scores per lr (sweep.json's fractions, here
+    in points): the best over the other keys."""
     best: dict[float, float] = {}
     for run in selection["runs"]:
         lr, score = run["setting"]["lr"], run["val_score"]
         if isinstance(score, (int, float)) and math.isfinite(score):
-            best[lr] = max(best.get(lr, -math.inf), score)
+            best[lr] = max(best.get(lr, -math.inf), 100 * score)
     lrs, pick = sorted(best), selection["picked"]["lr"]
     loss = best[pick] - best[lrs[-1]]
     inside = lrs[0] < pick < lrs[-1]
