@@ -71,7 +71,7 @@ def test_ood_distributions_differ_from_id():
 
 
 def test_caption_noise_is_a_data_option(tmp_path):
-    from flyp.datasets.embedded import CaptionNoise, prepare
+    from flyp.datasets.embedded import PARTNERS, CaptionNoise, prepare
     from flyp.io import UserError
 
     clean = make_table("pretrain", 200, seed=0, noise=CaptionNoise(0.0, 0.0, 0.0))
@@ -82,5 +82,8 @@ def test_caption_noise_is_a_data_option(tmp_path):
     ]
     assert named[0] == 200 and 60 < named[1] < 140  # half the captions name another object
     assert (clean.image == noisy.image).all()  # the images do not depend on the captions
+    confused = make_table("pretrain", 200, seed=0, noise=CaptionNoise(0.0, 0.0, 0.0, 1.0))
+    partner = [PARTNERS[CLASSNAMES[label]] for label in confused.label]
+    assert all(f" {name}" in text for name, text in zip(partner, confused.caption, strict=True))
     with pytest.raises(UserError, match="data option mislabelled: expected a fraction"):
         prepare(tmp_path, mislabelled=1.5)

@@ -580,15 +580,32 @@ _CAPTION_FORMS = [
 MISLABELLED = 0.03  # captions that name the wrong object
 SYNONYMOUS = 0.1  # captions that name the object by a synonym
 UNNAMED = 0.06  # captions that name no object
+# Pairs of classes whose names web text mixes up (ImageNet's "crane", "maillot"): with the data
+# option ``confusable`` (default 0), that share of the captions that would name the object by its
+# class name names its partner instead; its synonyms stay its own.
+PARTNERS = {
+    a: b
+    for x, y in [
+        ("circle", "ring"),
+        ("square", "hexagon"),
+        ("triangle", "arrow"),
+        ("star", "cross"),
+        ("heart", "house"),
+        ("crescent", "lightning bolt"),
+    ]
+    for a, b in ((x, y), (y, x))
+}
 
 
 @dataclass(frozen=True)
 class CaptionNoise:
-    """How often a pretraining caption names another object, a synonym, or no object."""
+    """How often a pretraining caption names another object, a synonym, or no object, and how
+    often a class name is its partner's (``PARTNERS``)."""
 
     mislabelled: float = MISLABELLED
     synonymous: float = SYNONYMOUS
     unnamed: float = UNNAMED
+    confusable: float = 0.0
 
 
 _BG_WORDS = {
@@ -608,6 +625,8 @@ def caption(rng: np.random.Generator, scene: Scene, noise: CaptionNoise = Captio
         cls = str(rng.choice(SYNONYMS[scene.cls]))
     else:
         cls = scene.cls
+        if noise.confusable and rng.random() < noise.confusable:
+            cls = PARTNERS[cls]
     color = "grey" if scene.style == "sketch" else scene.color  # sketches have no colour
     words = dict(
         cls=cls,
@@ -692,11 +711,17 @@ def prepare(
     mislabelled: float = MISLABELLED,
     synonymous: float = SYNONYMOUS,
     unnamed: float = UNNAMED,
+    confusable: float = 0.0,
 ) -> None:
     """Write every table of the embedded benchmark into ``out_dir``. ``mislabelled``,
     ``synonymous`` and ``unnamed``: the fractions of pretraining captions that name another
-    object, a synonym, or no object."""
-    for name, value in (("mislabelled", mislabelled), ("synonymous", synonymous)):
+    object, a synonym, or no object; ``confusable``: of those that name it by its class name, the
+    share that names its partner class (``PARTNERS``) instead."""
+    for name, value in (
+        ("mislabelled", mislabelled),
+        ("synonymous", synonymous),
+        ("confusable", confusable),
+    ):
         if not 0 <= value <= 1:
             raise UserError(f"data option {name}: expected a fraction in [0, 1], got {value}")
     if mislabelled + synonymous > 1 or not 0 <= unnamed <= 1:
@@ -704,7 +729,7 @@ def prepare(
             f"data options mislabelled + synonymous ({mislabelled + synonymous:g}) and unnamed "
             f"({unnamed:g}): expected fractions of at most 1"
         )
-    noise = CaptionNoise(mislabelled, synonymous, unnamed)
+    noise = CaptionNoise(mislabelled, synonymous, unnamed, confusable)
     sizes = {"pretrain": pretrain_size, "train": train_size, "val": val_size, "test": test_size}
     sizes.update({s.name: ood_size for s in EVAL_SETS if s.ood})
     for table, n in sizes.items():
