@@ -17,6 +17,12 @@ runs the same job for a commit (its code, rules and params.yaml, from `git archi
 the working tree, one after the other on this machine, each with its own code (PYTHONPATH) and an
 empty flyp parse cache; prints both, the ratio of the wall times, and whether the two tables give
 the same numbers.
+
+    python benchmarks/main_job.py --workdir /tmp/probe --set ... # a probe of the world
+
+runs in a folder that is kept: the working tree's code and params.yaml (with the --set keys) are
+copied over it each time, and Snakemake reruns only what they change, so probes that differ in
+their finetuning settings share one pretrained CLIP. The times are then of the rerun part only.
 """
 
 from __future__ import annotations
@@ -56,15 +62,15 @@ def job_times(log: str) -> list[tuple[str, float]]:
 
 def copy_tree(dst: Path, rev: str | None) -> None:
     """The project's files as of ``rev`` (git archive), or of the working tree (None)."""
-    dst.mkdir(parents=True)
+    dst.mkdir(parents=True, exist_ok=True)
     if rev is None:
         for name in FILES:
             src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(
-                src,
-                dst / name,
-                **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}),
-            )
+            if src.is_dir():
+                ignore = shutil.ignore_patterns("__pycache__")
+                shutil.copytree(src, dst / name, ignore=ignore, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dst / name)
         return
     archive = subprocess.run(
         ["git", "archive", rev, *FILES], cwd=ROOT, capture_output=True, check=True
@@ -146,7 +152,7 @@ def print_criteria(root: Path) -> None:
     print(report(check([root / "results/embedded"], root / "data/embedded/tables")))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="full")
     parser.add_argument("--cores", default="all")
@@ -166,11 +172,31 @@ def main() -> None:
     parser.add_argument(
         "--rev", metavar="REV", help="Run this commit's job instead of the working tree's."
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="Run in this folder and keep it: a rerun redoes only what changed.",
+    )
     args = parser.parse_args()
+    if args.workdir and args.against:
+        parser.error("--workdir runs one job; it does not go with --against")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     print(
         f"scale={args.scale} cores={args.cores} (machine: {os.cpu_count()} CPUs), "
         f"{datetime.now():%Y-%m-%d %H:%M}"
     )
+    if args.workdir:
+        copy_tree(args.workdir.resolve(), args.rev)
+        total, log, table = run_job(args.workdir.resolve(), args)
+        report(args.rev or "working tree (rerun part)", total, log)
+        print(table)
+        if (args.workdir / "results/embedded").is_dir():
+            print_criteria(args.workdir.resolve())
+        return
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for label, rev in ([(args.against, args.against)] if args.against else []) + [
