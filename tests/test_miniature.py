@@ -50,8 +50,8 @@ def accuracies(test: float, ood: float = 0.5, **sets: float) -> dict[str, float]
 
 
 def write_regime(results: Path, scores: dict[float, float], curves: list[list[float]]):
-    """ft's sweep.json (ID-val score per lr in points, the best picked) and one wise_curve.csv per seed
-    (the OOD average at alphas 0, 0.5, 1)."""
+    """ft's sweep.json (ID-val score per lr in points, the best picked) and one wise_curve.csv
+    per seed (the OOD average at alphas 0, 0.5, 1)."""
     picked = max(scores, key=scores.get)
     runs = [{"setting": {"lr": lr}, "val_score": v / 100} for lr, v in scores.items()]
     (results / "ft").mkdir(parents=True, exist_ok=True)
