@@ -145,7 +145,10 @@ def same_numbers(old: str, new: str) -> str:
 
 
 def print_criteria(root: Path) -> None:
-    """The fair-miniature criteria (benchmarks/miniature.py) on the run in ``root``."""
+    """The fair-miniature criteria (benchmarks/miniature.py) on the run in ``root``, where it ran
+    the embedded benchmark."""
+    if not (root / "results/embedded").is_dir():
+        return
     from miniature import check, report  # this script's folder is on sys.path
 
     print("miniature criteria (benchmarks/miniature.py):")
@@ -190,12 +193,12 @@ def main() -> None:
         f"{datetime.now():%Y-%m-%d %H:%M}"
     )
     if args.workdir:
-        copy_tree(args.workdir.resolve(), args.rev)
-        total, log, table = run_job(args.workdir.resolve(), args)
+        root = args.workdir.resolve()
+        copy_tree(root, args.rev)
+        total, log, table = run_job(root, args)
         report(args.rev or "working tree (rerun part)", total, log)
         print(table)
-        if (args.workdir / "results/embedded").is_dir():
-            print_criteria(args.workdir.resolve())
+        print_criteria(root)
         return
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
@@ -215,8 +218,7 @@ def main() -> None:
             )
         print(table)
         root = Path(tmp) / (args.rev or "working-tree")
-        if (root / "results/embedded").is_dir():  # the embedded benchmark's miniature criteria
-            print_criteria(root)
+        print_criteria(root)
         if args.keep:
             for name in ["results", "logs", "models"]:
                 shutil.copytree(

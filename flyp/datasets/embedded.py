@@ -607,6 +607,16 @@ class CaptionNoise:
     unnamed: float = UNNAMED
     confusable: float = 0.0
 
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not 0 <= value <= 1:
+                raise UserError(f"data option {name}: expected a fraction in [0, 1], got {value}")
+        if self.mislabelled + self.synonymous > 1:
+            raise UserError(
+                f"data options mislabelled + synonymous: expected at most 1, got "
+                f"{self.mislabelled + self.synonymous:g}"
+            )
+
 
 _BG_WORDS = {
     "plain": "plain",
@@ -625,6 +635,7 @@ def caption(rng: np.random.Generator, scene: Scene, noise: CaptionNoise = Captio
         cls = str(rng.choice(SYNONYMS[scene.cls]))
     else:
         cls = scene.cls
+        # no draw at confusable 0: the committed world's random stream and tables stay as they were
         if noise.confusable and rng.random() < noise.confusable:
             cls = PARTNERS[cls]
     color = "grey" if scene.style == "sketch" else scene.color  # sketches have no colour
@@ -717,19 +728,7 @@ def prepare(
     ``synonymous`` and ``unnamed``: the fractions of pretraining captions that name another
     object, a synonym, or no object; ``confusable``: of those that name it by its class name, the
     share that names its partner class (``PARTNERS``) instead."""
-    for name, value in (
-        ("mislabelled", mislabelled),
-        ("synonymous", synonymous),
-        ("confusable", confusable),
-    ):
-        if not 0 <= value <= 1:
-            raise UserError(f"data option {name}: expected a fraction in [0, 1], got {value}")
-    if mislabelled + synonymous > 1 or not 0 <= unnamed <= 1:
-        raise UserError(
-            f"data options mislabelled + synonymous ({mislabelled + synonymous:g}) and unnamed "
-            f"({unnamed:g}): expected fractions of at most 1"
-        )
-    noise = CaptionNoise(mislabelled, synonymous, unnamed, confusable)
+    noise = CaptionNoise(mislabelled, synonymous, unnamed, confusable)  # checks the fractions
     sizes = {"pretrain": pretrain_size, "train": train_size, "val": val_size, "test": test_size}
     sizes.update({s.name: ood_size for s in EVAL_SETS if s.ood})
     for table, n in sizes.items():
