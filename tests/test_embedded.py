@@ -87,3 +87,18 @@ def test_caption_noise_is_a_data_option(tmp_path):
     assert all(f" {name}" in text for name, text in zip(partner, confused.caption, strict=True))
     with pytest.raises(UserError, match="data option mislabelled: expected a fraction"):
         prepare(tmp_path, mislabelled=1.5)
+
+
+def test_the_share_of_pretraining_sketches_is_a_data_option(tmp_path):
+    from flyp.datasets.embedded import PRETRAIN_SKETCHES, pretrain_distribution, prepare
+    from flyp.io import UserError
+
+    assert pretrain_distribution(PRETRAIN_SKETCHES) is DISTRIBUTIONS["pretrain"]
+    rare = pretrain_distribution(0.05)
+    assert rare.styles["sketch"] == 0.05 and sum(rare.styles.values()) == pytest.approx(1)
+    assert rare.styles["photo"] / rare.styles["cartoon"] == pytest.approx(2)  # the others' ratios
+    styles = make_table("pretrain", 400, seed=0, dist=rare)["style"]
+    default = make_table("pretrain", 400, seed=0)["style"]
+    assert (styles == "sketch").sum() < 0.5 * (default == "sketch").sum()
+    with pytest.raises(UserError, match="data option pretrain_sketches: expected a fraction"):
+        prepare(tmp_path, pretrain_sketches=1.0)

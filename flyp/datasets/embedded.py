@@ -194,6 +194,24 @@ DISTRIBUTIONS = {
         squash=0.25,
     ),
 }
+PRETRAIN_SKETCHES = DISTRIBUTIONS["pretrain"].styles["sketch"]
+
+
+def pretrain_distribution(sketches: float = PRETRAIN_SKETCHES) -> Distribution:
+    """The pretraining distribution with ``sketches`` of its images drawn as sketches (the
+    rarer sketches are on the web, the further ImageNet-Sketch lies from pretraining)."""
+    if not 0 <= sketches < 1:
+        raise UserError(
+            f"data option pretrain_sketches: expected a fraction in [0, 1), got {sketches}"
+        )
+    base = DISTRIBUTIONS["pretrain"]
+    if sketches == PRETRAIN_SKETCHES:  # the same weights, so the same draws as before the option
+        return base
+    others = {k: w for k, w in base.styles.items() if k != "sketch"}
+    scale = (1 - sketches) / sum(others.values())
+    return replace(base, styles={**{k: w * scale for k, w in others.items()}, "sketch": sketches})
+
+
 EVAL_SETS = [
     EvalSet("test", ood=False, description="ID test: photo-like, same distribution as train"),
     EvalSet(
@@ -670,8 +688,7 @@ _CHUNK = 500
 
 
 def _make_chunk(args) -> list[dict]:
-    seed, table, start, stop, image_size, noise = args
-    dist = DISTRIBUTIONS[table]
+    seed, table, start, stop, image_size, noise, dist = args
     rows = []
     for i in range(start, stop):
         rng = np.random.default_rng([seed, _TABLE_IDS[table], i])
@@ -697,9 +714,14 @@ def make_table(
     workers: int = 1,
     chunk: int = _CHUNK,
     noise: CaptionNoise = CaptionNoise(),
+    dist: Distribution | None = None,
 ):
-    """Draw ``n`` images of ``table`` (a key of DISTRIBUTIONS) as a DataFrame."""
-    jobs = [(seed, table, a, min(a + chunk, n), image_size, noise) for a in range(0, n, chunk)]
+    """Draw ``n`` images of ``table`` (a key of DISTRIBUTIONS) as a DataFrame; ``dist``, if
+    given, instead of the table's distribution."""
+    dist = dist or DISTRIBUTIONS[table]
+    jobs = [
+        (seed, table, a, min(a + chunk, n), image_size, noise, dist) for a in range(0, n, chunk)
+    ]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             chunks = list(pool.map(_make_chunk, jobs))
@@ -723,17 +745,20 @@ def prepare(
     synonymous: float = SYNONYMOUS,
     unnamed: float = UNNAMED,
     confusable: float = 0.0,
+    pretrain_sketches: float = PRETRAIN_SKETCHES,
 ) -> None:
     """Write every table of the embedded benchmark into ``out_dir``. ``mislabelled``,
     ``synonymous`` and ``unnamed``: the fractions of pretraining captions that name another
     object, a synonym, or no object; ``confusable``: of those that name it by its class name, the
-    share that names its partner class (``PARTNERS``) instead."""
+    share that names its partner class (``PARTNERS``) instead; ``pretrain_sketches``: the share
+    of pretraining images drawn as sketches (the other styles keep their proportions)."""
     noise = CaptionNoise(mislabelled, synonymous, unnamed, confusable)  # checks the fractions
+    dists = dict(DISTRIBUTIONS, pretrain=pretrain_distribution(pretrain_sketches))
     sizes = {"pretrain": pretrain_size, "train": train_size, "val": val_size, "test": test_size}
     sizes.update({s.name: ood_size for s in EVAL_SETS if s.ood})
     for table, n in sizes.items():
-        df = make_table(table, n, seed, image_size, workers, noise=noise)
-        df.attrs["description"] = DISTRIBUTIONS[table].__repr__()
+        df = make_table(table, n, seed, image_size, workers, noise=noise, dist=dists[table])
+        df.attrs["description"] = dists[table].__repr__()
         write_table(df, Path(out_dir) / f"{table}.parquet")
 
 
