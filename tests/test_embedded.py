@@ -90,7 +90,7 @@ def test_caption_noise_is_a_data_option(tmp_path):
 
 
 def test_the_share_of_pretraining_sketches_is_a_data_option(tmp_path):
-    from flyp.datasets.embedded import PRETRAIN_SKETCHES, pretrain_distribution, prepare
+    from flyp.datasets.embedded import PRETRAIN_SKETCHES, prepare, pretrain_distribution
     from flyp.io import UserError
 
     assert pretrain_distribution(PRETRAIN_SKETCHES) is DISTRIBUTIONS["pretrain"]
