@@ -68,10 +68,11 @@ class StepLog:
         self.first_step = 0  # of the run, before this process's first step
         self.started = self.last_time = clock()
         self.last_step, self.last_loss = 0, None  # (epoch, epoch's step, loss sum) at last line
+        self.window_step = 0  # the step the next line's rate counts from
 
     def start(self, done_steps: int) -> None:
         """This process starts after ``done_steps`` of the run (a resumed run's)."""
-        self.first_step = self.last_step = done_steps
+        self.first_step = self.last_step = self.window_step = done_steps
         self.started = self.last_time = self.clock()
 
     def due(self, step: int) -> bool:
@@ -81,16 +82,17 @@ class StepLog:
             return True
         return self.clock() - self.last_time >= self.watch.every_seconds
 
-    def restart_window(self) -> None:
-        """The next line's rate counts from now (after a validation pass, which is no step)."""
-        self.last_time = self.clock()
+    def restart_window(self, step: int) -> None:
+        """The next line's rate counts from now and from ``step``, the run's steps so far (after
+        a validation pass, which is no step)."""
+        self.last_time, self.window_step = self.clock(), step
 
     def line(self, step: int, epoch: int, epochs: int, lr: float, loss: float) -> dict:
         """Log the line after ``step`` of the run (``epoch`` of ``epochs``), ``loss`` the mean
         training loss since the last line; return its numbers (for the curves)."""
         now = self.clock()
         window = max(now - self.last_time, 1e-9)
-        rate = (step - self.last_step) * self.batch_size / window
+        rate = (step - self.window_step) * self.batch_size / window
         per_step = (now - self.started) / max(step - self.first_step, 1)
         left = (self.total - step) * per_step
         self.log(
@@ -98,7 +100,7 @@ class StepLog:
             f"{epoch}/{epochs}, {rate:.1f} images/s, lr {lr:.3g}, loss {loss:.4f}, elapsed "
             f"{duration(now - self.started)}, left {duration(left)}"
         )
-        self.last_step, self.last_time = step, now
+        self.last_step, self.window_step, self.last_time = step, step, now
         return {"train/loss": loss, "lr": lr, "images_per_second": rate}
 
 

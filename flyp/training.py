@@ -774,7 +774,7 @@ class TrainingRun:
         next progress line's rate counts from now, after the validation pass."""
         if self.steplog is None:
             return
-        self.steplog.restart_window()
+        self.steplog.restart_window(row["step"])
         values = {"epoch/train_loss": row["train_loss"] or None}
         if val is not None:
             values.update({"val/score": val["val_score"], "val/loss": val["val_loss"]})

@@ -61,6 +61,20 @@ def test_a_resumed_run_counts_its_rate_and_time_left_from_its_own_steps():
     assert "4.0 images/s" in lines[0] and "left 0:05:00" in lines[0]  # 1 s a step, 300 left
 
 
+def test_the_rate_after_a_validation_pass_counts_only_the_steps_after_it():
+    clock, lines = FakeClock(), []
+    log = StepLog(1000, 10, lines.append, Watch(every_steps=0, every_seconds=60), clock)
+    log.start(0)
+    clock.now += 10.0
+    log.line(100, 1, 10, 1e-3, 1.0)  # 100 steps in 10 s
+    clock.now += 20.0  # 200 more steps, then the epoch ends at step 300 ...
+    clock.now += 30.0  # ... and its validation pass takes 30 s
+    log.restart_window(300)
+    clock.now += 10.0
+    log.line(400, 2, 10, 1e-3, 1.0)  # 100 steps in the 10 s since validation
+    assert "100.0 images/s" in lines[0] and "100.0 images/s" in lines[1]
+
+
 def test_the_loss_of_a_line_is_the_mean_since_the_previous_one():
     assert mean_since(None, 1, 4, 10.0) == 2.5  # the epoch so far
     assert mean_since((1, 4, 10.0), 1, 8, 14.0) == 1.0  # steps 5..8
