@@ -67,7 +67,7 @@ class StepLog:
         self.watch, self.clock = watch, clock
         self.first_step = 0  # of the run, before this process's first step
         self.started = self.last_time = clock()
-        self.last_step, self.last_loss = 0, None  # (epoch, epoch's step, loss sum) at last line
+        self.last_step = 0  # the step of the last line (when the next one is due)
         self.window_step = 0  # the step the next line's rate counts from
 
     def start(self, done_steps: int) -> None:
